@@ -1,0 +1,5 @@
+"""`python -m aetrain ...` is the `aetrain` command."""
+
+from aetrain.cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""Data by name -> a deterministic train/val split in model units, placed for the engine.
+
+Data that fits in memory (digits, MNIST, FashionMNIST, CIFAR-10, tensor files) is held as one
+tensor, on the training device when it fits there, and batched by index. Image folders stream
+through DataLoader workers.
+
+Scaling to model units, decided once from the training split and stored in the model so that
+`encode`/`reconstruct` take data as the user has it:
+- images from torchvision datasets, image folders and digits are already in [0, 1]: unchanged;
+- uint8 tensor files are divided by 255;
+- float tensor files within [0, 1] are unchanged; any other float data is standardized, per
+  feature for rows and per channel for images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from aetrain.config import DataConfig
+from aetrain.data.batches import BatchPlan, LoaderBatches, TensorBatches, eval_batches
+from aetrain.data.sources import SOURCES, Source
+from aetrain.data.spec import DataSpec
+from aetrain.errors import DataError
+
+__all__ = ["SOURCES", "Data", "DataSpec", "build_data"]
+
+
+@dataclass
+class Data:
+    spec: DataSpec
+    train: TensorBatches | LoaderBatches
+    val: torch.Tensor | Dataset  # model units, in a fixed order
+    device: torch.device
+    eval_batch_size: int
+    num_workers: int
+
+    @property
+    def num_train(self) -> int:
+        return self.train.plan.num_samples
+
+    @property
+    def num_val(self) -> int:
+        return len(self.val)
+
+    def val_batches(self) -> Iterator[torch.Tensor]:
+        return eval_batches(self.val, self.eval_batch_size, self.device, self.num_workers)
+
+
+def build_data(cfg: DataConfig, device: torch.device, *, seed: int) -> Data:
+    """Load `cfg.name`, split it with `cfg.split_seed`, and batch training data in an order set by `seed`."""
+    source = SOURCES.get(cfg.name)(cfg)
+    n = len(source.samples)
+    n_val = round(n * cfg.val_fraction)
+    if n_val < 1 or n - n_val < 2:
+        raise DataError(f"data.val_fraction={cfg.val_fraction} leaves {n - n_val} training and {n_val} validation "
+                        f"samples of {n}; each split needs samples (training at least 2)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
+    val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+    plan = BatchPlan(len(train_idx), cfg.batch_size, seed=seed)
+    eval_batch_size = max(4 * cfg.batch_size, 256)  # no gradients to hold: larger batches run faster
+
+    if isinstance(source.samples, torch.Tensor):
+        train, val, spec = _scaled(source, train_idx, val_idx, cfg.name)
+        home = device if _fits(device, train, val) else torch.device("cpu")
+        if home.type == "cpu" and device.type == "cuda":
+            train, val = train.pin_memory(), val.pin_memory()
+        train, val = train.to(home), val.to(home)
+        return Data(spec, TensorBatches(train, plan, device), val, device, eval_batch_size, 0)
+
+    spec = DataSpec(cfg.name, source.shape, True, torch.tensor(0.0), torch.tensor(1.0), 0.0, 1.0)
+    loader_train = LoaderBatches(Subset(source.samples, train_idx.tolist()), plan, device, cfg.num_workers)
+    return Data(spec, loader_train, Subset(source.samples, val_idx.tolist()), device, eval_batch_size, cfg.num_workers)
+
+
+def _scaled(source: Source, train_idx: torch.Tensor, val_idx: torch.Tensor, name: str
+            ) -> tuple[torch.Tensor, torch.Tensor, DataSpec]:
+    x = source.samples
+    train = x[train_idx]
+    if source.uint8:
+        shift, scale = torch.tensor(0.0), torch.tensor(255.0)
+    elif source.in_unit_interval:
+        shift, scale = torch.tensor(0.0), torch.tensor(1.0)
+    else:  # statistics of the training split only: validation stays unseen
+        dims = (0,) if train.ndim == 2 else (0, 2, 3)
+        shift = train.mean(dim=dims, keepdim=True)[0]  # (D,) or (C, 1, 1)
+        scale = train.std(dim=dims, keepdim=True)[0].clamp_min(1e-8)
+    train = (train - shift) / scale
+    val = (x[val_idx] - shift) / scale
+    unit = source.uint8 or source.in_unit_interval
+    spec = DataSpec(name, source.shape, unit, shift, scale, float(train.min()), float(train.max()))
+    return train.contiguous(), val.contiguous(), spec
+
+
+def _fits(device: torch.device, *tensors: torch.Tensor) -> bool:
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return sum(t.numel() * t.element_size() for t in tensors) < free // 2  # leave half for the model's work

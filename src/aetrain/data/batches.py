@@ -1,0 +1,94 @@
+"""Batches by index: the order of an epoch is a pure function of (seed, epoch).
+
+That makes two things cheap and exact: resuming in the middle of an epoch (skip the first k
+index batches, decode nothing) and reproducing a run. In-memory data is gathered with one
+indexing op per batch, on the device the tensors live on; image folders go through a
+DataLoader whose workers decode only the indices they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from aetrain.errors import DataError
+
+
+class BatchPlan:
+    """The index batches of each epoch for `num_samples` samples.
+
+    A trailing batch of one sample is dropped: batch norm cannot train on a single sample and
+    one sample is too little to matter.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, *, seed: int) -> None:
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        full, rest = divmod(num_samples, batch_size)
+        self.sizes = [batch_size] * full + ([rest] if rest > 1 else [])  # samples per batch, every epoch alike
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def epoch(self, epoch: int) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.num_samples, generator=g)
+        return list(order[: sum(self.sizes)].split(self.sizes))
+
+
+class TensorBatches:
+    """Training batches gathered from an in-memory tensor (N, *shape)."""
+
+    def __init__(self, data: torch.Tensor, plan: BatchPlan, device: torch.device) -> None:
+        self.data = data
+        self.plan = plan
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        for idx in self.plan.epoch(epoch)[start:]:
+            idx = idx.to(self.data.device, non_blocking=True)
+            yield self.data[idx].to(self.device, non_blocking=True)  # (B, *shape); a no-op copy when resident
+
+
+class LoaderBatches:
+    """Training batches decoded by DataLoader workers from a map-style dataset."""
+
+    def __init__(self, dataset: Dataset, plan: BatchPlan, device: torch.device, num_workers: int) -> None:
+        self.dataset = dataset
+        self.plan = plan
+        self.device = device
+        self.num_workers = num_workers
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        batches = [idx.tolist() for idx in self.plan.epoch(epoch)[start:]]
+        yield from _load(self.dataset, batches, self.device, self.num_workers)
+
+
+def eval_batches(source: torch.Tensor | Dataset, batch_size: int, device: torch.device,
+                 num_workers: int = 0) -> Iterator[torch.Tensor]:
+    """Validation batches in order: slices of a tensor (no copy) or loader batches."""
+    n = len(source)
+    if isinstance(source, torch.Tensor):
+        for i in range(0, n, batch_size):
+            yield source[i : i + batch_size].to(device, non_blocking=True)
+    else:
+        yield from _load(source, [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)],
+                         device, num_workers)
+
+
+def _load(dataset: Dataset, batches: list[list[int]], device: torch.device, num_workers: int) -> Iterator[torch.Tensor]:
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=device.type == "cuda")
+    try:
+        for x in loader:
+            yield x.to(device, non_blocking=True)
+    except DataError as e:  # re-raised from a worker with its traceback in the text: keep the last line
+        raise DataError(str(e).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None

@@ -1,0 +1,172 @@
+"""Checkpoints: plain data written atomically, read with `torch.load(weights_only=True)`.
+
+A checkpoint holds everything needed to continue exactly where it was written: model,
+optimizer, schedule and GradScaler states, the loop's counters, every RNG state, the config as
+JSON text and the data scaling. Tensors and plain Python types only, so loading never runs code
+from the file. Writes go to a temp file that is fsynced and then renamed over the target, so a
+crash at any moment leaves either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from aetrain import __version__
+from aetrain.config import from_json, to_json
+from aetrain.data.spec import DataSpec
+from aetrain.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from aetrain.models import Autoencoder
+    from aetrain.train.engine import Engine
+
+FORMAT = "aetrain.checkpoint"
+FORMAT_VERSION = 1
+LAST, BEST = "last.pt", "best.pt"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to `path` so that readers only ever see a complete file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # makes the rename itself durable
+    finally:
+        os.close(fd)
+
+
+def resolve(path: str | Path, prefer: tuple[str, ...]) -> Path:
+    """A checkpoint file, or the first of `prefer` that exists in a run dir's checkpoints/."""
+    p = Path(path)
+    if p.is_dir():
+        for name in prefer:
+            if (checkpoint_dir(p) / name).is_file():
+                return checkpoint_dir(p) / name
+        raise CheckpointError(f"{path}: no checkpoint in {checkpoint_dir(p)} (looked for {', '.join(prefer)})")
+    if not p.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    return p
+
+
+def load(path: str | Path, *, prefer: tuple[str, ...] = (LAST,)) -> dict[str, Any]:
+    """Read a checkpoint file (or a run dir's) safely; every failure is a one-line CheckpointError."""
+    p = resolve(path, prefer)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[-1] if "Weights only load failed" not in str(e) else "it holds Python objects"
+        raise CheckpointError(
+            f"{p}: refused to load: {reason}; loading it would need arbitrary unpickling, which can run code. "
+            "aetrain checkpoints hold only tensors and plain data"
+        ) from None
+    except Exception as e:  # empty, truncated, or not a torch file at all
+        raise CheckpointError(f"{p}: not a readable checkpoint (empty, truncated or another format): "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: not an aetrain checkpoint (a torch file without the '{FORMAT}' marker)")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{p}: written by a newer aetrain ({ckpt.get('aetrain_version')}); upgrade to read it")
+    return ckpt
+
+
+def clean_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors, without the prefixes torch.compile and DataParallel add."""
+    out = {}
+    for key, value in model.state_dict().items():
+        for prefix in ("_orig_mod.", "module."):
+            key = key.removeprefix(prefix)
+        out[key] = value.detach().clone().cpu()
+    return out
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG the run draws from, as tensors and plain types (allowed under weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(_as_tuples(states["python"]))
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def payload(engine: Engine) -> dict[str, Any]:
+    """Everything `engine` needs to continue from this exact point."""
+    p = engine.parts
+    spec = p.data.spec
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "aetrain_version": __version__,
+        "torch_version": torch.__version__,
+        "config": to_json(p.cfg),
+        "data_spec": {"name": spec.name, "shape": list(spec.shape), "unit_interval": spec.unit_interval,
+                      "shift": spec.shift, "scale": spec.scale, "low": spec.low, "high": spec.high},
+        "model": clean_state_dict(p.model),
+        "optimizer": p.optimizer.state_dict(),
+        "schedule": p.schedule.state_dict(),
+        "scaler": p.precision.scaler.state_dict(),
+        "state": asdict(engine.state),
+        "rng": rng_states(),
+    }
+
+
+def spec_from_checkpoint(ckpt: dict[str, Any]) -> DataSpec:
+    s = ckpt["data_spec"]
+    return DataSpec(s["name"], tuple(s["shape"]), s["unit_interval"], s["shift"], s["scale"], s["low"], s["high"])
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> Autoencoder:
+    """Rebuild the model a checkpoint was trained with and load its weights; eval mode, CPU."""
+    from aetrain.models import build_model
+
+    model = build_model(from_json(ckpt["config"]).model, spec_from_checkpoint(ckpt))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()

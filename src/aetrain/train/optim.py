@@ -1,0 +1,92 @@
+"""Optimizers and learning-rate schedules by name.
+
+A `Schedule` is stepped by the engine after every optimizer step and after every epoch; each
+kind acts in its documented unit and ignores the other call:
+- per optimizer step: cosine (linear warm-up, then cosine decay to min_lr), onecycle
+- per epoch: step, exponential; plateau (on val/loss)
+- none: a constant learning rate
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim import lr_scheduler
+
+from aetrain.config import OptimizerConfig, SchedulerConfig
+from aetrain.registry import Registry
+
+OPTIMIZERS: Registry[Callable[[Iterable[torch.Tensor], OptimizerConfig], torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS.add("adam", lambda p, c: torch.optim.Adam(p, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay))
+OPTIMIZERS.add("adamw", lambda p, c: torch.optim.AdamW(p, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay))
+OPTIMIZERS.add("sgd", lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                                                   weight_decay=c.weight_decay))
+OPTIMIZERS.add("rmsprop", lambda p, c: torch.optim.RMSprop(p, lr=c.lr, momentum=c.momentum, eps=c.eps,
+                                                           weight_decay=c.weight_decay))
+
+
+def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+    return OPTIMIZERS.get(cfg.name)(params, cfg)
+
+
+class Schedule:
+    """A constant learning rate; subclasses step a torch scheduler in their unit."""
+
+    def __init__(self, scheduler: Any = None) -> None:
+        self.scheduler = scheduler
+
+    def after_step(self) -> None:
+        pass
+
+    def after_epoch(self, val_loss: float) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.scheduler is None else self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state)
+
+
+class PerStep(Schedule):
+    def after_step(self) -> None:
+        self.scheduler.step()
+
+
+class PerEpoch(Schedule):
+    def after_epoch(self, val_loss: float) -> None:
+        self.scheduler.step()
+
+
+class OnPlateau(Schedule):
+    def after_epoch(self, val_loss: float) -> None:
+        self.scheduler.step(val_loss)
+
+
+def _cosine(opt: torch.optim.Optimizer, c: SchedulerConfig, total_steps: int) -> Schedule:
+    warmup = min(c.warmup_steps, total_steps - 1)
+    decay = lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps - warmup, 1), eta_min=c.min_lr)
+    if warmup == 0:
+        return PerStep(decay)
+    rise = lr_scheduler.LinearLR(opt, start_factor=1.0 / warmup, total_iters=warmup)  # lr/warmup -> lr
+    return PerStep(lr_scheduler.SequentialLR(opt, [rise, decay], milestones=[warmup]))
+
+
+ScheduleBuilder = Callable[[torch.optim.Optimizer, SchedulerConfig, int], Schedule]
+SCHEDULERS: Registry[ScheduleBuilder] = Registry("scheduler")
+SCHEDULERS.add("none", lambda opt, c, total: Schedule())
+SCHEDULERS.add("step", lambda opt, c, total: PerEpoch(lr_scheduler.StepLR(opt, step_size=c.step_size, gamma=c.gamma)))
+SCHEDULERS.add("exponential", lambda opt, c, total: PerEpoch(lr_scheduler.ExponentialLR(opt, gamma=c.gamma)))
+SCHEDULERS.add("plateau", lambda opt, c, total: OnPlateau(
+    lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=c.factor, patience=c.patience)))
+SCHEDULERS.add("cosine", _cosine)
+SCHEDULERS.add("onecycle", lambda opt, c, total: PerStep(lr_scheduler.OneCycleLR(
+    opt, max_lr=opt.param_groups[0]["lr"], total_steps=total, pct_start=c.pct_start)))
+
+
+def build_schedule(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, *, total_steps: int) -> Schedule:
+    """`total_steps`: optimizer steps over the whole run (per-step schedules span exactly these)."""
+    return SCHEDULERS.get(cfg.name)(optimizer, cfg, total_steps)

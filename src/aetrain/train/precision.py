@@ -1,0 +1,73 @@
+"""Mixed precision and gradient clipping as objects built once.
+
+`Precision("16-mixed", device)` autocasts to fp16 and scales the loss with a GradScaler;
+"bf16-mixed" autocasts to bf16 with no scaler; "32" disables both. The same calls run on CPU
+and CUDA, so the loop is identical for every setting:
+
+    with precision.autocast:
+        loss = ...
+    precision.backward(loss)
+    grad_norm = precision.step(optimizer, clip)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+
+from aetrain.registry import Registry
+
+PRECISIONS: Registry[torch.dtype | None] = Registry("trainer.precision")
+PRECISIONS.add("32", None)
+PRECISIONS.add("16-mixed", torch.float16)
+PRECISIONS.add("bf16-mixed", torch.bfloat16)
+
+Clip = Callable[[list[torch.Tensor]], torch.Tensor]  # parameters -> total grad norm before clipping
+
+
+class Precision:
+    def __init__(self, name: str, device: torch.device) -> None:
+        self.name = name
+        self.dtype = PRECISIONS.get(name)
+        self.autocast = torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None)
+        # Only fp16 needs loss scaling: its gradients underflow; bf16 has fp32's exponent range.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], clip: Clip) -> torch.Tensor:
+        """Unscale, measure and clip the gradients, step (skipped by the scaler on inf/NaN), zero them."""
+        self.scaler.unscale_(optimizer)  # clipping thresholds are in true gradient units
+        grad_norm = clip(params)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+
+def clip_by_norm(max_norm: float) -> Clip:
+    """Scale gradients so their total L2 norm is at most max_norm (math.inf = measure only)."""
+    return lambda params: torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def clip_by_value(max_value: float) -> Clip:
+    def clip(params: list[torch.Tensor]) -> torch.Tensor:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        torch.nn.utils.clip_grad_value_(params, max_value)
+        return norm
+
+    return clip
+
+
+def build_clip(value: float | None, algorithm: str) -> Clip:
+    """No value means no clipping; the norm is still measured and logged."""
+    if value is None:
+        return clip_by_norm(math.inf)
+    return {"norm": clip_by_norm, "value": clip_by_value}[algorithm](value)
+
+
+def trainable(params: Iterable[torch.nn.Parameter]) -> list[torch.Tensor]:
+    return [p for p in params if p.requires_grad]
