@@ -96,6 +96,9 @@ def _cifar10(cfg: DataConfig) -> Source:
             base = Path(self.root) / self.base_folder
             return all((base / name).is_file() for name, _ in self.train_list + self.test_list)
 
+        def _load_meta(self) -> None:  # class names: an autoencoder has no use for them
+            self.classes, self.class_to_idx = [], {}
+
     ds = _torchvision(CIFAR10, cfg, f"{cfg.root}/cifar-10-batches-py/data_batch_1..5, test_batch")
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 32, 32, 3) -> (N, 3, 32, 32)
     return Source(images.contiguous(), (3, 32, 32), True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -87,11 +88,13 @@ def load(path: str | Path, *, prefer: tuple[str, ...] = (LAST,)) -> dict[str, An
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[-1] if "Weights only load failed" not in str(e) else "it holds Python objects"
-        raise CheckpointError(
-            f"{p}: refused to load: {reason}; loading it would need arbitrary unpickling, which can run code. "
-            "aetrain checkpoints hold only tensors and plain data"
-        ) from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:  # the file asks to import and call something: that is how pickles run code
+            raise CheckpointError(
+                f"{p}: refused to load: it references the Python object {found.group(1)}, and loading it would "
+                "need arbitrary unpickling, which can run code; aetrain checkpoints hold only tensors and plain data"
+            ) from None
+        raise CheckpointError(f"{p}: not a readable checkpoint (not a torch file, or damaged)") from None
     except Exception as e:  # empty, truncated, or not a torch file at all
         raise CheckpointError(f"{p}: not a readable checkpoint (empty, truncated or another format): "
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
@@ -145,7 +148,7 @@ def payload(engine: Engine) -> dict[str, Any]:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "aetrain_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a TorchVersion object would need unpickling
         "config": to_json(p.cfg),
         "data_spec": {"name": spec.name, "shape": list(spec.shape), "unit_interval": spec.unit_interval,
                       "shift": spec.shift, "scale": spec.scale, "low": spec.low, "high": spec.high},

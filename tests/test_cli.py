@@ -1,0 +1,142 @@
+"""The `aetrain` command end to end: what a run writes, and what a bad command does (and doesn't)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAST, run_subprocess
+
+TIMING = {"epoch_time_s", "samples_per_s"}
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_run_from_any_directory_writes_checkpoints_metrics_config_and_log(tmp_path: Path) -> None:
+    result = run_subprocess("trainer.max_epochs=3", cwd=tmp_path)
+    assert result.returncode == 0, result.err
+    run = result.run_dir
+    rows = result.metrics()
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert {"epoch", "step", "train/loss", "val/loss", "lr", "train/penalty", "train/grad_norm"} <= set(rows[0])
+    assert float(rows[-1]["val/loss"]) < float(rows[0]["val/loss"])
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", ".hydra/config.yaml", ".hydra/overrides.yaml",
+                 ".hydra/hydra.yaml", "train.log"):
+        assert (run / name).is_file(), name
+    assert "trainer.max_epochs=3" in (run / ".hydra/overrides.yaml").read_text()
+    assert "epoch 3/3" in (run / "train.log").read_text()
+
+
+def test_best_checkpoint_is_the_epoch_with_the_lowest_validation_loss(cli) -> None:
+    result = cli("trainer.max_epochs=4", "optimizer.lr=0.05")  # a high rate makes val/loss bounce
+    assert result.returncode == 0, result.err
+    val = [float(r["val/loss"]) for r in result.metrics()]
+    best = torch.load(result.run_dir / "checkpoints/best.pt", weights_only=True)
+    last = torch.load(result.run_dir / "checkpoints/last.pt", weights_only=True)
+    assert best["state"]["epoch"] == 1 + int(np.argmin(val))
+    assert best["state"]["best_val_loss"] == pytest.approx(min(val))
+    assert last["state"]["epoch"] == 4
+
+
+def test_same_seed_gives_the_same_numbers_through_the_cli(cli, tmp_path: Path) -> None:
+    a = cli(*FAST, "model=denoising_ae", run_dir=tmp_path / "a")
+    b = cli(*FAST, "model=denoising_ae", run_dir=tmp_path / "b")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
+    assert strip(a.metrics()) == strip(b.metrics())
+    wa = torch.load(a.run_dir / "checkpoints/last.pt", weights_only=True)["model"]
+    wb = torch.load(b.run_dir / "checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_gradient_norm_is_logged_with_and_without_clipping(cli, tmp_path: Path) -> None:
+    free = cli(*FAST, run_dir=tmp_path / "free").metrics()
+    clipped = cli(*FAST, "trainer.gradient_clip_val=0.01", run_dir=tmp_path / "clip").metrics()
+    assert all(float(r["train/grad_norm"]) > 0 for r in free + clipped)
+    assert free[-1]["val/loss"] != clipped[-1]["val/loss"]
+
+
+def test_help_lists_every_group_and_its_choices(cli) -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    for line in ["model: conv_ae, denoising_ae, dense_ae, sparse_ae",
+                 "data: cifar10, digits, fashion_mnist, image_folder, mnist, tensor_file",
+                 "optimizer: adam, adamw, rmsprop, sgd",
+                 "scheduler: cosine, exponential, none, onecycle, plateau, step"]:
+        assert line in result.out
+
+
+BAD_INPUTS = [
+    (["model=foo"], "model=foo is not one of: conv_ae, denoising_ae, dense_ae, sparse_ae"),
+    (["data=imagenet"], "data=imagenet is not one of: cifar10, digits"),
+    (["model.foo=1"], "model.foo: unknown key; model has: name, backbone"),
+    (["+model.foo=1"], "model.foo: unknown key"),
+    (["+trainer.max_epoch=3"], "trainer.max_epoch: unknown key"),
+    (["optimizer.lr=abc"], "optimizer.lr: Value 'abc' of type 'str' could not be converted to Float"),
+    (["trainer.max_epochs=1.5"], "trainer.max_epochs"),
+    (["optimizer.lr=0"], "optimizer.lr=0.0 is out of range: must be a finite number > 0"),
+    (["optimizer.lr=-1e-3"], "optimizer.lr=-0.001 is out of range"),
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is out of range: must be >= 1"),
+    (["model.latent_dim=0"], "model.latent_dim=0 is out of range: must be >= 1"),
+    (["data.val_fraction=1"], "data.val_fraction=1.0 is out of range: must be in (0, 1)"),
+    (["data.val_fraction=0"], "data.val_fraction=0.0 is out of range: must be in (0, 1)"),
+    (["model.activation=swish"], "model.activation='swish' is not one of: elu, gelu, leaky_relu, prelu, relu"),
+    (["model.init=he"], "model.init='he' is not one of: default, kaiming_normal"),
+    (["trainer.precision=8"], "trainer.precision='8' is not one of: 16-mixed, 32, bf16-mixed"),
+    (["trainer.gradient_clip_algorithm=max"], "trainer.gradient_clip_algorithm='max' is out of range: must be norm or value"),
+    (["trainer.device=tpu"], "trainer.device='tpu' is not one of: auto, cpu, cuda, cuda:N, mps"),
+    (["model.loss=huber"], "model.loss='huber' is not one of: bce, l1, mse, smooth_l1"),
+    (["model.noise.kind=blur"], "model.noise.kind='blur' is not one of: gaussian, masking, none, salt_pepper"),
+    (["model.sparsity.kind=l2"], "model.sparsity.kind='l2' is not one of: kl, l1, none"),
+    (["optimizer.name=lbfgs"], "optimizer='lbfgs' is not one of: adam, adamw, rmsprop, sgd"),
+    (["scheduler.name=cyclic"], "scheduler='cyclic' is not one of: cosine, exponential, none, onecycle, plateau, step"),
+    (["data=tensor_file"], "data.path is not set; data=tensor_file needs a .npy or .pt file"),
+    (["data=tensor_file", "data.path=/nonexistent/x.npy"], "data.path=/nonexistent/x.npy: does not exist"),
+    (["data=mnist", "data.root=/nonexistent", "data.download=false"], "data.root=/nonexistent has no readable MNIST"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_input_is_one_line_naming_the_key_and_nothing_is_written(cli, tmp_path: Path, args: list[str],
+                                                                      message: str) -> None:
+    result = cli(*args)
+    assert result.returncode == 2
+    assert result.err.startswith("aetrain: error: ") and result.err.count("\n") == 1, result.err
+    assert message in result.err
+    assert "Traceback" not in result.output
+    assert not result.run_dir.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_without_cuda_says_so(cli) -> None:
+    result = cli("trainer.device=cuda")
+    assert result.returncode == 2 and "trainer.device=cuda: CUDA is not available on this machine" in result.err
+
+
+def test_conv_model_on_tabular_rows_is_a_clear_error(cli, tmp_path: Path) -> None:
+    np.save(tmp_path / "rows.npy", np.random.rand(50, 6).astype(np.float32))
+    result = cli("model=conv_ae", "data=tensor_file", f"data.path={tmp_path / 'rows.npy'}")
+    assert result.returncode == 2 and "model.backbone=conv needs image data" in result.err
+
+
+def test_nothing_in_an_existing_run_dir_is_overwritten_by_a_bad_or_a_second_command(cli) -> None:
+    first = cli(*FAST)
+    assert first.returncode == 0
+    before = snapshot(first.run_dir)
+    assert cli("optimizer.lr=-1").returncode == 2  # rejected before anything is written
+    again = cli(*FAST)  # a valid fresh run into the same dir is refused
+    assert again.returncode == 2 and "already holds a run" in again.err and "trainer.resume" in again.err
+    assert snapshot(first.run_dir) == before
+
+
+@pytest.mark.parametrize("model", ["dense_ae", "conv_ae", "denoising_ae", "sparse_ae"])
+def test_every_model_preset_trains_through_the_cli(cli, model: str) -> None:
+    result = cli(*FAST, f"model={model}")
+    assert result.returncode == 0, result.err
+    assert len(result.metrics()) == 2

@@ -1,0 +1,173 @@
+"""Datasets by name, read by torchvision's real loaders from tiny files in the real on-disk formats."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aetrain.config import DataConfig
+from aetrain.data import build_data
+from aetrain.data.batches import BatchPlan
+from aetrain.errors import DataError
+
+CPU = torch.device("cpu")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """MNIST's idx format: big-endian magic (0, 0, dtype 0x08 = uint8, ndim), the dims, the bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def make_mnist(root: Path, folder: str, n: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    raw = root / folder / "raw"
+    write_idx(raw / "train-images-idx3-ubyte", images)
+    write_idx(raw / "train-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
+    write_idx(raw / "t10k-images-idx3-ubyte", images[:5])
+    write_idx(raw / "t10k-labels-idx1-ubyte", rng.integers(0, 10, 5, dtype=np.uint8))
+    return images
+
+
+def make_cifar(root: Path, per_batch: int = 6) -> list[np.ndarray]:
+    """CIFAR-10's python format: pickled dicts of uint8 rows (N, 3072) in channel-major order."""
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    batches = []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        batches.append(data)
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": data, "labels": [int(x) for x in rng.integers(0, 10, per_batch)]}, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    return batches[:5]
+
+
+@pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_mnist_idx_files_load_as_images_in_unit_range(tmp_path: Path, name: str, folder: str) -> None:
+    images = make_mnist(tmp_path, folder)
+    data = build_data(DataConfig(name=name, root=str(tmp_path), val_fraction=0.25, batch_size=8), CPU, seed=0)
+    assert data.spec.shape == (1, 28, 28) and data.spec.unit_interval
+    assert (data.num_train, data.num_val) == (30, 10)
+    everything = torch.cat([data.train.data, data.val]).flatten(1)
+    expected = torch.from_numpy(images).float().div(255).flatten(1)
+    assert torch.equal(everything.sort(dim=0).values, expected.sort(dim=0).values)  # same pixels, split apart
+
+
+def test_cifar10_pickle_batches_load_channel_first(tmp_path: Path) -> None:
+    batches = make_cifar(tmp_path)
+    data = build_data(DataConfig(name="cifar10", root=str(tmp_path), val_fraction=0.2, batch_size=8), CPU, seed=0)
+    assert data.spec.shape == (3, 32, 32) and (data.num_train, data.num_val) == (24, 6)
+    first = torch.from_numpy(batches[0][0]).float().div(255).view(3, 32, 32)  # rows are R plane, G plane, B plane
+    pool = torch.cat([data.train.data, data.val])
+    assert any(torch.equal(first, x) for x in pool)
+
+
+def test_missing_torchvision_files_are_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"data.root=.* has no readable MNIST.*data.download=true"):
+        build_data(DataConfig(name="mnist", root=str(tmp_path), download=False), CPU, seed=0)
+
+
+def test_image_folder_reads_every_image_recursively_resized(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    for i in range(6):
+        size = (12 + i, 10) if i % 2 else (20, 16)
+        Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    Image.fromarray(rng.integers(0, 256, (9, 9), dtype=np.uint8)).save(tmp_path / "imgs" / "sub" / "gray.jpg")
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    cfg = DataConfig(name="image_folder", path=str(tmp_path / "imgs"), image_size=8, val_fraction=0.3,
+                     batch_size=2, num_workers=0)
+    data = build_data(cfg, CPU, seed=0)
+    assert data.spec.shape == (3, 8, 8) and data.num_train + data.num_val == 7
+    batch = next(data.train.epoch(0))
+    assert batch.shape == (2, 3, 8, 8) and 0 <= batch.min() and batch.max() <= 1
+    cfg.grayscale = True
+    assert build_data(cfg, CPU, seed=0).spec.shape == (1, 8, 8)
+
+
+def test_image_folder_errors(tmp_path: Path) -> None:
+    cfg = DataConfig(name="image_folder", path=str(tmp_path), num_workers=0)
+    with pytest.raises(DataError, match="no image files found"):
+        build_data(cfg, CPU, seed=0)
+    (tmp_path / "a.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot read image"):
+        build_data(cfg, CPU, seed=0)
+
+
+def test_tabular_rows_are_standardized_with_training_statistics(tmp_path: Path) -> None:
+    rows = np.random.default_rng(0).normal(5.0, 3.0, (200, 7)).astype(np.float32)
+    np.save(tmp_path / "rows.npy", rows)
+    data = build_data(DataConfig(name="tensor_file", path=str(tmp_path / "rows.npy")), CPU, seed=0)
+    assert data.spec.shape == (7,) and not data.spec.unit_interval
+    torch.testing.assert_close(data.train.data.mean(0), torch.zeros(7), atol=1e-5, rtol=0)
+    torch.testing.assert_close(data.train.data.std(0), torch.ones(7), atol=1e-5, rtol=0)
+
+
+def test_uint8_image_arrays_are_scaled_to_unit_range(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (30, 3, 6, 5), dtype=np.uint8)
+    torch.save(torch.from_numpy(images), tmp_path / "imgs.pt")
+    data = build_data(DataConfig(name="tensor_file", path=str(tmp_path / "imgs.pt")), CPU, seed=0)
+    assert data.spec.shape == (3, 6, 5) and data.spec.unit_interval
+    assert data.train.data.max() <= 1 and float(data.spec.scale) == 255.0
+
+
+@pytest.mark.parametrize(("content", "suffix", "message"), [
+    (np.zeros((10, 4, 4)), ".npy", r"array of shape \(10, 4, 4\).*N x D rows or N x C x H x W"),
+    (np.zeros(10), ".npy", r"array of shape \(10,\)"),
+    (np.array([{"a": 1}], dtype=object), ".npy", "cannot read it as .npy"),
+    (np.array([[1.0, np.nan]] * 5), ".npy", "NaN or infinite"),
+    ({"x": torch.zeros(5, 2)}, ".pt", "holds a dict, not a tensor"),
+    (b"", ".pt", "cannot read it as .pt"),
+    (b"garbage", ".csv", "unknown file type"),
+])
+def test_bad_tensor_files_are_one_line_errors(tmp_path: Path, content: object, suffix: str, message: str) -> None:
+    path = tmp_path / f"data{suffix}"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif suffix == ".npy":
+        np.save(path, content, allow_pickle=True)
+    else:
+        torch.save(content, path)
+    with pytest.raises(DataError, match=message) as info:
+        build_data(DataConfig(name="tensor_file", path=str(path)), CPU, seed=0)
+    assert "\n" not in str(info.value)
+
+
+def test_split_depends_on_split_seed_only_and_batches_on_the_training_seed() -> None:
+    a = build_data(DataConfig(), CPU, seed=0)
+    b = build_data(DataConfig(), CPU, seed=1)
+    c = build_data(DataConfig(split_seed=1), CPU, seed=0)
+    assert torch.equal(a.val, b.val) and not torch.equal(a.val, c.val)
+    first = lambda d: next(d.train.epoch(0))  # noqa: E731
+    assert torch.equal(first(a), first(a)) and not torch.equal(first(a), first(b))
+    assert not torch.equal(first(a), next(a.train.epoch(1)))  # reshuffled every epoch
+
+
+def test_batch_plan_covers_every_sample_once_per_epoch_and_can_start_midway() -> None:
+    plan = BatchPlan(103, 10, seed=3)
+    batches = plan.epoch(4)
+    assert plan.sizes == [10] * 10 + [3]
+    assert sorted(torch.cat(batches).tolist()) == list(range(103))
+    data = torch.arange(103.0).unsqueeze(1)
+    from aetrain.data.batches import TensorBatches
+
+    tb = TensorBatches(data, plan, CPU)
+    assert [x.squeeze(1).tolist() for x in tb.epoch(4, start=7)] == [b.float().tolist() for b in batches[7:]]
+    assert BatchPlan(101, 10, seed=0).sizes == [10] * 10  # a last batch of one sample is dropped
+
+
+def test_too_few_samples_for_the_split_is_a_clear_error(tmp_path: Path) -> None:
+    np.save(tmp_path / "tiny.npy", np.random.rand(2, 2).astype(np.float32))
+    with pytest.raises(DataError, match="data.val_fraction=0.2 leaves"):
+        build_data(DataConfig(name="tensor_file", path=str(tmp_path / "tiny.npy")), CPU, seed=0)
