@@ -89,15 +89,30 @@ class Meter:
 
 
 class Callback:
-    """Hooks the engine calls; each does nothing unless overridden."""
+    """Hooks the engine calls; each does nothing unless overridden.
 
-    def on_fit_start(self, engine: Engine) -> None: ...
+    Callbacks must not draw from the global RNGs (use a private torch.Generator, or
+    torch.random.fork_rng): the run's random stream is part of what makes it reproducible
+    and resumable.
+    """
 
-    def on_log(self, engine: Engine, metrics: dict[str, float]) -> None: ...
+    def on_fit_start(self, engine: Engine) -> None:
+        """Once, before the first epoch (engine.state may be past zero when resuming)."""
 
-    def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None: ...
+    def on_epoch_start(self, engine: Engine) -> None:
+        """Before each epoch's training batches."""
 
-    def on_fit_end(self, engine: Engine) -> None: ...
+    def on_step(self, engine: Engine) -> None:
+        """After every optimizer step. No metrics here: reading them would sync the device."""
+
+    def on_log(self, engine: Engine, metrics: dict[str, float]) -> None:
+        """Every trainer.log_every_n_steps steps: step, lr and the epoch's running train means."""
+
+    def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
+        """After validation. `record`: epoch, step, train/* and val/* means, lr, improved, timings."""
+
+    def on_fit_end(self, engine: Engine) -> None:
+        """Once, after the last epoch."""
 
 
 @dataclass
@@ -111,6 +126,7 @@ class Engine:
         cfg = self.parts.cfg.trainer
         self._call("on_fit_start")
         while self.state.epoch < cfg.max_epochs and not self.should_stop:
+            self._call("on_epoch_start")
             tic = time.perf_counter()
             train = self.train_epoch()
             train_time = time.perf_counter() - tic
@@ -151,6 +167,7 @@ class Engine:
             meter.add_step(grad_norm)
             st.step += 1
             st.step_in_epoch += 1
+            self._call("on_step")
             if st.step % log_every == 0:
                 self._call("on_log", {"step": st.step, "lr": lr, **meter.read()})
             p.schedule.after_step()
