@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import subprocess
 import sys
@@ -31,19 +32,37 @@ class Result:
             return list(csv.DictReader(f))
 
 
+def call_main(args: list[str]) -> int:
+    """`aetrain.cli.main(args)` in this process; returns the exit code.
+
+    The root logger is put back as it was: Hydra gives it the run's handlers (a train.log in a run
+    dir that a rejected command removes again), and later tests logging through them would fail.
+    """
+    from aetrain.cli import main
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        main(args)
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 @pytest.fixture
 def cli(tmp_path: Path, capfd: pytest.CaptureFixture[str]):
     """Call `aetrain.cli.main` in this process with `hydra.run.dir` under tmp_path."""
-    from aetrain.cli import main
 
     def run(*args: str, run_dir: Path | None = None) -> Result:
         run_dir = run_dir or tmp_path / "run"
         capfd.readouterr()
-        try:
-            main([f"hydra.run.dir={run_dir}", *args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
+        code = call_main([f"hydra.run.dir={run_dir}", *args])
         out, err = capfd.readouterr()
         return Result(code, out, err, run_dir)
 

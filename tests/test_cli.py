@@ -11,7 +11,7 @@ import torch
 
 from conftest import FAST, run_subprocess
 
-TIMING = {"epoch_time_s", "samples_per_s"}
+TIMING = {"epoch_time_s", "samples_per_s", "memory_mb"}  # measurements, not results
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import sys
 import typing
@@ -27,12 +26,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+from aetrain import sweep
 from aetrain.config import Config
-from aetrain.errors import AetrainError
+from aetrain.errors import AetrainError, Interrupted
 
 log = logging.getLogger("aetrain")
 
 EXIT_USER_ERROR = 2
+EXIT_JOB_FAILED = 1  # a sweep ran, and at least one of its jobs failed
 
 
 def register_configs() -> None:
@@ -60,20 +61,37 @@ def to_config(cfg: DictConfig) -> Config:
     return OmegaConf.to_object(cfg)
 
 
-def _task(cfg: DictConfig) -> float:
+def _task(cfg: DictConfig) -> float | None:
     from aetrain.train import run
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
         result = run(to_config(cfg), out_dir, callbacks=[_hydra_files_callback(cfg, hc)])
-    except AetrainError as ex:
+    except Exception as ex:
+        if hc.mode == RunMode.MULTIRUN:  # one failed job must not sink the sweep, whatever the cause
+            return _job_failed(cfg, hc, ex)
+        if not isinstance(ex, AetrainError):
+            raise  # a bug: keep its traceback
         _remove_if_empty(out_dir)
-        if hc.mode == RunMode.MULTIRUN:  # one failed job must not sink the sweep
-            log.error("job %s failed: %s", hc.job.num, describe(ex))
-            return math.nan
         _exit_with(ex)  # here rather than raising: Hydra would add its own lines around it
     return result["best_val_loss"]
+
+
+def _job_failed(cfg: DictConfig, hc: Any, ex: Exception) -> None:
+    """Record a failed sweep job in its dir (.hydra/, summary.json, train.log). It has no objective:
+    None, which the Optuna sweeper records as a failed trial (NaN would crash hydra-optuna-sweeper
+    1.3 with optuna 2.x: it tells the study FAIL together with the NaN value)."""
+    out_dir = Path(hc.runtime.output_dir)
+    if not (out_dir / ".hydra").exists():  # failed before training: the summary still shows what was run
+        _hydra_files_callback(cfg, hc).on_fit_start(None)
+    error = f"{type(ex).__name__}: {describe(ex)}"
+    bug = not isinstance(ex, AetrainError)
+    log.error("job %s failed: %s", hc.job.num, error, exc_info=bug)  # a bug's traceback goes into train.log
+    sweep.record_failure(out_dir, error)
+    if isinstance(ex, Interrupted):
+        raise sweep.Stopped(ex) from ex  # the user stopped the sweep, not just this job
+    return None
 
 
 def _hydra_files_callback(cfg: DictConfig, hc: Any) -> Any:
@@ -83,6 +101,8 @@ def _hydra_files_callback(cfg: DictConfig, hc: Any) -> Any:
     class HydraFiles(Callback):
         def on_fit_start(self, engine: Any) -> None:
             out = Path(hc.runtime.output_dir) / ".hydra"
+            if (out / "config.yaml").exists():  # a resumed run: keep the original, add this invocation's
+                out = out / f"resume-{len(list(out.glob('resume-*'))) + 1}"
             out.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(cfg, out / "config.yaml")
             OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc)}), out / "hydra.yaml")
@@ -116,8 +136,9 @@ def describe(ex: BaseException) -> str:
 
 
 def _exit_with(ex: BaseException) -> typing.NoReturn:
-    sys.stderr.write(f"aetrain: error: {describe(ex)}\n")
-    sys.exit(EXIT_USER_ERROR)
+    kind = "" if isinstance(ex, Interrupted) else "error: "
+    sys.stderr.write(f"aetrain: {kind}{describe(ex)}\n")
+    sys.exit(getattr(ex, "exit_code", EXIT_USER_ERROR))
 
 
 def _install_one_line_errors() -> None:
@@ -139,15 +160,24 @@ def _install_one_line_errors() -> None:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             _exit_with(ex)
-        except Exception:
-            return report(func)
+        except Exception as ex:
+            results = sweep.finish()  # the jobs a sweeper ran keep their summary, whatever stopped it
+            if results and not any(r.ok for r in results) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                # Optuna gives up with "No trials are completed yet": the table above says why
+                sys.stderr.write(f"aetrain: every job failed; the sweeper stopped: {type(ex).__name__}: {ex}\n")
+                sys.exit(EXIT_JOB_FAILED)
+
+            def reraise() -> typing.NoReturn:
+                raise ex
+
+            return report(reraise)  # Hydra's traceback printer, without running `func` a second time
 
     run_and_report.aetrain = True  # type: ignore[attr-defined]
     hydra_utils.run_and_report = run_and_report
 
 
 @hydra.main(config_path="pkg://aetrain.configs", config_name="train", version_base="1.3")
-def _app(cfg: DictConfig) -> float:
+def _app(cfg: DictConfig) -> float | None:
     return _task(cfg)
 
 
@@ -158,9 +188,42 @@ def main(argv: list[str] | None = None) -> None:
     """
     register_configs()
     _install_one_line_errors()
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    _app()
+    args = sys.argv[1:] if argv is None else list(argv)
+    sys.argv = [sys.argv[0], *resume_arguments(args)]
+    try:
+        _app()
+    except sweep.Stopped as stop:  # a job was interrupted: the sweep ends here, with its summary
+        sweep.finish()
+        _exit_with(stop.error)
+    except BaseException:
+        sweep.finish()  # a sweep that ended early (Ctrl-C, a sweeper's error) still gets its summary
+        raise
+    results = sweep.finish()  # None after a single run
+    if results and not all(r.ok for r in results):
+        sys.exit(EXIT_JOB_FAILED)
+
+
+def resume_arguments(args: list[str]) -> list[str]:
+    """`trainer.resume=X` continues X's run: in X's run dir, composed from the overrides that run was
+    started (or last resumed) with. Arguments given now win over saved ones; `hydra.run.dir=...`
+    given now sends the continuation elsewhere. Other command lines pass through unchanged."""
+    resume = next((a.partition("=")[2] for a in reversed(args) if a.startswith("trainer.resume=")), "")
+    if resume in ("", "null") or {"-m", "--multirun"} & set(args):
+        return args
+    run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    run_dir = run_dir.parent if run_dir.name == "checkpoints" else run_dir
+    saved_files = sorted((run_dir / ".hydra").glob("resume-*/overrides.yaml"), key=lambda p: int(p.parent.name[7:]))
+    saved_files = saved_files or [run_dir / ".hydra" / "overrides.yaml"]
+    given = {_override_key(a) for a in args}
+    saved = [str(o) for o in OmegaConf.load(saved_files[-1])] if saved_files[-1].is_file() else []
+    kept = [o for o in saved if _override_key(o) not in given and not _override_key(o).startswith("hydra.")
+            and _override_key(o) != "trainer.resume"]
+    here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={run_dir}"]
+    return [*kept, *args, *here]
+
+
+def _override_key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,31 @@ class TrainerConfig:
     seed: int = 0  # seeds python, numpy and torch; weights, batch order, noise and dropout follow it
     deterministic: bool = False  # force deterministic kernels (needed for bit-exact CUDA runs); CPU is deterministic anyway
     log_every_n_steps: int = 50  # optimizer steps between progress updates (the only host syncs in the loop)
+    resume: str | None = None  # a checkpoint file or run dir to continue from; None = start fresh
+    checkpoint_every_n_steps: int | None = None  # also write last.pt every N optimizer steps; None = per epoch only
+    save_top_k: int = 0  # also keep the k best epochs as checkpoints/epoch=NNN-val_loss=X.pt; 0 = off
+    early_stopping_patience: int | None = None  # stop after N epochs without a val/loss improvement; None = off
+    on_nonfinite: str = "stop"  # a NaN/Inf loss: stop (the run ends with an error) | skip (drop that update)
+    compile: bool = False  # torch.compile the model for training and validation; False = eager
+    channels_last: bool = False  # conv models: NHWC memory format (faster convs on GPUs); False = NCHW
+
+
+@dataclass
+class OutputsConfig:
+    """What a run writes for people to look at, besides checkpoints and metrics.csv.
+
+    Pictures (loss_curve.png, reconstructions/) are drawn at the first and last epoch and every
+    `plot_every` epochs in between while drawing stays within `render_budget` of the run's time;
+    TensorBoard scalars and summary.json are cheap and written every epoch.
+    """
+
+    plot_every: int = 1  # epochs between redraws of loss_curve.png and the reconstructions; 0 = no pictures
+    render_budget: float = 0.03  # share of the run's time pictures may take; 0 = first and last epoch only, 1 = no limit
+    num_samples: int = 16  # validation samples in each reconstruction picture, the same ones every epoch
+    sample_seed: int = 0  # picks those samples (a private generator: the run's RNG is untouched)
+    grid_zoom_to: int = 32  # pixels: smaller images are enlarged by a whole factor (nearest); 0 = native size
+    tensorboard: bool = True  # tensorboard/: scalars every epoch and log interval, pictures when drawn; false = none
+    progress: bool = True  # a live progress bar per epoch when stdout is a terminal; false = epoch lines only
 
 
 @dataclass
@@ -125,6 +150,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
 
 
 def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
@@ -177,6 +203,19 @@ def validate(cfg: Config) -> None:
     _require(t.gradient_clip_algorithm in ("norm", "value"), "trainer.gradient_clip_algorithm", "norm or value",
              t.gradient_clip_algorithm)
     _require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", ">= 1", t.log_every_n_steps)
+    _require(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps",
+             ">= 1, or null for once per epoch", t.checkpoint_every_n_steps)
+    _require(t.save_top_k >= 0, "trainer.save_top_k", ">= 0", t.save_top_k)
+    _require(t.early_stopping_patience is None or t.early_stopping_patience >= 1, "trainer.early_stopping_patience",
+             ">= 1, or null for no early stopping", t.early_stopping_patience)
+    _require(t.on_nonfinite in ("stop", "skip"), "trainer.on_nonfinite", "stop or skip", t.on_nonfinite)
+
+    u = cfg.outputs
+    _require(u.plot_every >= 0, "outputs.plot_every", ">= 0 (0 = no pictures)", u.plot_every)
+    _require(0.0 <= u.render_budget <= 1.0, "outputs.render_budget", "in [0, 1] (a share of the run's time)",
+             u.render_budget)
+    _require(1 <= u.num_samples <= 64, "outputs.num_samples", "in 1..64", u.num_samples)
+    _require(u.grid_zoom_to >= 0, "outputs.grid_zoom_to", ">= 0 (0 = native size)", u.grid_zoom_to)
 
 
 def to_json(cfg: Config) -> str:

@@ -8,6 +8,8 @@ its message as one line and exits non-zero; anything else is a bug and keeps its
 class AetrainError(Exception):
     """A problem the user can fix; the message names the key and what is allowed."""
 
+    exit_code = 2  # the CLI's exit status: 2 = the command itself was wrong
+
 
 class ConfigError(AetrainError):
     """A config value is out of range, of the wrong kind, or does not fit the data."""
@@ -23,3 +25,13 @@ class CheckpointError(AetrainError):
 
 class DivergenceError(AetrainError):
     """Training produced a non-finite loss and the run was stopped."""
+
+    exit_code = 1  # the command was fine; the run failed
+
+
+class Interrupted(AetrainError):
+    """SIGINT or SIGTERM stopped the run after it saved a checkpoint to resume from."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention for "ended by signal N"

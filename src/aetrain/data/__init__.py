@@ -37,6 +37,7 @@ class Data:
     device: torch.device
     eval_batch_size: int
     num_workers: int
+    memory_format: torch.memory_format = torch.preserve_format
 
     @property
     def num_train(self) -> int:
@@ -47,12 +48,17 @@ class Data:
         return len(self.val)
 
     def val_batches(self) -> Iterator[torch.Tensor]:
-        return eval_batches(self.val, self.eval_batch_size, self.device, self.num_workers)
+        return eval_batches(self.val, self.eval_batch_size, self.device, self.num_workers, self.memory_format)
 
 
-def build_data(cfg: DataConfig, device: torch.device, *, seed: int) -> Data:
-    """Load `cfg.name`, split it with `cfg.split_seed`, and batch training data in an order set by `seed`."""
+def build_data(cfg: DataConfig, device: torch.device, *, seed: int, channels_last: bool = False) -> Data:
+    """Load `cfg.name`, split it with `cfg.split_seed`, and batch training data in an order set by `seed`.
+
+    `channels_last`: hold and deliver images in NHWC memory format (gathers and slices keep it).
+    """
     source = SOURCES.get(cfg.name)(cfg)
+    image = len(source.shape) == 3
+    memory_format = torch.channels_last if channels_last and image else torch.preserve_format
     n = len(source.samples)
     n_val = round(n * cfg.val_fraction)
     if n_val < 1 or n - n_val < 2:
@@ -68,12 +74,14 @@ def build_data(cfg: DataConfig, device: torch.device, *, seed: int) -> Data:
         home = device if _fits(device, train, val) else torch.device("cpu")
         if home.type == "cpu" and device.type == "cuda":
             train, val = train.pin_memory(), val.pin_memory()
-        train, val = train.to(home), val.to(home)
-        return Data(spec, TensorBatches(train, plan, device), val, device, eval_batch_size, 0)
+        train, val = train.to(home, memory_format=memory_format), val.to(home, memory_format=memory_format)
+        return Data(spec, TensorBatches(train, plan, device), val, device, eval_batch_size, 0, memory_format)
 
     spec = DataSpec(cfg.name, source.shape, True, torch.tensor(0.0), torch.tensor(1.0), 0.0, 1.0)
-    loader_train = LoaderBatches(Subset(source.samples, train_idx.tolist()), plan, device, cfg.num_workers)
-    return Data(spec, loader_train, Subset(source.samples, val_idx.tolist()), device, eval_batch_size, cfg.num_workers)
+    loader_train = LoaderBatches(Subset(source.samples, train_idx.tolist()), plan, device, cfg.num_workers,
+                                 memory_format)
+    return Data(spec, loader_train, Subset(source.samples, val_idx.tolist()), device, eval_batch_size, cfg.num_workers,
+                memory_format)
 
 
 def _scaled(source: Source, train_idx: torch.Tensor, val_idx: torch.Tensor, name: str

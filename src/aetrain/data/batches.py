@@ -33,10 +33,13 @@ class BatchPlan:
     def __len__(self) -> int:
         return len(self.sizes)
 
-    def epoch(self, epoch: int) -> list[torch.Tensor]:
+    def order(self, epoch: int) -> torch.Tensor:
+        """The epoch's sample order, (sum(sizes),) int64 on the CPU: the same for the same (seed, epoch)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(self.num_samples, generator=g)
-        return list(order[: sum(self.sizes)].split(self.sizes))
+        return torch.randperm(self.num_samples, generator=g)[: sum(self.sizes)]
+
+    def epoch(self, epoch: int) -> list[torch.Tensor]:
+        return list(self.order(epoch).split(self.sizes))
 
 
 class TensorBatches:
@@ -51,30 +54,32 @@ class TensorBatches:
         return len(self.plan)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
-        for idx in self.plan.epoch(epoch)[start:]:
-            idx = idx.to(self.data.device, non_blocking=True)
+        order = self.plan.order(epoch).to(self.data.device)  # one transfer per epoch, not one per batch
+        for idx in order.split(self.plan.sizes)[start:]:
             yield self.data[idx].to(self.device, non_blocking=True)  # (B, *shape); a no-op copy when resident
 
 
 class LoaderBatches:
     """Training batches decoded by DataLoader workers from a map-style dataset."""
 
-    def __init__(self, dataset: Dataset, plan: BatchPlan, device: torch.device, num_workers: int) -> None:
+    def __init__(self, dataset: Dataset, plan: BatchPlan, device: torch.device, num_workers: int,
+                 memory_format: torch.memory_format = torch.preserve_format) -> None:
         self.dataset = dataset
         self.plan = plan
         self.device = device
         self.num_workers = num_workers
+        self.memory_format = memory_format
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
         batches = [idx.tolist() for idx in self.plan.epoch(epoch)[start:]]
-        yield from _load(self.dataset, batches, self.device, self.num_workers)
+        yield from _load(self.dataset, batches, self.device, self.num_workers, self.memory_format)
 
 
-def eval_batches(source: torch.Tensor | Dataset, batch_size: int, device: torch.device,
-                 num_workers: int = 0) -> Iterator[torch.Tensor]:
+def eval_batches(source: torch.Tensor | Dataset, batch_size: int, device: torch.device, num_workers: int = 0,
+                 memory_format: torch.memory_format = torch.preserve_format) -> Iterator[torch.Tensor]:
     """Validation batches in order: slices of a tensor (no copy) or loader batches."""
     n = len(source)
     if isinstance(source, torch.Tensor):
@@ -82,13 +87,14 @@ def eval_batches(source: torch.Tensor | Dataset, batch_size: int, device: torch.
             yield source[i : i + batch_size].to(device, non_blocking=True)
     else:
         yield from _load(source, [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)],
-                         device, num_workers)
+                         device, num_workers, memory_format)
 
 
-def _load(dataset: Dataset, batches: list[list[int]], device: torch.device, num_workers: int) -> Iterator[torch.Tensor]:
+def _load(dataset: Dataset, batches: list[list[int]], device: torch.device, num_workers: int,
+          memory_format: torch.memory_format) -> Iterator[torch.Tensor]:
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=device.type == "cuda")
     try:
         for x in loader:
-            yield x.to(device, non_blocking=True)
+            yield x.to(device, non_blocking=True, memory_format=memory_format)
     except DataError as e:  # re-raised from a worker with its traceback in the text: keep the last line
         raise DataError(str(e).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from aetrain import __version__
-from aetrain.config import from_json, to_json
+from aetrain.config import Config, from_json, to_json
 from aetrain.data.spec import DataSpec
 from aetrain.errors import CheckpointError
 
@@ -88,7 +88,7 @@ def load(path: str | Path, *, prefer: tuple[str, ...] = (LAST,)) -> dict[str, An
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the global it refused
         if found:  # the file asks to import and call something: that is how pickles run code
             raise CheckpointError(
                 f"{p}: refused to load: it references the Python object {found.group(1)}, and loading it would "
@@ -157,8 +157,79 @@ def payload(engine: Engine) -> dict[str, Any]:
         "schedule": p.schedule.state_dict(),
         "scaler": p.precision.scaler.state_dict(),
         "state": asdict(engine.state),
+        "meter": engine.meter.state_dict() if engine.meter is not None else None,  # mid-epoch: the epoch so far
         "rng": rng_states(),
     }
+
+
+def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
+    """Put `engine` back exactly where `ckpt` was written (its parts freshly built from the same config)."""
+    from aetrain.train.engine import Meter, TrainState
+
+    p = engine.parts
+    p.model.load_state_dict(ckpt["model"])
+    p.optimizer.load_state_dict(ckpt["optimizer"])
+    p.schedule.load_state_dict(ckpt["schedule"])
+    p.precision.scaler.load_state_dict(ckpt["scaler"])
+    engine.state = TrainState(**ckpt["state"])
+    if ckpt["meter"] is not None:
+        engine.meter = Meter(p.data.train.plan.sizes, p.cfg.trainer.accumulate_grad_batches, p.data.device)
+        engine.meter.load_state_dict(ckpt["meter"])
+    restore_rng_states(ckpt["rng"])  # last: building the parts drew from the generators
+
+
+# Keys that may differ between a checkpoint's config and the config resuming it: where things
+# live, how often to log and save, how long to train. Everything else shapes the computation,
+# so it must match for the continuation to be the run it claims to be.
+RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.device", "trainer.compile", "trainer.log_every_n_steps",
+                     "trainer.checkpoint_every_n_steps", "trainer.save_top_k", "trainer.early_stopping_patience",
+                     "trainer.on_nonfinite", "data.root", "data.path", "data.download", "data.num_workers", "outputs.")
+
+
+def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, path: str) -> None:
+    """Refuse to continue `ckpt` under a config or data that would make it a different run."""
+    old, new = _flat(asdict(from_json(ckpt["config"]))), _flat(asdict(cfg))
+    changed = [k for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        was = ", ".join(f"{k}={old.get(k)!r}" for k in changed)
+        now = ", ".join(f"{k}={new.get(k)!r}" for k in changed)
+        raise CheckpointError(f"trainer.resume={path}: the checkpoint was trained with {was}; this config has {now}. "
+                              "Resume with the same settings (only where files live, logging, checkpointing, "
+                              "early stopping and trainer.max_epochs may change)")
+    saved_shape = tuple(ckpt["data_spec"]["shape"])
+    if saved_shape != spec.shape:
+        raise CheckpointError(f"trainer.resume={path}: the checkpoint's data has samples of shape {saved_shape}, "
+                              f"data '{spec.name}' has {spec.shape}")
+    per_step = cfg.scheduler.name in ("cosine", "onecycle")
+    if per_step and old["trainer.max_epochs"] != cfg.trainer.max_epochs:
+        raise CheckpointError(f"trainer.max_epochs={cfg.trainer.max_epochs}: scheduler={cfg.scheduler.name} was planned "
+                              f"over trainer.max_epochs={old['trainer.max_epochs']} and cannot be stretched on resume; "
+                              "keep it, or use an epoch-wise schedule (step, exponential, plateau, none)")
+    if ckpt["state"]["epoch"] >= cfg.trainer.max_epochs and not ckpt["state"]["step_in_epoch"]:
+        raise CheckpointError(f"trainer.resume={path}: the run already completed {ckpt['state']['epoch']} epochs; "
+                              f"raise trainer.max_epochs (now {cfg.trainer.max_epochs}) to train further")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory a checkpoint file (or run dir) belongs to."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+
+
+def nonfinite_parameters(model: torch.nn.Module) -> bool:
+    """True when any weight is NaN or infinite (one host sync)."""
+    return not bool(torch.stack([t.isfinite().all() for t in model.state_dict().values()
+                                 if t.is_floating_point()]).all())
 
 
 def spec_from_checkpoint(ckpt: dict[str, Any]) -> DataSpec:

@@ -1,15 +1,21 @@
 """The training loop: every model, precision, schedule and regulariser runs through `Engine.fit`.
 
 The variation lives in objects built once by `aetrain.train.run` (the objective, `Precision`,
-the clip function, the `Schedule`); the loop only calls them. Metrics are summed on the device
-and read back once per logging interval and per epoch, so the step itself never waits on the
-host. Output (metrics, checkpoints, console, images) hangs off `Callback`s.
+the clip function, the `Schedule`, the non-finite policy); the loop only calls them. Loss terms
+are written to a device buffer and read back once per logging interval and per epoch, so the
+step itself never waits on the host. Output (metrics, checkpoints, console, images) hangs off
+`Callback`s.
+
+Counters live in `TrainState` and change only here: an optimizer step advances `step` and
+`step_in_epoch`; an epoch's end advances `epoch` and resets `step_in_epoch`. A checkpoint taken
+between any two optimizer steps therefore describes a point the loop can continue from exactly.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +24,11 @@ import torch
 
 from aetrain.config import Config
 from aetrain.data import Data
-from aetrain.models import Autoencoder, Objective
+from aetrain.errors import DivergenceError, Interrupted
+from aetrain.models import Autoencoder, Objective, Terms
 from aetrain.train.optim import Schedule
 from aetrain.train.precision import Clip, Precision
+from aetrain.train.signals import Interrupt
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +50,8 @@ class Parts:
     """What one run trains with, built once from the config."""
 
     cfg: Config
-    model: Autoencoder
+    model: Autoencoder  # what checkpoints save and callbacks inspect
+    net: torch.nn.Module  # the same model as the loop calls it: torch.compile'd with trainer.compile
     objective: Objective  # training objective (noise on)
     val_objective: Objective  # clean inputs
     optimizer: torch.optim.Optimizer
@@ -65,27 +74,102 @@ def accumulation_windows(batch_sizes: list[int], accumulate: int) -> list[list[f
 
 
 class Meter:
-    """Sample-weighted sums of the loss terms and the sum of gradient norms, on the device."""
+    """One epoch's per-batch loss terms and per-step gradient norms, in device buffers.
 
-    def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(4, device=device)  # loss, reconstruction, penalty (x samples), grad norm
-        self.samples = 0
+    Writing a row is one copy kernel and no host sync; `read` reduces everything written so far
+    in one sync. A batch whose terms are not finite is left out of the means and reported.
+    """
+
+    def __init__(self, batch_sizes: list[int], accumulate: int, device: torch.device) -> None:
+        self.sizes = torch.tensor(batch_sizes, dtype=torch.float32, device=device)  # (batches,)
+        self.terms = torch.zeros(len(batch_sizes), 3, device=device)  # (batches, [loss, reconstruction, penalty])
+        self.norms = torch.zeros(math.ceil(len(batch_sizes) / accumulate), device=device)  # (steps,)
+        self.accumulate = accumulate
+        self.batches = 0  # rows written
         self.steps = 0
 
-    def add_batch(self, loss: torch.Tensor, reconstruction: torch.Tensor, penalty: torch.Tensor, n: int) -> None:
-        self.sums[:3] += torch.stack([loss, reconstruction, penalty]).detach() * n
-        self.samples += n
+    def add_batch(self, terms: Terms) -> None:
+        self.terms[self.batches] = torch.stack([terms.loss, terms.reconstruction, terms.penalty]).detach()
+        self.batches += 1
 
     def add_step(self, grad_norm: torch.Tensor) -> None:
-        self.sums[3] += grad_norm.detach()
+        self.norms[self.steps] = grad_norm.detach()
         self.steps += 1
 
-    def read(self) -> dict[str, float]:
-        """Means since the meter started; one host sync."""
-        loss, rec, pen, norm = self.sums.tolist()
-        n, s = max(self.samples, 1), max(self.steps, 1)
-        return {"train/loss": loss / n, "train/reconstruction": rec / n, "train/penalty": pen / n,
-                "train/grad_norm": norm / s}
+    def read(self) -> tuple[dict[str, float], int | None, int]:
+        """(means so far, index in the epoch of the first non-finite step or None, non-finite batches)."""
+        terms, sizes, norms = self.terms[: self.batches], self.sizes[: self.batches], self.norms[: self.steps]
+        finite = terms.isfinite().all(dim=1)  # (batches,)
+        weights = sizes * finite
+        means = (terms.nan_to_num(0.0, 0.0, 0.0) * weights[:, None]).sum(0) / weights.sum().clamp_min(1.0)
+        norm_ok = norms.isfinite()  # fp16: the scaler skips inf-gradient steps on purpose; average the rest
+        norm = (norms.nan_to_num(0.0, 0.0, 0.0) * norm_ok).sum() / norm_ok.sum().clamp_min(1)
+        bad = (~finite).nonzero()[:1].flatten()  # the first non-finite batch, if any
+        loss, rec, pen, norm_mean, n_bad, *first = torch.cat(
+            [means, norm[None], (~finite).sum()[None].float(), bad.float()]).tolist()
+        metrics = {"train/loss": loss, "train/reconstruction": rec, "train/penalty": pen, "train/grad_norm": norm_mean}
+        return metrics, int(first[0]) // self.accumulate if first else None, int(n_bad)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"terms": self.terms.cpu(), "norms": self.norms.cpu(), "batches": self.batches, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.terms.copy_(state["terms"])
+        self.norms.copy_(state["norms"])
+        self.batches, self.steps = state["batches"], state["steps"]
+
+
+class NonFinitePolicy:
+    """trainer.on_nonfinite=stop: the run ends at the next read with a message naming the step."""
+
+    skip_updates = False
+
+    def on_read(self, engine: Engine, first_bad: int | None, n_bad: int) -> None:
+        if first_bad is not None:
+            cfg = engine.parts.cfg
+            step = engine.state.step - engine.state.step_in_epoch + first_bad + 1
+            causes = [f"optimizer.lr={cfg.optimizer.lr:g} too high"]
+            if cfg.trainer.precision == "16-mixed":
+                causes.append("fp16 overflow (try trainer.precision=bf16-mixed or 32)")
+            if cfg.trainer.gradient_clip_val is None:
+                causes.append("no gradient clipping (try trainer.gradient_clip_val=1.0)")
+            raise DivergenceError(
+                f"non-finite loss at step {step} (epoch {engine.state.epoch + 1}); likely causes: {', '.join(causes)}. "
+                "Checkpoints keep only finite models; trainer.on_nonfinite=skip drops such steps instead"
+            )
+
+
+class SkipNonFinite(NonFinitePolicy):
+    """trainer.on_nonfinite=skip: updates with non-finite gradients are dropped (one host sync per step)."""
+
+    skip_updates = True
+
+    def __init__(self) -> None:
+        self.reported = 0
+
+    def on_read(self, engine: Engine, first_bad: int | None, n_bad: int) -> None:
+        if n_bad > self.reported:
+            log.warning("skipped %d update(s) with a non-finite loss in epoch %d so far", n_bad, engine.state.epoch + 1)
+        self.reported = n_bad
+
+
+def build_nonfinite_policy(name: str) -> NonFinitePolicy:
+    return {"stop": NonFinitePolicy, "skip": SkipNonFinite}[name]()
+
+
+def memory_mb(device: torch.device) -> float:
+    """CUDA: peak memory allocated since the last call (then reset); CPU: the process's resident set."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak / 2**20
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux: the peak is the best the standard library offers
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 class Callback:
@@ -109,10 +193,11 @@ class Callback:
         """Every trainer.log_every_n_steps steps: step, lr and the epoch's running train means."""
 
     def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
-        """After validation. `record`: epoch, step, train/* and val/* means, lr, improved, timings."""
+        """After validation. `record`: epoch, step, train/* and val/* means, lr, improved, timings, memory."""
 
     def on_fit_end(self, engine: Engine) -> None:
-        """Once, after the last epoch."""
+        """Once, after the last epoch or when the run stops early; engine.status says how it ended:
+        ok, interrupted (a signal; the state is mid-epoch), diverged or failed."""
 
 
 @dataclass
@@ -120,58 +205,90 @@ class Engine:
     parts: Parts
     callbacks: list[Callback] = field(default_factory=list)
     state: TrainState = field(default_factory=TrainState)
+    nonfinite: NonFinitePolicy = field(default_factory=NonFinitePolicy)
+    interrupt: Interrupt = field(default_factory=Interrupt)
+    meter: Meter | None = None  # the epoch under way; None at an epoch boundary
     should_stop: bool = False  # set by callbacks (early stopping); checked between epochs
+    status: str = "running"  # then ok | interrupted | diverged | failed
 
     def fit(self) -> TrainState:
-        cfg = self.parts.cfg.trainer
         self._call("on_fit_start")
-        while self.state.epoch < cfg.max_epochs and not self.should_stop:
-            self._call("on_epoch_start")
-            tic = time.perf_counter()
-            train = self.train_epoch()
-            train_time = time.perf_counter() - tic
-            val = self.validate()
-            self.parts.schedule.after_epoch(val["val/loss"])
-            self.state.epoch += 1
-            self.state.step_in_epoch = 0
-            improved = val["val/loss"] < self.state.best_val_loss
-            if improved:
-                self.state.best_val_loss, self.state.best_epoch = val["val/loss"], self.state.epoch
-            self.state.bad_epochs = 0 if improved else self.state.bad_epochs + 1
-            record = {"epoch": self.state.epoch, "step": self.state.step, **train, **val,
-                      "improved": improved, "epoch_time_s": time.perf_counter() - tic,
-                      "samples_per_s": self.parts.data.num_train / train_time}
-            self._call("on_epoch_end", record)
-        self._call("on_fit_end")
+        try:
+            while self.state.epoch < self.parts.cfg.trainer.max_epochs and not self.should_stop:
+                self.run_epoch()
+        except Interrupted:
+            self.status = "interrupted"
+            raise
+        except Exception as e:
+            self.status = "diverged" if isinstance(e, DivergenceError) else "failed"
+            raise
+        else:
+            self.status = "ok"
+        finally:
+            if self.status != "running":  # not after a second Ctrl-C: that one aborts at once
+                self._call("on_fit_end")
         return self.state
 
-    def train_epoch(self) -> dict[str, float]:
-        """One pass over the training batches; returns the epoch's mean losses, grad norm and last lr."""
+    def run_epoch(self) -> None:
+        self.check_interrupt()
+        self._call("on_epoch_start")
+        tic = time.perf_counter()
+        train, samples = self.train_epoch()
+        train_time = time.perf_counter() - tic
+        val = self.validate()
+        self.parts.schedule.after_epoch(val["val/loss"])
+        st = self.state
+        st.epoch += 1
+        st.step_in_epoch = 0
+        self.meter = None
+        improved = val["val/loss"] < st.best_val_loss  # False for NaN
+        if improved:
+            st.best_val_loss, st.best_epoch = val["val/loss"], st.epoch
+        st.bad_epochs = 0 if improved else st.bad_epochs + 1
+        record = {"epoch": st.epoch, "step": st.step, **train, **val, "improved": improved,
+                  "epoch_time_s": time.perf_counter() - tic, "samples_per_s": samples / max(train_time, 1e-9),
+                  "memory_mb": memory_mb(self.parts.data.device)}
+        self._call("on_epoch_end", record)
+
+    def train_epoch(self) -> tuple[dict[str, float], int]:
+        """The epoch's training steps (from step_in_epoch on); returns its mean terms and last lr, and
+        the number of samples this call trained on."""
         p, st = self.parts, self.state
         p.model.train()
-        meter = Meter(p.data.device)
         accumulate = p.cfg.trainer.accumulate_grad_batches
-        log_every = p.cfg.trainer.log_every_n_steps
+        if self.meter is None:  # else restored from a mid-epoch checkpoint
+            self.meter = Meter(p.data.train.plan.sizes, accumulate, p.data.device)
+        meter, log_every = self.meter, p.cfg.trainer.log_every_n_steps
         batches = p.data.train.epoch(st.epoch, start=st.step_in_epoch * accumulate)
+        lr, samples = self.lr, 0
         for window in p.windows[st.step_in_epoch :]:
             for weight in window:
                 x = next(batches)  # (B, *shape) in model units, on the device
                 with p.precision.autocast:
-                    terms = p.objective(p.model, x)
+                    terms = p.objective(p.net, x)
                 # gradients add up over the window; weighting each micro-batch by its share of the
                 # samples makes the update equal that of one batch holding them all
                 p.precision.backward(terms.loss * weight)
-                meter.add_batch(terms.loss, terms.reconstruction, terms.penalty, x.shape[0])
+                meter.add_batch(terms)
+                samples += x.shape[0]
             lr = self.lr  # the rate this step uses
-            grad_norm = p.precision.step(p.optimizer, p.params, p.clip)
-            meter.add_step(grad_norm)
+            meter.add_step(p.precision.step(p.optimizer, p.params, p.clip))
+            p.schedule.after_step()
             st.step += 1
             st.step_in_epoch += 1
             self._call("on_step")
             if st.step % log_every == 0:
-                self._call("on_log", {"step": st.step, "lr": lr, **meter.read()})
-            p.schedule.after_step()
-        return {**meter.read(), "lr": lr}
+                self._call("on_log", {"step": st.step, "lr": lr, **self.train_metrics()})
+            self.check_interrupt()
+        return {**self.train_metrics(), "lr": lr}, samples
+
+    def train_metrics(self) -> dict[str, float]:
+        """The epoch's running train means (one host sync); applies the non-finite policy."""
+        if self.meter is None:
+            return {}
+        metrics, first_bad, n_bad = self.meter.read()
+        self.nonfinite.on_read(self, first_bad, n_bad)
+        return metrics
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -181,10 +298,16 @@ class Engine:
         sums = torch.zeros(2, device=p.data.device)
         for x in p.data.val_batches():
             with p.precision.autocast:
-                terms = p.val_objective(p.model, x)
+                terms = p.val_objective(p.net, x)
             sums += torch.stack([terms.reconstruction, terms.penalty]) * x.shape[0]
         rec, pen = (sums / p.data.num_val).tolist()
         return {"val/loss": rec, "val/penalty": pen}
+
+    def check_interrupt(self) -> None:
+        """Stop here if a signal came in: between optimizer steps, where the state is complete."""
+        if self.interrupt.requested:
+            raise Interrupted(f"interrupted by {self.interrupt.name} at epoch {self.state.epoch + 1}, "
+                              f"step {self.state.step}", self.interrupt.signum)
 
     @property
     def lr(self) -> float:

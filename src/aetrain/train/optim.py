@@ -18,17 +18,25 @@ from torch.optim import lr_scheduler
 from aetrain.config import OptimizerConfig, SchedulerConfig
 from aetrain.registry import Registry
 
-OPTIMIZERS: Registry[Callable[[Iterable[torch.Tensor], OptimizerConfig], torch.optim.Optimizer]] = Registry("optimizer")
-OPTIMIZERS.add("adam", lambda p, c: torch.optim.Adam(p, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay))
-OPTIMIZERS.add("adamw", lambda p, c: torch.optim.AdamW(p, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay))
-OPTIMIZERS.add("sgd", lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
-                                                   weight_decay=c.weight_decay))
-OPTIMIZERS.add("rmsprop", lambda p, c: torch.optim.RMSprop(p, lr=c.lr, momentum=c.momentum, eps=c.eps,
-                                                           weight_decay=c.weight_decay))
+Params = list[torch.Tensor]
+OptimizerBuilder = Callable[[Params, OptimizerConfig, dict[str, bool]], torch.optim.Optimizer]
+OPTIMIZERS: Registry[OptimizerBuilder] = Registry("optimizer")
+OPTIMIZERS.add("adam", lambda p, c, fast: torch.optim.Adam(p, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
+                                                           weight_decay=c.weight_decay, **fast))
+OPTIMIZERS.add("adamw", lambda p, c, fast: torch.optim.AdamW(p, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
+                                                             weight_decay=c.weight_decay, **fast))
+OPTIMIZERS.add("sgd", lambda p, c, fast: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                                                         weight_decay=c.weight_decay, **fast))
+OPTIMIZERS.add("rmsprop", lambda p, c, fast: torch.optim.RMSprop(p, lr=c.lr, momentum=c.momentum, eps=c.eps,
+                                                                 weight_decay=c.weight_decay))
 
 
 def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
-    return OPTIMIZERS.get(cfg.name)(params, cfg)
+    """On CUDA, Adam, AdamW and SGD use their fused kernels: one launch per step, and the fp16
+    GradScaler's inf check stays on the device (the unfused path reads it back every step)."""
+    params = list(params)
+    fused = cfg.name != "rmsprop" and all(p.is_cuda for p in params)
+    return OPTIMIZERS.get(cfg.name)(params, cfg, {"fused": True} if fused else {})
 
 
 class Schedule:

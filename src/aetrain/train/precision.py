@@ -27,13 +27,23 @@ PRECISIONS.add("bf16-mixed", torch.bfloat16)
 Clip = Callable[[list[torch.Tensor]], torch.Tensor]  # parameters -> total grad norm before clipping
 
 
+def _always(grad_norm: torch.Tensor) -> bool:
+    return True
+
+
+def _if_finite(grad_norm: torch.Tensor) -> bool:
+    return bool(torch.isfinite(grad_norm))  # a host sync: the price of trainer.on_nonfinite=skip
+
+
 class Precision:
-    def __init__(self, name: str, device: torch.device) -> None:
+    def __init__(self, name: str, device: torch.device, *, skip_nonfinite: bool = False) -> None:
         self.name = name
         self.dtype = PRECISIONS.get(name)
         self.autocast = torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None)
         # Only fp16 needs loss scaling: its gradients underflow; bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
+        # The scaler already skips fp16 steps with inf/NaN gradients; this extends that to every precision.
+        self.admit = _if_finite if skip_nonfinite else _always
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
@@ -42,7 +52,8 @@ class Precision:
         """Unscale, measure and clip the gradients, step (skipped by the scaler on inf/NaN), zero them."""
         self.scaler.unscale_(optimizer)  # clipping thresholds are in true gradient units
         grad_norm = clip(params)
-        self.scaler.step(optimizer)
+        if self.admit(grad_norm):
+            self.scaler.step(optimizer)
         self.scaler.update()
         optimizer.zero_grad(set_to_none=True)
         return grad_norm

@@ -7,6 +7,7 @@ before the first file is written, so a bad command leaves nothing behind.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from collections.abc import Sequence
@@ -17,12 +18,13 @@ import torch
 
 from aetrain.config import Config, validate
 from aetrain.data import build_data
-from aetrain.errors import ConfigError
-from aetrain.models import build_model, build_objectives, count_parameters
+from aetrain.errors import ConfigError, Interrupted
+from aetrain.models import build_model, build_objectives
 from aetrain.train import checkpoint
-from aetrain.train.callbacks import Checkpointer, EpochLog, MetricsCSV
-from aetrain.train.engine import Callback, Engine, Parts, accumulation_windows
+from aetrain.train.callbacks import Checkpointer, EarlyStopping, EpochLog, MetricsCSV
+from aetrain.train.engine import Callback, Engine, Parts, accumulation_windows, build_nonfinite_policy
 from aetrain.train.optim import build_optimizer, build_schedule
+from aetrain.train.outputs import build_outputs
 from aetrain.train.precision import Precision, build_clip, trainable
 
 log = logging.getLogger(__name__)
@@ -65,32 +67,56 @@ def build_parts(cfg: Config) -> Parts:
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
-    data = build_data(cfg.data, device, seed=cfg.trainer.seed)
-    model = build_model(cfg.model, data.spec).to(device)
+    data = build_data(cfg.data, device, seed=cfg.trainer.seed, channels_last=cfg.trainer.channels_last)
+    model = build_model(cfg.model, data.spec).to(device, memory_format=data.memory_format)
     objective, val_objective = build_objectives(cfg.model, data.spec)
-    precision = Precision(cfg.trainer.precision, device)
+    precision = Precision(cfg.trainer.precision, device, skip_nonfinite=cfg.trainer.on_nonfinite == "skip")
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     windows = accumulation_windows(data.train.plan.sizes, cfg.trainer.accumulate_grad_batches)
     schedule = build_schedule(cfg.scheduler, optimizer, total_steps=len(windows) * cfg.trainer.max_epochs)
     clip = build_clip(cfg.trainer.gradient_clip_val, cfg.trainer.gradient_clip_algorithm)
-    return Parts(cfg, model, objective, val_objective, optimizer, schedule, precision, clip,
+    net = torch.compile(model) if cfg.trainer.compile else model  # compiled lazily, at the first batch
+    return Parts(cfg, model, net, objective, val_objective, optimizer, schedule, precision, clip,
                  trainable(model.parameters()), data, windows)
 
 
 def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
     """Train one model into `out_dir`; returns the summary numbers (best val loss first).
 
-    `callbacks` run after aetrain's own; their on_fit_start fires once the run is known to be valid.
+    With cfg.trainer.resume set, training continues from that checkpoint exactly where it was
+    written. `callbacks` run after aetrain's own; their on_fit_start fires once the run is
+    known to be valid. A signal stops the run with `Interrupted` after saving last.pt.
     """
     parts = build_parts(cfg)
-    _refuse_existing_run(out_dir)
+    t = cfg.trainer
+    ckpt = checkpoint.load(t.resume) if t.resume else None
+    if ckpt is not None:
+        checkpoint.check_resumable(cfg, ckpt, parts.data.spec, t.resume)
+    previous = checkpoint.run_dir_of(t.resume) if t.resume else None
+    if previous is None or previous.resolve() != out_dir.resolve():
+        _refuse_existing_run(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("model %s (%s backbone, %s parameters) on %s %s, %d train / %d val samples, device %s, precision %s",
-             cfg.model.name, cfg.model.backbone, f"{count_parameters(parts.model):,}", parts.data.spec.name,
-             "x".join(map(str, parts.data.spec.shape)), parts.data.num_train, parts.data.num_val,
-             parts.data.device, cfg.trainer.precision)
-    engine = Engine(parts, [MetricsCSV(out_dir / "metrics.csv"), Checkpointer(out_dir), EpochLog(), *callbacks])
-    state = engine.fit()
+
+    history = previous / "metrics.csv" if previous is not None and previous.resolve() != out_dir.resolve() else None
+    engine = Engine(parts, [
+        MetricsCSV(out_dir / "metrics.csv", history),
+        Checkpointer(out_dir, every_n_steps=t.checkpoint_every_n_steps, top_k=t.save_top_k),
+        EarlyStopping(t.early_stopping_patience or math.inf),
+        EpochLog(),
+        *build_outputs(cfg.outputs, out_dir),  # header, pictures, tensorboard, summary.json, progress, final table
+        *callbacks,
+    ], nonfinite=build_nonfinite_policy(t.on_nonfinite))
+    if ckpt is not None:
+        checkpoint.restore(engine, ckpt)
+        log.info("resuming %s at epoch %d, step %d%s", t.resume, engine.state.epoch + 1, engine.state.step,
+                 f" ({engine.state.step_in_epoch} steps into the epoch)" if engine.state.step_in_epoch else "")
+    with engine.interrupt.installed():
+        try:
+            state = engine.fit()
+        except Interrupted as e:
+            last = checkpoint.checkpoint_dir(out_dir) / checkpoint.LAST
+            raise Interrupted(f"{e}; saved {last}; resume with: aetrain trainer.resume={out_dir}",
+                              engine.interrupt.signum) from None
     return {"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "epochs": state.epoch,
             "steps": state.step}
 

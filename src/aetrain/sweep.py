@@ -1,0 +1,388 @@
+"""Sweeps (`aetrain -m ...`): a failed job is recorded instead of sinking the sweep, and every
+multirun ends with a summary of its jobs.
+
+This is CLI-side code (it may import Hydra). Its pieces:
+- `SweepSummary`, the Hydra callback named in configs/train.yaml (`hydra.callbacks`): it refuses
+  a sweep dir that already holds a sweep and, once the sweeper is done, summarises the sweep;
+- `summarize(sweep_dir)` reads every job dir and writes `sweep_summary.csv` (one row per job,
+  best objective first, failed jobs last) and `sweep_objective.png`, and prints the table;
+- `record_failure` marks a failed job in its summary.json; `finish` hands the jobs' results to the
+  CLI for its exit code, and summarises a sweep whose sweeper stopped before its end;
+- `Stopped` carries a user's interrupt out of a job through Hydra's sweepers, which would
+  otherwise count it as one more failed job and go on.
+
+A job's results come from its run dir: `summary.json` when the run wrote one, else `metrics.csv`
+(best = lowest val/loss, epochs = rows, wall time = the epochs' summed time).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+SUMMARY_CSV = "sweep_summary.csv"
+OBJECTIVE_PNG = "sweep_objective.png"
+COLUMNS = ["job", "overrides", "status", "error", "best_val_loss", "epochs", "wall_time_s", "run_dir"]
+RUN_SUMMARY = "summary.json"  # written by each run (aetrain.train); the failure record of a job goes there too
+
+
+@dataclass
+class JobResult:
+    """One job of a sweep, as its run dir tells it."""
+
+    job: int  # hydra.job.num
+    run_dir: Path
+    overrides: list[str] = field(default_factory=list)  # the job's command-line overrides, swept values included
+    status: str = "failed"  # ok | failed
+    error: str = ""  # why it failed, one line ("ExceptionType: message"); "" when ok
+    best_val_loss: float = math.nan  # the objective; NaN when the job has none
+    epochs: int | None = None  # epochs trained; None when unknown
+    wall_time_s: float | None = None  # training time; None when unknown
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def ranked(self) -> bool:
+        """Whether the job has an objective to rank by."""
+        return self.ok and math.isfinite(self.best_val_loss)
+
+
+class Stopped(BaseException):
+    """A job was interrupted (Ctrl-C, SIGTERM): the whole sweep stops.
+
+    A BaseException, so that Hydra's job runner and sweepers, which catch Exception, let it
+    through instead of recording one more failed job and starting the next.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+# --- one job ---------------------------------------------------------------------------------
+
+def record_failure(run_dir: Path, error: str) -> None:
+    """Mark the job in `run_dir` failed in its summary.json, keeping whatever the run wrote there."""
+    path = run_dir / RUN_SUMMARY
+    summary = _read_json(path)
+    summary.update(status="failed", error=error)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_job(run_dir: Path) -> JobResult:
+    """What one job's run dir says about it (see the module docstring for the sources)."""
+    hydra_dir = run_dir / ".hydra"
+    result = JobResult(job=_job_num(hydra_dir, run_dir), run_dir=run_dir.resolve())
+    if (hydra_dir / "overrides.yaml").is_file():
+        result.overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+    summary = _read_json(run_dir / RUN_SUMMARY)
+    metrics = _read_metrics(run_dir / "metrics.csv")
+    if metrics:
+        losses = [v for v in (_float(r.get("val/loss")) for r in metrics) if math.isfinite(v)]
+        result.best_val_loss = min(losses, default=math.nan)
+        result.epochs = len(metrics)
+        result.wall_time_s = sum(_float(r.get("epoch_time_s")) for r in metrics)
+    if summary.get("status") is not None:  # the run's own numbers; null best = no finite val/loss
+        result.best_val_loss = _float(summary.get("best_val_loss"))
+    if summary.get("epochs") is not None:
+        result.epochs = int(summary["epochs"])
+    if summary.get("wall_time_s") is not None:
+        result.wall_time_s = _float(summary["wall_time_s"])
+
+    status = summary.get("status")
+    if status in ("ok", "failed"):
+        result.status, result.error = status, _one_line(summary.get("error") or "")
+    elif status == "running":
+        result.error = "did not finish: its process ended during training (killed, or out of memory?)"
+    elif metrics:
+        result.status = "ok"  # a run from before summary.json: metrics.csv is all there is
+    else:
+        result.error = "no result: the job ended before training started"
+    if result.status == "failed" and not result.error:
+        result.error = "failed (no reason recorded)"
+    return result
+
+
+def _job_num(hydra_dir: Path, run_dir: Path) -> int:
+    if (hydra_dir / "hydra.yaml").is_file():
+        num = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.job.num")
+        if isinstance(num, int):
+            return num
+    return int(run_dir.name) if run_dir.name.isdigit() else -1
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+# --- the whole sweep -------------------------------------------------------------------------
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The run dirs of a sweep's jobs: every dir with a `.hydra/` up to three levels down (wherever
+    hydra.sweep.subdir put it), and numbered dirs without one (a job that ended before it wrote
+    anything). Not deeper: a sweep dir pointed at a big tree must not be searched to the bottom."""
+    found = {p.parent.parent for depth in (1, 2, 3)
+             for p in sweep_dir.glob("*/" * depth + ".hydra/overrides.yaml")}
+    if sweep_dir.is_dir():
+        found |= {p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+    return sorted(found)
+
+
+def collect(sweep_dir: Path) -> list[JobResult]:
+    """Every job of the sweep, best objective first; failed jobs (and jobs without one) last, by number."""
+    results = [read_job(d) for d in job_dirs(sweep_dir)]
+    return sorted(results, key=lambda r: (not r.ranked, r.best_val_loss if r.ranked else 0.0, r.job))
+
+
+def summarize(sweep_dir: Path) -> list[JobResult]:
+    """Write sweep_summary.csv and sweep_objective.png into `sweep_dir` and print the table."""
+    results = collect(sweep_dir)
+    if not results:
+        return results  # the sweep stopped before any job ran (a composition error): nothing to say
+    write_csv(results, sweep_dir / SUMMARY_CSV)
+    plot_objective(results, sweep_dir / OBJECTIVE_PNG)
+    print_table(results, sweep_dir)
+    return results
+
+
+def write_csv(results: list[JobResult], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for r in results:
+            writer.writerow([
+                r.job, " ".join(r.overrides), r.status, r.error,
+                f"{r.best_val_loss:.8g}" if math.isfinite(r.best_val_loss) else "",
+                "" if r.epochs is None else r.epochs,
+                "" if r.wall_time_s is None else f"{r.wall_time_s:.2f}",
+                str(r.run_dir),
+            ])
+
+
+def varying_overrides(results: list[JobResult]) -> tuple[list[list[str]], list[str]]:
+    """Each job's overrides without those every job shares, and the shared ones."""
+    if len(results) < 2:
+        return [r.overrides for r in results], []
+    common = set.intersection(*(set(r.overrides) for r in results))
+    shared = [o for o in results[0].overrides if o in common]
+    return [[o for o in r.overrides if o not in common] for r in results], shared
+
+
+def _short(override: str) -> str:
+    """`optimizer.lr=0.0012520653814999472` as `optimizer.lr=0.001252` for the table (the CSV keeps all digits)."""
+    key, sep, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}={number:.4g}" if sep and len(value) > 8 and math.isfinite(number) else override
+
+
+def _tick(override: str) -> str:
+    """`optimizer.lr=0.001` as `lr=0.001`, `model=conv_ae` as it is: a short label under a job."""
+    key, _, value = _short(override).partition("=")
+    return f"{key.rpartition('.')[2]}={value}"
+
+
+def _plain_head() -> Any:
+    from rich.box import Box
+
+    return Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)  # box.SIMPLE_HEAD in ASCII
+
+
+def print_table(results: list[JobResult], sweep_dir: Path) -> None:
+    """The summary as a rich table on stdout: colours on a terminal, plain text otherwise."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    interactive = sys.stdout.isatty()
+    # Off a terminal rich assumes 80 columns and would fold the table; logs have room.
+    console = Console(highlight=False, width=None if interactive else 200)
+    varying, shared = varying_overrides(results)
+    failed = sum(not r.ok for r in results)
+    table = Table(
+        caption=f"same in every job: {' '.join(shared)}" if shared else None,
+        box=box.SIMPLE_HEAD if interactive else _plain_head(), caption_justify="left",
+    )
+    table.add_column("job", justify="right")
+    table.add_column("status")
+    table.add_column("best val/loss", justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("overrides", overflow="fold")  # wrapped on a narrow terminal, never cut
+    if failed:
+        table.add_column("error", overflow="fold")
+    best = results[0] if results[0].ranked else None
+    for r, overrides in zip(results, varying):
+        table.add_row(
+            str(r.job), r.status,
+            f"{r.best_val_loss:.5g}" if math.isfinite(r.best_val_loss) else "-",
+            "-" if r.epochs is None else str(r.epochs),
+            "-" if r.wall_time_s is None else f"{r.wall_time_s:.1f}s",
+            " ".join(_short(o) for o in overrides), *([r.error] if failed else []),
+            style="bold green" if r is best else ("red" if not r.ok else None),
+        )
+    header = f"sweep {sweep_dir}: {len(results) - failed} ok, {failed} failed"  # not the table's title: rich would fold a long path
+    footer = f"written: {sweep_dir / SUMMARY_CSV}, {sweep_dir / OBJECTIVE_PNG}"
+    if interactive:
+        console.print(header, style="bold", soft_wrap=True)
+        console.print(table)
+        console.print(footer, soft_wrap=True)
+    else:  # rich pads every line to the table's width; logs are better without the trailing blanks
+        with console.capture() as captured:
+            console.print(table)
+        text = "\n".join(line.rstrip() for line in captured.get().splitlines())
+        sys.stdout.write(f"{header}\n{text}\n{footer}\n")
+        sys.stdout.flush()
+
+
+def plot_objective(results: list[JobResult], path: Path) -> None:
+    """The objective of each job in launch order, the best so far as a line, failed jobs as red crosses."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    ordered = sorted(results, key=lambda r: r.job)
+    ranked = [r for r in ordered if r.ranked]
+    failed = [r for r in ordered if not r.ranked]
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if ranked:
+        values = [r.best_val_loss for r in ranked]
+        ax.plot([r.job for r in ranked], values, "o", color="C0", label="job")
+        running = [min(values[: i + 1]) for i in range(len(values))]
+        ax.step([r.job for r in ranked], running, where="post", color="C0", alpha=0.4, label="best so far")
+        best = min(ranked, key=lambda r: r.best_val_loss)
+        ax.plot([best.job], [best.best_val_loss], "*", color="C2", markersize=14, label="best")
+        if max(values) / min(values) > 20 and min(values) > 0:
+            ax.set_yscale("log")  # a diverging corner of the grid would flatten everything else
+    if failed:
+        if ranked:  # headroom above the values: failed jobs have none to be placed by, they go on top
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(lo, hi * (hi / lo) ** 0.3 if ax.get_yscale() == "log" else hi + 0.3 * (hi - lo))
+            ax.axhline(hi, color="0.6", linewidth=0.8, linestyle=":")  # above it: no value
+        ax.plot([r.job for r in failed], [0.9] * len(failed), "x", color="C3", markersize=9, mew=2,
+                transform=ax.get_xaxis_transform(), label="failed")
+        for r in failed[:30]:  # beyond that the labels would only overlap
+            ax.annotate("failed", (r.job, 0.9), xycoords=ax.get_xaxis_transform(), xytext=(0, 8),
+                        textcoords="offset points", ha="center", fontsize=7, color="C3")
+    ax.set_xlabel("job (hydra.job.num)")
+    ax.set_ylabel("best val/loss (lower is better)")
+    title = f"{path.parent.name}: {len(ranked)} of {len(results)} jobs ok"
+    if ranked:
+        title += f"; best: job {best.job}, {best.best_val_loss:.4g}"
+    ax.set_title(title, fontsize=10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    jobs = [r.job for r in ordered]
+    varying, _ = varying_overrides(ordered)
+    if len(ordered) <= 12 and all(len(v) <= 2 for v in varying):  # a small grid: name each job's values
+        ax.set_xticks(jobs, [f"{j}\n" + "\n".join(_tick(o) for o in v) for j, v in zip(jobs, varying)], fontsize=7)
+    ax.set_xlim(min(jobs) - 0.5, max(jobs) + 0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.savefig(path, dpi=120)
+
+
+# --- Hydra's callback and the CLI's view of the sweep ----------------------------------------
+
+@dataclass
+class _Sweep:
+    """The multirun this process is running: its dir once it starts, its results once summarised."""
+
+    dir: Path | None = None
+    results: list[JobResult] | None = None
+
+
+_current = _Sweep()
+
+
+def finish() -> list[JobResult] | None:
+    """The results of the multirun this process ran, or None after a single run.
+
+    Summarises the sweep first when its end was never reached (a sweeper that stopped early,
+    Ctrl-C), so the jobs that ran are still in the table. Forgets the sweep: call it once.
+    """
+    sweep, _current.dir, _current.results = _Sweep(_current.dir, _current.results), None, None
+    if sweep.dir is None:
+        return None
+    return sweep.results if sweep.results is not None else summarize(sweep.dir)
+
+
+def previous_sweep(sweep_dir: Path) -> str | None:
+    """What in `sweep_dir` shows an earlier sweep (a summary, or a job dir), or None."""
+    if (sweep_dir / SUMMARY_CSV).exists():
+        return SUMMARY_CSV
+    dirs = job_dirs(sweep_dir)
+    return f"{dirs[0].relative_to(sweep_dir)}/" if dirs else None
+
+
+class SweepSummary(Callback):
+    """Hydra callback (configs/train.yaml: hydra.callbacks). Runs in the process that launched the
+    sweep, whichever launcher ran the jobs."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        used = previous_sweep(sweep_dir)
+        if used:
+            # Jobs of a second sweep would be refused by the runs already there, and the summary
+            # would mix both. Hydra turns a callback's exception into a warning, hence the exit here.
+            sys.stderr.write(f"aetrain: error: hydra.sweep.dir={sweep_dir} already holds a sweep ({used}); "
+                             f"choose another hydra.sweep.dir\n")
+            sys.exit(2)
+        _current.dir, _current.results = sweep_dir, None
+        if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+            _route_optuna_logs()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if _current.dir is not None:
+            _current.results = summarize(_current.dir)
+
+
+def _route_optuna_logs() -> None:
+    """Send Optuna's messages through Hydra's console handler: Optuna's own one colours them even off
+    a terminal. Optuna imports alembic, which announces its plugins at INFO level: quiet."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()

@@ -1,0 +1,172 @@
+"""What the console shows: a header, a live progress bar per epoch, and a final table of results and files.
+
+Everything but the progress bar goes through `logging`, so train.log holds what the console
+showed. The console handler itself (`console_handler`, named in
+configs/hydra/job_logging/aetrain.yaml) is rich on a terminal and plain lines otherwise: a log
+file, CI or a cluster's job output gets no redraws, colours or wrapping at 80 columns.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import logging
+import sys
+import time
+from itertools import accumulate
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aetrain.models import count_parameters
+from aetrain.train.engine import Callback, Engine
+
+if TYPE_CHECKING:
+    from aetrain.train.outputs import RunFiles, Summary
+
+log = logging.getLogger(__name__)
+
+
+def is_terminal() -> bool:
+    """True when stdout is an interactive terminal: the only place redraws belong."""
+    return sys.stdout is not None and sys.stdout.isatty()
+
+
+def console_handler(**rich_options: Any) -> logging.Handler:
+    """The log handler for the console: rich on a terminal, one plain line per message otherwise."""
+    if is_terminal():
+        from rich.logging import RichHandler
+
+        return RichHandler(**rich_options)
+    return logging.StreamHandler(sys.stdout)
+
+
+class Header(Callback):
+    """A few lines at the start: model and size, data shape and split, device, precision, run dir."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_fit_start(self, engine: Engine) -> None:
+        p, st = engine.parts, engine.state
+        cfg, spec = p.cfg, p.data.spec
+        lines = [
+            ("model", f"{cfg.model.name} ({cfg.model.backbone} backbone, latent {cfg.model.latent_dim}), "
+                      f"{count_parameters(p.model):,} parameters"),
+            ("data", f"{spec.name} {'x'.join(map(str, spec.shape))}, {p.data.num_train:,} train / "
+                     f"{p.data.num_val:,} val samples, batch {cfg.data.batch_size}"),
+            ("device", f"{p.data.device}, precision {cfg.trainer.precision}"),
+            ("output", str(self.run_dir)),
+        ]
+        if st.epoch or st.step:
+            lines.append(("resume", f"from epoch {st.epoch}, step {st.step}"))
+        log.info("aetrain: %s on %s for %d epochs", cfg.model.name, spec.name, cfg.trainer.max_epochs)
+        for key, text in lines:
+            log.info("  %-7s %s", key, text)
+
+
+class EpochProgress(Callback):
+    """A transient rich progress bar for the epoch under way: steps, running loss, samples/s, time left.
+
+    Only built when stdout is a terminal. Refreshed from `on_step` at most ten times a second,
+    with no background thread, so it costs the loop a few microseconds a step.
+    """
+
+    REFRESH_S = 0.1
+
+    def on_fit_start(self, engine: Engine) -> None:
+        from rich import get_console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        p = engine.parts
+        self.max_epochs = p.cfg.trainer.max_epochs
+        sizes = p.data.train.plan.sizes
+        windows = [len(w) for w in p.windows]  # micro-batches per optimizer step
+        self.samples = [0, *accumulate(sum(sizes[a - n : a]) for n, a in zip(windows, accumulate(windows)))]
+        self.loss = "-"
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} samples/s"),
+            TimeRemainingColumn(), console=get_console(), transient=True, auto_refresh=False)
+        self.width = len(str(self.max_epochs))
+        self.task = self.progress.add_task("train", total=len(windows), epoch=self._epoch(engine), loss="-", rate="-")
+        self.progress.start()
+        atexit.register(self.progress.stop)  # a run killed mid-epoch still gets its cursor back
+
+    def on_epoch_start(self, engine: Engine) -> None:
+        st = engine.state
+        self.tic, self.start_samples, self.last = time.perf_counter(), self.samples[st.step_in_epoch], 0.0
+        self.progress.reset(self.task, completed=st.step_in_epoch, epoch=self._epoch(engine), loss=self.loss, rate="-")
+        self.progress.refresh()
+
+    def _epoch(self, engine: Engine) -> str:
+        return f"{engine.state.epoch + 1:>{self.width}}/{self.max_epochs}"
+
+    def on_step(self, engine: Engine) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.REFRESH_S:
+            self.progress.update(self.task, completed=engine.state.step_in_epoch)
+            return
+        self.last = now
+        rate = (self.samples[engine.state.step_in_epoch] - self.start_samples) / max(now - self.tic, 1e-9)
+        self.progress.update(self.task, completed=engine.state.step_in_epoch, rate=f"{rate:,.0f}", loss=self.loss)
+        self.progress.refresh()
+
+    def on_log(self, engine: Engine, metrics: dict[str, float]) -> None:
+        self.loss = f"{metrics['train/loss']:.5f}"
+
+    def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
+        self.loss = f"{record['train/loss']:.5f}"
+
+    def on_fit_end(self, engine: Engine) -> None:
+        self.progress.stop()
+        atexit.unregister(self.progress.stop)
+
+
+class FinalTable(Callback):
+    """At the end: a table of the results and of where every output is, logged as plain text."""
+
+    def __init__(self, summary: Summary, files: RunFiles) -> None:
+        self.summary, self.files = summary, files
+
+    def on_fit_end(self, engine: Engine) -> None:
+        from rich import box
+        from rich.console import Console
+        from rich.table import Table
+
+        s, files = self.summary.data, self.files
+        if not s:
+            return
+        ended = s.get("ended") or "ok"
+        took = f"{s['wall_time_s']:.1f} s"
+        title = f"finished in {took}" if ended == "ok" else f"stopped ({ended}) after {took}"
+        utf8 = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
+        table = Table(title=f"aetrain: {title}", box=box.ROUNDED if utf8 else box.ASCII, show_header=False,
+                      title_justify="left")
+        table.add_column(style="bold")
+        table.add_column()
+        best = f"{s['best_val_loss']:.6g} (epoch {s['best_epoch']})" if s["best_val_loss"] is not None else "-"
+        final = f"{s['final_val_loss']:.6g}" if s["final_val_loss"] is not None else "-"
+        rate = f"{s['samples_per_s']:,.0f} samples/s" if s["samples_per_s"] else "-"
+        rows = [
+            ("best val/loss", best),
+            ("final val/loss", final),
+            ("epochs, steps", f"{s['epochs']} of {s['max_epochs']}, {s['steps']:,} steps"),
+            ("throughput", f"{rate} ({s['device']}, precision {s['precision']})"),
+            ("run dir", str(files.run_dir)),
+        ]
+        if files.loss_curve is not None:
+            rows.append(("loss curve", files.relative(files.loss_curve)))
+        if files.last_grid is not None:
+            rows.append(("reconstructions", f"{files.relative(files.last_grid)} (the latest picture)"))
+        if files.tensorboard is not None:
+            rows.append(("tensorboard", f"tensorboard --logdir {files.tensorboard}"))
+        if s["best_checkpoint"]:
+            rows.append(("best checkpoint", s["best_checkpoint"]))
+        rows.append(("also", "summary.json, metrics.csv, train.log, .hydra/config.yaml"))
+        for key, value in rows:
+            table.add_row(key, value)
+        text = io.StringIO()
+        Console(file=text, width=400, color_system=None, force_terminal=False, legacy_windows=False,
+                emoji=False, highlight=False).print(table)
+        for line in text.getvalue().rstrip().splitlines():
+            log.info("%s", line.rstrip())

@@ -1,0 +1,219 @@
+"""The pictures a run draws: the loss curve, image reconstruction grids, tabular reconstruction heatmaps.
+
+Pure drawing, no training logic: each function or class takes numbers or tensors and returns
+an RGB array (H, W, 3) uint8, encoded once as PNG for the file and TensorBoard. Matplotlib is used
+through its object API (`Figure` on an Agg canvas, no pyplot state), and each figure is built
+once per run and only has its data swapped on later draws: building a figure costs more than
+drawing it, and a run redraws many times.
+
+Grid geometry (what tests and README rely on): `make_grid` with `PAD` pixels of white between
+and around tiles, one row per kind of image (originals, [corrupted inputs,] reconstructions) and
+one column per sample, each tile enlarged by `zoom` with nearest neighbour so small images such
+as 8x8 digits stay crisp. A grid of n samples, k rows and tiles of h x w pixels is therefore
+(k * (h * zoom + PAD) + PAD) x (n * (w * zoom + PAD) + PAD) pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid
+
+PAD = 2  # pixels of white between grid tiles and around the grid
+TRAIN, VAL = "#1f77b4", "#d62728"  # the same two colours in every picture: blue train, red validation
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 image as PNG bytes: encoded once for the file and for TensorBoard."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_atomic(data: bytes, path: Path) -> None:
+    """Write `data` to `path` via a temp file and a rename: a viewer reloading it never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def zoom_factor(shape: Sequence[int], zoom_to: int) -> int:
+    """The whole factor that brings a (C, H, W) image closest to `zoom_to` pixels without passing it."""
+    return max(1, zoom_to // max(shape[1:])) if zoom_to else 1
+
+
+def grid_size(num_samples: int, num_rows: int, shape: Sequence[int], zoom: int) -> tuple[int, int]:
+    """(height, width) in pixels of `image_grid`'s picture."""
+    h, w = shape[1] * zoom, shape[2] * zoom
+    return num_rows * (h + PAD) + PAD, num_samples * (w + PAD) + PAD
+
+
+def image_grid(rows: Sequence[torch.Tensor], zoom: int) -> np.ndarray:
+    """One row per tensor (n, C, H, W) of display values in [0, 1] -> (H', W', 3) uint8 with white gaps."""
+    n = rows[0].shape[0]
+    tiles = torch.cat([r.detach().float().cpu() for r in rows])  # (rows * n, C, H, W)
+    if tiles.shape[1] not in (1, 3):  # make_grid and PNG know grey and RGB; show other stacks by their first channel
+        tiles = tiles[:, :1]
+    tiles = tiles.repeat_interleave(zoom, dim=2).repeat_interleave(zoom, dim=3)  # nearest neighbour: pixels stay sharp
+    grid = make_grid(tiles, nrow=n, padding=PAD, pad_value=1.0)  # (3, H', W'); grey tiles become RGB
+    return grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _canvas(fig: Any) -> np.ndarray:
+    """Draw `fig` and return its pixels as (H, W, 3) uint8."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _figure(width: float, height: float, **options: Any) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, **options)
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas: rendering without pyplot or a GUI backend
+    return fig
+
+
+def _spans_decades(values: np.ndarray, factor: float = 10.0) -> bool:
+    """True when positive values cover at least `factor` (a decade): then a log axis shows them better."""
+    v = values[np.isfinite(values) & (values > 0)]
+    return v.size > 1 and v.max() / v.min() >= factor
+
+
+class LossCurve:
+    """loss_curve.png: train and validation loss per epoch above, the learning rate below.
+
+    Regulariser terms (train reconstruction and the latent penalty) are drawn only when a penalty
+    is present, since the loss then has two parts worth telling apart. Loss and learning-rate axes
+    switch to log scale when their values span a decade or more.
+    """
+
+    SERIES = [  # (record key, label, colour, line style); penalty lines are shown only when non-zero
+        ("train/loss", "train loss", TRAIN, "-"),
+        ("val/loss", "validation loss", VAL, "-"),
+        ("train/reconstruction", "train reconstruction", TRAIN, "--"),
+        ("train/penalty", "train latent penalty", TRAIN, ":"),
+        ("val/penalty", "validation latent penalty", VAL, ":"),
+    ]
+
+    def __init__(self, title: str) -> None:
+        from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+        self.fig = _figure(7.0, 5.0)
+        self.fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.1, hspace=0.08)
+        self.loss_ax, self.lr_ax = self.fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        self.fig.suptitle(title, fontsize=11)
+        self.lines = {key: self.loss_ax.plot([], [], color=c, linestyle=ls, linewidth=1.6, label=label)[0]
+                      for key, label, c, ls in self.SERIES}
+        (self.best,) = self.loss_ax.plot([], [], linestyle="none", marker="*", markersize=11, color=VAL,
+                                         markeredgecolor="black", markeredgewidth=0.6, zorder=5)
+        (self.lr_line,) = self.lr_ax.plot([], [], color="#2ca02c", linewidth=1.6)
+        self.loss_ax.set_ylabel("loss")
+        self.lr_ax.set_ylabel("learning rate")
+        self.lr_ax.set_xlabel("epoch")
+        self.lr_ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # whole epochs, even for one
+        self.plain = FuncFormatter(lambda v, _: f"{v:.3g}")  # 0.02, not 2x10^-2: shorter, as the log prints it
+        # a log axis over one or two decades has only one or two labelled ticks: label its 2s and 5s too
+        self.minor_log = FuncFormatter(lambda v, _: f"{v:.3g}" if f"{v:.0e}"[0] in "25" else "")
+        for ax in (self.loss_ax, self.lr_ax):
+            ax.grid(True, which="major", alpha=0.3)
+            ax.grid(True, which="minor", alpha=0.1)
+
+    def warm_up(self) -> None:
+        _canvas(self.fig)
+
+    def draw(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
+        epochs = np.array([r["epoch"] for r in records], dtype=float)
+        column = lambda key: np.array([r.get(key, math.nan) for r in records], dtype=float)  # noqa: E731
+        has_penalty = np.nan_to_num(np.abs(column("train/penalty"))).max(initial=0.0) > 0
+        marker = "o" if len(records) <= 30 else ""  # a few epochs: show each point
+        shown = []
+        for key, *_ in self.SERIES:
+            line, visible = self.lines[key], has_penalty or key in ("train/loss", "val/loss")
+            line.set_data(epochs, column(key))
+            line.set_visible(visible)
+            line.set_marker(marker)
+            line.set_markersize(3)
+            shown += [line] if visible else []
+        val = column("val/loss")
+        if np.isfinite(val).any():
+            i = int(np.nanargmin(val))
+            self.best.set_data([epochs[i]], [val[i]])
+            self.best.set_label(f"best validation {val[i]:.4g} (epoch {int(epochs[i])})")
+            shown.append(self.best)
+        losses = np.concatenate([column(k) for k, *_ in self.SERIES])
+        self.loss_ax.set_yscale("log" if _spans_decades(losses) else "linear")  # resets the axis' formatters
+        if _spans_decades(losses):
+            self.loss_ax.yaxis.set_major_formatter(self.plain)
+            if not _spans_decades(losses, 100.0):
+                self.loss_ax.yaxis.set_minor_formatter(self.minor_log)
+        lr = column("lr")
+        self.lr_line.set_data(epochs, lr)
+        self.lr_line.set_marker(marker)
+        self.lr_line.set_markersize(3)
+        log_lr = _spans_decades(lr) and np.nanmin(lr) > 0
+        self.lr_ax.set_yscale("log" if log_lr else "linear")
+        self.lr_ax.yaxis.set_major_formatter(self.plain)
+        for ax in (self.loss_ax, self.lr_ax):
+            ax.relim(visible_only=True)
+            ax.autoscale_view()
+        if not log_lr:  # from zero, so a constant rate is a flat line, not noise around an offset
+            self.lr_ax.set_ylim(0, max(np.nanmax(lr, initial=0.0), 1e-12) * 1.15)
+        margin = max(0.5, 0.02 * (epochs[-1] - epochs[0]))  # room for the first and last markers
+        self.lr_ax.set_xlim(epochs[0] - margin, epochs[-1] + margin)
+        self.loss_ax.legend(handles=shown, loc="best", fontsize=9, framealpha=0.9)  # where it hides the fewest points
+        return _canvas(self.fig)
+
+
+class RowHeatmaps:
+    """Tabular rows: original, reconstruction and their difference as heatmaps (sample x feature).
+
+    Colour limits are fixed from the originals once, so pictures of different epochs compare
+    directly; the difference uses a diverging map saturating at half the originals' range.
+    """
+
+    def __init__(self, originals: np.ndarray, unit: str) -> None:
+        from matplotlib.colors import Normalize
+
+        self.originals = originals  # (n, D)
+        n, d = originals.shape
+        lo, hi = np.percentile(originals, [1, 99]) if originals.size > 1 else (0.0, 1.0)
+        hi = hi if hi > lo else lo + 1.0
+        # laid out once by the constrained engine, then frozen: later draws only swap pixel data
+        self.fig = _figure(11.0, 1.4 + 0.2 * n, layout="constrained")
+        axes = self.fig.subplots(1, 3, sharey=True)
+        values = Normalize(lo, hi)
+        half = (hi - lo) / 2
+        blank = np.zeros_like(originals)
+        self.images = []
+        for ax, title, cmap, norm in zip(axes, ["original", "reconstruction", "reconstruction - original"],
+                                         ["viridis", "viridis", "RdBu_r"], [values, values, Normalize(-half, half)]):
+            image = ax.imshow(blank, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm)
+            self.fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("feature")
+            self.images.append(image)
+        axes[0].set_ylabel("validation sample")
+        self.images[0].set_data(originals)
+        self.title = self.fig.suptitle("", fontsize=11)
+        self.unit = unit
+
+    def draw(self, reconstructions: np.ndarray, epoch: int) -> np.ndarray:
+        self.images[1].set_data(reconstructions)
+        self.images[2].set_data(reconstructions - self.originals)
+        mse = float(np.mean((reconstructions - self.originals) ** 2))
+        self.title.set_text(f"epoch {epoch}: {len(self.originals)} fixed validation rows in {self.unit}, "
+                            f"mean squared error {mse:.4g}")
+        image = _canvas(self.fig)
+        self.fig.set_layout_engine("none")  # keeps the positions just computed
+        return image

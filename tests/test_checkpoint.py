@@ -1,0 +1,223 @@
+"""Checkpoints are data: atomic writes, safe loading, clear refusals, never a non-finite model."""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import aetrain
+from aetrain.config import Config, DataConfig, OptimizerConfig, TrainerConfig
+from aetrain.errors import CheckpointError, DivergenceError
+from aetrain.train import checkpoint, run
+from aetrain.train.engine import Callback, Engine
+from conftest import FAST
+
+
+class Evil:
+    """Unpickling this would create `marker`: the shape of every pickle exploit."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_a_checkpoint_that_needs_unpickling_is_refused_and_its_code_never_runs(tmp_path: Path, cli) -> None:
+    marker = tmp_path / "pwned"
+    zipped = tmp_path / "evil.pt"
+    torch.save({"format": checkpoint.FORMAT, "payload": Evil(marker)}, zipped)  # torch's zip format
+    raw = tmp_path / "evil_raw.pt"
+    raw.write_bytes(pickle.dumps(Evil(marker), protocol=2))  # a bare pickle, torch's legacy format
+    for path in (zipped, raw):
+        with pytest.raises(CheckpointError, match=r"refused to load: it references the Python object posix.mkdir"):
+            aetrain.load_model(path)
+        result = cli(f"trainer.resume={path}")
+        assert result.returncode == 2 and "refused to load" in result.err and "Traceback" not in result.output
+    framed = tmp_path / "evil_p4.pt"  # protocol 4 is turned away at its first opcode, before any global
+    framed.write_bytes(pickle.dumps(Evil(marker), protocol=4))
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        aetrain.load_model(framed)
+    assert not marker.exists()
+
+
+def test_truncated_empty_and_foreign_files_are_one_line_errors(tmp_path: Path, cli) -> None:
+    good = cli(*FAST, run_dir=tmp_path / "good")
+    data = (good.run_dir / "checkpoints/last.pt").read_bytes()
+    cases = {"truncated.pt": data[: len(data) // 2], "empty.pt": b"", "notes.pt": b"hello"}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        result = cli(f"trainer.resume={tmp_path / name}", run_dir=tmp_path / f"r-{name}")
+        assert result.returncode == 2, name
+        assert "not a readable checkpoint" in result.err and result.err.count("\n") == 1, result.err
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an aetrain checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")
+
+
+def test_resuming_under_a_different_architecture_names_the_differing_keys(cli, tmp_path: Path) -> None:
+    first = cli(*FAST)
+    result = cli(f"trainer.resume={first.run_dir}", "model.latent_dim=4", "model.activation=gelu",
+                 "trainer.max_epochs=3")
+    assert result.returncode == 2
+    assert "model.activation='relu', model.latent_dim=16" in result.err
+    assert "model.activation='gelu', model.latent_dim=4" in result.err
+
+
+def test_resuming_on_data_of_another_shape_is_refused(cli, tmp_path: Path) -> None:
+    for name, shape in (("a.npy", (60, 5)), ("b.npy", (60, 7))):
+        np.save(tmp_path / name, np.random.rand(*shape).astype(np.float32))
+    first = cli(*FAST, "data=tensor_file", f"data.path={tmp_path / 'a.npy'}")
+    assert first.returncode == 0, first.err
+    result = cli(f"trainer.resume={first.run_dir}", f"data.path={tmp_path / 'b.npy'}", "trainer.max_epochs=3")
+    assert result.returncode == 2 and "samples of shape (5,), data 'tensor_file' has (7,)" in result.err
+
+
+def test_state_dicts_carry_no_wrapper_prefixes() -> None:
+    class Wrapper(torch.nn.Module):  # what torch.compile and DataParallel leave behind
+        def __init__(self) -> None:
+            super().__init__()
+            self._orig_mod = torch.nn.Linear(2, 2)
+            self.module = torch.nn.Linear(2, 2)
+
+    assert set(checkpoint.clean_state_dict(Wrapper())) == {"weight", "bias"}
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "last.pt"
+    checkpoint.save_atomic({"v": torch.ones(3)}, path)
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        checkpoint.save_atomic({"v": torch.zeros(3)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["v"], torch.ones(3))
+
+
+def test_kill_9_at_any_moment_leaves_a_loadable_last_checkpoint(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    run_dir = tmp_path / "run"
+    base = [sys.executable, "-m", "aetrain", "model.hidden_dims=[1024,1024]", "trainer.checkpoint_every_n_steps=1",
+            "trainer.max_epochs=50", f"hydra.run.dir={run_dir}"]
+    steps = []
+    for attempt in range(4):
+        cmd = base if attempt == 0 else [*base, f"trainer.resume={run_dir}"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+        last, deadline = run_dir / "checkpoints" / "last.pt", time.monotonic() + 120
+        start = last.stat().st_mtime if last.exists() else 0
+        while not last.exists() or last.stat().st_mtime == start:  # wait until this process writes checkpoints
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))  # then kill it somewhere, quite likely mid-write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = checkpoint.load(run_dir)  # always a complete checkpoint
+        assert ckpt["state"]["step"] > 0
+        steps.append(ckpt["state"]["step"])
+    assert steps == sorted(steps)  # every restart resumed and went further
+
+
+class Sabotage(Callback):
+    """After epoch 1, raise the learning rate absurdly: the next steps blow up."""
+
+    def on_epoch_end(self, engine: Engine, record: dict) -> None:
+        if record["epoch"] == 1:
+            for group in engine.parts.optimizer.param_groups:
+                group["lr"] = 1e12
+
+
+def tiny(**trainer: object) -> Config:
+    return Config(data=DataConfig(batch_size=128), optimizer=OptimizerConfig(name="sgd", lr=0.05, momentum=0.9),
+                  trainer=TrainerConfig(**{"max_epochs": 3, **trainer}))
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_finite_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(DivergenceError, match=r"non-finite loss at step 1[3-9] \(epoch 2\); likely causes: "
+                                              r"optimizer.lr=0.05 too high") as info:
+        run(tiny(), tmp_path, callbacks=[Sabotage()])
+    assert "trainer.gradient_clip_val=1.0" in str(info.value) and "precision" not in str(info.value)
+    for name in ("last.pt", "best.pt"):
+        ckpt = checkpoint.load(tmp_path / "checkpoints" / name)
+        assert ckpt["state"]["epoch"] == 1
+        assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+
+
+def test_skip_mode_drops_non_finite_updates_and_trains_on(tmp_path: Path) -> None:
+    class PoisonOneBatch(Callback):
+        def on_fit_start(self, engine: Engine) -> None:
+            objective, calls = engine.parts.objective, []
+
+            def poisoned(model, x):
+                calls.append(1)
+                return objective(model, x * torch.nan if len(calls) == 5 else x)
+
+            engine.parts.objective = poisoned
+
+    result = run(tiny(on_nonfinite="skip"), tmp_path, callbacks=[PoisonOneBatch()])
+    model = aetrain.load_model(tmp_path)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert np.isfinite(result["best_val_loss"]) and result["epochs"] == 3
+
+
+def test_the_cli_reports_divergence_as_a_failed_run(cli) -> None:
+    result = cli("optimizer=sgd", "optimizer.lr=1e3", "model.output_activation=identity", "trainer.max_epochs=2")
+    assert result.returncode == 1
+    assert result.err.startswith("aetrain: error: non-finite loss at step ") and result.err.count("\n") == 1
+    assert not (result.run_dir / "checkpoints" / "best.pt").exists()
+
+
+def test_nothing_accumulates_across_epochs() -> None:
+    class Census(Callback):
+        def __init__(self) -> None:
+            self.tensors: list[int] = []
+            self.rss: list[float] = []
+
+        def on_epoch_end(self, engine: Engine, record: dict) -> None:
+            gc.collect()
+            self.tensors.append(sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor)))
+            self.rss.append(record["memory_mb"])
+
+    census = Census()
+    cfg = Config(data=DataConfig(batch_size=256), trainer=TrainerConfig(max_epochs=40))
+    cfg.model.dropout = 0.1
+    from aetrain.train.run import build_parts
+
+    Engine(build_parts(cfg), [census]).fit()
+    assert len(set(census.tensors[2:])) == 1, census.tensors  # the same live tensors after every epoch
+    assert census.rss[-1] - census.rss[5] < 10, census.rss  # MB: resident memory flat over 35 epochs
+
+
+def test_save_top_k_keeps_the_k_best_epochs(cli) -> None:
+    result = cli("trainer.max_epochs=5", "optimizer.lr=0.05", "trainer.save_top_k=2")
+    kept = sorted(p.name for p in (result.run_dir / "checkpoints").glob("epoch=*.pt"))
+    val = {int(r["epoch"]): float(r["val/loss"]) for r in result.metrics()}
+    best_two = sorted(val, key=val.get)[:2]
+    assert [int(name[6:9]) for name in kept] == sorted(best_two)
+    for name in kept:
+        assert checkpoint.load(result.run_dir / "checkpoints" / name)["state"]["epoch"] == int(name[6:9])
+
+
+def test_checkpoint_every_n_steps_writes_mid_epoch(tmp_path: Path) -> None:
+    seen = []
+
+    class Peek(Callback):
+        def on_step(self, engine: Engine) -> None:
+            if engine.state.step == 12:
+                seen.append(checkpoint.load(tmp_path)["state"])
+
+    run(tiny(checkpoint_every_n_steps=5, max_epochs=2), tmp_path, callbacks=[Peek()])
+    assert seen[0]["step"] == 10 and seen[0]["step_in_epoch"] == 10

@@ -1,0 +1,79 @@
+"""The console: plain lines when stdout is not a terminal, a live progress bar when it is, and the log file."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import run_subprocess
+
+ARGS = ("trainer.max_epochs=2", "data.batch_size=128", "trainer.device=cpu")
+LONG = "a_directory_whose_name_alone_is_longer_than_the_eighty_columns_a_console_is_assumed_to_have"
+
+
+def run_in_terminal(*args: str, cwd: Path, timeout: float = 300) -> tuple[int, str]:
+    """`python -m aetrain ...` with a pseudo-terminal as stdin, stdout and stderr; returns (exit code, output)."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "aetrain", *args], cwd=cwd, stdin=follower, stdout=follower,
+                            stderr=follower, close_fds=True, env={**os.environ, "COLUMNS": "120"})
+    os.close(follower)
+    out = bytearray()
+    while True:  # drain as it runs: a full terminal buffer would block the child
+        ready, _, _ = select.select([leader], [], [], 1.0)
+        try:
+            chunk = os.read(leader, 65536) if ready else b""
+        except OSError:  # the child closed the terminal
+            break
+        if ready and not chunk:
+            break
+        out += chunk
+        if not ready and proc.poll() is not None:
+            break
+    os.close(leader)
+    return proc.wait(timeout=timeout), out.decode("utf-8", "replace")
+
+
+def test_piped_output_is_plain_lines_the_log_file_holds_too(tmp_path: Path) -> None:
+    run_dir = tmp_path / LONG / "run"
+    result = run_subprocess(*ARGS, cwd=tmp_path, run_dir=run_dir)
+    assert result.returncode == 0, result.err
+    assert "\r" not in result.output and "\x1b" not in result.output  # no redraws, no colours
+    lines = result.out.splitlines()
+    # the header: model, size, data, device, precision, where the outputs go (one line, however long)
+    assert lines[0] == "aetrain: dense_ae on digits for 2 epochs"
+    assert re.fullmatch(r"  model   dense_ae \(dense backbone, latent 16\), [\d,]+ parameters", lines[1])
+    assert lines[2:5] == ["  data    digits 1x8x8, 1,438 train / 359 val samples, batch 128",
+                          "  device  cpu, precision 32", f"  output  {run_dir}"]
+    assert [line.split("  ")[0] for line in lines if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    # the final table says where everything is
+    table = "\n".join(lines[lines.index(next(x for x in lines if x.startswith("aetrain: finished in"))):])
+    for text in ("best val/loss", "loss_curve.png", "reconstructions/epoch_002.png", "checkpoints/best.pt",
+                 f"tensorboard --logdir {run_dir / 'tensorboard'}"):
+        assert text in table, text
+    log = [line.split("] ", 1)[1] for line in (run_dir / "train.log").read_text().splitlines()]
+    assert log == lines  # train.log: everything the console showed
+
+
+def test_a_terminal_gets_a_progress_bar_and_the_log_file_stays_plain(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    code, out = run_in_terminal(f"hydra.run.dir={run_dir}", *ARGS, "data.batch_size=32", cwd=tmp_path)
+    assert code == 0, out
+    assert "\x1b[?25l" in out and "\x1b[?25h" in out  # the live bar hides the cursor and gives it back
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)  # without colours and cursor moves
+    assert re.search(r"epoch 1/2 ━+ *\d+/\d+ loss \S+ [\d,-]+ samples/s", plain)  # the bar: steps, loss, speed
+    log = (run_dir / "train.log").read_text()
+    assert "\x1b" not in log and "━" not in log and "\r" not in log
+    assert "epoch 2/2" in log and "aetrain: finished in" in log
+
+
+def test_help_lists_the_output_settings(cli) -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    section = result.out[result.out.index("outputs:"):]
+    for key in ("plot_every", "render_budget", "num_samples", "sample_seed", "grid_zoom_to", "tensorboard", "progress"):
+        assert f"  {key}:" in section, key

@@ -1,0 +1,244 @@
+"""Run outputs people look at: loss curve, reconstruction pictures, TensorBoard, summary.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import aetrain
+from aetrain.config import Config, DataConfig, OutputsConfig, TrainerConfig
+from aetrain.train import run
+from aetrain.train.engine import Callback, Engine
+from aetrain.train.outputs import DrawClock
+from aetrain.train.plots import PAD, LossCurve, grid_size
+
+from conftest import FAST, call_main
+
+EPOCHS = 3
+DIGIT = (1, 8, 8)
+ZOOM = 4  # outputs.grid_zoom_to=32 over 8x8 digits
+SUMMARY_KEYS = {"status", "error", "best_val_loss", "final_val_loss", "best_epoch", "epochs", "steps", "wall_time_s",
+                "samples_per_s", "num_parameters", "device", "precision", "model", "data", "best_checkpoint",
+                "last_grid"}
+
+
+def png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        image.load()
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB"))
+
+
+def grid_row(grid: np.ndarray, row: int, tile: int = 8 * ZOOM) -> np.ndarray:
+    top = PAD + row * (tile + PAD)
+    return grid[top : top + tile]
+
+
+def metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One short default run that draws every epoch (budget 1: no time limit), shared by the tests below."""
+    run_dir = tmp_path_factory.mktemp("outputs") / "run"
+    assert call_main([f"hydra.run.dir={run_dir}", f"trainer.max_epochs={EPOCHS}", "data.batch_size=128",
+                      "outputs.render_budget=1"]) == 0
+    return run_dir
+
+
+def test_loss_curve_is_a_png_redrawn_by_the_run(digits_run: Path) -> None:
+    image = png(digits_run / "loss_curve.png")
+    assert image.shape == (500, 700, 3)
+    assert image.std() > 10  # lines and labels, not a blank canvas
+
+
+def test_every_epoch_has_a_grid_with_originals_above_reconstructions_in_the_same_layout(digits_run: Path) -> None:
+    grids = sorted((digits_run / "reconstructions").glob("*.png"))
+    assert [g.name for g in grids] == [f"epoch_{e:03d}.png" for e in range(1, EPOCHS + 1)]
+    first, last = png(grids[0]), png(grids[-1])
+    for g in grids:
+        assert png(g).shape[:2] == grid_size(16, 2, DIGIT, ZOOM) == (2 * (32 + PAD) + PAD, 16 * (32 + PAD) + PAD)
+    assert (first[:PAD] == 255).all() and (first[:, :PAD] == 255).all()  # white frame and gaps between tiles
+    assert np.array_equal(grid_row(first, 0), grid_row(last, 0))  # the same validation samples every epoch
+    assert not np.array_equal(grid_row(first, 1), grid_row(last, 1))  # reconstructions improve
+    # zoomed with nearest neighbour: each 4x4 block of a tile is one pixel of the digit
+    tile = grid_row(first, 0)[:, PAD : PAD + 32, 0].astype(int)
+    assert (tile == np.repeat(np.repeat(tile[::ZOOM, ::ZOOM], ZOOM, 0), ZOOM, 1)).all()
+
+
+def test_tensorboard_holds_one_point_per_epoch_and_the_grids(digits_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(digits_run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    rows = metrics(digits_run)
+    for tag in ("train/loss", "val/loss", "lr", "train/grad_norm", "train/penalty", "perf/samples_per_s"):
+        assert [e.step for e in events.Scalars(tag)] == [int(r["step"]) for r in rows], tag
+    assert [e.value for e in events.Scalars("val/loss")] == pytest.approx([float(r["val/loss"]) for r in rows])
+    images = events.Images("reconstructions")
+    assert len(images) == EPOCHS
+    assert (images[0].height, images[0].width) == grid_size(16, 2, DIGIT, ZOOM)
+
+
+def test_summary_json_holds_the_numbers_of_metrics_csv(digits_run: Path) -> None:
+    summary = json.loads((digits_run / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    rows = metrics(digits_run)
+    val = [float(r["val/loss"]) for r in rows]
+    assert summary["status"] == "ok" and summary["error"] is None
+    assert summary["best_val_loss"] == pytest.approx(min(val))
+    assert summary["final_val_loss"] == pytest.approx(val[-1])
+    assert summary["best_epoch"] == 1 + int(np.argmin(val))
+    assert (summary["epochs"], summary["steps"]) == (EPOCHS, int(rows[-1]["step"]))
+    assert summary["num_parameters"] == sum(p.numel() for p in aetrain.load_model(digits_run).parameters())
+    assert (summary["model"], summary["data"], summary["device"], summary["precision"]) == ("dense_ae", "digits",
+                                                                                              "cpu", "32")
+    assert summary["wall_time_s"] > 0 and summary["samples_per_s"] > 0
+    assert (digits_run / summary["best_checkpoint"]).is_file()
+    assert summary["last_grid"] == f"reconstructions/epoch_{EPOCHS:03d}.png"
+
+
+def test_denoising_grid_adds_the_corrupted_inputs_the_same_every_epoch(cli) -> None:
+    result = cli(*FAST, "model=denoising_ae", "model.noise.kind=masking", "model.noise.level=0.5",
+                 "outputs.num_samples=8")
+    assert result.returncode == 0, result.err
+    first, last = (png(result.run_dir / f"reconstructions/epoch_{e:03d}.png") for e in (1, 2))
+    assert first.shape[:2] == last.shape[:2] == grid_size(8, 3, DIGIT, ZOOM)
+    originals, corrupted = grid_row(first, 0), grid_row(first, 1)
+    assert not np.array_equal(originals, corrupted)
+    assert (corrupted <= originals).all()  # masking only zeroes pixels
+    assert np.array_equal(corrupted, grid_row(last, 1))  # the same noise every epoch: changes are the model's
+
+
+def test_tabular_rows_get_a_heatmap_picture(cli, tmp_path: Path) -> None:
+    rows = tmp_path / "rows.npy"
+    np.save(rows, np.random.default_rng(0).normal(size=(200, 12)).astype(np.float32))
+    result = cli(*FAST, "data=tensor_file", f"data.path={rows}", "model.latent_dim=4")
+    assert result.returncode == 0, result.err
+    pictures = sorted((result.run_dir / "reconstructions").glob("*.png"))
+    assert [p.name for p in pictures] == ["epoch_001.png", "epoch_002.png"]  # first and last: always drawn
+    first, last = png(pictures[0]), png(pictures[1])
+    assert first.shape == last.shape and first.shape[1] == 1100
+    assert first.std() > 10 and not np.array_equal(first, last)
+
+
+def test_outputs_leave_the_run_unchanged(cli, tmp_path: Path) -> None:
+    """Pictures, corrupted inputs and TensorBoard draw nothing from the run's RNGs: same numbers, same weights."""
+    args = (*FAST, "model=denoising_ae", "model.dropout=0.2", "model.noise.kind=gaussian")
+    on = cli(*args, "outputs.render_budget=1", run_dir=tmp_path / "on")
+    off = cli(*args, "outputs.plot_every=0", "outputs.tensorboard=false", run_dir=tmp_path / "off")
+    assert (on.run_dir / "reconstructions/epoch_002.png").exists() and not (off.run_dir / "reconstructions").exists()
+    assert not (off.run_dir / "tensorboard").exists() and not (off.run_dir / "loss_curve.png").exists()
+    timing = {"epoch_time_s", "samples_per_s", "memory_mb"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert strip(on.metrics()) == strip(off.metrics())
+    w_on = torch.load(on.run_dir / "checkpoints/last.pt", weights_only=True)["model"]
+    w_off = torch.load(off.run_dir / "checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(w_on[k], w_off[k]) for k in w_on)
+
+
+class FailAt(Callback):
+    """Reads summary.json as a watcher would, then fails the run at `epoch`."""
+
+    def __init__(self, run_dir: Path, epoch: int) -> None:
+        self.path, self.epoch = run_dir / "summary.json", epoch
+        self.seen: list[dict] = []
+
+    def on_epoch_end(self, engine: Engine, record: dict) -> None:
+        self.seen.append(json.loads(self.path.read_text()))
+        if record["epoch"] == self.epoch:
+            raise RuntimeError("boom")
+
+
+def test_a_crashed_run_keeps_its_pictures_and_a_summary_saying_so(tmp_path: Path) -> None:
+    cfg = Config(data=DataConfig(batch_size=128), trainer=TrainerConfig(max_epochs=10),
+                 outputs=OutputsConfig(render_budget=0.0, tensorboard=False))
+    fail = FailAt(tmp_path, epoch=2)
+    with pytest.raises(RuntimeError, match="boom"):
+        run(cfg, tmp_path, callbacks=[fail])
+    assert [(s["status"], s["epochs"]) for s in fail.seen] == [("running", 1), ("running", 2)]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["epochs"], summary["error"]) == ("failed", 2, "RuntimeError: boom")
+    assert summary["last_grid"] == "reconstructions/epoch_002.png"  # drawn at the end, though mid-run draws were off
+    png(tmp_path / "loss_curve.png")
+
+
+def test_a_diverged_run_says_so_in_summary_json(cli) -> None:
+    result = cli("optimizer=sgd", "optimizer.lr=1e3", "model.output_activation=identity", "trainer.max_epochs=2",
+                 "outputs.tensorboard=false")
+    assert result.returncode == 1
+    text = (result.run_dir / "summary.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON, whatever the losses did
+    summary = json.loads(text)
+    assert (summary["status"], summary["ended"]) == ("failed", "diverged")
+    assert summary["error"].startswith("DivergenceError: non-finite loss at step ")
+    assert summary["error"].split(": ", 1)[1] in result.err  # the message the console showed
+
+
+def test_a_resumed_run_continues_its_outputs(tmp_path: Path) -> None:
+    cfg = Config(data=DataConfig(batch_size=128), trainer=TrainerConfig(max_epochs=2),
+                 outputs=OutputsConfig(render_budget=1.0))
+    first = run(cfg, tmp_path)
+    wall = json.loads((tmp_path / "summary.json").read_text())["wall_time_s"]
+    cfg.trainer.max_epochs, cfg.trainer.resume = 4, str(tmp_path)
+    run(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["epochs"], summary["steps"]) == ("ok", 4, 2 * first["steps"])
+    assert summary["wall_time_s"] > wall
+    assert [p.name for p in sorted((tmp_path / "reconstructions").glob("*.png"))] == [
+        f"epoch_{e:03d}.png" for e in range(1, 5)]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    steps = [e.step for e in events.Scalars("val/loss")]
+    assert steps == sorted(set(steps)) and len(steps) == 4  # one point per epoch, continuing at the resumed step
+
+
+def test_draw_clock_keeps_pictures_within_the_budget() -> None:
+    now = [0.0]
+    clock = DrawClock(every=1, budget=0.05, clock=lambda: now[0])
+    drawn = []
+    for epoch in range(1, 101):
+        now[0] += 0.1  # an epoch of 0.1 s
+        if clock.due(epoch, first=epoch == 1, last=epoch == 100):
+            drawn.append(epoch)
+            clock.charge(0.1)  # a picture that costs as much as an epoch
+            now[0] += 0.1
+    assert drawn[0] == 1 and drawn[-1] == 100
+    assert 3 <= len(drawn) <= 10  # 5% of ~11 s of run time is about 5 pictures of 0.1 s
+    assert clock.spent <= 0.05 * now[0] + 0.2  # over budget by at most the first and last picture
+
+    every = DrawClock(every=5, budget=1.0)
+    assert [e for e in range(1, 21) if every.due(e, first=e == 1, last=e == 20)] == [1, 5, 10, 15, 20]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("outputs.render_budget=2", "outputs.render_budget=2.0 is out of range: must be in [0, 1]"),
+    ("outputs.num_samples=0", "outputs.num_samples=0 is out of range: must be in 1..64"),
+    ("outputs.plot_every=-1", "outputs.plot_every=-1 is out of range: must be >= 0"),
+])
+def test_bad_output_settings_are_one_line_errors(cli, override: str, message: str) -> None:
+    result = cli(override)
+    assert result.returncode == 2
+    assert message in result.err and "Traceback" not in result.output
+    assert not result.run_dir.exists()
+
+
+def test_loss_curve_draws_long_runs_penalties_and_a_diverged_epoch() -> None:
+    epochs = np.arange(1, 301)
+    records = [{"epoch": int(e), "train/loss": 1 / e, "val/loss": 1.2 / e, "train/reconstruction": 0.9 / e,
+                "train/penalty": 0.1 / e, "val/penalty": 0.1 / e, "lr": 1e-3 * (1 + np.cos(np.pi * e / 300)) / 2}
+               for e in epochs]
+    records[-1]["val/loss"] = float("nan")
+    image = LossCurve("sparse_ae on digits").draw(records)
+    assert image.shape == (500, 700, 3) and image.std() > 10

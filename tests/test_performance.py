@@ -1,0 +1,57 @@
+"""Fast paths compute what the plain path computes; the benchmark script runs (smoke mode)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aetrain.config import Config, DataConfig, ModelConfig, TrainerConfig
+from aetrain.train.engine import Callback, Engine
+from aetrain.train.run import build_parts
+
+ROOT = Path(__file__).parents[1]
+
+
+class Records(Callback):
+    def __init__(self) -> None:
+        self.val: list[float] = []
+
+    def on_epoch_end(self, engine: Engine, record: dict) -> None:
+        self.val.append(record["val/loss"])
+
+
+def val_losses(**trainer: object) -> list[float]:
+    cfg = Config(model=ModelConfig(name="conv_ae", backbone="conv", batch_norm=True), data=DataConfig(batch_size=128),
+                 trainer=TrainerConfig(**{"max_epochs": 2, **trainer}))
+    records = Records()
+    Engine(build_parts(cfg), [records]).fit()
+    return records.val
+
+
+def test_channels_last_gives_the_losses_of_the_plain_path() -> None:
+    parts = build_parts(Config(model=ModelConfig(backbone="conv"), trainer=TrainerConfig(channels_last=True)))
+    assert next(parts.data.train.epoch(0)).is_contiguous(memory_format=torch.channels_last)
+    assert parts.model.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(val_losses(channels_last=True), val_losses(), rtol=1e-4, atol=0)  # other conv kernels
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_losses_of_the_eager_one() -> None:
+    # inductor fuses and reorders float sums, so two epochs drift apart by ~0.2%; a wrong graph is off by far more
+    torch.testing.assert_close(val_losses(compile=True), val_losses(), rtol=1e-2, atol=0)
+
+
+def test_benchmark_smoke_mode_runs_and_reports_every_entry(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--smoke", "--workloads", "dense",
+                           "--skip", "lightning", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["results"]
+    assert [r["entry"] for r in rows] == ["limit", "aetrain", "dataloader"]
+    assert all(r["samples_per_s"] > 0 and r["peak_mb"] > 0 for r in rows)
+    assert next(r for r in rows if r["entry"] == "limit")["vs_limit"] == 1.0
