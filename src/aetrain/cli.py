@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from aetrain import sweep
@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     register_configs()
     _install_one_line_errors()
     args = sys.argv[1:] if argv is None else list(argv)
+    if {"--help", "-h"} & set(args):
+        print_help([a for a in args if not a.startswith("-")])
+        return
     sys.argv = [sys.argv[0], *resume_arguments(args)]
     try:
         _app()
@@ -201,6 +204,38 @@ def main(argv: list[str] | None = None) -> None:
     results = sweep.finish()  # None after a single run
     if results and not all(r.ok for r in results):
         sys.exit(EXIT_JOB_FAILED)
+
+
+def print_help(overrides: list[str]) -> None:
+    """`aetrain --help [overrides]`: hydra.help's text with the groups and the composed config.
+
+    What Hydra's own --help prints, in a quarter of the time: Hydra lists config groups by
+    composing once per group, its plugins' groups included (about 1.5 s here); the app's groups
+    are simply the folders of the config package. `aetrain --hydra-help` is still Hydra's.
+    """
+    from hydra import compose, initialize_config_module
+
+    try:
+        with initialize_config_module("aetrain.configs", version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as ex:
+        _exit_with(ex)
+    template = cfg.hydra.help.template
+    with open_dict(cfg):
+        del cfg["hydra"]
+    groups = "\n".join(f"{group}: {', '.join(choices)}" for group, choices in config_groups().items())
+    sys.stdout.write(template.replace("$APP_CONFIG_GROUPS", groups + "\n").replace("$CONFIG", OmegaConf.to_yaml(cfg)))
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Each config group of aetrain and its choices, from the folders of the config package."""
+    from importlib.resources import files
+
+    root = files("aetrain.configs")
+    folders = sorted((d for d in root.iterdir() if d.is_dir() and d.name not in ("hydra", "__pycache__")),
+                     key=lambda d: d.name)
+    return {d.name: sorted(f.name.removesuffix(".yaml") for f in d.iterdir() if f.name.endswith(".yaml"))
+            for d in folders}
 
 
 def resume_arguments(args: list[str]) -> list[str]:

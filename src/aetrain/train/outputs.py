@@ -147,16 +147,21 @@ class TensorBoard(Callback, ImageSink):
         self.writer: Any = None
 
     def on_fit_start(self, engine: Engine) -> None:
+        self.resumed_at = engine.state.step
+        self.files.tensorboard = self.log_dir
+
+    def open(self) -> None:
+        """The event file, opened at the first write: importing tensorboard takes a third of a second
+        that the first optimizer step need not wait for."""
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self.Event, self.Summary = event_pb2.Event, summary_pb2.Summary
         self.writer = EventFileWriter(str(self.log_dir))
-        if engine.state.step:  # resuming: TensorBoard hides what an earlier session logged after this step
+        if self.resumed_at:  # resuming: TensorBoard hides what an earlier session logged after this step
             # (SummaryWriter's purge_step; the epoch that ended at this very step belongs to the history)
-            self.writer.add_event(self.Event(step=engine.state.step + 1, wall_time=time.time(),
+            self.writer.add_event(self.Event(step=self.resumed_at + 1, wall_time=time.time(),
                                              session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
-        self.files.tensorboard = self.log_dir
 
     def on_log(self, engine: Engine, metrics: dict[str, float]) -> None:
         self._write(self._scalars(self.LOG_TAGS, metrics), metrics["step"])
@@ -166,13 +171,18 @@ class TensorBoard(Callback, ImageSink):
         self.writer.flush()  # a crashed run keeps every finished epoch
 
     def add_image(self, tag: str, png: bytes, shape: tuple[int, ...], step: int) -> None:
+        if self.writer is None:
+            self.open()
         image = self.Summary.Image(height=shape[0], width=shape[1], colorspace=3, encoded_image_string=png)
         self._write([self.Summary.Value(tag=tag, image=image)], step)
 
     def on_fit_end(self, engine: Engine) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
     def _scalars(self, tags: dict[str, str], values: dict[str, Any]) -> list[Any]:
+        if self.writer is None:
+            self.open()
         return [self.Summary.Value(tag=tag, simple_value=float(values[key])) for key, tag in tags.items()
                 if key in values]
 
@@ -250,13 +260,11 @@ class Pictures(Callback):
         self.failed = False
 
     def on_fit_start(self, engine: Engine) -> None:
-        p, run_dir = engine.parts, self.files.run_dir
-        self.curve = plots.LossCurve(f"{p.cfg.model.name} on {p.data.spec.name}")
-        self.reconstructions = Reconstructions(engine, self.cfg)
-        # one draw of each before training: the first pays one-time costs (fonts, canvases, the
-        # heatmaps' layout) that would otherwise pass for the price of every picture and starve the budget
-        self.curve.warm_up()
-        self.reconstructions.draw(engine.state.epoch)
+        run_dir = self.files.run_dir
+        # the figures are built at the first draw, after the first epoch: matplotlib's set-up (about a
+        # second) would otherwise delay the first optimizer step
+        self.curve: plots.LossCurve | None = None
+        self.reconstructions: Reconstructions | None = None
         self.clock.restart()
         self.first_epoch, self.drawn_epoch = engine.state.epoch + 1, -1
         earlier = sorted((run_dir / GRIDS).glob("epoch_*.png"))  # resuming: the latest picture so far
@@ -276,7 +284,11 @@ class Pictures(Callback):
     def draw(self, engine: Engine) -> None:
         tic = time.perf_counter()
         epoch, step, run_dir = engine.state.epoch, engine.state.step, self.files.run_dir
+        first = self.curve is None
         try:
+            if first:
+                self.curve = plots.LossCurve(f"{engine.parts.cfg.model.name} on {engine.parts.data.spec.name}")
+                self.reconstructions = Reconstructions(engine, self.cfg)
             plots.write_atomic(plots.encode_png(self.curve.draw(self.history.records)), run_dir / LOSS_CURVE)
             self.files.loss_curve = run_dir / LOSS_CURVE
             # a grid shows the model at an epoch's end: not one stopped part-way into the next
@@ -292,7 +304,10 @@ class Pictures(Callback):
                             exc_info=log.isEnabledFor(logging.DEBUG))
             self.failed = True
         self.drawn_epoch = epoch
-        self.clock.charge(time.perf_counter() - tic)
+        if first:  # it paid one-time costs (imports, fonts, layouts): not the price of a picture
+            self.clock.restart()
+        else:
+            self.clock.charge(time.perf_counter() - tic)
 
 
 class Summary(Callback):

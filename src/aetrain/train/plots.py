@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid
 
 PAD = 2  # pixels of white between grid tiles and around the grid
 TRAIN, VAL = "#1f77b4", "#d62728"  # the same two colours in every picture: blue train, red validation
@@ -60,6 +59,8 @@ def grid_size(num_samples: int, num_rows: int, shape: Sequence[int], zoom: int) 
 
 def image_grid(rows: Sequence[torch.Tensor], zoom: int) -> np.ndarray:
     """One row per tensor (n, C, H, W) of display values in [0, 1] -> (H', W', 3) uint8 with white gaps."""
+    from torchvision.utils import make_grid
+
     n = rows[0].shape[0]
     tiles = torch.cat([r.detach().float().cpu() for r in rows])  # (rows * n, C, H, W)
     if tiles.shape[1] not in (1, 3):  # make_grid and PNG know grey and RGB; show other stacks by their first channel
@@ -128,9 +129,6 @@ class LossCurve:
         for ax in (self.loss_ax, self.lr_ax):
             ax.grid(True, which="major", alpha=0.3)
             ax.grid(True, which="minor", alpha=0.1)
-
-    def warm_up(self) -> None:
-        _canvas(self.fig)
 
     def draw(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
         epochs = np.array([r["epoch"] for r in records], dtype=float)
