@@ -43,7 +43,11 @@ class BatchPlan:
 
 
 class TensorBatches:
-    """Training batches gathered from an in-memory tensor (N, *shape)."""
+    """Training batches gathered from an in-memory tensor (N, *shape).
+
+    A yielded batch stays valid until the batch after the next is drawn (buffers are reused):
+    consume batches as they come, don't collect them.
+    """
 
     def __init__(self, data: torch.Tensor, plan: BatchPlan, device: torch.device) -> None:
         self.data = data
@@ -55,8 +59,17 @@ class TensorBatches:
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
         order = self.plan.order(epoch).to(self.data.device)  # one transfer per epoch, not one per batch
-        for idx in order.split(self.plan.sizes)[start:]:
-            yield self.data[idx].to(self.device, non_blocking=True)  # (B, *shape); a no-op copy when resident
+        if self.data.device != self.device:  # held on the CPU for a GPU: gather, then copy over
+            for idx in order.split(self.plan.sizes)[start:]:
+                yield self.data[idx].to(self.device, non_blocking=True)
+            return
+        # Resident data: gather into two alternating buffers. A fresh (B, *shape) tensor per batch
+        # costs more than the gather itself on a CPU (new pages); a batch is done with (its backward
+        # has run) before the buffer comes round again, and on a GPU the stream orders the reuse.
+        buffers = [torch.empty_like(self.data[: self.plan.batch_size]) for _ in range(2)]
+        for i, idx in enumerate(order.split(self.plan.sizes)[start:]):
+            batch = buffers[i % 2][: len(idx)]
+            yield torch.index_select(self.data, 0, idx, out=batch)  # (B, *shape)
 
 
 class LoaderBatches:

@@ -290,7 +290,7 @@ class Engine:
         self.nonfinite.on_read(self, first_bad, n_bad)
         return metrics
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def validate(self) -> dict[str, float]:
         """Reconstruction loss of the clean validation inputs (val/loss) and the latent penalty."""
         p = self.parts

@@ -12,7 +12,6 @@ and CUDA, so the loop is identical for every setting:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -60,23 +59,29 @@ class Precision:
 
 
 def clip_by_norm(max_norm: float) -> Clip:
-    """Scale gradients so their total L2 norm is at most max_norm (math.inf = measure only)."""
+    """Scale gradients so their total L2 norm is at most max_norm."""
     return lambda params: torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def clip_by_value(max_value: float) -> Clip:
     def clip(params: list[torch.Tensor]) -> torch.Tensor:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        norm = measure_only(params)
         torch.nn.utils.clip_grad_value_(params, max_value)
         return norm
 
     return clip
 
 
+def measure_only(params: list[torch.Tensor]) -> torch.Tensor:
+    """The total gradient norm, gradients untouched (clip_grad_norm_ with an infinite bound would
+    also rescale every gradient by 1)."""
+    return torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+
+
 def build_clip(value: float | None, algorithm: str) -> Clip:
     """No value means no clipping; the norm is still measured and logged."""
     if value is None:
-        return clip_by_norm(math.inf)
+        return measure_only
     return {"norm": clip_by_norm, "value": clip_by_value}[algorithm](value)
 
 
