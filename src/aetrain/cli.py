@@ -167,8 +167,10 @@ def _install_one_line_errors() -> None:
                 sys.stderr.write(f"aetrain: every job failed; the sweeper stopped: {type(ex).__name__}: {ex}\n")
                 sys.exit(EXIT_JOB_FAILED)
 
+            error = ex  # `ex` is unbound once the except block ends
+
             def reraise() -> typing.NoReturn:
-                raise ex
+                raise error
 
             return report(reraise)  # Hydra's traceback printer, without running `func` a second time
 

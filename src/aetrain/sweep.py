@@ -18,10 +18,10 @@ A job's results come from its run dir: `summary.json` when the run wrote one, el
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from aetrain.atomic import write_atomic
 
 SUMMARY_CSV = "sweep_summary.csv"
 OBJECTIVE_PNG = "sweep_objective.png"
@@ -78,10 +80,7 @@ def record_failure(run_dir: Path, error: str) -> None:
     path = run_dir / RUN_SUMMARY
     summary = _read_json(path)
     summary.update(status="failed", error=error)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def read_job(run_dir: Path) -> JobResult:
@@ -184,17 +183,18 @@ def summarize(sweep_dir: Path) -> list[JobResult]:
 
 
 def write_csv(results: list[JobResult], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        for r in results:
-            writer.writerow([
-                r.job, " ".join(r.overrides), r.status, r.error,
-                f"{r.best_val_loss:.8g}" if math.isfinite(r.best_val_loss) else "",
-                "" if r.epochs is None else r.epochs,
-                "" if r.wall_time_s is None else f"{r.wall_time_s:.2f}",
-                str(r.run_dir),
-            ])
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(COLUMNS)
+    for r in results:
+        writer.writerow([
+            r.job, " ".join(r.overrides), r.status, r.error,
+            f"{r.best_val_loss:.8g}" if math.isfinite(r.best_val_loss) else "",
+            "" if r.epochs is None else r.epochs,
+            "" if r.wall_time_s is None else f"{r.wall_time_s:.2f}",
+            str(r.run_dir),
+        ])
+    write_atomic(path, text.getvalue())  # a reader never sees half a table
 
 
 def varying_overrides(results: list[JobResult]) -> tuple[list[list[str]], list[str]]:
@@ -320,7 +320,7 @@ def plot_objective(results: list[JobResult], path: Path) -> None:
     ax.set_xlim(min(jobs) - 0.5, max(jobs) + 0.5)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
 # --- Hydra's callback and the CLI's view of the sweep ----------------------------------------

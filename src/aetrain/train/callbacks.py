@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from aetrain.atomic import link_atomic, write_atomic
 from aetrain.errors import DivergenceError
 from aetrain.train import checkpoint
 from aetrain.train.engine import Callback, Engine
@@ -39,12 +40,11 @@ class MetricsCSV(Callback):
             rows = list(csv.DictReader(f))
         keep = [r for r in rows if int(r["epoch"]) <= engine.state.epoch]
         if source != self.path or len(keep) != len(rows):
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS, extrasaction="ignore", restval="")
-                writer.writeheader()
-                writer.writerows(keep)
-            os.replace(tmp, self.path)
+            text = io.StringIO()
+            writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS, extrasaction="ignore", restval="")
+            writer.writeheader()
+            writer.writerows(keep)
+            write_atomic(self.path, text.getvalue())
 
     def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
         new = not self.path.exists()
@@ -90,9 +90,9 @@ class Checkpointer(Callback):
     def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
         last = self.save_last(engine)
         if record["improved"]:
-            checkpoint.copy_atomic(last, self.dir / checkpoint.BEST)
+            link_atomic(last, self.dir / checkpoint.BEST)
         if self.top_k and math.isfinite(record["val/loss"]):
-            checkpoint.copy_atomic(last, self.dir / f"epoch={record['epoch']:03d}-val_loss={record['val/loss']:.6g}.pt")
+            link_atomic(last, self.dir / f"epoch={record['epoch']:03d}-val_loss={record['val/loss']:.6g}.pt")
             ranked = sorted(self.dir.glob("epoch=*-val_loss=*.pt"), key=lambda p: (_val_loss(p), p.name))
             for extra in ranked[self.top_k :]:
                 extra.unlink()

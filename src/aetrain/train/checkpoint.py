@@ -9,11 +9,9 @@ crash at any moment leaves either the old or the new file, never a torn one.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from aetrain import __version__
+from aetrain.atomic import write_atomic
 from aetrain.config import Config, from_json, to_json
 from aetrain.data.spec import DataSpec
 from aetrain.errors import CheckpointError
@@ -40,33 +39,8 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to `path` so that readers only ever see a complete file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout)
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # makes the rename itself durable
-    finally:
-        os.close(fd)
+    """torch.save to `path` so that readers only ever see a complete file, on disk before it is visible."""
+    write_atomic(path, lambda f: torch.save(obj, f), durable=True)
 
 
 def resolve(path: str | Path, prefer: tuple[str, ...]) -> Path:

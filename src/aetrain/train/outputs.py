@@ -25,7 +25,6 @@ import csv
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aetrain.atomic import write_atomic
 from aetrain.config import OutputsConfig
 from aetrain.models import count_parameters
 from aetrain.models.objective import identity
@@ -289,13 +289,13 @@ class Pictures(Callback):
             if first:
                 self.curve = plots.LossCurve(f"{engine.parts.cfg.model.name} on {engine.parts.data.spec.name}")
                 self.reconstructions = Reconstructions(engine, self.cfg)
-            plots.write_atomic(plots.encode_png(self.curve.draw(self.history.records)), run_dir / LOSS_CURVE)
+            write_atomic(run_dir / LOSS_CURVE, plots.encode_png(self.curve.draw(self.history.records)))
             self.files.loss_curve = run_dir / LOSS_CURVE
             # a grid shows the model at an epoch's end: not one stopped part-way into the next
             if epoch > 0 and engine.state.step_in_epoch == 0 and self.history.records[-1]["epoch"] == epoch:
                 grid = self.reconstructions.draw(epoch)
                 png = plots.encode_png(grid)
-                plots.write_atomic(png, run_dir / GRIDS / grid_name(epoch))
+                write_atomic(run_dir / GRIDS / grid_name(epoch), png)
                 self.sink.add_image("reconstructions", png, grid.shape, step)
                 self.files.last_grid = run_dir / GRIDS / grid_name(epoch)
         except Exception as e:  # a picture is never worth a training run
@@ -409,9 +409,7 @@ def _finite(value: float) -> float | None:
 
 
 def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)  # readers (a sweep's table, a watching script) never see half a file
+    write_atomic(path, json.dumps(data, indent=2) + "\n")  # a sweep's table or a watching script never sees half a file
 
 
 def build_outputs(cfg: OutputsConfig, run_dir: Path) -> list[Callback]:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,14 +34,6 @@ def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="png")
     return buffer.getvalue()
-
-
-def write_atomic(data: bytes, path: Path) -> None:
-    """Write `data` to `path` via a temp file and a rename: a viewer reloading it never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def zoom_factor(shape: Sequence[int], zoom_to: int) -> int:
