@@ -12,9 +12,14 @@ model and the same optimizer (Adam 1e-3, batch 256):
               at its defaults (checkpointing, logger) with validation each epoch, like aetrain.
 
 Every entry trains on the same 54000 samples per epoch (aetrain holds out 10% for validation;
-so does Lightning); throughput is training samples per second of whole-epoch wall time, the
-median over the measured epochs after warm-up ones. Workloads: a dense AE (784-256-64-32 and
-mirror) and a conv AE (two stride-2 convs of 32/64 channels, latent 32, mirrored).
+so does Lightning); throughput is training samples per second of whole-epoch wall time over
+all measured epochs after the warm-up ones (the mean, not the median: aetrain draws its
+pictures every few epochs within its render budget, and those epochs count). limit, aetrain and dataloader run
+interleaved, one epoch each in turn, so they share the machine's conditions (a shared VM drifts
+by 10% over minutes); Lightning's Trainer owns its loop and runs after them. Peak memory: the
+process's peak resident set on a CPU (so it only grows down the table), peak allocated on CUDA.
+Workloads: a dense AE (784-256-64-32 and mirror) and a conv AE (two stride-2 convs of 32/64
+channels, latent 32, mirrored), both exactly as aetrain builds them (conv in channels_last).
 
     python benchmarks/throughput.py                         # both workloads on the CPU
     python benchmarks/throughput.py --device cuda --compile # GPU, plus torch.compile
@@ -30,7 +35,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -42,7 +46,6 @@ import numpy as np
 import torch
 
 from aetrain.config import Config, DataConfig, ModelConfig, OptimizerConfig, TrainerConfig
-from aetrain.models import build_model
 from aetrain.train import run
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.optim import build_optimizer
@@ -66,7 +69,7 @@ class Result:
 
     @property
     def samples_per_s(self) -> float:
-        return self.samples / statistics.median(self.epoch_s)
+        return self.samples * len(self.epoch_s) / sum(self.epoch_s)
 
 
 def peak_mb(device: torch.device) -> float:
@@ -92,28 +95,52 @@ def aetrain_config(workload: str, data_path: Path, args: argparse.Namespace) -> 
     )
 
 
-class EpochClock(Callback):
-    """Whole-epoch wall time: from one epoch's start to the next's (so every callback's work counts)."""
+class Interleaved(Callback):
+    """Times aetrain's whole epochs and, between them, one epoch of each plain loop.
 
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.marks = device, []
+    Each aetrain epoch runs from the end of this callback's on_epoch_start to the start of the next
+    (or the fit's end), so every other callback's work counts; the plain loops run inside
+    on_epoch_start, outside that interval. Interleaving puts all entries under the same machine
+    conditions: on a shared VM, speed drifts by 10% over minutes.
+    """
+
+    def __init__(self, device: torch.device, loops: dict[str, Callable[[], int]], results: dict[str, Result]) -> None:
+        self.device, self.loops, self.results = device, loops, results
+        self.started: float | None = None
+
+    def lap(self, engine: Engine) -> None:
+        sync(self.device)
+        if self.started is not None:
+            self.results["aetrain"].epoch_s.append(time.perf_counter() - self.started)
 
     def on_epoch_start(self, engine: Engine) -> None:
+        self.lap(engine)
+        for name, loop in self.loops.items():
+            sync(self.device)
+            tic = time.perf_counter()
+            self.results[name].samples = loop()
+            sync(self.device)
+            self.results[name].epoch_s.append(time.perf_counter() - tic)
         sync(self.device)
-        self.marks.append(time.perf_counter())
+        self.started = time.perf_counter()
 
     def on_fit_end(self, engine: Engine) -> None:
-        sync(self.device)
-        self.marks.append(time.perf_counter())
+        self.lap(engine)
 
 
-def bench_aetrain(workload: str, data_path: Path, out: Path, args: argparse.Namespace) -> Result:
+def bench_interleaved(workload: str, data_path: Path, out: Path, args: argparse.Namespace) -> list[Result]:
+    """aetrain, the limit and the DataLoader loop, epoch by epoch in turn."""
+    device = torch.device(args.device)
+    loops = {"limit": limit_loop(workload, data_path, args), "dataloader": dataloader_loop(workload, data_path, args)}
+    loops = {k: v for k, v in loops.items() if k not in args.skip}
+    results = {name: Result(name, workload) for name in ["limit", "aetrain", "dataloader"] if name in loops or name == "aetrain"}
     cfg = aetrain_config(workload, data_path, args)
-    clock = EpochClock(torch.device(args.device))
-    run(cfg, out / f"aetrain-{workload}", callbacks=[clock])
-    times = [b - a for a, b in zip(clock.marks, clock.marks[1:])]
-    train = len(np.load(data_path, mmap_mode="r")) - round(args.samples * VAL_FRACTION)
-    return Result("aetrain", workload, times[args.warmup :], train, peak_mb(torch.device(args.device)))
+    run(cfg, out / f"aetrain-{workload}", callbacks=[Interleaved(device, loops, results)])
+    results["aetrain"].samples = len(np.load(data_path, mmap_mode="r")) - round(args.samples * VAL_FRACTION)
+    for r in results.values():
+        r.epoch_s = r.epoch_s[args.warmup :]
+        r.peak_mb = peak_mb(device)
+    return list(results.values())
 
 
 def same_model_and_optimizer(workload: str, data_path: Path, args: argparse.Namespace):
@@ -138,24 +165,11 @@ def step_fn(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Callabl
     return step
 
 
-def timed_epochs(name: str, workload: str, epoch: Callable[[], int], device: torch.device,
-                 args: argparse.Namespace) -> Result:
-    result = Result(name, workload)
-    for i in range(args.warmup + args.epochs):
-        sync(device)
-        tic = time.perf_counter()
-        result.samples = epoch()
-        sync(device)
-        if i >= args.warmup:
-            result.epoch_s.append(time.perf_counter() - tic)
-    result.peak_mb = peak_mb(device)
-    return result
-
-
-def bench_limit(workload: str, data_path: Path, args: argparse.Namespace) -> Result:
+def limit_loop(workload: str, data_path: Path, args: argparse.Namespace) -> Callable[[], int]:
+    """One epoch of the compute-only loop over pre-batched, device-resident tensors."""
     device = torch.device(args.device)
     model, optimizer, train = same_model_and_optimizer(workload, data_path, args)
-    batches = [b.contiguous() for b in train.to(device).split(BATCH)]  # pre-batched, on the device
+    batches = [b.contiguous(memory_format=_format(b)) for b in train.to(device).split(BATCH)]
     step = step_fn(model.train(), optimizer)
 
     def epoch() -> int:
@@ -163,10 +177,11 @@ def bench_limit(workload: str, data_path: Path, args: argparse.Namespace) -> Res
             step(x)
         return len(train)
 
-    return timed_epochs("limit", workload, epoch, device, args)
+    return epoch
 
 
-def bench_dataloader(workload: str, data_path: Path, args: argparse.Namespace) -> Result:
+def dataloader_loop(workload: str, data_path: Path, args: argparse.Namespace) -> Callable[[], int]:
+    """One epoch of a hand-written loop over torch's DataLoader (shuffled TensorDataset)."""
     device = torch.device(args.device)
     model, optimizer, train = same_model_and_optimizer(workload, data_path, args)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train.cpu()), batch_size=BATCH, shuffle=True,
@@ -178,7 +193,12 @@ def bench_dataloader(workload: str, data_path: Path, args: argparse.Namespace) -
             step(x.to(device, non_blocking=True))
         return len(train)
 
-    return timed_epochs("dataloader", workload, epoch, device, args)
+    return epoch
+
+
+def _format(x: torch.Tensor) -> torch.memory_format:
+    """The layout aetrain holds the data in (channels_last for conv workloads), so the limit matches."""
+    return torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 def bench_lightning(workload: str, data_path: Path, out: Path, args: argparse.Namespace) -> Result | None:
@@ -238,7 +258,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workloads", default="dense,conv")
     parser.add_argument("--samples", type=int, default=60000)
-    parser.add_argument("--epochs", type=int, default=3, help="measured epochs (the median is reported)")
+    parser.add_argument("--epochs", type=int, default=5, help="measured epochs (their mean is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="epochs run before measuring")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (aetrain: trainer.compile)")
     parser.add_argument("--channels-last", action="store_true", help="conv workload in channels_last memory format")
@@ -250,7 +270,7 @@ def main() -> None:
         args.samples, args.epochs, args.warmup = 1200, 1, 1
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
-    skip = set(filter(None, args.skip.split(",")))
+    skip = args.skip = set(filter(None, args.skip.split(",")))
 
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -258,21 +278,16 @@ def main() -> None:
         data_path = out / "mnist_shaped.npy"
         np.save(data_path, np.random.default_rng(0).random((args.samples, 1, 28, 28), dtype=np.float32))
         for workload in args.workloads.split(","):
-            benches = {
-                "limit": lambda: bench_limit(workload, data_path, args),
-                "aetrain": lambda: bench_aetrain(workload, data_path, out, args),
-                "dataloader": lambda: bench_dataloader(workload, data_path, args),
-                "lightning": lambda: bench_lightning(workload, data_path, out, args),
-            }
-            for name, bench in benches.items():
-                if name in skip:
-                    continue
-                if torch.cuda.is_available():
-                    torch.cuda.reset_peak_memory_stats()
-                result = bench()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            for result in bench_interleaved(workload, data_path, out, args):
+                results.append(result)
+                print(f"  {workload:5s} {result.name:10s} {result.samples_per_s:10.0f} samples/s", file=sys.stderr)
+            if "lightning" not in skip:
+                result = bench_lightning(workload, data_path, out, args)
                 if result is not None:
                     results.append(result)
-                    print(f"  {workload:5s} {name:10s} {result.samples_per_s:10.0f} samples/s", file=sys.stderr)
+                    print(f"  {workload:5s} lightning  {result.samples_per_s:10.0f} samples/s", file=sys.stderr)
 
     report(results, args)
 
@@ -292,7 +307,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         light = next((x for x in results if x.workload == r.workload and x.name == "lightning"), None)
         vs_limit = r.samples_per_s / limit.samples_per_s if limit else float("nan")
         vs_light = r.samples_per_s / light.samples_per_s if light else float("nan")
-        print(f"{r.workload:8s} {r.name:10s} {r.samples_per_s:10.0f} {statistics.median(r.epoch_s):8.3f} "
+        print(f"{r.workload:8s} {r.name:10s} {r.samples_per_s:10.0f} {r.samples / r.samples_per_s:8.3f} "
               f"{vs_limit:8.3f} {vs_light:11.2f} {r.peak_mb:8.0f}")
         rows.append({"workload": r.workload, "entry": r.name, "samples_per_s": r.samples_per_s,
                      "epoch_s": r.epoch_s, "vs_limit": vs_limit, "vs_lightning": vs_light, "peak_mb": r.peak_mb})

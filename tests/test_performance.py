@@ -33,11 +33,14 @@ def val_losses(**trainer: object) -> list[float]:
     return records.val
 
 
-def test_channels_last_gives_the_losses_of_the_plain_path() -> None:
-    parts = build_parts(Config(model=ModelConfig(backbone="conv"), trainer=TrainerConfig(channels_last=True)))
+def test_channels_last_is_the_conv_default_and_gives_the_losses_of_nchw() -> None:
+    parts = build_parts(Config(model=ModelConfig(backbone="conv")))
     assert next(parts.data.train.epoch(0)).is_contiguous(memory_format=torch.channels_last)
+    assert parts.data.val.is_contiguous(memory_format=torch.channels_last)
     assert parts.model.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(val_losses(channels_last=True), val_losses(), rtol=1e-4, atol=0)  # other conv kernels
+    nchw = build_parts(Config(model=ModelConfig(backbone="conv"), trainer=TrainerConfig(channels_last=False)))
+    assert nchw.model.encoder[0].weight.is_contiguous()
+    torch.testing.assert_close(val_losses(), val_losses(channels_last=False), rtol=1e-4, atol=0)  # other conv kernels
 
 
 @pytest.mark.slow

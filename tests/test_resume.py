@@ -166,11 +166,19 @@ def aetrain(*args: str) -> list[str]:
     return [sys.executable, "-m", "aetrain", *ARGS, *args]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_real_signal_saves_mid_epoch_and_the_resumed_run_is_identical(tmp_path: Path, signum: int) -> None:
-    straight = subprocess.run(aetrain(f"hydra.run.dir={tmp_path / 'straight'}"), capture_output=True, text=True,
-                              cwd=tmp_path, timeout=300)
+@pytest.fixture(scope="module")
+def straight_cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run both signal tests compare against."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    straight = subprocess.run(aetrain(f"hydra.run.dir={run_dir}"), capture_output=True, text=True,
+                              cwd=run_dir.parent, timeout=300)
     assert straight.returncode == 0, straight.stderr
+    return run_dir
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_real_signal_saves_mid_epoch_and_the_resumed_run_is_identical(tmp_path: Path, signum: int,
+                                                                        straight_cli_run: Path) -> None:
     run_dir = tmp_path / "stopped"
     proc = subprocess.Popen(aetrain(f"hydra.run.dir={run_dir}", "trainer.log_every_n_steps=1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
@@ -188,7 +196,7 @@ def test_a_real_signal_saves_mid_epoch_and_the_resumed_run_is_identical(tmp_path
     resumed = subprocess.run([sys.executable, "-m", "aetrain", f"trainer.resume={run_dir}"], capture_output=True,
                              text=True, cwd=tmp_path, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert_same_run(tmp_path / "straight", run_dir)
+    assert_same_run(straight_cli_run, run_dir)
 
 
 def test_second_signal_aborts_at_once() -> None:
