@@ -72,6 +72,13 @@ def test_help_lists_every_group_and_its_choices(cli) -> None:
         assert line in result.out
 
 
+def test_flags_may_come_after_overrides(cli) -> None:
+    result = cli("model=conv_ae", "--cfg", "job", "model.latent_dim=3")  # Hydra alone wants flags first
+    assert result.returncode == 0, result.err
+    assert "name: conv_ae" in result.out and "latent_dim: 3" in result.out
+    assert not result.run_dir.exists()
+
+
 BAD_INPUTS = [
     (["model=foo"], "model=foo is not one of: conv_ae, denoising_ae, dense_ae, sparse_ae"),
     (["data=imagenet"], "data=imagenet is not one of: cifar10, digits"),
@@ -99,6 +106,9 @@ BAD_INPUTS = [
     (["data=tensor_file"], "data.path is not set; data=tensor_file needs a .npy or .pt file"),
     (["data=tensor_file", "data.path=/nonexistent/x.npy"], "data.path=/nonexistent/x.npy: does not exist"),
     (["data=mnist", "data.root=/nonexistent", "data.download=false"], "data.root=/nonexistent has no readable MNIST"),
+    (["-m", "model=dense_ae,conv_ae", "--cfg", "job"], "Only one of --run, --multirun, --cfg"),
+    (["--help", "model=foo"], "model=foo is not one of: conv_ae, denoising_ae, dense_ae, sparse_ae"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
 ]
 
 

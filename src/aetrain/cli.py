@@ -10,7 +10,9 @@ This is the only module that imports Hydra. It:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import importlib
 import logging
 import os
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import hydra._internal.utils as hydra_utils  # Hydra is pinned >=1.3,<1.4: its reporter and parser are patched below
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
@@ -147,8 +150,6 @@ def _install_one_line_errors() -> None:
     Hydra (>=1.3,<1.4, pinned) prints composition errors over many lines; its reporter is the one
     place every entry (run, multirun, --cfg, --help) passes through.
     """
-    import hydra._internal.utils as hydra_utils
-
     report = hydra_utils.run_and_report
     if getattr(report, "aetrain", False):
         return
@@ -176,6 +177,24 @@ def _install_one_line_errors() -> None:
 
     run_and_report.aetrain = True  # type: ignore[attr-defined]
     hydra_utils.run_and_report = run_and_report
+    importlib.import_module("hydra.main").get_args_parser = _args_parser  # the module; `hydra.main` is its decorator
+
+
+def _args_parser() -> argparse.ArgumentParser:
+    """Hydra's command-line parser, taking flags anywhere and reporting mistakes in one line.
+
+    `aetrain model=conv_ae -m optimizer.lr=1e-3,3e-4` is how people type; Hydra's parser wants
+    every flag before the first override and answers otherwise with its whole usage text.
+    """
+    parser = hydra_utils.get_args_parser()
+
+    def error(message: str) -> typing.NoReturn:
+        sys.stderr.write(f"aetrain: error: {message} (see aetrain --help)\n")
+        sys.exit(EXIT_USER_ERROR)
+
+    parser.error = error  # type: ignore[method-assign]
+    parser.parse_args = parser.parse_intermixed_args  # type: ignore[method-assign]
+    return parser
 
 
 @hydra.main(config_path="pkg://aetrain.configs", config_name="train", version_base="1.3")
@@ -200,6 +219,11 @@ def main(argv: list[str] | None = None) -> None:
     except sweep.Stopped as stop:  # a job was interrupted: the sweep ends here, with its summary
         sweep.finish()
         _exit_with(stop.error)
+    except ValueError as ex:
+        if not str(ex).startswith("Only one of"):  # Hydra's check of its mode flags, raised before any run
+            raise
+        sys.stderr.write(f"aetrain: error: {ex} (e.g. `aetrain -m ...` or `aetrain --cfg job ...`, not both)\n")
+        sys.exit(EXIT_USER_ERROR)
     except BaseException:
         sweep.finish()  # a sweep that ended early (Ctrl-C, a sweeper's error) still gets its summary
         raise
