@@ -20,6 +20,7 @@ import aetrain
 from aetrain.config import Config, DataConfig, OptimizerConfig, TrainerConfig
 from aetrain.errors import CheckpointError, DivergenceError
 from aetrain.train import checkpoint, run
+from aetrain.train.callbacks import Checkpointer
 from aetrain.train.engine import Callback, Engine
 from conftest import FAST
 
@@ -106,6 +107,16 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path, mo
     with pytest.raises(OSError):
         checkpoint.save_atomic({"v": torch.zeros(3)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["v"], torch.ones(3))
+
+
+def test_a_background_checkpoint_write_that_fails_fails_the_run(tmp_path: Path, monkeypatch) -> None:
+    def disk_full(path: Path, data: object, *, durable: bool = False) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("aetrain.train.callbacks.write_atomic", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        run(tiny(max_epochs=3), tmp_path)
+    assert not (tmp_path / "checkpoints" / checkpoint.LAST).exists()
 
 
 def test_kill_9_at_any_moment_leaves_a_loadable_last_checkpoint(tmp_path: Path) -> None:
@@ -217,6 +228,7 @@ def test_checkpoint_every_n_steps_writes_mid_epoch(tmp_path: Path) -> None:
     class Peek(Callback):
         def on_step(self, engine: Engine) -> None:
             if engine.state.step == 12:
+                next(cb for cb in engine.callbacks if isinstance(cb, Checkpointer)).wait()  # written in the background
                 seen.append(checkpoint.load(tmp_path)["state"])
 
     run(tiny(checkpoint_every_n_steps=5, max_epochs=2), tmp_path, callbacks=[Peek()])

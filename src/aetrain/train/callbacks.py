@@ -6,6 +6,8 @@ import csv
 import io
 import logging
 import math
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,42 +66,71 @@ class Checkpointer(Callback):
 
     - checkpoints/last.pt after every epoch, every `every_n_steps` optimizer steps if set, and
       when a signal stops the run (mid-epoch: resuming continues from that exact step);
-    - checkpoints/best.pt, a copy of last.pt, whenever val/loss improves;
-    - with `top_k` > 0, copies of the k best epochs as epoch=NNN-val_loss=X.pt.
+    - checkpoints/best.pt, a snapshot of last.pt, whenever val/loss improves;
+    - with `top_k` > 0, snapshots of the k best epochs as epoch=NNN-val_loss=X.pt.
+
+    The state is serialized on the training thread (a consistent snapshot) and written to disk
+    on a background thread while training goes on: the fsync of a large model takes long. One
+    write is in flight at a time, in order; the run ends only after the last one is on disk, and
+    a write that failed fails the run at the next save or at its end.
     """
 
     def __init__(self, run_dir: Path, *, every_n_steps: int | None = None, top_k: int = 0) -> None:
         self.dir = checkpoint.checkpoint_dir(run_dir)
         self.every_n_steps = every_n_steps or math.inf
         self.top_k = top_k
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aetrain-checkpoint")
+        self.pending: Future[None] | None = None
 
-    def save_last(self, engine: Engine) -> Path:
+    def save_last(self, engine: Engine, snapshots: Sequence[Path] = ()) -> None:
+        """Write last.pt (and then `snapshots` of it) from the state the engine is in now."""
         engine.train_metrics()  # mid-epoch: applies the non-finite policy first, so a diverged step is never saved
         if checkpoint.nonfinite_parameters(engine.parts.model):
             raise DivergenceError(f"the model's weights are not finite at step {engine.state.step}; nothing was "
                                   "saved (last.pt and best.pt hold the last finite model): lower optimizer.lr or "
                                   "set trainer.gradient_clip_val")
+        data = checkpoint.serialize(checkpoint.payload(engine))
+        self.wait()
+        self.pending = self.writer.submit(self._write, data, list(snapshots))
+
+    def _write(self, data: bytes, snapshots: list[Path]) -> None:
         last = self.dir / checkpoint.LAST
-        checkpoint.save_atomic(checkpoint.payload(engine), last)
-        return last
+        write_atomic(last, data, durable=True)
+        for path in snapshots:
+            link_atomic(last, path)
+        if self.top_k:
+            ranked = sorted(self.dir.glob("epoch=*-val_loss=*.pt"), key=lambda p: (_val_loss(p), p.name))
+            for extra in ranked[self.top_k :]:
+                extra.unlink()
+
+    def wait(self) -> None:
+        """Until the write in flight is on disk; raises its error if it failed."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
 
     def on_step(self, engine: Engine) -> None:
         if engine.state.step % self.every_n_steps == 0:
             self.save_last(engine)
 
     def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
-        last = self.save_last(engine)
-        if record["improved"]:
-            link_atomic(last, self.dir / checkpoint.BEST)
+        snapshots = [self.dir / checkpoint.BEST] if record["improved"] else []
         if self.top_k and math.isfinite(record["val/loss"]):
-            link_atomic(last, self.dir / f"epoch={record['epoch']:03d}-val_loss={record['val/loss']:.6g}.pt")
-            ranked = sorted(self.dir.glob("epoch=*-val_loss=*.pt"), key=lambda p: (_val_loss(p), p.name))
-            for extra in ranked[self.top_k :]:
-                extra.unlink()
+            snapshots.append(self.dir / f"epoch={record['epoch']:03d}-val_loss={record['val/loss']:.6g}.pt")
+        self.save_last(engine, snapshots)
 
     def on_fit_end(self, engine: Engine) -> None:
-        if engine.status == "interrupted":
-            self.save_last(engine)
+        try:
+            if engine.status == "interrupted":
+                self.save_last(engine)
+            self.wait()
+        except OSError as e:
+            if engine.status == "ok":
+                raise
+            # the run is already failing with its own error: report this one without hiding that
+            log.error("could not write %s: %s", self.dir / checkpoint.LAST, e)
+        finally:
+            self.writer.shutdown(wait=True)
 
 
 def _val_loss(path: Path) -> float:

@@ -9,6 +9,7 @@ crash at any moment leaves either the old or the new file, never a torn one.
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 import re
@@ -40,7 +41,14 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to `path` so that readers only ever see a complete file, on disk before it is visible."""
-    write_atomic(path, lambda f: torch.save(obj, f), durable=True)
+    write_atomic(path, serialize(obj), durable=True)
+
+
+def serialize(obj: Any) -> bytes:
+    """The bytes torch.save writes: a snapshot, so training may change the tensors right after."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def resolve(path: str | Path, prefer: tuple[str, ...]) -> Path:
