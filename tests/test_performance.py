@@ -58,3 +58,18 @@ def test_benchmark_smoke_mode_runs_and_reports_every_entry(tmp_path: Path) -> No
     assert [r["entry"] for r in rows] == ["limit", "aetrain", "dataloader"]
     assert all(r["samples_per_s"] > 0 and r["peak_mb"] > 0 for r in rows)
     assert next(r for r in rows if r["entry"] == "limit")["vs_limit"] == 1.0
+
+
+def test_training_runs_with_setup_objects_frozen_and_thaws_them_after(tmp_path: Path) -> None:
+    import gc
+
+    from aetrain.train import run
+
+    class FreezeCount(Callback):
+        def on_epoch_end(self, engine: Engine, record: dict) -> None:
+            self.during = gc.get_freeze_count()
+
+    before, probe = gc.get_freeze_count(), FreezeCount()
+    run(Config(trainer=TrainerConfig(max_epochs=1)), tmp_path / "run", callbacks=[probe])
+    assert probe.during > 100_000  # torch, the model and the rest are out of the collector's way
+    assert gc.get_freeze_count() == before  # and back in it: a sweep's runs don't pile up garbage

@@ -6,11 +6,13 @@ before the first file is written, so a bad command leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +112,7 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> di
         checkpoint.restore(engine, ckpt)
         log.info("resuming %s at epoch %d, step %d%s", t.resume, engine.state.epoch + 1, engine.state.step,
                  f" ({engine.state.step_in_epoch} steps into the epoch)" if engine.state.step_in_epoch else "")
-    with engine.interrupt.installed():
+    with engine.interrupt.installed(), long_lived_objects_frozen():
         try:
             state = engine.fit()
         except Interrupted as e:
@@ -119,6 +121,23 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> di
                               engine.interrupt.signum) from None
     return {"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "epochs": state.epoch,
             "steps": state.step}
+
+
+@contextlib.contextmanager
+def long_lived_objects_frozen() -> Iterator[None]:
+    """Keep Python's cycle collector off what exists before training (torch, Hydra, the model...).
+
+    Those few hundred thousand objects live as long as the run; a full collection scanning
+    them took 100-200 ms mid-epoch here, triggered by whatever allocates next (matplotlib's
+    first figure). Frozen, collections see only what training creates. Thawed at the end, so
+    runs in one process (a sweep) do not pile up each other's cyclic garbage.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _refuse_existing_run(out_dir: Path) -> None:
