@@ -130,9 +130,10 @@ def long_lived_objects_frozen() -> Iterator[None]:
     Those few hundred thousand objects live as long as the run; a full collection scanning
     them took 100-200 ms mid-epoch here, triggered by whatever allocates next (matplotlib's
     first figure). Frozen, collections see only what training creates. Thawed at the end, so
-    runs in one process (a sweep) do not pile up each other's cyclic garbage.
+    runs in one process (a sweep) do not pile up each other's cyclic garbage. No collection
+    first: it would delay the first step by a full scan, and what garbage set-up left behind
+    is freed after the thaw.
     """
-    gc.collect()
     gc.freeze()
     try:
         yield
