@@ -96,17 +96,20 @@ def test_state_dicts_carry_no_wrapper_prefixes() -> None:
 
 
 def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path, monkeypatch) -> None:
-    path = tmp_path / "last.pt"
-    checkpoint.save_atomic({"v": torch.ones(3)}, path)
+    run(tiny(max_epochs=1), tmp_path)
+    before = (tmp_path / "checkpoints" / checkpoint.LAST).read_bytes()
 
-    def broken_save(obj, f, *a, **k):
-        f.write(b"half a checkpoint")
-        raise OSError("disk full")
+    def disk_gone(fd: int) -> None:  # the new checkpoint's bytes are written, then the disk fails
+        raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
-        checkpoint.save_atomic({"v": torch.zeros(3)}, path)
-    assert torch.equal(torch.load(path, weights_only=True)["v"], torch.ones(3))
+    monkeypatch.setattr("aetrain.atomic.os.fsync", disk_gone)
+    cfg = tiny(max_epochs=2)
+    cfg.trainer.resume = str(tmp_path)
+    with pytest.raises(OSError, match="Input/output error"):
+        run(cfg, tmp_path)
+    assert (tmp_path / "checkpoints" / checkpoint.LAST).read_bytes() == before
+    assert checkpoint.load(tmp_path)["state"]["epoch"] == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # no temp debris
 
 
 def test_a_background_checkpoint_write_that_fails_fails_the_run(tmp_path: Path, monkeypatch) -> None:

@@ -106,7 +106,7 @@ BAD_INPUTS = [
     (["data=tensor_file"], "data.path is not set; data=tensor_file needs a .npy or .pt file"),
     (["data=tensor_file", "data.path=/nonexistent/x.npy"], "data.path=/nonexistent/x.npy: does not exist"),
     (["data=mnist", "data.root=/nonexistent", "data.download=false"], "data.root=/nonexistent has no readable MNIST"),
-    (["-m", "model=dense_ae,conv_ae", "--cfg", "job"], "Only one of --run, --multirun, --cfg"),
+    (["-m", "model=dense_ae,conv_ae", "--cfg", "job"], "use one of -m/--multirun, --cfg, --info at a time"),
     (["--help", "model=foo"], "model=foo is not one of: conv_ae, denoising_ae, dense_ae, sparse_ae"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ]

@@ -192,8 +192,15 @@ def _args_parser() -> argparse.ArgumentParser:
         sys.stderr.write(f"aetrain: error: {message} (see aetrain --help)\n")
         sys.exit(EXIT_USER_ERROR)
 
+    def parse(args: list[str] | None = None, namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        parsed = parser.parse_intermixed_args(args, namespace)
+        modes = [parsed.run, parsed.multirun, parsed.cfg is not None, parsed.info is not None, parsed.shell_completion]
+        if sum(modes) > 1:  # Hydra checks this later, with a ValueError and a traceback
+            error("use one of -m/--multirun, --cfg, --info at a time")
+        return parsed
+
     parser.error = error  # type: ignore[method-assign]
-    parser.parse_args = parser.parse_intermixed_args  # type: ignore[method-assign]
+    parser.parse_args = parse  # type: ignore[method-assign]
     return parser
 
 
@@ -219,11 +226,6 @@ def main(argv: list[str] | None = None) -> None:
     except sweep.Stopped as stop:  # a job was interrupted: the sweep ends here, with its summary
         sweep.finish()
         _exit_with(stop.error)
-    except ValueError as ex:
-        if not str(ex).startswith("Only one of"):  # Hydra's check of its mode flags, raised before any run
-            raise
-        sys.stderr.write(f"aetrain: error: {ex} (e.g. `aetrain -m ...` or `aetrain --cfg job ...`, not both)\n")
-        sys.exit(EXIT_USER_ERROR)
     except BaseException:
         sweep.finish()  # a sweep that ended early (Ctrl-C, a sweeper's error) still gets its summary
         raise

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from aetrain import __version__
-from aetrain.atomic import write_atomic
 from aetrain.config import Config, from_json, to_json
 from aetrain.data.spec import DataSpec
 from aetrain.errors import CheckpointError
@@ -37,11 +36,6 @@ LAST, BEST = "last.pt", "best.pt"
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to `path` so that readers only ever see a complete file, on disk before it is visible."""
-    write_atomic(path, serialize(obj), durable=True)
 
 
 def serialize(obj: Any) -> bytes:
