@@ -49,7 +49,8 @@ from aetrain.config import Config, DataConfig, ModelConfig, OptimizerConfig, Tra
 from aetrain.train import run
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.optim import build_optimizer
-from aetrain.train.run import build_parts
+from aetrain.errors import ConfigError
+from aetrain.train.run import build_parts, resolve_device
 
 WORKLOADS = {
     "dense": ModelConfig(name="dense_ae", backbone="dense", hidden_dims=[256, 64], latent_dim=32),
@@ -266,6 +267,13 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    unknown = set(args.workloads.split(",")) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"--workloads: unknown {', '.join(sorted(unknown))}; choose from {', '.join(WORKLOADS)}")
+    try:
+        resolve_device(args.device)
+    except ConfigError as e:
+        parser.error(f"--device: {e}")
     if args.smoke:
         args.samples, args.epochs, args.warmup = 1200, 1, 1
     logging.basicConfig(level=logging.WARNING)
