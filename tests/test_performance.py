@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from aetrain.config import Config, DataConfig, ModelConfig, TrainerConfig
+from aetrain.config import Config, DataConfig, ModelConfig, OptimizerConfig, TrainerConfig
 from aetrain.train.engine import Callback, Engine
+from aetrain.train.optim import OPTIMIZERS, build_optimizer
 from aetrain.train.run import build_parts
 
 ROOT = Path(__file__).parents[1]
@@ -41,6 +42,28 @@ def test_channels_last_is_the_conv_default_and_gives_the_losses_of_nchw() -> Non
     nchw = build_parts(Config(model=ModelConfig(backbone="conv"), trainer=TrainerConfig(channels_last=False)))
     assert nchw.model.encoder[0].weight.is_contiguous()
     torch.testing.assert_close(val_losses(), val_losses(channels_last=False), rtol=1e-4, atol=0)  # other conv kernels
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
+def test_cpu_optimizers_are_fused_where_torch_has_the_kernel_and_train_like_the_reference(name: str) -> None:
+    def trained(fast: bool) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Tanh(), torch.nn.Linear(8, 16))
+        cfg = OptimizerConfig(name=name, lr=1e-2, momentum=0.9, weight_decay=1e-3)
+        optimizer = build_optimizer(cfg, model.parameters()) if fast else OPTIMIZERS.get(name)(
+            list(model.parameters()), cfg, {"foreach": True})
+        x = torch.randn(64, 16)
+        for _ in range(20):
+            torch.nn.functional.mse_loss(model(x), x).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        return optimizer, [p.detach() for p in model.parameters()]
+
+    fast, fast_params = trained(fast=True)
+    _, reference_params = trained(fast=False)
+    assert fast.defaults.get("fused", False) is (name != "rmsprop")
+    for a, b in zip(fast_params, reference_params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
