@@ -27,6 +27,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -164,29 +165,33 @@ class TensorBoard(Callback, ImageSink):
                                              session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
     def on_log(self, engine: Engine, metrics: dict[str, float]) -> None:
-        self._write(self._scalars(self.LOG_TAGS, metrics), metrics["step"])
+        self._write(metrics["step"], scalars=self._scalars(self.LOG_TAGS, metrics))
 
     def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
-        self._write(self._scalars(self.EPOCH_TAGS, record), record["step"])
+        self._write(record["step"], scalars=self._scalars(self.EPOCH_TAGS, record))
         self.writer.flush()  # a crashed run keeps every finished epoch
 
     def add_image(self, tag: str, png: bytes, shape: tuple[int, ...], step: int) -> None:
-        if self.writer is None:
-            self.open()
-        image = self.Summary.Image(height=shape[0], width=shape[1], colorspace=3, encoded_image_string=png)
-        self._write([self.Summary.Value(tag=tag, image=image)], step)
+        self._write(step, image=(tag, png, shape))
 
     def on_fit_end(self, engine: Engine) -> None:
         if self.writer is not None:
             self.writer.close()
 
-    def _scalars(self, tags: dict[str, str], values: dict[str, Any]) -> list[Any]:
+    @staticmethod
+    def _scalars(tags: dict[str, str], values: dict[str, Any]) -> list[tuple[str, float]]:
+        return [(tag, float(values[key])) for key, tag in tags.items() if key in values]
+
+    def _write(self, step: int, *, scalars: Sequence[tuple[str, float]] = (),
+               image: tuple[str, bytes, tuple[int, ...]] | None = None) -> None:
+        """One event at `step` holding the scalars and the PNG picture given (the event file opens here)."""
         if self.writer is None:
             self.open()
-        return [self.Summary.Value(tag=tag, simple_value=float(values[key])) for key, tag in tags.items()
-                if key in values]
-
-    def _write(self, values: list[Any], step: int) -> None:
+        values = [self.Summary.Value(tag=tag, simple_value=value) for tag, value in scalars]
+        if image is not None:
+            tag, png, shape = image
+            values.append(self.Summary.Value(tag=tag, image=self.Summary.Image(
+                height=shape[0], width=shape[1], colorspace=3, encoded_image_string=png)))
         self.writer.add_event(self.Event(step=int(step), wall_time=time.time(), summary=self.Summary(value=values)))
 
 
