@@ -41,7 +41,9 @@ def test_channels_last_is_the_conv_default_and_gives_the_losses_of_nchw() -> Non
     assert parts.model.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
     nchw = build_parts(Config(model=ModelConfig(backbone="conv"), trainer=TrainerConfig(channels_last=False)))
     assert nchw.model.encoder[0].weight.is_contiguous()
-    torch.testing.assert_close(val_losses(), val_losses(channels_last=False), rtol=1e-4, atol=0)  # other conv kernels
+    # other conv kernels round differently, and Adam amplifies that over two epochs (~2e-4 here); a
+    # wrong layout would be off by far more
+    torch.testing.assert_close(val_losses(), val_losses(channels_last=False), rtol=1e-3, atol=0)
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
