@@ -37,8 +37,9 @@ FUSED_DEVICES = {"cpu", "cuda"}  # where torch (>= 2.4) has fused Adam, AdamW an
 def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
     """Adam, AdamW and SGD use torch's fused kernels, which update every parameter in one pass.
 
-    On a CPU that is 4x faster than the default multi-tensor (foreach) path for Adam (0.5 ms
-    instead of 2.1 ms a step for the 400k-parameter dense AE: 15% of its whole step); on CUDA it
+    On a CPU, Adam's step for the 400k-parameter dense AE takes 0.56 ms instead of the default
+    multi-tensor (foreach) path's 1.46 ms inside the training loop, about 10% of the whole
+    training step (0.5 ms against 2.1 ms when timed alone); on CUDA it
     is one launch per step, and the fp16 GradScaler's inf check stays on the device (the unfused
     path reads it back every step). RMSprop has no fused kernel.
     """

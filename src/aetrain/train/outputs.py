@@ -377,7 +377,8 @@ class Summary(Callback):
             "run_dir": self.run_dir,
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        write_json_atomic(self.data, self.path)
+        # a sweep's table or a watching script never sees half a file
+        write_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
 
     def _earlier_wall_time(self, engine: Engine) -> float:
         """Seconds the run trained before this session: its last summary.json, else the epochs' times."""
@@ -411,10 +412,6 @@ def _positive(value: Any) -> bool:
 def _finite(value: float) -> float | None:
     """JSON has no inf or NaN: a value that is not finite (no epoch yet, a diverged run) is null."""
     return float(value) if math.isfinite(value) else None
-
-
-def write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    write_atomic(path, json.dumps(data, indent=2) + "\n")  # a sweep's table or a watching script never sees half a file
 
 
 def build_outputs(cfg: OutputsConfig, run_dir: Path) -> list[Callback]:
