@@ -5,7 +5,7 @@ model and the same optimizer (Adam 1e-3, batch 256):
 
   limit       a compute-only loop over pre-batched in-memory tensors: forward, loss, backward,
               step, nothing else. What the hardware can do for this model.
-  aetrain     aetrain's engine through `aetrain.train.run`, at default settings: validation,
+  aetrain     aetrain's engine through `aetrain.commands.train.run`, at default settings: validation,
               last/best checkpoints, metrics.csv, TensorBoard, pictures, summary.json included.
   dataloader  a hand-written loop over torch's DataLoader (shuffled TensorDataset), no extras.
   lightning   Lightning's Trainer with a LightningModule around the same model (when installed),
@@ -45,16 +45,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aetrain.config import Config, DataConfig, ModelConfig, OptimizerConfig, TrainerConfig
-from aetrain.train import run
+from aetrain.commands.train import build_parts, resolve_device, run
+from aetrain.config import AdamConfig, Config, ConvAEConfig, DenseAEConfig, TensorFileDataConfig, TrainerConfig
+from aetrain.errors import ConfigError
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.optim import build_optimizer
-from aetrain.errors import ConfigError
-from aetrain.train.run import build_parts, resolve_device
 
 WORKLOADS = {
-    "dense": ModelConfig(name="dense_ae", backbone="dense", hidden_dims=[256, 64], latent_dim=32),
-    "conv": ModelConfig(name="conv_ae", backbone="conv", channels=[32, 64], latent_dim=32),
+    "dense": DenseAEConfig(hidden_dims=[256, 64], latent_dim=32),
+    "conv": ConvAEConfig(channels=[32, 64], latent_dim=32),
 }
 BATCH = 256
 VAL_FRACTION = 0.1
@@ -89,8 +88,8 @@ def sync(device: torch.device) -> None:
 def aetrain_config(workload: str, data_path: Path, args: argparse.Namespace) -> Config:
     return Config(
         model=replace(WORKLOADS[workload]),
-        data=DataConfig(name="tensor_file", path=str(data_path), batch_size=BATCH, val_fraction=VAL_FRACTION),
-        optimizer=OptimizerConfig(name="adam", lr=1e-3),
+        data=TensorFileDataConfig(path=str(data_path), batch_size=BATCH, val_fraction=VAL_FRACTION),
+        optimizer=AdamConfig(lr=1e-3),
         trainer=TrainerConfig(max_epochs=args.warmup + args.epochs, device=args.device, compile=args.compile,
                               channels_last=args.channels_last and workload == "conv"),
     )

@@ -1,12 +1,16 @@
 """Typed run configuration: the dataclasses every module below the CLI takes.
 
 The CLI composes YAML presets (configs/) over these schemas with Hydra and hands a `Config`
-to `aetrain.train.run`. The dataclasses hold every default; presets only override. Nothing here
-imports Hydra, OmegaConf or torch, so `aetrain --help` stays fast and the config can be rebuilt
-from a checkpoint's JSON without either.
+to `aetrain.commands.train.run`. Nothing here imports Hydra, OmegaConf or torch, so
+`aetrain --help` stays fast and a config can be rebuilt from a checkpoint's JSON without either.
 
-Choice-valued fields (activation, init, loss, optimizer, ...) are validated against their
-registries when components are built, so the list of allowed values has one home.
+**One home for defaults.** Each choice of a group (`model=conv_ae`, `optimizer=sgd`,
+`scheduler=cosine`, `data=mnist`) has its own shape, registered in `CHOICES` under its name:
+the dataclass holds every default and the keys that choice uses, no others. The YAML preset
+only names its schema, so editing a default here changes the preset, and a key the chosen
+component does not use (`scheduler=step scheduler.patience=3`) is refused when the config is
+composed. Allowed values of choice-valued keys (activation, init, loss, ...) live in the
+registries of the components that use them and are checked when those are built.
 """
 
 from __future__ import annotations
@@ -15,98 +19,273 @@ import dataclasses
 import json
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aetrain.errors import ConfigError
 
-
-@dataclass
-class NoiseConfig:
-    """Input corruption of the denoising autoencoder, applied to training batches only."""
-
-    kind: str = "none"  # none | gaussian | masking | salt_pepper; none = inputs pass through
-    level: float = 0.0  # gaussian: std in data units; masking / salt_pepper: fraction of entries hit
+# group -> choice name -> factory of that choice's default config. Filled by `choice` below; the CLI
+# registers every entry with Hydra (`schema/<group>/<name>`), configs/<group>/<name>.yaml names it.
+CHOICES: dict[str, dict[str, Callable[[], Any]]] = {"model": {}, "data": {}, "optimizer": {}, "scheduler": {}}
 
 
-@dataclass
-class SparsityConfig:
-    """Penalty on the latent code of the sparse autoencoder."""
+def choice(group: str, name: str, **defaults: Any) -> Callable[[type], type]:
+    """Register a dataclass (with `defaults` overriding its field defaults) as `group=name`."""
 
-    kind: str = "none"  # none | l1 | kl; none = no penalty (a zero term)
-    weight: float = 0.0  # multiplier of the penalty in the training loss; 0 = off
-    target: float = 0.05  # kl only: target mean activation rho in (0, 1) of sigmoid(latent)
+    def register(cls: type) -> type:
+        CHOICES[group][name] = lambda: cls(**{"name": name, **defaults})
+        return cls
 
+    return register
+
+
+# --- model ---------------------------------------------------------------------------------------
 
 @dataclass
 class ModelConfig:
-    """Architecture, regularisers and reconstruction loss. Presets: configs/model/."""
+    """What every model family has. Families: configs/model/, `aetrain.models.FAMILIES`."""
 
-    name: str = "dense_ae"  # preset name, for logs and summaries (set by the model= choice)
-    backbone: str = "dense"  # dense | conv: the encoder/decoder family the regularisers wrap
+    name: str = "dense_ae"  # the model family, set by model=<name>: dense_ae | conv_ae | denoising_ae | sparse_ae | vae
     latent_dim: int = 16  # size of the code z
-    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])  # dense: encoder widths; decoder mirrors
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv: encoder widths, each stride 2
-    kernel_size: int = 3  # conv: odd kernel size of every conv layer
     activation: str = "relu"  # hidden activation: relu, leaky_relu, prelu, elu, gelu, selu, silu, tanh, sigmoid
     output_activation: str = "auto"  # auto = sigmoid for data in [0, 1], identity for standardized data
     init: str = "default"  # weight init: default (PyTorch's), xavier_*, kaiming_*, orthogonal
     batch_norm: bool = False  # BatchNorm after each hidden layer; False = none
     dropout: float = 0.0  # dropout probability after each hidden layer; 0 = off
     loss: str = "mse"  # reconstruction loss: mse | l1 | bce | smooth_l1 (mean over elements)
-    noise: NoiseConfig = field(default_factory=NoiseConfig)  # denoising_ae sets it
-    sparsity: SparsityConfig = field(default_factory=SparsityConfig)  # sparse_ae sets it
 
+
+@choice("model", "dense_ae")
+@dataclass
+class DenseAEConfig(ModelConfig):
+    """An MLP autoencoder."""
+
+    name: str = "dense_ae"
+
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])  # encoder widths; the decoder mirrors them
+
+
+@choice("model", "conv_ae")
+@dataclass
+class ConvAEConfig(ModelConfig):
+    """A convolutional autoencoder for images of any size."""
+
+    name: str = "conv_ae"
+
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # encoder widths, one stride-2 conv each
+    kernel_size: int = 3  # odd kernel size of every conv layer
+
+
+@dataclass
+class BackboneModelConfig(ModelConfig):
+    """A family that wraps either backbone: the keys of the one not chosen must keep their defaults."""
+
+    backbone: str = "dense"  # dense | conv
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])  # backbone=dense: encoder widths
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # backbone=conv: encoder widths, stride 2 each
+    kernel_size: int = 3  # backbone=conv: odd kernel size
+
+
+@dataclass
+class NoiseConfig:
+    """Input corruption of the denoising autoencoder, applied to training batches only."""
+
+    kind: str = "gaussian"  # gaussian (std `level` in model units) | masking | salt_pepper (a `level` share of entries)
+    level: float = 0.2  # gaussian: std; masking / salt_pepper: fraction of entries hit, in [0, 1]
+
+
+@choice("model", "denoising_ae")
+@dataclass
+class DenoisingAEConfig(BackboneModelConfig):
+    """Corrupt the training inputs, reconstruct the clean ones."""
+
+    name: str = "denoising_ae"
+
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+
+
+@dataclass
+class SparsityConfig:
+    """Penalty on the latent code of the sparse autoencoder."""
+
+    kind: str = "l1"  # l1 (weight x batch mean of sum |z|) | kl (weight x sum KL(target || mean sigmoid(z)))
+    weight: float = 1e-3  # multiplier of the penalty in the training loss, >= 0
+    target: float = 0.05  # kl only: target mean activation rho in (0, 1) of sigmoid(latent)
+
+
+@choice("model", "sparse_ae")
+@dataclass
+class SparseAEConfig(BackboneModelConfig):
+    """Penalise the latent code."""
+
+    name: str = "sparse_ae"
+
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+
+
+@choice("model", "vae")
+@dataclass
+class VAEConfig(BackboneModelConfig):
+    """Variational autoencoder: a Gaussian code, sampled with the reparameterisation trick."""
+
+    name: str = "vae"
+
+    loss: str = "auto"  # auto = bce for data in [0, 1] (a Bernoulli decoder), mse otherwise; or mse | l1 | bce | smooth_l1
+    beta: float = 1.0  # weight of the KL term; 1 = the ELBO, > 1 = beta-VAE, 0 = a plain autoencoder with a noisy code
+    kl_warmup_epochs: float = 10.0  # the KL weight rises linearly from 0 to beta over this many epochs; 0 = from the start
+
+
+# --- data ----------------------------------------------------------------------------------------
 
 @dataclass
 class DataConfig:
-    """Which data, where it lives, and how it is split and batched. Presets: configs/data/."""
+    """What every dataset has. Datasets: configs/data/, `aetrain.data.SOURCES`."""
 
-    name: str = "digits"  # digits | mnist | fashion_mnist | cifar10 | image_folder | tensor_file
-    root: str = "data"  # torchvision datasets: directory holding (or receiving) the files
-    download: bool = False  # torchvision datasets: fetch the files when they are missing
-    path: str | None = None  # image_folder: a directory of images; tensor_file: a .npy or .pt array
-    image_size: int = 64  # image_folder: images are resized to image_size x image_size pixels
-    grayscale: bool = False  # image_folder: convert to one channel
+    name: str = "digits"  # the dataset, set by data=<name>
     batch_size: int = 64  # samples per micro-batch
     val_fraction: float = 0.2  # share of samples held out for validation, in (0, 1)
     split_seed: int = 0  # seed of the train/val split; fixed apart from trainer.seed so sweeps compare alike
-    num_workers: int = 2  # image_folder: DataLoader worker processes; 0 = load in the main process
 
+
+choice("data", "digits")(DataConfig)  # scikit-learn's bundled digits: nothing to configure
+
+
+@choice("data", "mnist")
+@choice("data", "fashion_mnist")
+@choice("data", "cifar10")
+@dataclass
+class TorchvisionDataConfig(DataConfig):
+    """A torchvision dataset (its training split) under `root`: mnist, fashion_mnist or cifar10."""
+
+    name: str = "mnist"
+    batch_size: int = 256
+    val_fraction: float = 0.1
+
+    root: str = "data"  # directory holding (or receiving) the files
+    download: bool = True  # fetch the files when they are missing
+
+
+@choice("data", "image_folder")
+@dataclass
+class ImageFolderDataConfig(DataConfig):
+    """Every image under a directory (recursively), resized and center-cropped to a square."""
+
+    name: str = "image_folder"
+    val_fraction: float = 0.1
+
+    path: str | None = None  # the directory of images (required)
+    image_size: int = 64  # images are resized to image_size x image_size pixels
+    grayscale: bool = False  # convert to one channel
+    num_workers: int = 2  # DataLoader worker processes; 0 = load in the main process
+
+
+@choice("data", "tensor_file")
+@dataclass
+class TensorFileDataConfig(DataConfig):
+    """Your own array: N x C x H x W images or N x D rows."""
+
+    name: str = "tensor_file"
+
+    path: str | None = None  # a .npy or .pt file (required)
+
+
+# --- optimizer -----------------------------------------------------------------------------------
 
 @dataclass
 class OptimizerConfig:
-    """Optimizer and its hyperparameters. Presets: configs/optimizer/. Unused fields are ignored."""
+    """What every optimizer has. Optimizers: configs/optimizer/, `aetrain.train.optim.OPTIMIZERS`."""
 
-    name: str = "adam"  # adam | adamw | sgd | rmsprop
+    name: str = "adam"  # set by optimizer=<name>
     lr: float = 1e-3  # (peak) learning rate, > 0
     weight_decay: float = 0.0  # L2 (adam, sgd, rmsprop) or decoupled (adamw) decay; 0 = off
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam, adamw
-    eps: float = 1e-8  # adam, adamw, rmsprop
-    momentum: float = 0.0  # sgd, rmsprop; 0 = none
-    nesterov: bool = False  # sgd: Nesterov momentum (needs momentum > 0)
 
 
+@choice("optimizer", "adam")
+@choice("optimizer", "adamw", weight_decay=1e-2)
+@dataclass
+class AdamConfig(OptimizerConfig):
+    """Adam, and AdamW (decoupled weight decay, default 1e-2)."""
+
+    name: str = "adam"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # decay rates of the moment estimates, in [0, 1)
+    eps: float = 1e-8  # added to the denominator, > 0
+
+
+@choice("optimizer", "sgd")
+@dataclass
+class SGDConfig(OptimizerConfig):
+    name: str = "sgd"
+    lr: float = 1e-2
+    momentum: float = 0.9  # 0 = plain SGD
+    nesterov: bool = True  # Nesterov momentum (needs momentum > 0)
+
+
+@choice("optimizer", "rmsprop")
+@dataclass
+class RMSpropConfig(OptimizerConfig):
+    name: str = "rmsprop"
+    alpha: float = 0.99  # smoothing constant of the squared-gradient average, in [0, 1)
+    eps: float = 1e-8  # added to the denominator, > 0
+    momentum: float = 0.0  # 0 = none
+
+
+# --- scheduler -----------------------------------------------------------------------------------
+
+@choice("scheduler", "none")
 @dataclass
 class SchedulerConfig:
-    """Learning-rate schedule. Each is stepped in its own unit (documented per field)."""
+    """A learning-rate schedule; each is stepped in its own unit. Schedules: configs/scheduler/."""
 
-    name: str = "none"  # none | step | cosine | onecycle | plateau | exponential
-    step_size: int = 30  # step: epochs between decays
-    gamma: float = 0.1  # step, exponential: multiplicative decay per step_size epochs / per epoch
-    warmup_steps: int = 0  # cosine: optimizer steps of linear warm-up from 0; 0 = none
-    min_lr: float = 0.0  # cosine: final learning rate
-    pct_start: float = 0.3  # onecycle: share of optimizer steps spent rising to optimizer.lr
-    factor: float = 0.5  # plateau: multiply lr by this when val/loss stalls
-    patience: int = 5  # plateau: epochs without improvement before decaying
+    name: str = "none"  # set by scheduler=<name>; none = a constant learning rate
 
+
+@choice("scheduler", "step")
+@dataclass
+class StepSchedulerConfig(SchedulerConfig):
+    name: str = "step"
+    step_size: int = 30  # epochs between decays
+    gamma: float = 0.1  # multiplicative decay every step_size epochs, in (0, 1]
+
+
+@choice("scheduler", "exponential")
+@dataclass
+class ExponentialSchedulerConfig(SchedulerConfig):
+    name: str = "exponential"
+    gamma: float = 0.98  # multiplicative decay per epoch, in (0, 1]
+
+
+@choice("scheduler", "cosine")
+@dataclass
+class CosineSchedulerConfig(SchedulerConfig):
+    name: str = "cosine"
+    warmup_steps: int = 100  # optimizer steps of linear warm-up from lr/warmup_steps to lr; 0 = none
+    min_lr: float = 0.0  # the rate at the last optimizer step, in [0, optimizer.lr)
+
+
+@choice("scheduler", "onecycle")
+@dataclass
+class OneCycleSchedulerConfig(SchedulerConfig):
+    name: str = "onecycle"
+    pct_start: float = 0.3  # share of the run's optimizer steps spent rising to optimizer.lr, in (0, 1)
+
+
+@choice("scheduler", "plateau")
+@dataclass
+class PlateauSchedulerConfig(SchedulerConfig):
+    name: str = "plateau"
+    factor: float = 0.5  # multiply the rate by this when val/loss stalls, in (0, 1)
+    patience: int = 5  # epochs without improvement before decaying, >= 0
+
+
+# --- trainer and outputs -------------------------------------------------------------------------
 
 @dataclass
 class TrainerConfig:
     """The engine's knobs, named as Lightning's Trainer names them."""
 
     max_epochs: int = 200  # epochs to train (resume may raise it)
-    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
     precision: str = "32"  # 32 | 16-mixed (fp16 autocast + GradScaler) | bf16-mixed (bf16 autocast)
     gradient_clip_val: float | None = None  # max grad norm (or |value|); None = no clipping, norm still logged
     gradient_clip_algorithm: str = "norm"  # norm | value
@@ -127,14 +306,15 @@ class TrainerConfig:
 class OutputsConfig:
     """What a run writes for people to look at, besides checkpoints and metrics.csv.
 
-    Pictures (loss_curve.png, reconstructions/) are drawn at the first and last epoch and every
-    `plot_every` epochs in between while drawing stays within `render_budget` of the run's time;
-    TensorBoard scalars and summary.json are cheap and written every epoch.
+    Pictures (loss_curve.png, reconstructions/, and a family's own such as samples/) are drawn at
+    the first and last epoch and every `plot_every` epochs in between while drawing stays within
+    `render_budget` of the run's time; TensorBoard scalars and summary.json are cheap and written
+    every epoch.
     """
 
-    plot_every: int = 1  # epochs between redraws of loss_curve.png and the reconstructions; 0 = no pictures
+    plot_every: int = 1  # epochs between redraws of loss_curve.png and the pictures; 0 = no pictures
     render_budget: float = 0.02  # share of the run's time pictures may take; 0 = first and last epoch only, 1 = no limit
-    num_samples: int = 16  # validation samples in each reconstruction picture, the same ones every epoch
+    num_samples: int = 16  # validation samples in each reconstruction picture (and prior samples), the same ones every epoch
     sample_seed: int = 0  # picks those samples (a private generator: the run's RNG is untouched)
     grid_zoom_to: int = 32  # pixels: smaller images are enlarged by a whole factor (nearest); 0 = native size
     tensorboard: bool = True  # tensorboard/: scalars every epoch and log interval, pictures when drawn; false = none
@@ -143,74 +323,123 @@ class OutputsConfig:
 
 @dataclass
 class Config:
-    """One training run."""
+    """One training run. The default of each group is its default choice."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=DenseAEConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    optimizer: OptimizerConfig = field(default_factory=AdamConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
 
+
+GROUPS = tuple(CHOICES)  # the sections whose shape depends on their choice
+
+
+def default_choice(group: str, name: str) -> Any:
+    """The default config of `group=name`; ConfigError listing the choices for an unknown name."""
+    try:
+        return CHOICES[group][name]()
+    except KeyError:
+        raise ConfigError(f"{group}={name!r} is not one of: {', '.join(sorted(CHOICES[group]))}") from None
+
+
+def keys_of(section: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(section)]
+
+
+# --- validation ----------------------------------------------------------------------------------
 
 def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is out of range: must be {allowed}")
 
 
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check(section: Any, prefix: str, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
+    """Apply the range rules of the keys `section` has (a choice has only some of them)."""
+    for key, (ok, allowed) in rules.items():
+        if hasattr(section, key):
+            _require(ok(getattr(section, key)), f"{prefix}.{key}", allowed, getattr(section, key))
+
+
+MODEL_RULES = {
+    "latent_dim": (lambda v: v >= 1, ">= 1"),
+    "hidden_dims": (lambda v: all(w >= 1 for w in v), "a list of widths >= 1"),
+    "channels": (lambda v: len(v) >= 1 and all(c >= 1 for c in v), "a non-empty list of widths >= 1"),
+    "kernel_size": (lambda v: v >= 1 and v % 2 == 1, "an odd number >= 1"),
+    "dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "beta": (lambda v: _finite(v) and v >= 0.0, "a finite number >= 0"),
+    "kl_warmup_epochs": (lambda v: _finite(v) and v >= 0.0, "a finite number >= 0 (0 = no warm-up)"),
+}
+DATA_RULES = {
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "val_fraction": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "image_size": (lambda v: v >= 1, ">= 1"),
+    "num_workers": (lambda v: v >= 0, ">= 0"),
+}
+OPTIMIZER_RULES = {
+    "lr": (lambda v: _finite(v) and v > 0.0, "a finite number > 0"),
+    "weight_decay": (lambda v: _finite(v) and v >= 0.0, "a finite number >= 0"),
+    "betas": (lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two numbers in [0, 1)"),
+    "eps": (lambda v: _finite(v) and v > 0.0, "a finite number > 0"),
+    "momentum": (lambda v: _finite(v) and v >= 0.0, "a finite number >= 0"),
+    "alpha": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+}
+SCHEDULER_RULES = {
+    "step_size": (lambda v: v >= 1, ">= 1"),
+    "gamma": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "pct_start": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "factor": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "patience": (lambda v: v >= 0, ">= 0"),
+}
+
+
 def validate(cfg: Config) -> None:
-    """Check ranges a type cannot express; raises ConfigError naming the key and what is allowed."""
-    m, d, o, s, t = cfg.model, cfg.data, cfg.optimizer, cfg.scheduler, cfg.trainer
-    _require(m.backbone in ("dense", "conv"), "model.backbone", "dense or conv", m.backbone)
-    _require(m.latent_dim >= 1, "model.latent_dim", ">= 1", m.latent_dim)
-    _require(all(w >= 1 for w in m.hidden_dims), "model.hidden_dims", "a list of widths >= 1", m.hidden_dims)
-    _require(len(m.channels) >= 1 and all(c >= 1 for c in m.channels), "model.channels",
-             "a non-empty list of widths >= 1", m.channels)
-    _require(m.kernel_size >= 1 and m.kernel_size % 2 == 1, "model.kernel_size", "an odd number >= 1", m.kernel_size)
-    _require(0.0 <= m.dropout < 1.0, "model.dropout", "in [0, 1)", m.dropout)
-    _require(m.noise.level >= 0.0, "model.noise.level", ">= 0", m.noise.level)
-    if m.noise.kind in ("masking", "salt_pepper"):
-        _require(m.noise.level <= 1.0, "model.noise.level", f"in [0, 1] for {m.noise.kind} noise", m.noise.level)
-    _require(m.sparsity.weight >= 0.0, "model.sparsity.weight", ">= 0", m.sparsity.weight)
-    _require(0.0 < m.sparsity.target < 1.0, "model.sparsity.target", "in (0, 1)", m.sparsity.target)
-
-    _require(d.batch_size >= 1, "data.batch_size", ">= 1", d.batch_size)
-    _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", "in (0, 1)", d.val_fraction)
-    _require(d.image_size >= 1, "data.image_size", ">= 1", d.image_size)
-    _require(d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers)
-
-    _require(o.lr > 0.0 and math.isfinite(o.lr), "optimizer.lr", "a finite number > 0", o.lr)
-    _require(o.weight_decay >= 0.0, "optimizer.weight_decay", ">= 0", o.weight_decay)
-    _require(len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas), "optimizer.betas",
-             "two numbers in [0, 1)", o.betas)
-    _require(o.eps > 0.0, "optimizer.eps", "> 0", o.eps)
-    _require(o.momentum >= 0.0, "optimizer.momentum", ">= 0", o.momentum)
-    _require(not o.nesterov or o.momentum > 0.0, "optimizer.nesterov", "false unless optimizer.momentum > 0",
-             o.nesterov)
-
-    _require(s.step_size >= 1, "scheduler.step_size", ">= 1", s.step_size)
-    _require(0.0 < s.gamma <= 1.0, "scheduler.gamma", "in (0, 1]", s.gamma)
-    _require(s.warmup_steps >= 0, "scheduler.warmup_steps", ">= 0", s.warmup_steps)
-    _require(0.0 <= s.min_lr < o.lr, "scheduler.min_lr", f"in [0, optimizer.lr={o.lr})", s.min_lr)
-    _require(0.0 < s.pct_start < 1.0, "scheduler.pct_start", "in (0, 1)", s.pct_start)
-    _require(0.0 < s.factor < 1.0, "scheduler.factor", "in (0, 1)", s.factor)
-    _require(s.patience >= 0, "scheduler.patience", ">= 0", s.patience)
+    """Check ranges and combinations a type cannot express; raises ConfigError naming the key."""
+    for group in GROUPS:
+        section = getattr(cfg, group)
+        expected = type(default_choice(group, section.name))
+        if type(section) is not expected:  # `optimizer.name=sgd` under optimizer=adam: the keys would be adam's
+            raise ConfigError(f"{group}.name={section.name!r} does not match the {group} keys given; choose it with "
+                              f"{group}={section.name}")
+    m, o, s, t, u = cfg.model, cfg.optimizer, cfg.scheduler, cfg.trainer, cfg.outputs
+    _check(m, "model", MODEL_RULES)
+    _check(cfg.data, "data", DATA_RULES)
+    _check(o, "optimizer", OPTIMIZER_RULES)
+    _check(s, "scheduler", SCHEDULER_RULES)
+    if isinstance(m, BackboneModelConfig):
+        _check_backbone_keys(m)
+    if isinstance(m, DenoisingAEConfig):
+        level_max = math.inf if m.noise.kind == "gaussian" else 1.0
+        _require(_finite(m.noise.level) and 0.0 <= m.noise.level <= level_max, "model.noise.level",
+                 "a finite number >= 0" + ("" if level_max == math.inf else f" and <= 1 for {m.noise.kind} noise"),
+                 m.noise.level)
+    if isinstance(m, SparseAEConfig):
+        _require(_finite(m.sparsity.weight) and m.sparsity.weight >= 0.0, "model.sparsity.weight",
+                 "a finite number >= 0", m.sparsity.weight)
+        _require(0.0 < m.sparsity.target < 1.0, "model.sparsity.target", "in (0, 1)", m.sparsity.target)
+    if isinstance(o, SGDConfig):
+        _require(not o.nesterov or o.momentum > 0.0, "optimizer.nesterov", "false unless optimizer.momentum > 0",
+                 o.nesterov)
+    if isinstance(s, CosineSchedulerConfig):
+        _require(0.0 <= s.min_lr < o.lr, "scheduler.min_lr", f"in [0, optimizer.lr={o.lr:g})", s.min_lr)
 
     _require(t.max_epochs >= 1, "trainer.max_epochs", ">= 1", t.max_epochs)
     _require(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", ">= 1", t.accumulate_grad_batches)
-    _require(t.gradient_clip_val is None or t.gradient_clip_val > 0, "trainer.gradient_clip_val",
-             "> 0, or null for no clipping", t.gradient_clip_val)
-    _require(t.gradient_clip_algorithm in ("norm", "value"), "trainer.gradient_clip_algorithm", "norm or value",
-             t.gradient_clip_algorithm)
+    _require(t.gradient_clip_val is None or (_finite(t.gradient_clip_val) and t.gradient_clip_val > 0),
+             "trainer.gradient_clip_val", "a finite number > 0, or null for no clipping", t.gradient_clip_val)
     _require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", ">= 1", t.log_every_n_steps)
     _require(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps",
              ">= 1, or null for once per epoch", t.checkpoint_every_n_steps)
     _require(t.save_top_k >= 0, "trainer.save_top_k", ">= 0", t.save_top_k)
     _require(t.early_stopping_patience is None or t.early_stopping_patience >= 1, "trainer.early_stopping_patience",
              ">= 1, or null for no early stopping", t.early_stopping_patience)
-    _require(t.on_nonfinite in ("stop", "skip"), "trainer.on_nonfinite", "stop or skip", t.on_nonfinite)
 
-    u = cfg.outputs
     _require(u.plot_every >= 0, "outputs.plot_every", ">= 0 (0 = no pictures)", u.plot_every)
     _require(0.0 <= u.render_budget <= 1.0, "outputs.render_budget", "in [0, 1] (a share of the run's time)",
              u.render_budget)
@@ -218,22 +447,48 @@ def validate(cfg: Config) -> None:
     _require(u.grid_zoom_to >= 0, "outputs.grid_zoom_to", ">= 0 (0 = native size)", u.grid_zoom_to)
 
 
+BACKBONE_KEYS = {"dense": ("hidden_dims",), "conv": ("channels", "kernel_size")}
+
+
+def _check_backbone_keys(m: BackboneModelConfig) -> None:
+    """A key of the backbone not chosen would be silently ignored: refuse it unless it is at its default."""
+    defaults = BackboneModelConfig()
+    for backbone, keys in BACKBONE_KEYS.items():
+        for key in keys:
+            if backbone != m.backbone and getattr(m, key) != getattr(defaults, key):
+                raise ConfigError(f"model.{key}={getattr(m, key)!r} is used by model.backbone={backbone} only; this "
+                                  f"model has model.backbone={m.backbone}")
+
+
+# --- JSON ------------------------------------------------------------------------------------------
+
 def to_json(cfg: Config) -> str:
     """The config as JSON text: what checkpoints store (plain data, safe under weights_only)."""
     return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
 
 
 def from_json(text: str) -> Config:
-    """Rebuild a Config from `to_json` text. Keys this version does not know are ignored."""
-    return _from_dict(Config, json.loads(text))
+    """Rebuild a Config from `to_json` text, each group in the shape of its choice.
 
-
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
+    Keys the choice does not have are ignored, so configs written before a key moved or was
+    dropped (checkpoint format 1 had one flat shape per group) still load.
+    """
+    data = json.loads(text)
+    cfg = Config()
+    for f in dataclasses.fields(Config):
         if f.name not in data:
             continue
-        value, hint = data[f.name], hints[f.name]
-        kwargs[f.name] = _from_dict(hint, value) if dataclasses.is_dataclass(hint) else value
-    return cls(**kwargs)
+        value = data[f.name]
+        section = default_choice(f.name, value.get("name")) if f.name in CHOICES else getattr(cfg, f.name)
+        setattr(cfg, f.name, _update(section, value))
+    return cfg
+
+
+def _update(obj: Any, data: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if f.name in data:
+            value = data[f.name]
+            is_section = dataclasses.is_dataclass(hints[f.name]) and isinstance(value, dict)
+            setattr(obj, f.name, _update(getattr(obj, f.name), value) if is_section else value)
+    return obj

@@ -28,12 +28,13 @@ def _output_padding(size_in: int, target: int, kernel: int) -> int:
     return target - ((size_in - 1) * STRIDE - 2 * pad + kernel)  # in {0, 1} by construction
 
 
-def build_conv(cfg: ModelConfig, shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
-    """Encoder and decoder for images of `shape` (C, H, W)."""
+def build_conv(cfg: ModelConfig, shape: tuple[int, ...], *, code_width: int) -> tuple[nn.Module, nn.Module]:
+    """Encoder (B, C, H, W) -> (B, code_width) and decoder (B, latent_dim) -> (B, C, H, W) for images of
+    `shape` (C, H, W). `cfg` has `channels` and `kernel_size`."""
     if len(shape) != 3:
         raise ConfigError(
-            f"model.backbone=conv needs image data (N x C x H x W); this data has rows of {math.prod(shape)} "
-            "features: use model.backbone=dense"
+            f"model={cfg.name} (a conv backbone) needs image data (N x C x H x W); this data has rows of "
+            f"{math.prod(shape)} features: use a dense model (model=dense_ae, or model.backbone=dense)"
         )
     k = cfg.kernel_size
     opts = dict(activation=cfg.activation, batch_norm=cfg.batch_norm, dropout=cfg.dropout, conv=True)
@@ -44,7 +45,7 @@ def build_conv(cfg: ModelConfig, shape: tuple[int, ...]) -> tuple[nn.Module, nn.
         encoder += hidden_block(nn.Conv2d(a, b, k, stride=STRIDE, padding=k // 2), b, **opts)
         sizes.append(tuple(_down(s, k) for s in sizes[-1]))
     flat = (channels[-1], *sizes[-1])
-    encoder += [nn.Flatten(), nn.Linear(math.prod(flat), cfg.latent_dim)]  # (B, C, h, w) -> (B, latent_dim)
+    encoder += [nn.Flatten(), nn.Linear(math.prod(flat), code_width)]  # (B, C, h, w) -> (B, code_width)
 
     decoder: list[nn.Module] = [nn.Linear(cfg.latent_dim, math.prod(flat)), ACTIVATIONS.get(cfg.activation)(),
                                 nn.Unflatten(1, flat)]  # (B, latent_dim) -> (B, C, h, w)

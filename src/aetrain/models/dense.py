@@ -10,8 +10,9 @@ from aetrain.config import ModelConfig
 from aetrain.models.blocks import hidden_block
 
 
-def build_dense(cfg: ModelConfig, shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
-    """Encoder and decoder for inputs of `shape` (C, H, W) or (D,)."""
+def build_dense(cfg: ModelConfig, shape: tuple[int, ...], *, code_width: int) -> tuple[nn.Module, nn.Module]:
+    """Encoder (B, *shape) -> (B, code_width) and decoder (B, latent_dim) -> (B, *shape), for inputs of
+    `shape` (C, H, W) or (D,). `cfg` has `hidden_dims`."""
     in_dim = math.prod(shape)
     widths = [in_dim, *cfg.hidden_dims]
     opts = dict(activation=cfg.activation, batch_norm=cfg.batch_norm, dropout=cfg.dropout, conv=False)
@@ -19,7 +20,7 @@ def build_dense(cfg: ModelConfig, shape: tuple[int, ...]) -> tuple[nn.Module, nn
     encoder: list[nn.Module] = [nn.Flatten()]  # (B, *shape) -> (B, in_dim)
     for a, b in zip(widths[:-1], widths[1:]):
         encoder += hidden_block(nn.Linear(a, b), b, **opts)
-    encoder.append(nn.Linear(widths[-1], cfg.latent_dim))  # a linear code: regularisers see it raw
+    encoder.append(nn.Linear(widths[-1], code_width))  # a linear code: regularisers see it raw
 
     back = [cfg.latent_dim, *reversed(cfg.hidden_dims)]
     decoder: list[nn.Module] = []

@@ -1,14 +1,20 @@
-"""The training objective: corrupt -> reconstruct -> loss (+ latent penalty).
+"""Training objectives: a model and a batch in, named loss terms out.
 
-Denoising and sparsity are objects built once from the config; "off" is an identity
-corruption and a zero penalty, so the engine computes `objective(model, x)` the same way
-for every model family.
+An objective returns a dict of 0-d tensors, `"loss"` (what is optimised, or for validation what
+the best checkpoint and the plateau schedule follow) first, then its parts under their own names
+(`reconstruction`, `penalty`, `kl`, ...). `names` lists them in that order, and every writer
+(the meter, metrics.csv, TensorBoard, the loss curve, summary.json) takes its columns from
+those names, prefixed `train/` or `val/`.
+
+Regularisers are objects built once from the config: denoising is a corruption of the input
+(identity when off), sparsity a penalty on the code. The engine calls `objective(model, x)` the
+same way for every family, and `set_progress(epochs)` before every optimizer step, which
+objectives with a schedule of their own (the VAE's KL warm-up) use and others ignore.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +24,12 @@ from aetrain.data.spec import DataSpec
 from aetrain.errors import ConfigError
 from aetrain.registry import Registry
 
+Terms = dict[str, torch.Tensor]  # name -> 0-d tensor on the device; "loss" first
 Corruption = Callable[[torch.Tensor], torch.Tensor]
 Penalty = Callable[[torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-LOSSES: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("model.loss")
+LOSSES: Registry[LossFn] = Registry("model.loss")
 LOSSES.add("mse", F.mse_loss)
 LOSSES.add("l1", F.l1_loss)
 LOSSES.add("smooth_l1", F.smooth_l1_loss)
@@ -33,11 +41,6 @@ SPARSITY: Registry[Callable[[SparsityConfig], Penalty]] = Registry("model.sparsi
 
 def identity(x: torch.Tensor) -> torch.Tensor:
     return x
-
-
-@NOISE.register("none")
-def _no_noise(cfg: NoiseConfig, spec: DataSpec) -> Corruption:
-    return identity
 
 
 @NOISE.register("gaussian")
@@ -59,9 +62,8 @@ def _salt_pepper(cfg: NoiseConfig, spec: DataSpec) -> Corruption:
     return corrupt
 
 
-@SPARSITY.register("none")
-def _no_penalty(cfg: SparsityConfig) -> Penalty:
-    return lambda z: z.new_zeros(())
+def no_penalty(z: torch.Tensor) -> torch.Tensor:
+    return z.new_zeros(())
 
 
 @SPARSITY.register("l1")
@@ -81,34 +83,59 @@ def _kl(cfg: SparsityConfig) -> Penalty:
     return penalty
 
 
-@dataclass
-class Terms:
-    """One batch's loss and its parts, as 0-d tensors (kept on the device; no host sync)."""
+def loss_function(cfg: ModelConfig, spec: DataSpec) -> LossFn:
+    """The reconstruction loss `model.loss` names; `auto` is bce for data in [0, 1], mse otherwise."""
+    name = ("bce" if spec.unit_interval else "mse") if cfg.loss == "auto" else cfg.loss
+    if name not in LOSSES:
+        raise ConfigError(f"model.loss={cfg.loss!r} is not one of: auto, {', '.join(LOSSES.names())}")
+    if name == "bce" and not spec.unit_interval:
+        raise ConfigError(f"model.loss=bce needs data in [0, 1]; data '{spec.name}' is standardized: use mse, l1 or "
+                          "smooth_l1")
+    return LOSSES.get(name)
 
-    loss: torch.Tensor  # what is optimised: reconstruction + penalty
-    reconstruction: torch.Tensor
-    penalty: torch.Tensor
 
-
-@dataclass
 class Objective:
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    corrupt: Corruption
-    penalty: Penalty
+    """Base of every objective: the names of its terms, a no-op progress hook."""
+
+    names: tuple[str, ...] = ("loss",)
+    corrupt: Corruption = staticmethod(identity)  # what training does to the inputs first (denoising); none here
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor) -> Terms:
-        z, x_hat = model(self.corrupt(x))  # the loss compares against the clean input
+        raise NotImplementedError
+
+    def set_progress(self, epochs: float) -> None:
+        """Called before each optimizer step with the training progress in epochs (this step included)."""
+
+    def to(self, device: torch.device) -> Objective:
+        """Move tensors the objective holds to the training device (none by default)."""
+        return self
+
+
+class Reconstruction(Objective):
+    """corrupt -> reconstruct -> loss against the clean input (+ a penalty on the code).
+
+    Training returns `loss` = reconstruction + penalty, `reconstruction`, `penalty`. Validation
+    (clean inputs) returns `loss` = the reconstruction loss alone, which best.pt and the plateau
+    schedule follow, and `penalty`.
+    """
+
+    def __init__(self, loss_fn: LossFn, corrupt: Corruption, penalty: Penalty, *, validation: bool) -> None:
+        self.loss_fn, self.corrupt, self.penalty, self.validation = loss_fn, corrupt, penalty, validation
+        self.names = ("loss", "penalty") if validation else ("loss", "reconstruction", "penalty")
+
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor) -> Terms:
+        z, x_hat, *_ = model(self.corrupt(x))  # the loss compares against the clean input
         with torch.autocast(x.device.type, enabled=False):  # losses in fp32; bce refuses autocast
             rec = self.loss_fn(x_hat.float(), x.float())
             pen = self.penalty(z.float())
-        return Terms(rec + pen, rec, pen)
+        if self.validation:
+            return {"loss": rec, "penalty": pen}
+        return {"loss": rec + pen, "reconstruction": rec, "penalty": pen}
 
 
-def build_objectives(cfg: ModelConfig, spec: DataSpec) -> tuple[Objective, Objective]:
+def build_reconstruction(cfg: ModelConfig, spec: DataSpec, *, corrupt: Corruption = identity,
+                         penalty: Penalty = no_penalty) -> tuple[Objective, Objective]:
     """(training objective, validation objective). Validation sees clean inputs."""
-    loss_fn = LOSSES.get(cfg.loss)
-    if cfg.loss == "bce" and not spec.unit_interval:
-        raise ConfigError(f"model.loss=bce needs data in [0, 1]; data '{spec.name}' is standardized: use mse, l1 or smooth_l1")
-    penalty = SPARSITY.get(cfg.sparsity.kind)(cfg.sparsity)
-    train = Objective(loss_fn, NOISE.get(cfg.noise.kind)(cfg.noise, spec), penalty)
-    return train, Objective(loss_fn, identity, penalty)
+    loss_fn = loss_function(cfg, spec)
+    return (Reconstruction(loss_fn, corrupt, penalty, validation=False),
+            Reconstruction(loss_fn, identity, penalty, validation=True))

@@ -1,5 +1,2 @@
-"""Training: wiring (`run`), the loop (`engine`), precision, schedules, checkpoints and outputs."""
-
-from aetrain.train.run import run
-
-__all__ = ["run"]
+"""Training: the loop (`engine`), the step (`step`), precision, schedules, checkpoints, callbacks and
+the outputs a run writes (`outputs`). `aetrain.commands.train` wires them together."""

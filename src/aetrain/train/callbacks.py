@@ -1,9 +1,7 @@
-"""What a run leaves behind each epoch: metrics.csv, checkpoints, a log line."""
+"""Callbacks that steer the run: checkpoints (and never of a non-finite model), early stopping."""
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from collections.abc import Sequence
@@ -12,54 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from aetrain.atomic import link_atomic, write_atomic
+from aetrain.rundir import BEST, LAST, checkpoint_dir
 from aetrain.errors import DivergenceError
 from aetrain.train import checkpoint
 from aetrain.train.engine import Callback, Engine
 
 log = logging.getLogger(__name__)
-
-METRICS_COLUMNS = ["epoch", "step", "train/loss", "train/reconstruction", "train/penalty", "train/grad_norm",
-                   "val/loss", "val/penalty", "lr", "epoch_time_s", "samples_per_s", "memory_mb"]
-
-
-class MetricsCSV(Callback):
-    """metrics.csv: one row per epoch, appended and flushed as each epoch ends.
-
-    On resume the file continues: rows past the checkpoint's epoch (written after it, by a run
-    that then died) are dropped, since those epochs run again; resuming into another directory
-    first copies the earlier rows from `history`, so one file holds the whole run.
-    """
-
-    def __init__(self, path: Path, history: Path | None = None) -> None:
-        self.path = path
-        self.history = history  # metrics.csv of the run being resumed, when it lives elsewhere
-
-    def on_fit_start(self, engine: Engine) -> None:
-        source = self.history if self.history is not None and self.history.exists() else self.path
-        if not source.exists():
-            return
-        with open(source, newline="") as f:
-            rows = list(csv.DictReader(f))
-        keep = [r for r in rows if int(r["epoch"]) <= engine.state.epoch]
-        if source != self.path or len(keep) != len(rows):
-            text = io.StringIO()
-            writer = csv.DictWriter(text, fieldnames=METRICS_COLUMNS, extrasaction="ignore", restval="")
-            writer.writeheader()
-            writer.writerows(keep)
-            write_atomic(self.path, text.getvalue())
-
-    def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: _fmt(record[k]) for k in METRICS_COLUMNS})
-
-
-def _fmt(value: Any) -> Any:
-    return f"{value:.8g}" if isinstance(value, float) else value
-
 
 class Checkpointer(Callback):
     """Writes checkpoints, never of a non-finite model.
@@ -76,7 +32,7 @@ class Checkpointer(Callback):
     """
 
     def __init__(self, run_dir: Path, *, every_n_steps: int | None = None, top_k: int = 0) -> None:
-        self.dir = checkpoint.checkpoint_dir(run_dir)
+        self.dir = checkpoint_dir(run_dir)
         self.every_n_steps = every_n_steps or math.inf
         self.top_k = top_k
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aetrain-checkpoint")
@@ -94,7 +50,7 @@ class Checkpointer(Callback):
         self.pending = self.writer.submit(self._write, data, list(snapshots))
 
     def _write(self, data: bytes, snapshots: list[Path]) -> None:
-        last = self.dir / checkpoint.LAST
+        last = self.dir / LAST
         write_atomic(last, data, durable=True)
         for path in snapshots:
             link_atomic(last, path)
@@ -114,7 +70,7 @@ class Checkpointer(Callback):
             self.save_last(engine)
 
     def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
-        snapshots = [self.dir / checkpoint.BEST] if record["improved"] else []
+        snapshots = [self.dir / BEST] if record["improved"] else []
         if self.top_k and math.isfinite(record["val/loss"]):
             snapshots.append(self.dir / f"epoch={record['epoch']:03d}-val_loss={record['val/loss']:.6g}.pt")
         self.save_last(engine, snapshots)
@@ -128,7 +84,7 @@ class Checkpointer(Callback):
             if engine.status == "ok":
                 raise
             # the run is already failing with its own error: report this one without hiding that
-            log.error("could not write %s: %s", self.dir / checkpoint.LAST, e)
+            log.error("could not write %s: %s", self.dir / LAST, e)
         finally:
             self.writer.shutdown(wait=True)
 
@@ -138,25 +94,17 @@ def _val_loss(path: Path) -> float:
 
 
 class EarlyStopping(Callback):
-    """Stop when val/loss has not improved for `patience` epochs (math.inf = never)."""
+    """Stop when val/loss has not improved for `patience` epochs (math.inf = never).
+
+    It only says why (engine.stop_reason); the run then ends after this epoch with status
+    stopped_early, and the console and summary.json report the reason."""
 
     def __init__(self, patience: float) -> None:
         self.patience = patience
 
     def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
-        if engine.state.bad_epochs >= self.patience:
-            log.info("early stopping: no val/loss improvement for %d epochs (best %.6g at epoch %d)",
-                     engine.state.bad_epochs, engine.state.best_val_loss, engine.state.best_epoch)
-            engine.should_stop = True
-
-
-class EpochLog(Callback):
-    """One log line per epoch."""
-
-    def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
-        width = len(str(engine.parts.cfg.trainer.max_epochs))
-        log.info(
-            "epoch %*d/%d  train %.5f  val %.5f%s  lr %.3g  %.0f samples/s",
-            width, record["epoch"], engine.parts.cfg.trainer.max_epochs, record["train/loss"], record["val/loss"],
-            " *" if record["improved"] else "  ", record["lr"], record["samples_per_s"],
-        )
+        st = engine.state
+        if st.bad_epochs >= self.patience:
+            engine.stop_reason = (f"early stopping: no val/loss improvement for {st.bad_epochs} epochs "
+                                  f"(trainer.early_stopping_patience={self.patience}); best {st.best_val_loss:.6g} "
+                                  f"at epoch {st.best_epoch}")

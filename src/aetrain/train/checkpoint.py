@@ -1,41 +1,29 @@
-"""Checkpoints: plain data written atomically, read with `torch.load(weights_only=True)`.
+"""What training writes into a checkpoint, and how a run continues from one exactly.
 
 A checkpoint holds everything needed to continue exactly where it was written: model,
 optimizer, schedule and GradScaler states, the loop's counters, every RNG state, the config as
-JSON text and the data scaling. Tensors and plain Python types only, so loading never runs code
-from the file. Writes go to a temp file that is fsynced and then renamed over the target, so a
-crash at any moment leaves either the old or the new file, never a torn one.
+JSON text and the data scaling. Tensors and plain Python types only (`aetrain.checkpoint` reads
+them with weights_only=True). Files are written atomically by `aetrain.train.callbacks.Checkpointer`.
 """
 
 from __future__ import annotations
 
 import io
-import pickle
 import random
-import re
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from aetrain import __version__
-from aetrain.config import Config, from_json, to_json
+from aetrain.checkpoint import FORMAT, FORMAT_VERSION, config_of, load_weights
+from aetrain.config import Config, to_json
 from aetrain.data.spec import DataSpec
 from aetrain.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from aetrain.models import Autoencoder
     from aetrain.train.engine import Engine
-
-FORMAT = "aetrain.checkpoint"
-FORMAT_VERSION = 1
-LAST, BEST = "last.pt", "best.pt"
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
 
 
 def serialize(obj: Any) -> bytes:
@@ -43,42 +31,6 @@ def serialize(obj: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
-
-
-def resolve(path: str | Path, prefer: tuple[str, ...]) -> Path:
-    """A checkpoint file, or the first of `prefer` that exists in a run dir's checkpoints/."""
-    p = Path(path)
-    if p.is_dir():
-        for name in prefer:
-            if (checkpoint_dir(p) / name).is_file():
-                return checkpoint_dir(p) / name
-        raise CheckpointError(f"{path}: no checkpoint in {checkpoint_dir(p)} (looked for {', '.join(prefer)})")
-    if not p.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
-    return p
-
-
-def load(path: str | Path, *, prefer: tuple[str, ...] = (LAST,)) -> dict[str, Any]:
-    """Read a checkpoint file (or a run dir's) safely; every failure is a one-line CheckpointError."""
-    p = resolve(path, prefer)
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the global it refused
-        if found:  # the file asks to import and call something: that is how pickles run code
-            raise CheckpointError(
-                f"{p}: refused to load: it references the Python object {found.group(1)}, and loading it would "
-                "need arbitrary unpickling, which can run code; aetrain checkpoints hold only tensors and plain data"
-            ) from None
-        raise CheckpointError(f"{p}: not a readable checkpoint (not a torch file, or damaged)") from None
-    except Exception as e:  # empty, truncated, or not a torch file at all
-        raise CheckpointError(f"{p}: not a readable checkpoint (empty, truncated or another format): "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{p}: not an aetrain checkpoint (a torch file without the '{FORMAT}' marker)")
-    if ckpt.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{p}: written by a newer aetrain ({ckpt.get('aetrain_version')}); upgrade to read it")
-    return ckpt
 
 
 def clean_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -116,18 +68,21 @@ def _as_tuples(value: Any) -> Any:
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def spec_dict(spec: DataSpec) -> dict[str, Any]:
+    return {"name": spec.name, "shape": list(spec.shape), "unit_interval": spec.unit_interval,
+            "shift": spec.shift, "scale": spec.scale, "low": spec.low, "high": spec.high}
+
+
 def payload(engine: Engine) -> dict[str, Any]:
     """Everything `engine` needs to continue from this exact point."""
     p = engine.parts
-    spec = p.data.spec
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "aetrain_version": __version__,
         "torch_version": str(torch.__version__),  # a TorchVersion object would need unpickling
         "config": to_json(p.cfg),
-        "data_spec": {"name": spec.name, "shape": list(spec.shape), "unit_interval": spec.unit_interval,
-                      "shift": spec.shift, "scale": spec.scale, "low": spec.low, "high": spec.high},
+        "data_spec": spec_dict(p.data.spec),
         "model": clean_state_dict(p.model),
         "optimizer": p.optimizer.state_dict(),
         "schedule": p.schedule.state_dict(),
@@ -143,28 +98,39 @@ def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
     from aetrain.train.engine import Meter, TrainState
 
     p = engine.parts
-    p.model.load_state_dict(ckpt["model"])
-    p.optimizer.load_state_dict(ckpt["optimizer"])
-    p.schedule.load_state_dict(ckpt["schedule"])
-    p.precision.scaler.load_state_dict(ckpt["scaler"])
-    engine.state = TrainState(**ckpt["state"])
-    if ckpt["meter"] is not None:
-        engine.meter = Meter(p.data.train.plan.sizes, p.cfg.trainer.accumulate_grad_batches, p.data.device)
-        engine.meter.load_state_dict(ckpt["meter"])
-    restore_rng_states(ckpt["rng"])  # last: building the parts drew from the generators
+    load_weights(p.model, ckpt)
+    try:
+        p.optimizer.load_state_dict(ckpt["optimizer"])
+        p.schedule.load_state_dict(ckpt["schedule"])
+        p.precision.scaler.load_state_dict(ckpt["scaler"])
+        engine.state = TrainState(**ckpt["state"])
+        if ckpt["meter"] is not None:
+            engine.meter = Meter(p.objective.names, p.data.train.plan.sizes, p.cfg.trainer.accumulate_grad_batches,
+                                 p.data.device)
+            engine.meter.load_state_dict(ckpt["meter"])
+        restore_rng_states(ckpt["rng"])  # last: building the parts drew from the generators
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: its training state cannot be restored "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 # Keys that may differ between a checkpoint's config and the config resuming it: where things
 # live, how often to log and save, how long to train. Everything else shapes the computation,
 # so it must match for the continuation to be the run it claims to be.
-RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.device", "trainer.compile", "trainer.log_every_n_steps",
-                     "trainer.checkpoint_every_n_steps", "trainer.save_top_k", "trainer.early_stopping_patience",
-                     "trainer.on_nonfinite", "data.root", "data.path", "data.download", "data.num_workers", "outputs.")
+RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.device", "trainer.compile",
+                     "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps", "trainer.save_top_k",
+                     "trainer.early_stopping_patience", "trainer.on_nonfinite", "data.root", "data.path",
+                     "data.download", "data.num_workers", "outputs.")
 
 
-def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, path: str) -> None:
+def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_step_schedule: bool) -> None:
     """Refuse to continue `ckpt` under a config or data that would make it a different run."""
-    old, new = _flat(asdict(from_json(ckpt["config"]))), _flat(asdict(cfg))
+    path = cfg.trainer.resume
+    if ckpt["format_version"] < FORMAT_VERSION:
+        raise CheckpointError(f"trainer.resume={path}: written by aetrain {ckpt.get('aetrain_version', '?')} in "
+                              f"checkpoint format {ckpt['format_version']}, which this version loads as a model "
+                              f"(aetrain.load_model) but cannot continue; start a new run (format {FORMAT_VERSION})")
+    old, new = _flat(asdict(config_of(ckpt))), _flat(asdict(cfg))
     changed = [k for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
     if changed:
@@ -177,13 +143,13 @@ def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, path: str
     if saved_shape != spec.shape:
         raise CheckpointError(f"trainer.resume={path}: the checkpoint's data has samples of shape {saved_shape}, "
                               f"data '{spec.name}' has {spec.shape}")
-    per_step = cfg.scheduler.name in ("cosine", "onecycle")
-    if per_step and old["trainer.max_epochs"] != cfg.trainer.max_epochs:
+    if per_step_schedule and old["trainer.max_epochs"] != cfg.trainer.max_epochs:
         raise CheckpointError(f"trainer.max_epochs={cfg.trainer.max_epochs}: scheduler={cfg.scheduler.name} was planned "
                               f"over trainer.max_epochs={old['trainer.max_epochs']} and cannot be stretched on resume; "
                               "keep it, or use an epoch-wise schedule (step, exponential, plateau, none)")
-    if ckpt["state"]["epoch"] >= cfg.trainer.max_epochs and not ckpt["state"]["step_in_epoch"]:
-        raise CheckpointError(f"trainer.resume={path}: the run already completed {ckpt['state']['epoch']} epochs; "
+    state = ckpt["state"]
+    if state["epoch"] >= cfg.trainer.max_epochs and not state["step_in_epoch"]:
+        raise CheckpointError(f"trainer.resume={path}: the run already completed {state['epoch']} epochs; "
                               f"raise trainer.max_epochs (now {cfg.trainer.max_epochs}) to train further")
 
 
@@ -194,29 +160,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def run_dir_of(path: str | Path) -> Path:
-    """The run directory a checkpoint file (or run dir) belongs to."""
-    p = Path(path)
-    if p.is_dir():
-        return p
-    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
-
-
 def nonfinite_parameters(model: torch.nn.Module) -> bool:
     """True when any weight is NaN or infinite (one host sync)."""
     return not bool(torch.stack([t.isfinite().all() for t in model.state_dict().values()
                                  if t.is_floating_point()]).all())
-
-
-def spec_from_checkpoint(ckpt: dict[str, Any]) -> DataSpec:
-    s = ckpt["data_spec"]
-    return DataSpec(s["name"], tuple(s["shape"]), s["unit_interval"], s["shift"], s["scale"], s["low"], s["high"])
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> Autoencoder:
-    """Rebuild the model a checkpoint was trained with and load its weights; eval mode, CPU."""
-    from aetrain.models import build_model
-
-    model = build_model(from_json(ckpt["config"]).model, spec_from_checkpoint(ckpt))
-    model.load_state_dict(ckpt["model"])
-    return model.eval()

@@ -1,14 +1,16 @@
 """The training loop: every model, precision, schedule and regulariser runs through `Engine.fit`.
 
-The variation lives in objects built once by `aetrain.train.run` (the objective, `Precision`,
-the clip function, the `Schedule`, the non-finite policy); the loop only calls them. Loss terms
-are written to a device buffer and read back once per logging interval and per epoch, so the
-step itself never waits on the host. Output (metrics, checkpoints, console, images) hangs off
-`Callback`s.
+The variation lives in objects built once by `aetrain.commands.train` (the objectives, the
+`TrainStep` with its precision and clipping, the `Schedule`, the non-finite policy); the loop
+only calls them. Loss terms are named by the objective and written to a device buffer that is
+read back once per logging interval and per epoch, so the step itself never waits on the host.
+Output (metrics, checkpoints, console, images) hangs off `Callback`s.
 
 Counters live in `TrainState` and change only here: an optimizer step advances `step` and
 `step_in_epoch`; an epoch's end advances `epoch` and resets `step_in_epoch`. A checkpoint taken
 between any two optimizer steps therefore describes a point the loop can continue from exactly.
+`Engine.history` holds the record of every finished epoch (on resume, the earlier ones too):
+callbacks read it there, never from each other.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import torch
 from aetrain.config import Config
 from aetrain.data import Data
 from aetrain.errors import DivergenceError, Interrupted
-from aetrain.models import Autoencoder, Objective, Terms
+from aetrain.models import Autoencoder, Gallery, Objective, Terms
+from aetrain.registry import Registry
 from aetrain.train.optim import Schedule
-from aetrain.train.precision import Clip, Precision
+from aetrain.train.precision import Precision
 from aetrain.train.signals import Interrupt
+from aetrain.train.step import TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +56,15 @@ class Parts:
     cfg: Config
     model: Autoencoder  # what checkpoints save and callbacks inspect
     net: torch.nn.Module  # the same model as the loop calls it: torch.compile'd with trainer.compile
-    objective: Objective  # training objective (noise on)
+    objective: Objective  # training objective (noise on, warm-ups applied)
     val_objective: Objective  # clean inputs
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     precision: Precision
-    clip: Clip
-    params: list[torch.Tensor]  # the trainable parameters, in a fixed order
+    step: TrainStep  # forward, backward, clip, optimizer step: one seam
     data: Data
     windows: list[list[float]]  # per optimizer step of an epoch: each micro-batch's share of the samples
+    galleries: tuple[Gallery, ...] = ()  # pictures the model's family draws besides reconstructions
 
 
 def accumulation_windows(batch_sizes: list[int], accumulate: int) -> list[list[float]]:
@@ -73,6 +77,12 @@ def accumulation_windows(batch_sizes: list[int], accumulate: int) -> list[list[f
     return [[n / sum(chunk) for n in chunk] for chunk in chunks]
 
 
+def metric_columns(parts: Parts) -> list[str]:
+    """The per-epoch metrics of this run, in order: what metrics.csv, TensorBoard and the curve show."""
+    return [*(f"train/{n}" for n in parts.objective.names), "train/grad_norm",
+            *(f"val/{n}" for n in parts.val_objective.names)]
+
+
 class Meter:
     """One epoch's per-batch loss terms and per-step gradient norms, in device buffers.
 
@@ -80,16 +90,17 @@ class Meter:
     in one sync. A batch whose terms are not finite is left out of the means and reported.
     """
 
-    def __init__(self, batch_sizes: list[int], accumulate: int, device: torch.device) -> None:
+    def __init__(self, names: tuple[str, ...], batch_sizes: list[int], accumulate: int, device: torch.device) -> None:
+        self.names = names  # the objective's terms, "loss" first
         self.sizes = torch.tensor(batch_sizes, dtype=torch.float32, device=device)  # (batches,)
-        self.terms = torch.zeros(len(batch_sizes), 3, device=device)  # (batches, [loss, reconstruction, penalty])
+        self.terms = torch.zeros(len(batch_sizes), len(names), device=device)  # (batches, terms)
         self.norms = torch.zeros(math.ceil(len(batch_sizes) / accumulate), device=device)  # (steps,)
         self.accumulate = accumulate
         self.batches = 0  # rows written
         self.steps = 0
 
     def add_batch(self, terms: Terms) -> None:
-        self.terms[self.batches] = torch.stack([terms.loss, terms.reconstruction, terms.penalty]).detach()
+        self.terms[self.batches] = torch.stack([terms[n] for n in self.names]).detach()
         self.batches += 1
 
     def add_step(self, grad_norm: torch.Tensor) -> None:
@@ -105,9 +116,11 @@ class Meter:
         norm_ok = norms.isfinite()  # fp16: the scaler skips inf-gradient steps on purpose; average the rest
         norm = (norms.nan_to_num(0.0, 0.0, 0.0) * norm_ok).sum() / norm_ok.sum().clamp_min(1)
         bad = (~finite).nonzero()[:1].flatten()  # the first non-finite batch, if any
-        loss, rec, pen, norm_mean, n_bad, *first = torch.cat(
-            [means, norm[None], (~finite).sum()[None].float(), bad.float()]).tolist()
-        metrics = {"train/loss": loss, "train/reconstruction": rec, "train/penalty": pen, "train/grad_norm": norm_mean}
+        numbers = torch.cat([means, norm[None], (~finite).sum()[None].float(), bad.float()]).tolist()  # one sync
+        values, (norm_mean, n_bad), first = numbers[: len(self.names)], numbers[len(self.names) : len(self.names) + 2], \
+            numbers[len(self.names) + 2 :]
+        metrics = {f"train/{n}": v for n, v in zip(self.names, values)}
+        metrics["train/grad_norm"] = norm_mean
         return metrics, int(first[0]) // self.accumulate if first else None, int(n_bad)
 
     def state_dict(self) -> dict[str, Any]:
@@ -119,10 +132,8 @@ class Meter:
         self.batches, self.steps = state["batches"], state["steps"]
 
 
-class NonFinitePolicy:
+class StopOnNonFinite:
     """trainer.on_nonfinite=stop: the run ends at the next read with a message naming the step."""
-
-    skip_updates = False
 
     def on_read(self, engine: Engine, first_bad: int | None, n_bad: int) -> None:
         if first_bad is not None:
@@ -139,10 +150,8 @@ class NonFinitePolicy:
             )
 
 
-class SkipNonFinite(NonFinitePolicy):
-    """trainer.on_nonfinite=skip: updates with non-finite gradients are dropped (one host sync per step)."""
-
-    skip_updates = True
+class SkipNonFinite(StopOnNonFinite):
+    """trainer.on_nonfinite=skip: updates with non-finite gradients are dropped (see `step.ADMIT`)."""
 
     def __init__(self) -> None:
         self.reported = 0
@@ -153,8 +162,9 @@ class SkipNonFinite(NonFinitePolicy):
         self.reported = n_bad
 
 
-def build_nonfinite_policy(name: str) -> NonFinitePolicy:
-    return {"stop": NonFinitePolicy, "skip": SkipNonFinite}[name]()
+NONFINITE: Registry[type[StopOnNonFinite]] = Registry("trainer.on_nonfinite")
+NONFINITE.add("stop", StopOnNonFinite)
+NONFINITE.add("skip", SkipNonFinite)
 
 
 def memory_mb(device: torch.device) -> float:
@@ -177,7 +187,8 @@ class Callback:
 
     Callbacks must not draw from the global RNGs (use a private torch.Generator, or
     torch.random.fork_rng): the run's random stream is part of what makes it reproducible
-    and resumable.
+    and resumable. What a callback needs comes from the engine (its parts, state and history)
+    or from its constructor, never from another callback.
     """
 
     def on_fit_start(self, engine: Engine) -> None:
@@ -193,11 +204,13 @@ class Callback:
         """Every trainer.log_every_n_steps steps: step, lr and the epoch's running train means."""
 
     def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
-        """After validation. `record`: epoch, step, train/* and val/* means, lr, improved, timings, memory."""
+        """After validation; `record` is also the newest entry of engine.history: epoch, step, train/*
+        and val/* means, lr, improved, timings, memory."""
 
     def on_fit_end(self, engine: Engine) -> None:
         """Once, after the last epoch or when the run stops early; engine.status says how it ended:
-        ok, interrupted (a signal; the state is mid-epoch), diverged or failed."""
+        ok, stopped_early, interrupted (a signal; the state may be mid-epoch), diverged or failed;
+        engine.stop_reason says why, when it stopped before trainer.max_epochs."""
 
 
 @dataclass
@@ -205,16 +218,17 @@ class Engine:
     parts: Parts
     callbacks: list[Callback] = field(default_factory=list)
     state: TrainState = field(default_factory=TrainState)
-    nonfinite: NonFinitePolicy = field(default_factory=NonFinitePolicy)
+    nonfinite: StopOnNonFinite = field(default_factory=StopOnNonFinite)
     interrupt: Interrupt = field(default_factory=Interrupt)
+    history: list[dict[str, Any]] = field(default_factory=list)  # every finished epoch's record
     meter: Meter | None = None  # the epoch under way; None at an epoch boundary
-    should_stop: bool = False  # set by callbacks (early stopping); checked between epochs
-    status: str = "running"  # then ok | interrupted | diverged | failed
+    stop_reason: str | None = None  # set by a callback (early stopping) to end the run after this epoch
+    status: str = "running"  # then ok | stopped_early | interrupted | diverged | failed
 
     def fit(self) -> TrainState:
         self._call("on_fit_start")
         try:
-            while self.state.epoch < self.parts.cfg.trainer.max_epochs and not self.should_stop:
+            while self.state.epoch < self.parts.cfg.trainer.max_epochs and self.stop_reason is None:
                 self.run_epoch()
         except Interrupted:
             self.status = "interrupted"
@@ -223,7 +237,7 @@ class Engine:
             self.status = "diverged" if isinstance(e, DivergenceError) else "failed"
             raise
         else:
-            self.status = "ok"
+            self.status = "ok" if self.stop_reason is None else "stopped_early"
         finally:
             if self.status != "running":  # not after a second Ctrl-C: that one aborts at once
                 self._call("on_fit_end")
@@ -248,6 +262,7 @@ class Engine:
         record = {"epoch": st.epoch, "step": st.step, **train, **val, "improved": improved,
                   "epoch_time_s": time.perf_counter() - tic, "samples_per_s": samples / max(train_time, 1e-9),
                   "memory_mb": memory_mb(self.parts.data.device)}
+        self.history.append(record)
         self._call("on_epoch_end", record)
 
     def train_epoch(self) -> tuple[dict[str, float], int]:
@@ -257,22 +272,18 @@ class Engine:
         p.model.train()
         accumulate = p.cfg.trainer.accumulate_grad_batches
         if self.meter is None:  # else restored from a mid-epoch checkpoint
-            self.meter = Meter(p.data.train.plan.sizes, accumulate, p.data.device)
-        meter, log_every = self.meter, p.cfg.trainer.log_every_n_steps
+            self.meter = Meter(p.objective.names, p.data.train.plan.sizes, accumulate, p.data.device)
+        meter, log_every, steps_per_epoch = self.meter, p.cfg.trainer.log_every_n_steps, len(p.windows)
         batches = p.data.train.epoch(st.epoch, start=st.step_in_epoch * accumulate)
         lr, samples = self.lr, 0
         for window in p.windows[st.step_in_epoch :]:
+            p.step.begin(st.epoch + (st.step_in_epoch + 1) / steps_per_epoch)
             for weight in window:
                 x = next(batches)  # (B, *shape) in model units, on the device
-                with p.precision.autocast:
-                    terms = p.objective(p.net, x)
-                # gradients add up over the window; weighting each micro-batch by its share of the
-                # samples makes the update equal that of one batch holding them all
-                p.precision.backward(terms.loss * weight)
-                meter.add_batch(terms)
+                meter.add_batch(p.step.forward_backward(x, weight))
                 samples += x.shape[0]
             lr = self.lr  # the rate this step uses
-            meter.add_step(p.precision.step(p.optimizer, p.params, p.clip))
+            meter.add_step(p.step.update())
             p.schedule.after_step()
             st.step += 1
             st.step_in_epoch += 1
@@ -292,22 +303,25 @@ class Engine:
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
-        """Reconstruction loss of the clean validation inputs (val/loss) and the latent penalty."""
+        """The validation objective's terms over the clean validation inputs (val/loss first)."""
         p = self.parts
         p.model.eval()
-        sums = torch.zeros(2, device=p.data.device)
+        names = p.val_objective.names
+        sums = torch.zeros(len(names), device=p.data.device)
         for x in p.data.val_batches():
             with p.precision.autocast:
                 terms = p.val_objective(p.net, x)
-            sums += torch.stack([terms.reconstruction, terms.penalty]) * x.shape[0]
-        rec, pen = (sums / p.data.num_val).tolist()
-        return {"val/loss": rec, "val/penalty": pen}
+            sums += torch.stack([terms[n] for n in names]) * x.shape[0]
+        return {f"val/{n}": v for n, v in zip(names, (sums / p.data.num_val).tolist())}
 
     def check_interrupt(self) -> None:
         """Stop here if a signal came in: between optimizer steps, where the state is complete."""
         if self.interrupt.requested:
-            raise Interrupted(f"interrupted by {self.interrupt.name} at epoch {self.state.epoch + 1}, "
-                              f"step {self.state.step}", self.interrupt.signum)
+            st = self.state
+            where = f"in epoch {st.epoch + 1} (step {st.step_in_epoch} of {len(self.parts.windows)})" \
+                if st.step_in_epoch else f"after epoch {st.epoch}"
+            raise Interrupted(f"interrupted by {self.interrupt.name} {where}, step {st.step} of the run",
+                              self.interrupt.signum)
 
     @property
     def lr(self) -> float:

@@ -5,11 +5,14 @@ kind acts in its documented unit and ignores the other call:
 - per optimizer step: cosine (linear warm-up, then cosine decay to min_lr), onecycle
 - per epoch: step, exponential; plateau (on val/loss)
 - none: a constant learning rate
+Per-step schedules are planned over the run's optimizer steps (`Schedule.per_step`), which is
+why a resume may not change their length.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,17 +22,24 @@ from aetrain.config import OptimizerConfig, SchedulerConfig
 from aetrain.registry import Registry
 
 Params = list[torch.Tensor]
-OptimizerBuilder = Callable[[Params, OptimizerConfig, dict[str, bool]], torch.optim.Optimizer]
-OPTIMIZERS: Registry[OptimizerBuilder] = Registry("optimizer")
-OPTIMIZERS.add("adam", lambda p, c, fast: torch.optim.Adam(p, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
-                                                           weight_decay=c.weight_decay, **fast))
-OPTIMIZERS.add("adamw", lambda p, c, fast: torch.optim.AdamW(p, lr=c.lr, betas=tuple(c.betas), eps=c.eps,
-                                                             weight_decay=c.weight_decay, **fast))
-OPTIMIZERS.add("sgd", lambda p, c, fast: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
-                                                         weight_decay=c.weight_decay, **fast))
-OPTIMIZERS.add("rmsprop", lambda p, c, fast: torch.optim.RMSprop(p, lr=c.lr, momentum=c.momentum, eps=c.eps,
-                                                                 weight_decay=c.weight_decay))
+OptimizerBuilder = Callable[[Params, Any, dict[str, bool]], torch.optim.Optimizer]
 
+
+@dataclass(frozen=True)
+class OptimizerKind:
+    build: OptimizerBuilder  # (params, its config, fast-path flags) -> optimizer
+    fused: bool  # torch has a fused kernel for it (CPU and CUDA, torch >= 2.4)
+
+
+OPTIMIZERS: Registry[OptimizerKind] = Registry("optimizer")
+OPTIMIZERS.add("adam", OptimizerKind(lambda p, c, fast: torch.optim.Adam(
+    p, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **fast), fused=True))
+OPTIMIZERS.add("adamw", OptimizerKind(lambda p, c, fast: torch.optim.AdamW(
+    p, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **fast), fused=True))
+OPTIMIZERS.add("sgd", OptimizerKind(lambda p, c, fast: torch.optim.SGD(
+    p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay, **fast), fused=True))
+OPTIMIZERS.add("rmsprop", OptimizerKind(lambda p, c, fast: torch.optim.RMSprop(
+    p, lr=c.lr, alpha=c.alpha, momentum=c.momentum, eps=c.eps, weight_decay=c.weight_decay, **fast), fused=False))
 
 FUSED_DEVICES = {"cpu", "cuda"}  # where torch (>= 2.4) has fused Adam, AdamW and SGD kernels
 
@@ -39,18 +49,21 @@ def build_optimizer(cfg: OptimizerConfig, params: Iterable[torch.Tensor]) -> tor
 
     On a CPU, Adam's step for the 400k-parameter dense AE takes 0.56 ms instead of the default
     multi-tensor (foreach) path's 1.46 ms inside the training loop, about 10% of the whole
-    training step (0.5 ms against 2.1 ms when timed alone); on CUDA it
-    is one launch per step, and the fp16 GradScaler's inf check stays on the device (the unfused
-    path reads it back every step). RMSprop has no fused kernel.
+    training step (0.5 ms against 2.1 ms when timed alone); on CUDA it is one launch per step,
+    and the fp16 GradScaler's inf check stays on the device (the unfused path reads it back every
+    step). RMSprop has no fused kernel.
     """
     params = list(params)
+    kind = OPTIMIZERS.get(cfg.name)
     devices = {p.device.type for p in params}
-    fused = cfg.name != "rmsprop" and len(devices) == 1 and devices <= FUSED_DEVICES
-    return OPTIMIZERS.get(cfg.name)(params, cfg, {"fused": True} if fused else {})
+    fused = kind.fused and len(devices) == 1 and devices <= FUSED_DEVICES
+    return kind.build(params, cfg, {"fused": True} if fused else {})
 
 
 class Schedule:
     """A constant learning rate; subclasses step a torch scheduler in their unit."""
+
+    per_step = False  # planned over the run's optimizer steps
 
     def __init__(self, scheduler: Any = None) -> None:
         self.scheduler = scheduler
@@ -70,6 +83,8 @@ class Schedule:
 
 
 class PerStep(Schedule):
+    per_step = True
+
     def after_step(self) -> None:
         self.scheduler.step()
 
@@ -84,7 +99,7 @@ class OnPlateau(Schedule):
         self.scheduler.step(val_loss)
 
 
-def _cosine(opt: torch.optim.Optimizer, c: SchedulerConfig, total_steps: int) -> Schedule:
+def _cosine(opt: torch.optim.Optimizer, c: Any, total_steps: int) -> Schedule:
     warmup = min(c.warmup_steps, total_steps - 1)
     decay = lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps - warmup, 1), eta_min=c.min_lr)
     if warmup == 0:
@@ -93,7 +108,7 @@ def _cosine(opt: torch.optim.Optimizer, c: SchedulerConfig, total_steps: int) ->
     return PerStep(lr_scheduler.SequentialLR(opt, [rise, decay], milestones=[warmup]))
 
 
-ScheduleBuilder = Callable[[torch.optim.Optimizer, SchedulerConfig, int], Schedule]
+ScheduleBuilder = Callable[[torch.optim.Optimizer, Any, int], Schedule]
 SCHEDULERS: Registry[ScheduleBuilder] = Registry("scheduler")
 SCHEDULERS.add("none", lambda opt, c, total: Schedule())
 SCHEDULERS.add("step", lambda opt, c, total: PerEpoch(lr_scheduler.StepLR(opt, step_size=c.step_size, gamma=c.gamma)))

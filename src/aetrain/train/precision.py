@@ -2,12 +2,11 @@
 
 `Precision("16-mixed", device)` autocasts to fp16 and scales the loss with a GradScaler;
 "bf16-mixed" autocasts to bf16 with no scaler; "32" disables both. The same calls run on CPU
-and CUDA, so the loop is identical for every setting:
+and CUDA, so `aetrain.train.step.TrainStep` is identical for every setting.
 
-    with precision.autocast:
-        loss = ...
-    precision.backward(loss)
-    grad_norm = precision.step(optimizer, clip)
+Clipping: `build_clip(value, algorithm)` returns a function of the parameters that returns the
+total gradient norm before clipping; no value means no clipping, and the norm is still measured
+(and logged).
 """
 
 from __future__ import annotations
@@ -26,50 +25,13 @@ PRECISIONS.add("bf16-mixed", torch.bfloat16)
 Clip = Callable[[list[torch.Tensor]], torch.Tensor]  # parameters -> total grad norm before clipping
 
 
-def _always(grad_norm: torch.Tensor) -> bool:
-    return True
-
-
-def _if_finite(grad_norm: torch.Tensor) -> bool:
-    return bool(torch.isfinite(grad_norm))  # a host sync: the price of trainer.on_nonfinite=skip
-
-
 class Precision:
-    def __init__(self, name: str, device: torch.device, *, skip_nonfinite: bool = False) -> None:
+    def __init__(self, name: str, device: torch.device) -> None:
         self.name = name
         self.dtype = PRECISIONS.get(name)
         self.autocast = torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype is not None)
         # Only fp16 needs loss scaling: its gradients underflow; bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
-        # The scaler already skips fp16 steps with inf/NaN gradients; this extends that to every precision.
-        self.admit = _if_finite if skip_nonfinite else _always
-
-    def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
-
-    def step(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], clip: Clip) -> torch.Tensor:
-        """Unscale, measure and clip the gradients, step (skipped by the scaler on inf/NaN), zero them."""
-        self.scaler.unscale_(optimizer)  # clipping thresholds are in true gradient units
-        grad_norm = clip(params)
-        if self.admit(grad_norm):
-            self.scaler.step(optimizer)
-        self.scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        return grad_norm
-
-
-def clip_by_norm(max_norm: float) -> Clip:
-    """Scale gradients so their total L2 norm is at most max_norm."""
-    return lambda params: torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
-def clip_by_value(max_value: float) -> Clip:
-    def clip(params: list[torch.Tensor]) -> torch.Tensor:
-        norm = measure_only(params)
-        torch.nn.utils.clip_grad_value_(params, max_value)
-        return norm
-
-    return clip
 
 
 def measure_only(params: list[torch.Tensor]) -> torch.Tensor:
@@ -86,11 +48,29 @@ def measure_only(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))  # (params,) -> ()
 
 
+def clip_by_norm(max_norm: float) -> Clip:
+    """Scale gradients so their total L2 norm is at most max_norm."""
+    return lambda params: torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def clip_by_value(max_value: float) -> Clip:
+    def clip(params: list[torch.Tensor]) -> torch.Tensor:
+        norm = measure_only(params)
+        torch.nn.utils.clip_grad_value_(params, max_value)
+        return norm
+
+    return clip
+
+
+CLIP_ALGORITHMS: Registry[Callable[[float], Clip]] = Registry("trainer.gradient_clip_algorithm")
+CLIP_ALGORITHMS.add("norm", clip_by_norm)
+CLIP_ALGORITHMS.add("value", clip_by_value)
+
+
 def build_clip(value: float | None, algorithm: str) -> Clip:
     """No value means no clipping; the norm is still measured and logged."""
-    if value is None:
-        return measure_only
-    return {"norm": clip_by_norm, "value": clip_by_value}[algorithm](value)
+    clip = CLIP_ALGORITHMS.get(algorithm)  # checked even when off: a typo is never silently ignored
+    return measure_only if value is None else clip(value)
 
 
 def trainable(params: Iterable[torch.nn.Parameter]) -> list[torch.Tensor]:

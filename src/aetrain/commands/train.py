@@ -1,4 +1,4 @@
-"""`run(cfg, out_dir)`: turn a validated config into objects, train, and return the results.
+"""`aetrain train`: turn a validated config into objects, train into a run dir, return the results.
 
 Everything that can fail on user input (config ranges, device, data, model/data fit) is checked
 before the first file is written, so a bad command leaves nothing behind.
@@ -18,16 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aetrain import checkpoint as checkpoints
 from aetrain.config import Config, validate
 from aetrain.data import build_data
-from aetrain.errors import ConfigError, Interrupted
-from aetrain.models import build_model, build_objectives
+from aetrain.errors import CheckpointError, ConfigError, Interrupted
+from aetrain.models import FAMILIES
+from aetrain.rundir import LAST, METRICS, checkpoint_dir, read_metrics, run_dir_of
 from aetrain.train import checkpoint
-from aetrain.train.callbacks import Checkpointer, EarlyStopping, EpochLog, MetricsCSV
-from aetrain.train.engine import Callback, Engine, Parts, accumulation_windows, build_nonfinite_policy
+from aetrain.train.callbacks import Checkpointer, EarlyStopping
+from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
 from aetrain.train.optim import build_optimizer, build_schedule
 from aetrain.train.outputs import build_outputs
+from aetrain.train.outputs.console import final_table
 from aetrain.train.precision import Precision, build_clip, trainable
+from aetrain.train.step import ADMIT, TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +71,22 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 def build_parts(cfg: Config) -> Parts:
     """Every component of a run, on its device, freshly initialised from cfg.trainer.seed."""
     validate(cfg)
-    device = resolve_device(cfg.trainer.device)
-    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
-    data = build_data(cfg.data, device, seed=cfg.trainer.seed, channels_last=cfg.trainer.channels_last)
-    model = build_model(cfg.model, data.spec).to(device, memory_format=data.memory_format)
-    objective, val_objective = build_objectives(cfg.model, data.spec)
-    precision = Precision(cfg.trainer.precision, device, skip_nonfinite=cfg.trainer.on_nonfinite == "skip")
+    t = cfg.trainer
+    device = resolve_device(t.device)
+    family = FAMILIES.get(cfg.model.name)
+    seed_everything(t.seed, t.deterministic)
+    data = build_data(cfg.data, device, seed=t.seed, channels_last=t.channels_last)
+    model = family.build(cfg.model, data.spec).to(device, memory_format=data.memory_format)
+    objective, val_objective = (o.to(device) for o in family.objectives(cfg.model, data.spec))
+    precision = Precision(t.precision, device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    windows = accumulation_windows(data.train.plan.sizes, cfg.trainer.accumulate_grad_batches)
-    schedule = build_schedule(cfg.scheduler, optimizer, total_steps=len(windows) * cfg.trainer.max_epochs)
-    clip = build_clip(cfg.trainer.gradient_clip_val, cfg.trainer.gradient_clip_algorithm)
-    net = torch.compile(model) if cfg.trainer.compile else model  # compiled lazily, at the first batch
-    return Parts(cfg, model, net, objective, val_objective, optimizer, schedule, precision, clip,
-                 trainable(model.parameters()), data, windows)
+    windows = accumulation_windows(data.train.plan.sizes, t.accumulate_grad_batches)
+    schedule = build_schedule(cfg.scheduler, optimizer, total_steps=len(windows) * t.max_epochs)
+    net = torch.compile(model) if t.compile else model  # compiled lazily, at the first batch
+    step = TrainStep(net, objective, optimizer, precision, build_clip(t.gradient_clip_val, t.gradient_clip_algorithm),
+                     trainable(model.parameters()), admit=ADMIT.get(t.on_nonfinite))
+    return Parts(cfg, model, net, objective, val_objective, optimizer, schedule, precision, step, data, windows,
+                 family.galleries)
 
 
 def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
@@ -91,36 +98,51 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> di
     """
     parts = build_parts(cfg)
     t = cfg.trainer
-    ckpt = checkpoint.load(t.resume) if t.resume else None
+    ckpt = checkpoints.load(t.resume) if t.resume else None
     if ckpt is not None:
-        checkpoint.check_resumable(cfg, ckpt, parts.data.spec, t.resume)
-    previous = checkpoint.run_dir_of(t.resume) if t.resume else None
-    if previous is None or previous.resolve() != out_dir.resolve():
+        checkpoint.check_resumable(cfg, ckpt, parts.data.spec, per_step_schedule=parts.schedule.per_step)
+    previous = run_dir_of(t.resume) if t.resume else None
+    in_place = previous is not None and previous.resolve() == out_dir.resolve()
+    if not in_place:
         _refuse_existing_run(out_dir)
+    history = _earlier_epochs(previous, ckpt) if ckpt is not None else []
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    history = previous / "metrics.csv" if previous is not None and previous.resolve() != out_dir.resolve() else None
     engine = Engine(parts, [
-        MetricsCSV(out_dir / "metrics.csv", history),
         Checkpointer(out_dir, every_n_steps=t.checkpoint_every_n_steps, top_k=t.save_top_k),
         EarlyStopping(t.early_stopping_patience or math.inf),
-        EpochLog(),
-        *build_outputs(cfg.outputs, out_dir),  # header, pictures, tensorboard, summary.json, progress, final table
+        *build_outputs(cfg.outputs, out_dir),  # metrics.csv, console, pictures, tensorboard, summary.json
         *callbacks,
-    ], nonfinite=build_nonfinite_policy(t.on_nonfinite))
+    ], nonfinite=NONFINITE.get(t.on_nonfinite)(), history=history)
     if ckpt is not None:
         checkpoint.restore(engine, ckpt)
-        log.info("resuming %s at epoch %d, step %d%s", t.resume, engine.state.epoch + 1, engine.state.step,
-                 f" ({engine.state.step_in_epoch} steps into the epoch)" if engine.state.step_in_epoch else "")
-    with engine.interrupt.installed(), long_lived_objects_frozen():
-        try:
-            state = engine.fit()
-        except Interrupted as e:
-            last = checkpoint.checkpoint_dir(out_dir) / checkpoint.LAST
-            raise Interrupted(f"{e}; saved {last}; resume with: aetrain trainer.resume={out_dir}",
-                              engine.interrupt.signum) from None
+        st = engine.state
+        log.info("resuming %s after epoch %d%s, step %d of the run", t.resume, st.epoch,
+                 f" and {st.step_in_epoch} steps into epoch {st.epoch + 1}" if st.step_in_epoch else "", st.step)
+    try:
+        with engine.interrupt.installed(), long_lived_objects_frozen():
+            try:
+                state = engine.fit()
+            except Interrupted as e:
+                last = checkpoint_dir(out_dir) / LAST
+                raise Interrupted(f"{e}; saved {last}; resume with: aetrain trainer.resume={out_dir}",
+                                  engine.interrupt.signum) from None
+    finally:
+        for line in final_table(out_dir):
+            log.info("%s", line)
     return {"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "epochs": state.epoch,
             "steps": state.step}
+
+
+def _earlier_epochs(previous: Path | None, ckpt: dict) -> list[dict]:
+    """The metrics rows of the epochs before the checkpoint, from the run it belongs to."""
+    if previous is None:
+        return []
+    try:
+        rows = read_metrics(previous / METRICS)
+    except ValueError as e:
+        raise CheckpointError(f"trainer.resume={previous}: {e}; cannot continue its history") from None
+    return [r for r in rows if isinstance(r.get("epoch"), int) and 0 < r["epoch"] <= ckpt["state"]["epoch"]]
 
 
 @contextlib.contextmanager
@@ -142,7 +164,7 @@ def long_lived_objects_frozen() -> Iterator[None]:
 
 
 def _refuse_existing_run(out_dir: Path) -> None:
-    for name in ("metrics.csv", f"checkpoints/{checkpoint.LAST}"):
+    for name in (METRICS, f"checkpoints/{LAST}"):
         if (out_dir / name).exists():
             raise ConfigError(f"hydra.run.dir={out_dir} already holds a run ({name}); continue it with "
                               f"trainer.resume={out_dir} or choose another hydra.run.dir")

@@ -1,17 +1,17 @@
-"""The `aetrain` command: Hydra composes the config, this module hands it to `aetrain.train.run`.
+"""`aetrain [train]`: Hydra composes the config, this module hands it to `aetrain.commands.train.run`.
 
-This is the only module that imports Hydra. It:
-- registers the typed schema (`aetrain.config.Config`) that every YAML preset merges into;
+It:
 - turns every user error (unknown group choice or key, wrong type, bad value, missing data,
   unusable checkpoint) into one line on stderr and exit code 2, with no traceback;
 - writes Hydra's `.hydra/` files itself, once the run is known to be valid, so a bad command
-  never overwrites the files of an existing run (hence `hydra.output_subdir: null`).
+  never overwrites the files of an existing run (hence `hydra.output_subdir: null`);
+- records a failed sweep job instead of letting it sink the sweep (`aetrain.cli.sweep`);
+- turns `trainer.resume=RUN` into a continuation of RUN: in its dir, with its overrides.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import os
@@ -22,50 +22,27 @@ from typing import Any
 
 import hydra
 import hydra._internal.utils as hydra_utils  # Hydra is pinned >=1.3,<1.4: its reporter and parser are patched below
-from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from aetrain import sweep
-from aetrain.config import Config
+from aetrain.config import CHOICES
 from aetrain.errors import AetrainError, Interrupted
+from aetrain.rundir import HYDRA, run_dir_of
+
+from aetrain.cli import sweep
+from aetrain.cli.report import EXIT_JOB_FAILED, describe, exit_with, usage_error
+from aetrain.cli.schema import register_configs, to_config
 
 log = logging.getLogger("aetrain")
 
-EXIT_USER_ERROR = 2
-EXIT_JOB_FAILED = 1  # a sweep ran, and at least one of its jobs failed
-
-
-def register_configs() -> None:
-    ConfigStore.instance().store(name="config_schema", node=Config)
-
-
-def unknown_key_message(key: str, schema: type) -> str:
-    parent = key.rpartition(".")[0]
-    allowed = ", ".join(f.name for f in dataclasses.fields(schema))
-    return f"{key}: unknown key; {parent or 'the config'} has: {allowed}"
-
-
-def check_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
-    """Refuse keys `schema` does not declare: `+group.key=...` slips past Hydra's own checks."""
-    hints = typing.get_type_hints(schema)
-    for key in node:
-        if key not in hints:
-            raise AetrainError(unknown_key_message(f"{prefix}{key}", schema))
-        if dataclasses.is_dataclass(hints[key]) and isinstance(node[key], DictConfig):
-            check_keys(node[key], hints[key], f"{prefix}{key}.")
-
-
-def to_config(cfg: DictConfig) -> Config:
-    check_keys(cfg, Config)
-    return OmegaConf.to_object(cfg)
+SUMMARY = "train a model into a new run dir (the default command)"
 
 
 def _task(cfg: DictConfig) -> float | None:
-    from aetrain.train import run
+    from aetrain.commands.train import run
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
@@ -77,7 +54,7 @@ def _task(cfg: DictConfig) -> float | None:
         if not isinstance(ex, AetrainError):
             raise  # a bug: keep its traceback
         _remove_if_empty(out_dir)
-        _exit_with(ex)  # here rather than raising: Hydra would add its own lines around it
+        exit_with(ex)  # here rather than raising: Hydra would add its own lines around it
     return result["best_val_loss"]
 
 
@@ -103,7 +80,7 @@ def _hydra_files_callback(cfg: DictConfig, hc: Any) -> Any:
 
     class HydraFiles(Callback):
         def on_fit_start(self, engine: Any) -> None:
-            out = Path(hc.runtime.output_dir) / ".hydra"
+            out = Path(hc.runtime.output_dir) / HYDRA
             if (out / "config.yaml").exists():  # a resumed run: keep the original, add this invocation's
                 out = out / f"resume-{len(list(out.glob('resume-*'))) + 1}"
             out.mkdir(parents=True, exist_ok=True)
@@ -119,29 +96,6 @@ def _remove_if_empty(path: Path) -> None:
         path.rmdir()  # Hydra made it before the run was checked; only an empty dir goes
     except OSError:
         pass
-
-
-def describe(ex: BaseException) -> str:
-    """One line for a user error raised by Hydra, OmegaConf or aetrain."""
-    if isinstance(ex, MissingConfigException) and ex.missing_cfg_file and ex.options:
-        group, _, choice = ex.missing_cfg_file.rpartition("/")
-        return f"{group}={choice} is not one of: {', '.join(sorted(ex.options))}"
-    cause = ex.__cause__ if isinstance(ex.__cause__, OmegaConfBaseException) else ex
-    schema = getattr(cause, "object_type", None)
-    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and dataclasses.is_dataclass(schema):
-        return unknown_key_message(cause.full_key, schema)
-    if isinstance(cause, OmegaConfBaseException):
-        key = getattr(cause, "full_key", None)
-        msg = str(cause).strip().splitlines()[0]
-        return f"{key}: {msg}" if key and key not in msg else msg
-    lines = [line.strip() for line in str(ex).strip().splitlines() if line.strip()]
-    return " ".join(lines) if lines else type(ex).__name__
-
-
-def _exit_with(ex: BaseException) -> typing.NoReturn:
-    kind = "" if isinstance(ex, Interrupted) else "error: "
-    sys.stderr.write(f"aetrain: {kind}{describe(ex)}\n")
-    sys.exit(getattr(ex, "exit_code", EXIT_USER_ERROR))
 
 
 def _install_one_line_errors() -> None:
@@ -160,7 +114,7 @@ def _install_one_line_errors() -> None:
         except (AetrainError, HydraException, OmegaConfBaseException) as ex:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            _exit_with(ex)
+            exit_with(ex)
         except Exception as ex:
             results = sweep.finish()  # the jobs a sweeper ran keep their summary, whatever stopped it
             if results and not any(r.ok for r in results) and os.environ.get("HYDRA_FULL_ERROR") != "1":
@@ -189,8 +143,7 @@ def _args_parser() -> argparse.ArgumentParser:
     parser = hydra_utils.get_args_parser()
 
     def error(message: str) -> typing.NoReturn:
-        sys.stderr.write(f"aetrain: error: {message} (see aetrain --help)\n")
-        sys.exit(EXIT_USER_ERROR)
+        usage_error(message)
 
     def parse(args: list[str] | None = None, namespace: argparse.Namespace | None = None) -> argparse.Namespace:
         parsed = parser.parse_intermixed_args(args, namespace)
@@ -209,23 +162,26 @@ def _app(cfg: DictConfig) -> float | None:
     return _task(cfg)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: `aetrain [overrides...]`, `aetrain -m ...`, `aetrain --help`.
-
-    `argv` (without the program name) replaces sys.argv[1:], for calling the CLI in-process.
-    """
+def main(args: list[str]) -> None:
+    """`aetrain [train] [overrides...]`, `aetrain -m ...`, `aetrain --help`."""
     register_configs()
     _install_one_line_errors()
-    args = sys.argv[1:] if argv is None else list(argv)
     if {"--help", "-h"} & set(args):
-        print_help([a for a in args if not a.startswith("-")])
+        from aetrain.cli.help import print_train_help
+
+        print_train_help([a for a in args if not a.startswith("-")])
         return
-    sys.argv = [sys.argv[0], *resume_arguments(args)]
+    try:
+        check_overrides(args)
+        args = resume_arguments(args)
+    except AetrainError as ex:
+        exit_with(ex)
+    sys.argv = [sys.argv[0], *args]
     try:
         _app()
     except sweep.Stopped as stop:  # a job was interrupted: the sweep ends here, with its summary
         sweep.finish()
-        _exit_with(stop.error)
+        exit_with(stop.error)
     except BaseException:
         sweep.finish()  # a sweep that ended early (Ctrl-C, a sweeper's error) still gets its summary
         raise
@@ -234,36 +190,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_JOB_FAILED)
 
 
-def print_help(overrides: list[str]) -> None:
-    """`aetrain --help [overrides]`: hydra.help's text with the groups and the composed config.
-
-    What Hydra's own --help prints, in a quarter of the time: Hydra lists config groups by
-    composing once per group, its plugins' groups included (about 1.5 s here); the app's groups
-    are simply the folders of the config package. `aetrain --hydra-help` is still Hydra's.
-    """
-    from hydra import compose, initialize_config_module
-
-    try:
-        with initialize_config_module("aetrain.configs", version_base="1.3"):
-            cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as ex:
-        _exit_with(ex)
-    template = cfg.hydra.help.template
-    with open_dict(cfg):
-        del cfg["hydra"]
-    groups = "\n".join(f"{group}: {', '.join(choices)}" for group, choices in config_groups().items())
-    sys.stdout.write(template.replace("$APP_CONFIG_GROUPS", groups + "\n").replace("$CONFIG", OmegaConf.to_yaml(cfg)))
-
-
-def config_groups() -> dict[str, list[str]]:
-    """Each config group of aetrain and its choices, from the folders of the config package."""
-    from importlib.resources import files
-
-    root = files("aetrain.configs")
-    folders = sorted((d for d in root.iterdir() if d.is_dir() and d.name not in ("hydra", "__pycache__")),
-                     key=lambda d: d.name)
-    return {d.name: sorted(f.name.removesuffix(".yaml") for f in d.iterdir() if f.name.endswith(".yaml"))
-            for d in folders}
+def check_overrides(args: list[str]) -> None:
+    """Mistakes Hydra would accept or answer with a traceback: `model=null`, `optimizer.name=sgd`."""
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if not sep:
+            continue
+        if key in CHOICES and value == "null":
+            raise AetrainError(f"{key}=null: a run needs a {key}; choose one of: {', '.join(sorted(CHOICES[key]))}")
+        group, _, leaf = key.partition(".")
+        if group in CHOICES and leaf == "name":
+            raise AetrainError(f"{key} is set by choosing the {group}: use {group}=<one of: "
+                               f"{', '.join(sorted(CHOICES[group]))}> (the keys of each choice differ)")
 
 
 def resume_arguments(args: list[str]) -> list[str]:
@@ -273,10 +212,9 @@ def resume_arguments(args: list[str]) -> list[str]:
     resume = next((a.partition("=")[2] for a in reversed(args) if a.startswith("trainer.resume=")), "")
     if resume in ("", "null") or {"-m", "--multirun"} & set(args):
         return args
-    run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
-    run_dir = run_dir.parent if run_dir.name == "checkpoints" else run_dir
-    saved_files = sorted((run_dir / ".hydra").glob("resume-*/overrides.yaml"), key=lambda p: int(p.parent.name[7:]))
-    saved_files = saved_files or [run_dir / ".hydra" / "overrides.yaml"]
+    run_dir = run_dir_of(resume)
+    saved_files = sorted((run_dir / HYDRA).glob("resume-*/overrides.yaml"), key=lambda p: int(p.parent.name[7:]))
+    saved_files = saved_files or [run_dir / HYDRA / "overrides.yaml"]
     given = {_override_key(a) for a in args}
     saved = [str(o) for o in OmegaConf.load(saved_files[-1])] if saved_files[-1].is_file() else []
     kept = [o for o in saved if _override_key(o) not in given and not _override_key(o).startswith("hydra.")
@@ -288,6 +226,3 @@ def resume_arguments(args: list[str]) -> list[str]:
 def _override_key(override: str) -> str:
     return override.partition("=")[0].lstrip("+~")
 
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """Sweeps (`aetrain -m ...`): a failed job is recorded instead of sinking the sweep, and every
 multirun ends with a summary of its jobs.
 
-This is CLI-side code (it may import Hydra). Its pieces:
+This is CLI-side code (it imports Hydra). Its pieces:
 - `SweepSummary`, the Hydra callback named in configs/train.yaml (`hydra.callbacks`): it refuses
   a sweep dir that already holds a sweep and, once the sweeper is done, summarises the sweep;
 - `summarize(sweep_dir)` reads every job dir and writes `sweep_summary.csv` (one row per job,
@@ -31,11 +31,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from aetrain.atomic import write_atomic
+from aetrain.rundir import HYDRA, METRICS, SUMMARY, read_metrics, read_summary
 
 SUMMARY_CSV = "sweep_summary.csv"
 OBJECTIVE_PNG = "sweep_objective.png"
 COLUMNS = ["job", "overrides", "status", "error", "best_val_loss", "epochs", "wall_time_s", "run_dir"]
-RUN_SUMMARY = "summary.json"  # written by each run (aetrain.train); the failure record of a job goes there too
 
 
 @dataclass
@@ -77,20 +77,20 @@ class Stopped(BaseException):
 
 def record_failure(run_dir: Path, error: str) -> None:
     """Mark the job in `run_dir` failed in its summary.json, keeping whatever the run wrote there."""
-    path = run_dir / RUN_SUMMARY
-    summary = _read_json(path)
+    path = run_dir / SUMMARY
+    summary = read_summary(run_dir)
     summary.update(status="failed", error=error)
     write_atomic(path, json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def read_job(run_dir: Path) -> JobResult:
     """What one job's run dir says about it (see the module docstring for the sources)."""
-    hydra_dir = run_dir / ".hydra"
+    hydra_dir = run_dir / HYDRA
     result = JobResult(job=_job_num(hydra_dir, run_dir), run_dir=run_dir.resolve())
     if (hydra_dir / "overrides.yaml").is_file():
         result.overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
-    summary = _read_json(run_dir / RUN_SUMMARY)
-    metrics = _read_metrics(run_dir / "metrics.csv")
+    summary = read_summary(run_dir)
+    metrics = _read_metrics(run_dir / METRICS)
     if metrics:
         losses = [v for v in (_float(r.get("val/loss")) for r in metrics) if math.isfinite(v)]
         result.best_val_loss = min(losses, default=math.nan)
@@ -125,19 +125,10 @@ def _job_num(hydra_dir: Path, run_dir: Path) -> int:
     return int(run_dir.name) if run_dir.name.isdigit() else -1
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_metrics(path: Path) -> list[dict[str, str]]:
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except OSError:
+        return read_metrics(path)
+    except (OSError, ValueError):  # not a metrics table: the job has no results to read from it
         return []
 
 

@@ -1,4 +1,4 @@
-"""What the console shows: a header, a live progress bar per epoch, and a final table of results and files.
+"""What the console shows: a header, a line per epoch, a live progress bar, and a final table of results and files.
 
 Everything but the progress bar goes through `logging`, so train.log holds what the console
 showed. The console handler itself (`console_handler`, named in
@@ -15,13 +15,11 @@ import sys
 import time
 from itertools import accumulate
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aetrain.models import count_parameters
+from aetrain.rundir import read_summary
 from aetrain.train.engine import Callback, Engine
-
-if TYPE_CHECKING:
-    from aetrain.train.outputs import RunFiles, Summary
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +47,9 @@ class Header(Callback):
     def on_fit_start(self, engine: Engine) -> None:
         p, st = engine.parts, engine.state
         cfg, spec = p.cfg, p.data.spec
+        backbone = f"{cfg.model.backbone} backbone, " if hasattr(cfg.model, "backbone") else ""
         lines = [
-            ("model", f"{cfg.model.name} ({cfg.model.backbone} backbone, latent {cfg.model.latent_dim}), "
+            ("model", f"{cfg.model.name} ({backbone}latent {cfg.model.latent_dim}), "
                       f"{count_parameters(p.model):,} parameters"),
             ("data", f"{spec.name} {'x'.join(map(str, spec.shape))}, {p.data.num_train:,} train / "
                      f"{p.data.num_val:,} val samples, batch {cfg.data.batch_size}"),
@@ -59,7 +58,8 @@ class Header(Callback):
         ]
         if st.epoch or st.step:
             lines.append(("resume", f"from epoch {st.epoch}, step {st.step}"))
-        log.info("aetrain: %s on %s for %d epochs", cfg.model.name, spec.name, cfg.trainer.max_epochs)
+        epochs = cfg.trainer.max_epochs
+        log.info("aetrain: %s on %s for %d epoch%s", cfg.model.name, spec.name, epochs, "" if epochs == 1 else "s")
         for key, text in lines:
             log.info("  %-7s %s", key, text)
 
@@ -122,51 +122,67 @@ class EpochProgress(Callback):
         atexit.unregister(self.progress.stop)
 
 
-class FinalTable(Callback):
-    """At the end: a table of the results and of where every output is, logged as plain text."""
+class EpochLog(Callback):
+    """One log line per epoch, and why the run stopped when it stopped before trainer.max_epochs."""
 
-    def __init__(self, summary: Summary, files: RunFiles) -> None:
-        self.summary, self.files = summary, files
+    def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
+        width = len(str(engine.parts.cfg.trainer.max_epochs))
+        log.info(
+            "epoch %*d/%d  train %.5f  val %.5f%s  lr %.3g  %.0f samples/s",
+            width, record["epoch"], engine.parts.cfg.trainer.max_epochs, record["train/loss"], record["val/loss"],
+            " *" if record["improved"] else "  ", record["lr"], record["samples_per_s"],
+        )
 
     def on_fit_end(self, engine: Engine) -> None:
-        from rich import box
-        from rich.console import Console
-        from rich.table import Table
+        if engine.stop_reason:
+            log.info("%s", engine.stop_reason)
 
-        s, files = self.summary.data, self.files
-        if not s:
-            return
-        ended = s.get("ended") or "ok"
-        took = f"{s['wall_time_s']:.1f} s"
-        title = f"finished in {took}" if ended == "ok" else f"stopped ({ended}) after {took}"
-        utf8 = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
-        table = Table(title=f"aetrain: {title}", box=box.ROUNDED if utf8 else box.ASCII, show_header=False,
-                      title_justify="left")
-        table.add_column(style="bold")
-        table.add_column()
-        best = f"{s['best_val_loss']:.6g} (epoch {s['best_epoch']})" if s["best_val_loss"] is not None else "-"
-        final = f"{s['final_val_loss']:.6g}" if s["final_val_loss"] is not None else "-"
-        rate = f"{s['samples_per_s']:,.0f} samples/s" if s["samples_per_s"] else "-"
-        rows = [
-            ("best val/loss", best),
-            ("final val/loss", final),
-            ("epochs, steps", f"{s['epochs']} of {s['max_epochs']}, {s['steps']:,} steps"),
-            ("throughput", f"{rate} ({s['device']}, precision {s['precision']})"),
-            ("run dir", str(files.run_dir)),
-        ]
-        if files.loss_curve is not None:
-            rows.append(("loss curve", files.relative(files.loss_curve)))
-        if files.last_grid is not None:
-            rows.append(("reconstructions", f"{files.relative(files.last_grid)} (the latest picture)"))
-        if files.tensorboard is not None:
-            rows.append(("tensorboard", f"tensorboard --logdir {files.tensorboard}"))
-        if s["best_checkpoint"]:
-            rows.append(("best checkpoint", s["best_checkpoint"]))
-        rows.append(("also", "summary.json, metrics.csv, train.log, .hydra/config.yaml"))
-        for key, value in rows:
-            table.add_row(key, value)
-        text = io.StringIO()
-        Console(file=text, width=400, color_system=None, force_terminal=False, legacy_windows=False,
-                emoji=False, highlight=False).print(table)
-        for line in text.getvalue().rstrip().splitlines():
-            log.info("%s", line.rstrip())
+
+def final_table(run_dir: Path) -> list[str]:
+    """The lines of the table printed when a run ends: its summary.json's results and where each output is."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    s = read_summary(run_dir)
+    if not s:
+        return []
+    ended = s.get("ended") or "ok"
+    took = f"{s['wall_time_s']:.1f} s"
+    title = {"ok": f"finished in {took}", "stopped_early": f"stopped early after {took}"}.get(
+        ended, f"stopped ({ended}) after {took}")
+    utf8 = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
+    table = Table(title=f"aetrain: {title}", box=box.ROUNDED if utf8 else box.ASCII, show_header=False,
+                  title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    best = f"{s['best_val_loss']:.6g} (epoch {s['best_epoch']})" if s["best_val_loss"] is not None else "-"
+    final = f"{s['final_val_loss']:.6g}" if s["final_val_loss"] is not None else "-"
+    rate = f"{s['samples_per_s']:,.0f} samples/s" if s["samples_per_s"] else "-"
+    rows = [
+        ("best val/loss", best),
+        ("final val/loss", final),
+        ("epochs, steps", f"{s['epochs']} of {s['max_epochs']}, {s['steps']:,} steps"),
+        ("throughput", f"{rate} ({s['device']}, precision {s['precision']})"),
+        ("run dir", str(run_dir)),
+    ]
+    if s.get("stop_reason"):
+        rows.insert(3, ("stopped", s["stop_reason"]))
+    if s.get("loss_curve"):
+        rows.append(("loss curve", s["loss_curve"]))
+    if s.get("last_grid"):
+        rows.append(("reconstructions", f"{s['last_grid']} (the latest picture)"))
+    for folder, path in (s.get("galleries") or {}).items():
+        if path:
+            rows.append((folder, f"{path} (the latest picture)"))
+    if s.get("tensorboard"):
+        rows.append(("tensorboard", f"tensorboard --logdir {run_dir / s['tensorboard']}"))
+    if s.get("best_checkpoint"):
+        rows.append(("best checkpoint", s["best_checkpoint"]))
+    rows.append(("also", "summary.json, metrics.csv, train.log, .hydra/config.yaml"))
+    for key, value in rows:
+        table.add_row(key, value)
+    text = io.StringIO()
+    Console(file=text, width=400, color_system=None, force_terminal=False, legacy_windows=False,
+            emoji=False, highlight=False).print(table)
+    return [line.rstrip() for line in text.getvalue().rstrip().splitlines()]

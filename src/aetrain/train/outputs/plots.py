@@ -82,30 +82,31 @@ def _spans_decades(values: np.ndarray, factor: float = 10.0) -> bool:
 
 
 class LossCurve:
-    """loss_curve.png: train and validation loss per epoch above, the learning rate below.
+    """loss_curve.png: every loss term per epoch above (train and validation), the learning rate below.
 
-    Regulariser terms (train reconstruction and the latent penalty) are drawn only when a penalty
-    is present, since the loss then has two parts worth telling apart. Loss and learning-rate axes
-    switch to log scale when their values span a decade or more.
+    `train/loss` and `val/loss` are solid lines; each other term the objectives name (a
+    reconstruction, a penalty, a KL term) is drawn dashed or dotted in its split's colour, only when
+    it is not zero and not the same as its split's loss (a plain autoencoder's reconstruction is its
+    loss). Loss and learning-rate axes switch to log scale when their values span a decade or more.
     """
 
-    SERIES = [  # (record key, label, colour, line style); penalty lines are shown only when non-zero
-        ("train/loss", "train loss", TRAIN, "-"),
-        ("val/loss", "validation loss", VAL, "-"),
-        ("train/reconstruction", "train reconstruction", TRAIN, "--"),
-        ("train/penalty", "train latent penalty", TRAIN, ":"),
-        ("val/penalty", "validation latent penalty", VAL, ":"),
-    ]
+    STYLES = ["--", ":", "-."]
 
-    def __init__(self, title: str) -> None:
+    def __init__(self, title: str, columns: Sequence[str]) -> None:
         from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+        terms = [c for c in columns if c.startswith(("train/", "val/")) and c != "train/grad_norm"]
+        extra = sorted({c.split("/", 1)[1] for c in terms} - {"loss"})
+        style = {name: self.STYLES[i % len(self.STYLES)] for i, name in enumerate(extra)}
+        # (record key, label, colour, line style)
+        self.series = [(c, ("train " if c.startswith("train/") else "validation ") + c.split("/", 1)[1],
+                        TRAIN if c.startswith("train/") else VAL, style.get(c.split("/", 1)[1], "-")) for c in terms]
         self.fig = _figure(7.0, 5.0)
         self.fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.1, hspace=0.08)
         self.loss_ax, self.lr_ax = self.fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
         self.fig.suptitle(title, fontsize=11)
         self.lines = {key: self.loss_ax.plot([], [], color=c, linestyle=ls, linewidth=1.6, label=label)[0]
-                      for key, label, c, ls in self.SERIES}
+                      for key, label, c, ls in self.series}
         (self.best,) = self.loss_ax.plot([], [], linestyle="none", marker="*", markersize=11, color=VAL,
                                          markeredgecolor="black", markeredgewidth=0.6, zorder=5)
         (self.lr_line,) = self.lr_ax.plot([], [], color="#2ca02c", linewidth=1.6)
@@ -123,12 +124,14 @@ class LossCurve:
     def draw(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
         epochs = np.array([r["epoch"] for r in records], dtype=float)
         column = lambda key: np.array([r.get(key, math.nan) for r in records], dtype=float)  # noqa: E731
-        has_penalty = np.nan_to_num(np.abs(column("train/penalty"))).max(initial=0.0) > 0
         marker = "o" if len(records) <= 30 else ""  # a few epochs: show each point
         shown = []
-        for key, *_ in self.SERIES:
-            line, visible = self.lines[key], has_penalty or key in ("train/loss", "val/loss")
-            line.set_data(epochs, column(key))
+        for key, *_ in self.series:
+            values, split_loss = column(key), column(key.split("/", 1)[0] + "/loss")
+            nonzero = np.nan_to_num(np.abs(values)).max(initial=0.0) > 0
+            visible = key.endswith("/loss") or (nonzero and not np.allclose(values, split_loss, equal_nan=True))
+            line = self.lines[key]
+            line.set_data(epochs, values)
             line.set_visible(visible)
             line.set_marker(marker)
             line.set_markersize(3)
@@ -139,7 +142,7 @@ class LossCurve:
             self.best.set_data([epochs[i]], [val[i]])
             self.best.set_label(f"best validation {val[i]:.4g} (epoch {int(epochs[i])})")
             shown.append(self.best)
-        losses = np.concatenate([column(k) for k, *_ in self.SERIES])
+        losses = np.concatenate([column(k) for k, *_ in self.series if self.lines[k].get_visible()])
         self.loss_ax.set_yscale("log" if _spans_decades(losses) else "linear")  # resets the axis' formatters
         if _spans_decades(losses):
             self.loss_ax.yaxis.set_major_formatter(self.plain)
@@ -205,3 +208,26 @@ class RowHeatmaps:
         image = _canvas(self.fig)
         self.fig.set_layout_engine("none")  # keeps the positions just computed
         return image
+
+
+class RowMap:
+    """Generated tabular rows (a family's gallery) as one heatmap (sample x feature), colour limits fixed."""
+
+    def __init__(self, title: str, unit: str, low: float, high: float) -> None:
+        from matplotlib.colors import Normalize
+
+        self.fig = _figure(6.0, 3.0, layout="constrained")
+        self.ax = self.fig.subplots()
+        self.image = None
+        self.norm = Normalize(low, high if high > low else low + 1.0)
+        self.title, self.unit = title, unit
+
+    def draw(self, rows: np.ndarray, epoch: int) -> np.ndarray:
+        if self.image is None:
+            self.image = self.ax.imshow(rows, aspect="auto", interpolation="nearest", cmap="viridis", norm=self.norm)
+            self.fig.colorbar(self.image, ax=self.ax, fraction=0.05, pad=0.02)
+            self.ax.set_xlabel("feature")
+            self.ax.set_ylabel("sample")
+        self.image.set_data(rows)
+        self.ax.set_title(f"epoch {epoch}: {self.title} ({self.unit})", fontsize=10)
+        return _canvas(self.fig)

@@ -1,0 +1,118 @@
+"""Checkpoints as data: the format, safe reading, and the model a checkpoint holds.
+
+A checkpoint is a dict of tensors and plain Python types read with
+`torch.load(weights_only=True)`, so loading never runs code from the file. What training writes
+into it (and how a run continues from one) is `aetrain.train.checkpoint`; this module is what
+`aetrain.load_model` and the commands that use a trained model need, without the trainer.
+
+Format versions: 2 (this one) stores each config group in the shape of its choice; 1 (aetrain
+0.1's first releases) had one flat shape per group. Both load as models; only 2 can be resumed.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from aetrain.config import Config, from_json
+from aetrain.data.spec import DataSpec
+from aetrain.errors import CheckpointError, ConfigError
+from aetrain.rundir import BEST, LAST, checkpoint_dir
+
+if TYPE_CHECKING:
+    from aetrain.models import Autoencoder
+
+FORMAT = "aetrain.checkpoint"
+FORMAT_VERSION = 2
+
+
+def resolve(path: str | Path, prefer: tuple[str, ...]) -> Path:
+    """A checkpoint file, or the first of `prefer` that exists in a run dir's checkpoints/."""
+    p = Path(path)
+    if p.is_dir():
+        for name in prefer:
+            if (checkpoint_dir(p) / name).is_file():
+                return checkpoint_dir(p) / name
+        raise CheckpointError(f"{path}: no checkpoint in {checkpoint_dir(p)} (looked for {', '.join(prefer)})")
+    if not p.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file or run directory")
+    return p
+
+
+def load(path: str | Path, *, prefer: tuple[str, ...] = (LAST,)) -> dict[str, Any]:
+    """Read a checkpoint file (or a run dir's) safely; every failure is a one-line CheckpointError."""
+    p = resolve(path, prefer)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the global it refused
+        if found:  # the file asks to import and call something: that is how pickles run code
+            raise CheckpointError(
+                f"{p}: refused to load: it references the Python object {found.group(1)}, and loading it would "
+                "need arbitrary unpickling, which can run code; aetrain checkpoints hold only tensors and plain data"
+            ) from None
+        raise CheckpointError(f"{p}: not a readable checkpoint (not a torch file, or damaged)") from None
+    except Exception as e:  # empty, truncated, or not a torch file at all
+        raise CheckpointError(f"{p}: not a readable checkpoint (empty, truncated or another format): "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: not an aetrain checkpoint (a torch file without the '{FORMAT}' marker)")
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{p}: damaged aetrain checkpoint: format_version {version!r} is not a version number")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{p}: written by a newer aetrain ({ckpt.get('aetrain_version')}, checkpoint format "
+                              f"{version}); upgrade aetrain to read it")
+    ckpt["path"] = str(p)
+    return ckpt
+
+
+def config_of(ckpt: dict[str, Any]) -> Config:
+    """The config a checkpoint was trained with; CheckpointError when it is missing or damaged."""
+    text = ckpt.get("config")
+    if not isinstance(text, str):
+        raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: it holds no config")
+    try:
+        return from_json(text)
+    except (ValueError, TypeError, AttributeError, ConfigError) as e:
+        raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: its config cannot be read "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def spec_from_checkpoint(ckpt: dict[str, Any]) -> DataSpec:
+    try:
+        s = ckpt["data_spec"]
+        return DataSpec(s["name"], tuple(s["shape"]), s["unit_interval"], s["shift"], s["scale"], s["low"], s["high"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: its data description is incomplete "
+                              f"({type(e).__name__}: {e})") from None
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> Autoencoder:
+    """Rebuild the model a checkpoint was trained with and load its weights; eval mode, CPU."""
+    from aetrain.models import build_model
+
+    cfg = config_of(ckpt)
+    try:
+        model = build_model(cfg.model, spec_from_checkpoint(ckpt))
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt['path']}: its config does not build a model: {e}") from None
+    load_weights(model, ckpt)
+    return model.eval()
+
+
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
+    """Put the checkpoint's weights into `model`; a mismatch is a CheckpointError naming the first difference."""
+    weights = ckpt.get("model")
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: it holds no model weights")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).splitlines()[0])
+        raise CheckpointError(f"{ckpt['path']}: its weights do not fit the architecture its config describes "
+                              f"({first})") from None

@@ -1,0 +1,49 @@
+"""The typed schema Hydra composes into: `aetrain.config` registered with Hydra's ConfigStore.
+
+Each choice of a group is stored as `schema/<group>/<name>`; its preset configs/<group>/<name>.yaml
+starts with `defaults: [/schema/<group>/<name>@_here_, _self_]`, so the dataclass holds the
+defaults and the keys of that choice. The primary schema leaves the groups empty (`???`): the
+defaults list of configs/train.yaml fills each with its choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from aetrain.config import CHOICES, Config
+from aetrain.errors import AetrainError
+
+from aetrain.cli.report import unknown_key_message
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    schema = OmegaConf.structured(Config)
+    for group in CHOICES:
+        schema[group] = MISSING
+    store.store(name="config_schema", node=schema)
+    for group, choices in CHOICES.items():
+        for name, make in choices.items():
+            store.store(group=f"schema/{group}", name=name, node=make())
+
+
+def check_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
+    """Refuse keys `schema` does not declare: `+group.key=...` slips past Hydra's own checks."""
+    hints = typing.get_type_hints(schema)
+    for key in node:
+        if key not in hints:
+            choice = node.get("name") if "name" in hints else None
+            raise AetrainError(unknown_key_message(f"{prefix}{key}", schema, choice))
+        child = node[key]
+        if isinstance(child, DictConfig) and dataclasses.is_dataclass(hints[key]):
+            check_keys(child, OmegaConf.get_type(child) or hints[key], f"{prefix}{key}.")
+
+
+def to_config(cfg: DictConfig) -> Config:
+    check_keys(cfg, Config)
+    return OmegaConf.to_object(cfg)

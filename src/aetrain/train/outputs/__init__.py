@@ -1,0 +1,39 @@
+"""What a run writes for people to look at, as callbacks built once by `build_outputs`.
+
+- metrics.csv (`metrics`), one row per epoch;
+- loss_curve.png, reconstructions/, a family's galleries (`pictures`);
+- tensorboard/ (`tensorboard`);
+- summary.json (`summary`);
+- the console: header, epoch lines, a progress bar on a terminal (`console`), and the final
+  table that the train command prints from summary.json.
+
+Each callback takes what it needs from the engine (its parts, state and `history`) or its
+constructor; none reads another's attributes, so their order in the list does not matter.
+Resume: the history comes from the earlier metrics.csv (the train command puts it in
+engine.history), TensorBoard purges events past the resumed step, pictures keep their epoch
+numbers, and summary.json adds the earlier sessions' wall time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aetrain.config import OutputsConfig
+from aetrain.rundir import METRICS, TENSORBOARD
+from aetrain.train.engine import Callback
+from aetrain.train.outputs.console import EpochLog, EpochProgress, Header, is_terminal
+from aetrain.train.outputs.metrics import MetricsCSV
+from aetrain.train.outputs.pictures import Pictures
+from aetrain.train.outputs.summary import Summary
+from aetrain.train.outputs.tensorboard import ImageSink, TensorBoard
+
+__all__ = ["build_outputs"]
+
+
+def build_outputs(cfg: OutputsConfig, run_dir: Path) -> list[Callback]:
+    """Every output callback `cfg` asks for; one that is off is simply not in the list."""
+    tensorboard = [TensorBoard(run_dir / TENSORBOARD)] if cfg.tensorboard else []
+    pictures = [Pictures(cfg, run_dir, tensorboard[0] if tensorboard else ImageSink())] if cfg.plot_every else []
+    progress = [EpochProgress()] if cfg.progress and is_terminal() else []
+    return [MetricsCSV(run_dir / METRICS), Header(run_dir), EpochLog(), *tensorboard, *pictures, Summary(run_dir),
+            *progress]

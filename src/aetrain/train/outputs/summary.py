@@ -1,0 +1,118 @@
+"""summary.json: the run's status and numbers and where its files are, rewritten atomically at fit
+start, every epoch's end ("running") and the fit's end.
+
+Everything comes from the engine (state, history, parts) and from what is on disk (best.pt, the
+loss curve, the newest picture), never from another callback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from aetrain.atomic import write_atomic
+from aetrain.models import count_parameters
+from aetrain.rundir import BEST, LOSS_CURVE, RECONSTRUCTIONS, SUMMARY, TENSORBOARD, checkpoint_dir, latest_picture, read_summary
+from aetrain.train.engine import Callback, Engine
+
+ENDED_OK = ("ok", "stopped_early")  # how a run may end and still be a result
+
+
+class Summary(Callback):
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir / SUMMARY
+
+    def on_fit_start(self, engine: Engine) -> None:
+        self.start = time.perf_counter()
+        self.earlier_s = self._earlier_wall_time(engine)
+        self.num_parameters = count_parameters(engine.parts.model)
+        self.write(engine, "running")
+
+    def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
+        self.write(engine, "running")
+
+    def on_fit_end(self, engine: Engine) -> None:
+        ended = engine.status  # ok | stopped_early | interrupted | diverged | failed
+        self.write(engine, "ok" if ended in ENDED_OK else "failed", ended=ended,
+                   error=None if ended in ENDED_OK else _error_in_flight(ended))
+
+    def write(self, engine: Engine, status: str, *, ended: str | None = None, error: str | None = None) -> None:
+        p, st, records = engine.parts, engine.state, engine.history
+        best = checkpoint_dir(self.run_dir) / BEST
+        rates = [r["samples_per_s"] for r in records if _positive(r.get("samples_per_s"))]
+        train_s = sum(p.data.num_train / r for r in rates)  # training-step time behind those epochs
+        data = {
+            "status": status,
+            "error": error,
+            "best_val_loss": _finite(st.best_val_loss),
+            "final_val_loss": _finite(records[-1]["val/loss"]) if records else None,
+            "best_epoch": st.best_epoch or None,
+            "epochs": st.epoch,
+            "steps": st.step,
+            "wall_time_s": round(self.earlier_s + time.perf_counter() - self.start, 3),
+            "samples_per_s": round(p.data.num_train * len(rates) / train_s, 1) if train_s else None,
+            "num_parameters": self.num_parameters,
+            "device": str(p.data.device),
+            "precision": p.cfg.trainer.precision,
+            "model": p.cfg.model.name,
+            "data": p.cfg.data.name,
+            "best_checkpoint": self._relative(best if best.exists() else None),
+            "last_grid": self._relative(latest_picture(self.run_dir / RECONSTRUCTIONS, up_to=st.epoch)),
+            # beyond the agreed schema
+            "ended": ended,  # ok | stopped_early | interrupted | diverged | failed; null while running
+            "stop_reason": engine.stop_reason,  # why a run that ended ok stopped before max_epochs
+            "max_epochs": p.cfg.trainer.max_epochs,
+            "num_train": p.data.num_train,
+            "num_val": p.data.num_val,
+            "final": {k: _finite(v) for k, v in records[-1].items() if "/" in k} if records else {},
+            "galleries": {g.folder: self._relative(latest_picture(self.run_dir / g.folder, up_to=st.epoch))
+                          for g in p.galleries},
+            "loss_curve": self._relative(self.run_dir / LOSS_CURVE if (self.run_dir / LOSS_CURVE).exists() else None),
+            "tensorboard": self._relative(self.run_dir / TENSORBOARD if (self.run_dir / TENSORBOARD).exists() else None),
+            "run_dir": str(self.run_dir.resolve()),
+            "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        # a sweep's table or a watching script never sees half a file
+        write_atomic(self.path, json.dumps(data, indent=2) + "\n")
+
+    def _relative(self, path: Path | None) -> str | None:
+        return None if path is None else path.relative_to(self.run_dir).as_posix()
+
+    def _earlier_wall_time(self, engine: Engine) -> float:
+        """Seconds the run trained before this session: its last summary.json, else the epochs' times."""
+        if engine.state.epoch == 0:
+            return 0.0
+        earlier = read_summary(self.run_dir).get("wall_time_s")
+        if isinstance(earlier, (int, float)) and math.isfinite(earlier):
+            return float(earlier)
+        return sum(r["epoch_time_s"] for r in engine.history if _positive(r.get("epoch_time_s")))
+
+
+def _error_in_flight(ended: str) -> str | None:
+    """What stopped the run, as the sweep's summary writes it: `Type: first line of the message`.
+
+    on_fit_end runs in the engine's `finally`, while the exception that ended the run is still
+    propagating, so it is what `sys.exc_info()` holds there.
+    """
+    error = sys.exc_info()[1]
+    if error is None:
+        return f"the run ended: {ended}"
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no inf or NaN: a number that is not finite (no epoch yet, a diverged run) is null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value

@@ -1,0 +1,89 @@
+"""One optimizer step, built once: the seam where a step is made.
+
+`TrainStep` owns everything between a batch and updated weights: the forward pass and the
+objective's named terms (under autocast), the scaled backward pass, and, once a window of
+micro-batches has been accumulated, unscaling, measuring (and clipping) the gradient norm, the
+optimizer step and zeroing the gradients. The engine only calls
+
+    terms = step.forward_backward(x, weight)   # per micro-batch
+    grad_norm = step.update()                  # per optimizer step
+
+so a captured CUDA-graph step, DDP's `no_sync` or per-layer statistics change this object, never
+the loop. A `GradientProbe` sees the unscaled gradients before clipping and the weights right
+after the update, before the gradients are zeroed; the default probe does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from aetrain.models import Objective, Terms
+from aetrain.registry import Registry
+from aetrain.train.precision import Clip, Precision
+
+
+class GradientProbe:
+    """Watches the gradients and updates of a step. This one does nothing (diagnostics off)."""
+
+    def before_update(self, step: TrainStep) -> None:
+        """The gradients are complete and unscaled (true units), not yet clipped or applied."""
+
+    def after_update(self, step: TrainStep) -> None:
+        """The optimizer has stepped; the gradients are still there (zeroed right after)."""
+
+
+def admit_always(grad_norm: torch.Tensor) -> bool:
+    return True
+
+
+def admit_if_finite(grad_norm: torch.Tensor) -> bool:
+    return bool(torch.isfinite(grad_norm))  # a host sync: the price of trainer.on_nonfinite=skip
+
+
+# trainer.on_nonfinite -> which updates are applied. fp16's GradScaler already skips steps with
+# inf/NaN gradients on its own; `skip` extends that to every precision.
+ADMIT: Registry[Callable[[torch.Tensor], bool]] = Registry("trainer.on_nonfinite")
+ADMIT.add("stop", admit_always)  # a non-finite step is applied, and the run stops at the next read
+ADMIT.add("skip", admit_if_finite)
+
+
+class TrainStep:
+    def __init__(self, net: torch.nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
+                 precision: Precision, clip: Clip, params: list[torch.Tensor], *,
+                 admit: Callable[[torch.Tensor], bool] = admit_always, probe: GradientProbe | None = None) -> None:
+        self.net = net  # the model as the loop calls it (torch.compile'd with trainer.compile)
+        self.objective = objective
+        self.optimizer = optimizer
+        self.precision = precision
+        self.clip = clip
+        self.params = params  # the trainable parameters, in a fixed order
+        self.admit = admit
+        self.probe = probe or GradientProbe()
+
+    def begin(self, epochs: float) -> None:
+        """Before an optimizer step's micro-batches: the progress in epochs once it is done."""
+        self.objective.set_progress(epochs)
+
+    def forward_backward(self, x: torch.Tensor, weight: float) -> Terms:
+        """Forward and backward of one micro-batch; `weight` is its share of the step's samples."""
+        with self.precision.autocast:
+            terms = self.objective(self.net, x)
+        # gradients add up over the window; weighting each micro-batch by its share of the samples
+        # makes the update equal that of one batch holding them all
+        self.precision.scaler.scale(terms["loss"] * weight).backward()
+        return terms
+
+    def update(self) -> torch.Tensor:
+        """Unscale, measure and clip, step (skipped by the scaler on inf/NaN), zero; returns the grad norm."""
+        scaler = self.precision.scaler
+        scaler.unscale_(self.optimizer)  # clipping thresholds are in true gradient units
+        self.probe.before_update(self)
+        grad_norm = self.clip(self.params)
+        if self.admit(grad_norm):
+            scaler.step(self.optimizer)
+        scaler.update()
+        self.probe.after_update(self)
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
