@@ -1,4 +1,10 @@
-"""Shared fixtures: run the real `aetrain` CLI, in-process (fast) or as a subprocess (end to end)."""
+"""Shared fixtures and helpers: run the real `aetrain` CLI (in-process or as a subprocess), build
+configs for the engine, and compare runs.
+
+Tiers: `python -m pytest -q` runs everything (what CI runs); `python -m pytest -q -m "not slow"`
+is the fast tier for development (under two minutes on two cores). Tests that train long, start
+many processes or wait on real signals are marked `slow`.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,17 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
-# Tiny, fast runs: a couple of epochs on the embedded digits.
-FAST = ["trainer.max_epochs=2", "data.batch_size=128"]
+from aetrain.config import Config, DataConfig, OutputsConfig, TrainerConfig
+
+# Tiny, fast runs: a couple of epochs on the embedded digits; every test that means the CPU says so
+# (trainer.device=auto is CUDA on a GPU machine).
+FAST = ["trainer.max_epochs=2", "data.batch_size=128", "trainer.device=cpu"]
+TIMING = {"epoch_time_s", "samples_per_s", "memory_mb"}  # measurements, not results
 
 
 @dataclass
@@ -28,8 +40,29 @@ class Result:
         return self.out + self.err
 
     def metrics(self) -> list[dict[str, str]]:
-        with open(self.run_dir / "metrics.csv") as f:
-            return list(csv.DictReader(f))
+        return metrics_rows(self.run_dir)
+
+
+def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def without_timing(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def last_weights(run_dir: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / name, weights_only=True)["model"]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bit-identical final weights and identical metrics rows (timings aside)."""
+    wa, wb = last_weights(a), last_weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+    assert without_timing(metrics_rows(a)) == without_timing(metrics_rows(b))
 
 
 def call_main(args: list[str]) -> int:
@@ -57,22 +90,52 @@ def call_main(args: list[str]) -> int:
 
 @pytest.fixture
 def cli(tmp_path: Path, capfd: pytest.CaptureFixture[str]):
-    """Call `aetrain.cli.main` in this process with `hydra.run.dir` under tmp_path."""
+    """Call `aetrain.cli.main` in this process with `hydra.run.dir` under tmp_path (for `aetrain train`).
 
-    def run(*args: str, run_dir: Path | None = None) -> Result:
-        run_dir = run_dir or tmp_path / "run"
-        capfd.readouterr()
-        code = call_main([f"hydra.run.dir={run_dir}", *args])
-        out, err = capfd.readouterr()
-        return Result(code, out, err, run_dir)
+    `cli(*args)` trains; `cli.command("eval", *args)` runs another command as typed."""
 
-    return run
+    class Cli:
+        def __call__(self, *args: str, run_dir: Path | None = None) -> Result:
+            run_dir = run_dir or tmp_path / "run"
+            return self.command(f"hydra.run.dir={run_dir}", *args, run_dir=run_dir)
+
+        def command(self, *args: str, run_dir: Path | None = None) -> Result:
+            capfd.readouterr()
+            code = call_main(list(args))
+            out, err = capfd.readouterr()
+            return Result(code, out, err, run_dir or tmp_path / "run")
+
+    return Cli()
 
 
 def run_subprocess(*args: str, cwd: Path, run_dir: Path | None = None, env: dict[str, str] | None = None,
-                   timeout: float = 300) -> Result:
-    """`python -m aetrain ...` in a fresh process, the way a user runs it."""
+                   timeout: float = 300, command: tuple[str, ...] = ()) -> Result:
+    """`python -m aetrain [command] ...` in a fresh process, the way a user runs it."""
     run_dir = run_dir or cwd / "run"
-    proc = subprocess.run([sys.executable, "-m", "aetrain", f"hydra.run.dir={run_dir}", *args], cwd=cwd,
+    where = [] if command else [f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run([sys.executable, "-m", "aetrain", *command, *where, *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     return Result(proc.returncode, proc.stdout, proc.stderr, run_dir)
+
+
+def digits_config(**sections: Any) -> Config:
+    """A short CPU run on the digits (2 epochs, batch 128, no pictures or TensorBoard), with `sections` replaced."""
+    cfg = Config(data=DataConfig(batch_size=128), trainer=TrainerConfig(max_epochs=2, device="cpu"),
+                 outputs=OutputsConfig(plot_every=0, tensorboard=False))
+    for name, value in sections.items():
+        setattr(cfg, name, value)
+    cfg.trainer.device = "cpu"
+    return cfg
+
+
+def choose(group: str, name: str, **keys: Any) -> Any:
+    """The config of `group=name` (its defaults, as the preset gives them) with `keys` set; a key that
+    choice does not have is an error, as on the command line."""
+    from aetrain.config import default_choice
+
+    section = default_choice(group, name)
+    for key, value in keys.items():
+        if not hasattr(section, key):
+            raise AttributeError(f"{group}={name} has no key {key}")
+        setattr(section, key, value)
+    return section

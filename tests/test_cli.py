@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, run_subprocess
+from conftest import FAST, TIMING, run_subprocess
 
-TIMING = {"epoch_time_s", "samples_per_s", "memory_mb"}  # measurements, not results
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -19,6 +18,7 @@ def snapshot(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_run_from_any_directory_writes_checkpoints_metrics_config_and_log(tmp_path: Path) -> None:
     result = run_subprocess("trainer.max_epochs=3", cwd=tmp_path)
     assert result.returncode == 0, result.err
@@ -65,11 +65,18 @@ def test_gradient_norm_is_logged_with_and_without_clipping(cli, tmp_path: Path) 
 def test_help_lists_every_group_and_its_choices(cli) -> None:
     result = cli("--help")
     assert result.returncode == 0
-    for line in ["model: conv_ae, denoising_ae, dense_ae, sparse_ae",
+    assert "aetrain train" in result.out  # the commands, each with a line
+    for line in ["model: conv_ae, denoising_ae, dense_ae, sparse_ae, vae",
                  "data: cifar10, digits, fashion_mnist, image_folder, mnist, tensor_file",
                  "optimizer: adam, adamw, rmsprop, sgd",
                  "scheduler: cosine, exponential, none, onecycle, plateau, step"]:
         assert line in result.out
+
+
+def test_train_is_the_default_command_and_has_its_own_help(cli) -> None:
+    plain, named = cli("--help"), cli.command("train", "--help")
+    assert plain.returncode == named.returncode == 0
+    assert plain.out == named.out and "Usage of train" in named.out
 
 
 def test_flags_may_come_after_overrides(cli) -> None:
@@ -80,34 +87,52 @@ def test_flags_may_come_after_overrides(cli) -> None:
 
 
 BAD_INPUTS = [
-    (["model=foo"], "model=foo is not one of: conv_ae, denoising_ae, dense_ae, sparse_ae"),
+    (["model=foo"], "model=foo is not one of: conv_ae, denoising_ae, dense_ae, sparse_ae, vae"),
+    (["model=null"], "model=null: a run needs a model; choose one of: conv_ae, denoising_ae, dense_ae, sparse_ae, vae"),
     (["data=imagenet"], "data=imagenet is not one of: cifar10, digits"),
-    (["model.foo=1"], "model.foo: unknown key; model has: name, backbone"),
-    (["+model.foo=1"], "model.foo: unknown key"),
-    (["+trainer.max_epoch=3"], "trainer.max_epoch: unknown key"),
+    (["model.foo=1"], "model.foo: unknown key for model=dense_ae; model=dense_ae has: name, latent_dim"),
+    (["+model.foo=1"], "model.foo: unknown key for model=dense_ae"),
+    (["+trainer.max_epoch=3"], "trainer.max_epoch: unknown key; trainer has: max_epochs"),
+    # a key the chosen component does not use is refused, naming the choices that have it
+    (["model.channels=[8]"], "model.channels: unknown key for model=dense_ae (a key of model=conv_ae, denoising_ae, "
+                             "sparse_ae, vae)"),
+    (["scheduler=step", "scheduler.patience=3"], "scheduler.patience: unknown key for scheduler=step (a key of "
+                                                 "scheduler=plateau); scheduler=step has: name, step_size, gamma"),
+    (["optimizer.momentum=0.9"], "optimizer.momentum: unknown key for optimizer=adam (a key of optimizer=rmsprop, sgd)"),
+    (["optimizer=adamw", "+optimizer.momentum=0.9"], "optimizer.momentum: unknown key for optimizer=adamw"),
+    (["data.path=rows.npy"], "data.path: unknown key for data=digits (a key of data=image_folder, tensor_file)"),
+    (["model.noise.level=0.3"], "model.noise: unknown key for model=dense_ae (a key of model=denoising_ae)"),
+    (["model=denoising_ae", "model.channels=[8]"], "model.channels=[8] is used by model.backbone=conv only; this "
+                                                   "model has model.backbone=dense"),
     (["optimizer.lr=abc"], "optimizer.lr: Value 'abc' of type 'str' could not be converted to Float"),
     (["trainer.max_epochs=1.5"], "trainer.max_epochs"),
     (["optimizer.lr=0"], "optimizer.lr=0.0 is out of range: must be a finite number > 0"),
     (["optimizer.lr=-1e-3"], "optimizer.lr=-0.001 is out of range"),
+    (["optimizer.weight_decay=inf"], "optimizer.weight_decay=inf is out of range: must be a finite number >= 0"),
     (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is out of range: must be >= 1"),
     (["model.latent_dim=0"], "model.latent_dim=0 is out of range: must be >= 1"),
+    (["model=vae", "model.beta=-1"], "model.beta=-1.0 is out of range: must be a finite number >= 0"),
     (["data.val_fraction=1"], "data.val_fraction=1.0 is out of range: must be in (0, 1)"),
     (["data.val_fraction=0"], "data.val_fraction=0.0 is out of range: must be in (0, 1)"),
     (["model.activation=swish"], "model.activation='swish' is not one of: elu, gelu, leaky_relu, prelu, relu"),
     (["model.init=he"], "model.init='he' is not one of: default, kaiming_normal"),
     (["trainer.precision=8"], "trainer.precision='8' is not one of: 16-mixed, 32, bf16-mixed"),
-    (["trainer.gradient_clip_algorithm=max"], "trainer.gradient_clip_algorithm='max' is out of range: must be norm or value"),
+    (["trainer.gradient_clip_algorithm=max"], "trainer.gradient_clip_algorithm='max' is not one of: norm, value"),
+    (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite='ignore' is not one of: skip, stop"),
     (["trainer.device=tpu"], "trainer.device='tpu' is not one of: auto, cpu, cuda, cuda:N, mps"),
-    (["model.loss=huber"], "model.loss='huber' is not one of: bce, l1, mse, smooth_l1"),
-    (["model.noise.kind=blur"], "model.noise.kind='blur' is not one of: gaussian, masking, none, salt_pepper"),
-    (["model.sparsity.kind=l2"], "model.sparsity.kind='l2' is not one of: kl, l1, none"),
-    (["optimizer.name=lbfgs"], "optimizer='lbfgs' is not one of: adam, adamw, rmsprop, sgd"),
-    (["scheduler.name=cyclic"], "scheduler='cyclic' is not one of: cosine, exponential, none, onecycle, plateau, step"),
+    (["model.loss=huber"], "model.loss='huber' is not one of: auto, bce, l1, mse, smooth_l1"),
+    (["model=denoising_ae", "model.noise.kind=blur"], "model.noise.kind='blur' is not one of: gaussian, masking, "
+                                                      "salt_pepper"),
+    (["model=sparse_ae", "model.sparsity.kind=l2"], "model.sparsity.kind='l2' is not one of: kl, l1"),
+    (["model=vae", "model.backbone=mlp"], "model.backbone='mlp' is not one of: conv, dense"),
+    (["optimizer.name=lbfgs"], "optimizer.name is set by choosing the optimizer: use optimizer=<one of: adam, adamw, "
+                               "rmsprop, sgd>"),
+    (["scheduler.name=cyclic"], "scheduler.name is set by choosing the scheduler: use scheduler=<one of: cosine"),
     (["data=tensor_file"], "data.path is not set; data=tensor_file needs a .npy or .pt file"),
     (["data=tensor_file", "data.path=/nonexistent/x.npy"], "data.path=/nonexistent/x.npy: does not exist"),
     (["data=mnist", "data.root=/nonexistent", "data.download=false"], "data.root=/nonexistent has no readable MNIST"),
     (["-m", "model=dense_ae,conv_ae", "--cfg", "job"], "use one of -m/--multirun, --cfg, --info at a time"),
-    (["--help", "model=foo"], "model=foo is not one of: conv_ae, denoising_ae, dense_ae, sparse_ae"),
+    (["--help", "model=foo"], "model=foo is not one of: conv_ae, denoising_ae, dense_ae, sparse_ae, vae"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ]
 
@@ -132,7 +157,7 @@ def test_asking_for_cuda_without_cuda_says_so(cli) -> None:
 def test_conv_model_on_tabular_rows_is_a_clear_error(cli, tmp_path: Path) -> None:
     np.save(tmp_path / "rows.npy", np.random.rand(50, 6).astype(np.float32))
     result = cli("model=conv_ae", "data=tensor_file", f"data.path={tmp_path / 'rows.npy'}")
-    assert result.returncode == 2 and "model.backbone=conv needs image data" in result.err
+    assert result.returncode == 2 and "model=conv_ae (a conv backbone) needs image data" in result.err
 
 
 def test_nothing_in_an_existing_run_dir_is_overwritten_by_a_bad_or_a_second_command(cli) -> None:
@@ -145,7 +170,14 @@ def test_nothing_in_an_existing_run_dir_is_overwritten_by_a_bad_or_a_second_comm
     assert snapshot(first.run_dir) == before
 
 
-@pytest.mark.parametrize("model", ["dense_ae", "conv_ae", "denoising_ae", "sparse_ae"])
+def test_a_word_that_is_no_command_is_one_line(cli) -> None:
+    result = cli.command("evaluate", "outputs/run")
+    assert result.returncode == 2
+    assert result.err == ("aetrain: error: 'evaluate' is neither a command nor an override (key=value); commands: "
+                          f"{', '.join(__import__('aetrain.cli').cli.COMMANDS)} (see aetrain --help)\n")
+
+
+@pytest.mark.parametrize("model", ["dense_ae", "conv_ae", "denoising_ae", "sparse_ae", "vae"])
 def test_every_model_preset_trains_through_the_cli(cli, model: str) -> None:
     result = cli(*FAST, f"model={model}")
     assert result.returncode == 0, result.err

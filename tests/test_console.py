@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import pty
 import re
@@ -46,7 +48,7 @@ def test_piped_output_is_plain_lines_the_log_file_holds_too(tmp_path: Path) -> N
     lines = result.out.splitlines()
     # the header: model, size, data, device, precision, where the outputs go (one line, however long)
     assert lines[0] == "aetrain: dense_ae on digits for 2 epochs"
-    assert re.fullmatch(r"  model   dense_ae \(dense backbone, latent 16\), [\d,]+ parameters", lines[1])
+    assert re.fullmatch(r"  model   dense_ae \(latent 16\), [\d,]+ parameters", lines[1])
     assert lines[2:5] == ["  data    digits 1x8x8, 1,438 train / 359 val samples, batch 128",
                           "  device  cpu, precision 32", f"  output  {run_dir}"]
     assert [line.split("  ")[0] for line in lines if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
@@ -59,6 +61,7 @@ def test_piped_output_is_plain_lines_the_log_file_holds_too(tmp_path: Path) -> N
     assert log == lines  # train.log: everything the console showed
 
 
+@pytest.mark.slow
 def test_a_terminal_gets_a_progress_bar_and_the_log_file_stays_plain(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     code, out = run_in_terminal(f"hydra.run.dir={run_dir}", *ARGS, "data.batch_size=32", cwd=tmp_path)

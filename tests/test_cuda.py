@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aetrain.config import Config, DataConfig, ModelConfig, TrainerConfig
+from aetrain.config import Config, ConvAEConfig, DataConfig, TrainerConfig
 from aetrain.train.engine import Callback, Engine
-from aetrain.train.run import build_parts
+from aetrain.commands.train import build_parts
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def cuda_config(**trainer: object) -> Config:
-    return Config(model=ModelConfig(name="conv_ae", backbone="conv"), data=DataConfig(batch_size=128),
+    return Config(model=ConvAEConfig(), data=DataConfig(batch_size=128),
                   trainer=TrainerConfig(**{"max_epochs": 3, "device": "cuda", **trainer}))
 
 
@@ -54,7 +54,7 @@ def test_training_steps_never_wait_on_the_host() -> None:
 
 
 def test_resume_is_exact_on_cuda_in_deterministic_mode(tmp_path) -> None:
-    from aetrain.train import run
+    from aetrain.commands.train import run
 
     from test_resume import StopAt, assert_same_run, interrupted_then_resumed
 

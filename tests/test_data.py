@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from aetrain.config import DataConfig
+from conftest import choose
 from aetrain.data import build_data
 from aetrain.data.batches import BatchPlan
 from aetrain.errors import DataError
@@ -56,7 +57,7 @@ def make_cifar(root: Path, per_batch: int = 6) -> list[np.ndarray]:
 @pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_mnist_idx_files_load_as_images_in_unit_range(tmp_path: Path, name: str, folder: str) -> None:
     images = make_mnist(tmp_path, folder)
-    data = build_data(DataConfig(name=name, root=str(tmp_path), val_fraction=0.25, batch_size=8), CPU, seed=0)
+    data = build_data(choose("data", name, root=str(tmp_path), val_fraction=0.25, batch_size=8), CPU, seed=0)
     assert data.spec.shape == (1, 28, 28) and data.spec.unit_interval
     assert (data.num_train, data.num_val) == (30, 10)
     everything = torch.cat([data.train.data, data.val]).flatten(1)
@@ -66,7 +67,7 @@ def test_mnist_idx_files_load_as_images_in_unit_range(tmp_path: Path, name: str,
 
 def test_cifar10_pickle_batches_load_channel_first(tmp_path: Path) -> None:
     batches = make_cifar(tmp_path)
-    data = build_data(DataConfig(name="cifar10", root=str(tmp_path), val_fraction=0.2, batch_size=8), CPU, seed=0)
+    data = build_data(choose("data", "cifar10", root=str(tmp_path), val_fraction=0.2, batch_size=8), CPU, seed=0)
     assert data.spec.shape == (3, 32, 32) and (data.num_train, data.num_val) == (24, 6)
     first = torch.from_numpy(batches[0][0]).float().div(255).view(3, 32, 32)  # rows are R plane, G plane, B plane
     pool = torch.cat([data.train.data, data.val])
@@ -75,7 +76,7 @@ def test_cifar10_pickle_batches_load_channel_first(tmp_path: Path) -> None:
 
 def test_missing_torchvision_files_are_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"data.root=.* has no readable MNIST.*data.download=true"):
-        build_data(DataConfig(name="mnist", root=str(tmp_path), download=False), CPU, seed=0)
+        build_data(choose("data", "mnist", root=str(tmp_path), download=False), CPU, seed=0)
 
 
 def test_image_folder_reads_every_image_recursively_resized(tmp_path: Path) -> None:
@@ -86,7 +87,7 @@ def test_image_folder_reads_every_image_recursively_resized(tmp_path: Path) -> N
         Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
     Image.fromarray(rng.integers(0, 256, (9, 9), dtype=np.uint8)).save(tmp_path / "imgs" / "sub" / "gray.jpg")
     (tmp_path / "imgs" / "notes.txt").write_text("not an image")
-    cfg = DataConfig(name="image_folder", path=str(tmp_path / "imgs"), image_size=8, val_fraction=0.3,
+    cfg = choose("data", "image_folder", path=str(tmp_path / "imgs"), image_size=8, val_fraction=0.3,
                      batch_size=2, num_workers=0)
     data = build_data(cfg, CPU, seed=0)
     assert data.spec.shape == (3, 8, 8) and data.num_train + data.num_val == 7
@@ -97,7 +98,7 @@ def test_image_folder_reads_every_image_recursively_resized(tmp_path: Path) -> N
 
 
 def test_image_folder_errors(tmp_path: Path) -> None:
-    cfg = DataConfig(name="image_folder", path=str(tmp_path), num_workers=0)
+    cfg = choose("data", "image_folder", path=str(tmp_path), num_workers=0)
     with pytest.raises(DataError, match="no image files found"):
         build_data(cfg, CPU, seed=0)
     (tmp_path / "a.png").write_bytes(b"not a png")
@@ -108,7 +109,7 @@ def test_image_folder_errors(tmp_path: Path) -> None:
 def test_tabular_rows_are_standardized_with_training_statistics(tmp_path: Path) -> None:
     rows = np.random.default_rng(0).normal(5.0, 3.0, (200, 7)).astype(np.float32)
     np.save(tmp_path / "rows.npy", rows)
-    data = build_data(DataConfig(name="tensor_file", path=str(tmp_path / "rows.npy")), CPU, seed=0)
+    data = build_data(choose("data", "tensor_file", path=str(tmp_path / "rows.npy")), CPU, seed=0)
     assert data.spec.shape == (7,) and not data.spec.unit_interval
     torch.testing.assert_close(data.train.data.mean(0), torch.zeros(7), atol=1e-5, rtol=0)
     torch.testing.assert_close(data.train.data.std(0), torch.ones(7), atol=1e-5, rtol=0)
@@ -117,7 +118,7 @@ def test_tabular_rows_are_standardized_with_training_statistics(tmp_path: Path) 
 def test_uint8_image_arrays_are_scaled_to_unit_range(tmp_path: Path) -> None:
     images = np.random.default_rng(0).integers(0, 256, (30, 3, 6, 5), dtype=np.uint8)
     torch.save(torch.from_numpy(images), tmp_path / "imgs.pt")
-    data = build_data(DataConfig(name="tensor_file", path=str(tmp_path / "imgs.pt")), CPU, seed=0)
+    data = build_data(choose("data", "tensor_file", path=str(tmp_path / "imgs.pt")), CPU, seed=0)
     assert data.spec.shape == (3, 6, 5) and data.spec.unit_interval
     assert data.train.data.max() <= 1 and float(data.spec.scale) == 255.0
 
@@ -140,7 +141,7 @@ def test_bad_tensor_files_are_one_line_errors(tmp_path: Path, content: object, s
     else:
         torch.save(content, path)
     with pytest.raises(DataError, match=message) as info:
-        build_data(DataConfig(name="tensor_file", path=str(path)), CPU, seed=0)
+        build_data(choose("data", "tensor_file", path=str(path)), CPU, seed=0)
     assert "\n" not in str(info.value)
 
 
@@ -170,4 +171,4 @@ def test_batch_plan_covers_every_sample_once_per_epoch_and_can_start_midway() ->
 def test_too_few_samples_for_the_split_is_a_clear_error(tmp_path: Path) -> None:
     np.save(tmp_path / "tiny.npy", np.random.rand(2, 2).astype(np.float32))
     with pytest.raises(DataError, match="data.val_fraction=0.2 leaves"):
-        build_data(DataConfig(name="tensor_file", path=str(tmp_path / "tiny.npy")), CPU, seed=0)
+        build_data(choose("data", "tensor_file", path=str(tmp_path / "tiny.npy")), CPU, seed=0)

@@ -13,10 +13,10 @@ from PIL import Image
 
 import aetrain
 from aetrain.config import Config, DataConfig, OutputsConfig, TrainerConfig
-from aetrain.train import run
+from aetrain.commands.train import run
 from aetrain.train.engine import Callback, Engine
-from aetrain.train.outputs import DrawClock
-from aetrain.train.plots import PAD, LossCurve, grid_size
+from aetrain.train.outputs.pictures import DrawClock
+from aetrain.train.outputs.plots import PAD, LossCurve, grid_size
 
 from conftest import FAST, call_main
 
@@ -240,5 +240,6 @@ def test_loss_curve_draws_long_runs_penalties_and_a_diverged_epoch() -> None:
                 "train/penalty": 0.1 / e, "val/penalty": 0.1 / e, "lr": 1e-3 * (1 + np.cos(np.pi * e / 300)) / 2}
                for e in epochs]
     records[-1]["val/loss"] = float("nan")
-    image = LossCurve("sparse_ae on digits").draw(records)
+    columns = ["train/loss", "train/reconstruction", "train/penalty", "train/grad_norm", "val/loss", "val/penalty"]
+    image = LossCurve("sparse_ae on digits", columns).draw(records)
     assert image.shape == (500, 700, 3) and image.std() > 10

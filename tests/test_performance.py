@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from aetrain.config import Config, DataConfig, ModelConfig, OptimizerConfig, TrainerConfig
+from aetrain.config import Config, ConvAEConfig, DataConfig, TrainerConfig
+from conftest import choose
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.optim import OPTIMIZERS, build_optimizer
-from aetrain.train.run import build_parts
+from aetrain.commands.train import build_parts
 
 ROOT = Path(__file__).parents[1]
 
@@ -27,19 +28,19 @@ class Records(Callback):
 
 
 def val_losses(**trainer: object) -> list[float]:
-    cfg = Config(model=ModelConfig(name="conv_ae", backbone="conv", batch_norm=True), data=DataConfig(batch_size=128),
-                 trainer=TrainerConfig(**{"max_epochs": 2, **trainer}))
+    cfg = Config(model=ConvAEConfig(batch_norm=True), data=DataConfig(batch_size=128),
+                 trainer=TrainerConfig(**{"max_epochs": 2, "device": "cpu", **trainer}))
     records = Records()
     Engine(build_parts(cfg), [records]).fit()
     return records.val
 
 
 def test_channels_last_is_the_conv_default_and_gives_the_losses_of_nchw() -> None:
-    parts = build_parts(Config(model=ModelConfig(backbone="conv")))
+    parts = build_parts(Config(model=ConvAEConfig(), trainer=TrainerConfig(device="cpu")))
     assert next(parts.data.train.epoch(0)).is_contiguous(memory_format=torch.channels_last)
     assert parts.data.val.is_contiguous(memory_format=torch.channels_last)
     assert parts.model.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
-    nchw = build_parts(Config(model=ModelConfig(backbone="conv"), trainer=TrainerConfig(channels_last=False)))
+    nchw = build_parts(Config(model=ConvAEConfig(), trainer=TrainerConfig(channels_last=False, device="cpu")))
     assert nchw.model.encoder[0].weight.is_contiguous()
     # other conv kernels round differently, and Adam amplifies that over two epochs (~2e-4 here); a
     # wrong layout would be off by far more
@@ -51,8 +52,10 @@ def test_cpu_optimizers_are_fused_where_torch_has_the_kernel_and_train_like_the_
     def trained(fast: bool) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Tanh(), torch.nn.Linear(8, 16))
-        cfg = OptimizerConfig(name=name, lr=1e-2, momentum=0.9, weight_decay=1e-3)
-        optimizer = build_optimizer(cfg, model.parameters()) if fast else OPTIMIZERS.get(name)(
+        cfg = choose("optimizer", name, lr=1e-2, weight_decay=1e-3)
+        if hasattr(cfg, "momentum"):
+            cfg.momentum = 0.9
+        optimizer = build_optimizer(cfg, model.parameters()) if fast else OPTIMIZERS.get(name).build(
             list(model.parameters()), cfg, {"foreach": True})
         x = torch.randn(64, 16)
         for _ in range(20):
@@ -74,6 +77,7 @@ def test_compiled_model_gives_the_losses_of_the_eager_one() -> None:
     torch.testing.assert_close(val_losses(compile=True), val_losses(), rtol=1e-2, atol=0)
 
 
+@pytest.mark.slow
 def test_benchmark_smoke_mode_runs_and_reports_every_entry(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--smoke", "--workloads", "dense",
@@ -88,13 +92,13 @@ def test_benchmark_smoke_mode_runs_and_reports_every_entry(tmp_path: Path) -> No
 def test_training_runs_with_setup_objects_frozen_and_thaws_them_after(tmp_path: Path) -> None:
     import gc
 
-    from aetrain.train import run
+    from aetrain.commands.train import run
 
     class FreezeCount(Callback):
         def on_epoch_end(self, engine: Engine, record: dict) -> None:
             self.during = gc.get_freeze_count()
 
     before, probe = gc.get_freeze_count(), FreezeCount()
-    run(Config(trainer=TrainerConfig(max_epochs=1)), tmp_path / "run", callbacks=[probe])
+    run(Config(trainer=TrainerConfig(max_epochs=1, device="cpu")), tmp_path / "run", callbacks=[probe])
     assert probe.during > 100_000  # torch, the model and the rest are out of the collector's way
     assert gc.get_freeze_count() == before  # and back in it: a sweep's runs don't pile up garbage

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import csv
+import copy
 import signal
 import subprocess
 import sys
@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from aetrain.config import (Config, DataConfig, ModelConfig, NoiseConfig, OptimizerConfig, OutputsConfig, SchedulerConfig,
-                            SparsityConfig, TrainerConfig)
+from aetrain.config import (AdamConfig, Config, ConvAEConfig, DataConfig, DenoisingAEConfig, DenseAEConfig, ModelConfig,
+                            NoiseConfig, OutputsConfig, SparseAEConfig, SparsityConfig, TrainerConfig, VAEConfig,
+                            default_choice)
 from aetrain.errors import CheckpointError, Interrupted
-from aetrain.train import run
+from aetrain.commands.train import run
 from aetrain.train.engine import Callback, Engine
+from conftest import assert_same_run, metrics_rows, without_timing
 
 EPOCHS = 3
 
@@ -38,22 +40,8 @@ class StopAt(Callback):
             engine.interrupt.handle(signal.SIGTERM)
 
 
-def model_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["model"]
-
-
 def results(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "metrics.csv") as f:
-        return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "samples_per_s", "memory_mb")}
-                for r in csv.DictReader(f)]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    wa, wb = model_tensors(a), model_tensors(b)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
-    assert results(a) == results(b)
+    return without_timing(metrics_rows(run_dir))
 
 
 def interrupted_then_resumed(cfg: Config, run_dir: Path, stop: StopAt) -> None:
@@ -64,19 +52,28 @@ def interrupted_then_resumed(cfg: Config, run_dir: Path, stop: StopAt) -> None:
     run(cfg, run_dir)
 
 
-def cfg_for(model: ModelConfig, scheduler: str, **trainer: object) -> Config:
+def scheduler(name: str) -> object:
+    s = default_choice("scheduler", name)
+    for key, value in dict(step_size=1, gamma=0.7, patience=0, warmup_steps=5).items():
+        if hasattr(s, key):
+            setattr(s, key, value)
+    return s
+
+
+def cfg_for(model: ModelConfig, scheduler_name: str, **trainer: object) -> Config:
     # pictures and TensorBoard off: they cost time here, and test_outputs checks they leave the RNG alone
-    return Config(model=model, data=DataConfig(batch_size=128), scheduler=SchedulerConfig(name=scheduler, step_size=1,
-                  gamma=0.7, patience=0, warmup_steps=5), optimizer=OptimizerConfig(lr=3e-3),
-                  trainer=TrainerConfig(**{"max_epochs": EPOCHS, "deterministic": True, **trainer}),
+    return Config(model=copy.deepcopy(model), data=DataConfig(batch_size=128), scheduler=scheduler(scheduler_name),
+                  optimizer=AdamConfig(lr=3e-3),
+                  trainer=TrainerConfig(**{"max_epochs": EPOCHS, "deterministic": True, "device": "cpu", **trainer}),
                   outputs=OutputsConfig(plot_every=0, tensorboard=False))
 
 
 FAMILIES = {
-    "dense": ModelConfig(name="dense_ae", dropout=0.1),
-    "conv": ModelConfig(name="conv_ae", backbone="conv", batch_norm=True, dropout=0.1),
-    "denoising": ModelConfig(name="denoising_ae", backbone="conv", noise=NoiseConfig("salt_pepper", 0.2)),
-    "sparse": ModelConfig(name="sparse_ae", sparsity=SparsityConfig("kl", 1e-3, 0.1)),
+    "dense": DenseAEConfig(dropout=0.1),
+    "conv": ConvAEConfig(batch_norm=True, dropout=0.1),
+    "denoising": DenoisingAEConfig(backbone="conv", noise=NoiseConfig("salt_pepper", 0.2)),
+    "sparse": SparseAEConfig(sparsity=SparsityConfig("kl", 1e-3, 0.1)),
+    "vae": VAEConfig(backbone="conv", kl_warmup_epochs=2.5),  # resumed inside the warm-up: its weight must follow
 }
 CASES = [  # every family and every scheduler, with accumulation, clipping and fp16's scaler in the mix
     *[(family, "plateau", dict(accumulate_grad_batches=2, gradient_clip_val=0.5)) for family in FAMILIES],
@@ -157,7 +154,7 @@ def test_early_stopping_counter_survives_a_resume(tmp_path: Path) -> None:
     assert_same_run(tmp_path / "straight", tmp_path / "b")
 
 
-ARGS = ["model=conv_ae", "data.batch_size=4", "trainer.max_epochs=2", "scheduler=cosine", "scheduler.warmup_steps=20",
+ARGS = ["model=conv_ae", "data.batch_size=4", "trainer.device=cpu", "trainer.max_epochs=2", "scheduler=cosine", "scheduler.warmup_steps=20",
         "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.5",
         "outputs.plot_every=0"]  # no pictures at epoch 1's end: the signal below must land inside epoch 2
 
@@ -176,6 +173,7 @@ def straight_cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_real_signal_saves_mid_epoch_and_the_resumed_run_is_identical(tmp_path: Path, signum: int,
                                                                         straight_cli_run: Path) -> None:

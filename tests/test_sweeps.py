@@ -12,11 +12,11 @@ import pytest
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
-from aetrain import sweep
+from aetrain.cli import sweep
 from conftest import run_subprocess
 
 # A second or so per job on the digits; pictures and TensorBoard (slow to import) are tested elsewhere.
-TINY = ["trainer.max_epochs=1", "data.batch_size=256", "outputs.plot_every=0", "outputs.tensorboard=false"]
+TINY = ["trainer.max_epochs=1", "data.batch_size=256", "trainer.device=cpu", "outputs.plot_every=0", "outputs.tensorboard=false"]
 # `-m` goes last: the fixtures put hydra.run.dir first, and argparse takes one block of overrides
 
 
@@ -34,6 +34,7 @@ def assert_is_png(path: Path) -> None:
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
 
+@pytest.mark.slow
 def test_grid_sweep_runs_every_combination_into_its_own_dir_and_ranks_them(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "grid"
     result = run_subprocess(*TINY, "optimizer.lr=1e-3,1e-2", "trainer.seed=0,1",
@@ -85,16 +86,16 @@ def test_failed_jobs_are_recorded_the_others_finish_and_the_exit_code_is_1(cli, 
 
 def test_a_bug_in_one_job_does_not_stop_the_sweep_and_its_traceback_is_logged(cli, tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import aetrain.train
+    import aetrain.commands.train
 
-    real_run = aetrain.train.run
+    real_run = aetrain.commands.train.run
 
     def run(cfg: Any, out_dir: Path, **kwargs: Any) -> Any:
         if cfg.model.latent_dim == 3:
             raise RuntimeError("boom\nsecond line")
         return real_run(cfg, out_dir, **kwargs)
 
-    monkeypatch.setattr(aetrain.train, "run", run)  # the CLI looks `run` up when a job starts
+    monkeypatch.setattr(aetrain.commands.train, "run", run)  # the CLI looks `run` up when a job starts
     sweep_dir = tmp_path / "sweep"
     result = cli(*TINY, "model.latent_dim=3,4", f"hydra.sweep.dir={sweep_dir}", "-m")
     assert result.returncode == 1
@@ -107,17 +108,17 @@ def test_a_bug_in_one_job_does_not_stop_the_sweep_and_its_traceback_is_logged(cl
 
 def test_an_interrupted_job_stops_the_sweep_with_its_summary(cli, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import aetrain.train
+    import aetrain.commands.train
     from aetrain.errors import Interrupted
 
-    real_run = aetrain.train.run
+    real_run = aetrain.commands.train.run
 
     def run(cfg: Any, out_dir: Path, **kwargs: Any) -> Any:
         if cfg.model.latent_dim == 3:
             raise Interrupted("stopped by SIGINT", 2)
         return real_run(cfg, out_dir, **kwargs)
 
-    monkeypatch.setattr(aetrain.train, "run", run)
+    monkeypatch.setattr(aetrain.commands.train, "run", run)
     sweep_dir = tmp_path / "sweep"
     result = cli(*TINY, "model.latent_dim=4,3,5", f"hydra.sweep.dir={sweep_dir}", "-m")
     assert result.returncode == 130, result.output  # 128 + SIGINT, as for a single run
@@ -152,6 +153,7 @@ def test_optuna_trials_that_all_fail_are_recorded_and_the_exit_code_is_1(cli, tm
     assert "every job failed" in result.err and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_jobs_in_parallel_processes_with_their_own_logs(tmp_path: Path) -> None:
     sweep_dir = tmp_path / "joblib"
     result = run_subprocess("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
@@ -254,3 +256,13 @@ def test_record_failure_keeps_what_the_run_wrote(tmp_path: Path) -> None:
 def test_summary_of_a_sweep_without_jobs_writes_nothing(tmp_path: Path) -> None:
     assert sweep.summarize(tmp_path) == []
     assert not (tmp_path / sweep.SUMMARY_CSV).exists()
+
+
+def test_a_sweep_across_model_families_runs_each_through_the_same_engine(cli, tmp_path: Path) -> None:
+    sweep_dir = tmp_path / "families"
+    result = cli(*TINY, "model=dense_ae,vae", f"hydra.sweep.dir={sweep_dir}", "-m")
+    assert result.returncode == 0, result.output
+    rows = {r["overrides"].split("model=")[1].split()[0]: r for r in summary_rows(sweep_dir)}
+    assert set(rows) == {"dense_ae", "vae"} and all(r["status"] == "ok" for r in rows.values())
+    vae_columns = (Path(rows["vae"]["run_dir"]) / "metrics.csv").read_text().splitlines()[0]
+    assert "train/kl" in vae_columns and "val/kl" in vae_columns

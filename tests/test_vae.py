@@ -1,0 +1,58 @@
+"""The VAE, end to end: its samples from the prior look like digits, and it draws them each epoch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import aetrain
+from conftest import FAST, run_subprocess
+
+
+@pytest.mark.slow
+def test_vae_samples_from_the_prior_are_digits_a_classifier_recognises(tmp_path: Path) -> None:
+    """A logistic regression trained on real digits is confident (max probability >= 0.9) on at least
+    half of 400 decoded prior draws, and on far fewer uniform-noise images. Measured when written, over
+    5 seeds: 0.58-0.68 of the samples, 0.11 of the noise; real held-out digits get 0.72."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    result = run_subprocess("model=vae", "model.latent_dim=8", "model.hidden_dims=[256,256,128]", "optimizer.lr=3e-3",
+                            "trainer.max_epochs=200", "trainer.device=cpu", "outputs.plot_every=0",
+                            "outputs.tensorboard=false", cwd=tmp_path)
+    assert result.returncode == 0, result.err
+    digits = load_digits()
+    classifier = LogisticRegression(max_iter=5000).fit(digits.data / 16.0, digits.target)
+    model = aetrain.load_model(result.run_dir)
+    samples = model.sample(400, torch.Generator().manual_seed(0)).reshape(400, -1).numpy()
+    noise = np.random.default_rng(0).random((400, 64))
+    confident = (classifier.predict_proba(samples).max(1) >= 0.9).mean()
+    noise_confident = (classifier.predict_proba(noise).max(1) >= 0.9).mean()
+    assert confident >= 0.5, confident
+    assert noise_confident <= 0.25 and confident >= 2 * noise_confident, (confident, noise_confident)
+    assert len(set(classifier.predict(samples))) == 10  # every digit is drawn: no collapse onto a few
+
+
+def test_a_vae_run_writes_its_samples_and_kl_everywhere(cli) -> None:
+    result = cli(*FAST, "model=vae", "outputs.render_budget=1")
+    assert result.returncode == 0, result.err
+    run = result.run_dir
+    header = result.metrics()[0].keys()
+    assert {"train/loss", "train/reconstruction", "train/kl", "val/loss", "val/reconstruction", "val/kl"} <= set(header)
+    for epoch in (1, 2):
+        with Image.open(run / "samples" / f"epoch_{epoch:03d}.png") as image:
+            assert image.size[0] > 32 and np.asarray(image.convert("L")).std() > 10
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["galleries"] == {"samples": "samples/epoch_002.png"}
+    assert {"train/kl", "val/kl"} <= set(summary["final"])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    assert len(events.Images("samples")) == 2 and len(events.Scalars("val/kl")) == 2
+    assert "samples" in " ".join(result.out.splitlines()[-6:]) or "samples/epoch_002.png" in result.out
