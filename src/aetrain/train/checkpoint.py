@@ -118,7 +118,7 @@ def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
 # live, how often to log and save, how long to train. Everything else shapes the computation,
 # so it must match for the continuation to be the run it claims to be.
 RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.device", "trainer.compile",
-                     "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps", "trainer.save_top_k",
+                     "trainer.cuda_graphs", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps", "trainer.save_top_k",
                      "trainer.early_stopping_patience", "trainer.on_nonfinite", "data.root", "data.path",
                      "data.download", "data.num_workers", "outputs.")
 
