@@ -251,3 +251,23 @@ def test_a_compile_mode_with_its_own_cuda_graphs_keeps_the_step_eager(tmp_path: 
     step = StepOf()
     run(cfg, tmp_path / "run", callbacks=[step])
     assert type(step.step) is TrainStep
+
+
+# --- the benchmark ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_benchmark_smoke_mode_on_cuda_has_the_graph_ceiling(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "throughput.py"), "--smoke",
+                           "--device", "cuda", "--batch", "64,256", "--skip", "lightning", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["results"]
+    entries = ["limit", "graph", "aetrain", "aetrain-steps", "dataloader"]
+    assert [(r["workload"], r["batch"], r["entry"]) for r in rows] == [
+        (w, b, e) for w in ("dense", "conv") for b in (64, 256) for e in entries]
+    assert all(r["samples_per_s"] > 0 for r in rows)

@@ -83,12 +83,18 @@ def test_compiled_model_gives_the_losses_of_the_eager_one() -> None:
 def test_benchmark_smoke_mode_runs_and_reports_every_entry(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--smoke", "--workloads", "dense",
-                           "--skip", "lightning", "--json", str(out)], capture_output=True, text=True, timeout=300)
+                           "--batch", "128,256", "--skip", "lightning", "--json", str(out)], capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads(out.read_text())["results"]
-    assert [r["entry"] for r in rows] == ["limit", "aetrain", "dataloader"]
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    entries = ["limit", "aetrain", "aetrain-steps", "dataloader"]  # no graph entry on the CPU, and a note saying so
+    assert [(r["batch"], r["entry"]) for r in rows] == [(b, e) for b in (128, 256) for e in entries]
+    assert report["notes"] == ["graph: skipped (a CUDA graph needs --device cuda)"]
     assert all(r["samples_per_s"] > 0 and r["peak_mb"] > 0 for r in rows)
-    assert next(r for r in rows if r["entry"] == "limit")["vs_limit"] == 1.0
+    assert all(r["vs_limit"] == 1.0 for r in rows if r["entry"] == "limit")
+    steps, whole = (next(r for r in rows if r["entry"] == e and r["batch"] == 128) for e in ("aetrain-steps", "aetrain"))
+    assert steps["samples_per_s"] > whole["samples_per_s"]  # the steps are part of the whole epoch
 
 
 def test_training_runs_with_setup_objects_frozen_and_thaws_them_after(tmp_path: Path) -> None:
