@@ -255,3 +255,24 @@ def test_a_capture_that_fails_halfway_leaves_one_logged_line_and_eager_numbers(
         "CUDA graphs off: capturing the training step failed (RuntimeError: operation not permitted when stream is "
         "capturing); training eagerly"]
     assert graphed.step.replays == 0
+
+
+def test_attaching_gradient_diagnostics_turns_the_graph_off_with_one_logged_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    seen = []
+
+    class Diagnostics(GradientProbe):
+        def before_update(self, step: TrainStep) -> None:
+            seen.append(step.optimizer.param_groups[0]["lr"])
+
+    class Attach(Callback):
+        def on_fit_start(self, engine: Engine) -> None:
+            engine.parts.step.probe = Diagnostics()
+
+    graphed = Graphed(strict=False)
+    with caplog.at_level(logging.INFO, logger="aetrain.train.graphs"):
+        run(small(max_epochs=1), tmp_path / "run", callbacks=[graphed, Attach()])
+    assert [r.getMessage() for r in caplog.records if r.name == "aetrain.train.graphs"] == [
+        "CUDA graphs off: per-layer gradient diagnostics run on eager steps only; training eagerly"]
+    assert graphed.step.replays == 0 and len(seen) == 12  # the probe saw every step
+    assert graphed.step.optimizer is graphed.step.eager.optimizer  # the eager step's parts read through

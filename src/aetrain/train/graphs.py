@@ -315,6 +315,24 @@ class GraphedTrainStep:
         self.off: str | None = None  # why steps run eagerly after all (a failed capture or self-check)
         self.replays = 0  # optimizer steps taken by replaying the graph
 
+    def __getattr__(self, name: str) -> Any:
+        """The eager step's parts (optimizer, objective, params, precision, net...) read through."""
+        if name == "eager":  # not yet set (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.eager, name)
+
+    @property
+    def probe(self) -> GradientProbe:
+        return self.eager.probe
+
+    @probe.setter
+    def probe(self, probe: GradientProbe) -> None:
+        """Per-layer diagnostics see eager steps only: a probe attached after the step was built turns
+        the graph off for the run (logged; an error with trainer.cuda_graphs=true)."""
+        self.eager.probe = probe
+        if type(probe) is not GradientProbe and self.off is None:
+            self._give_up("per-layer gradient diagnostics run on eager steps only")
+
     def begin(self, epochs: float) -> None:
         self.eager.begin(epochs)
         self.window = []
