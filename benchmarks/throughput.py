@@ -151,10 +151,9 @@ ENTRIES = ["limit", "graph", "aetrain", "aetrain-steps", "dataloader"]  # the in
 def bench_interleaved(workload: str, data_path: Path, out: Path, batch: int, args: argparse.Namespace) -> list[Result]:
     """aetrain, the limit, the one-graph ceiling and the DataLoader loop, epoch by epoch in turn."""
     device = torch.device(args.device)
-    loops = {"limit": lambda: limit_loop(workload, data_path, batch, args),
-             "graph": lambda: graph_loop(workload, data_path, batch, args),
-             "dataloader": lambda: dataloader_loop(workload, data_path, batch, args)}
-    loops = {k: make() for k, make in loops.items() if k not in args.skip and not (k == "graph" and device.type != "cuda")}
+    makers = {"limit": limit_loop, "graph": graph_loop, "dataloader": dataloader_loop}
+    loops = {name: make(workload, data_path, batch, args) for name, make in makers.items()
+             if name not in args.skip and (name != "graph" or device.type == "cuda")}
     results = {name: Result(name, workload, batch) for name in ENTRIES if name in loops or name.startswith("aetrain")}
     cfg = aetrain_config(workload, data_path, batch, args)
     run(cfg, out / f"aetrain-{workload}-{batch}", callbacks=[Interleaved(device, loops, results)])
@@ -324,7 +323,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="measured epochs (their mean is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="epochs run before measuring")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (aetrain: trainer.compile)")
-    parser.add_argument("--compile-mode", default="default", help="torch.compile's mode (aetrain: trainer.compile_mode)")
+    parser.add_argument("--compile-mode", default="default",
+                        help="torch.compile's mode (aetrain: trainer.compile_mode)")
     parser.add_argument("--cuda-graphs", default="auto", help="aetrain's trainer.cuda_graphs: auto, true or false")
     parser.add_argument("--channels-last", action="store_true", help="conv workload in channels_last memory format")
     parser.add_argument("--skip", default="", help="comma-separated entries to leave out, e.g. lightning,graph")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from aetrain.commands.train import build_parts, run
-from aetrain.config import AdamConfig, Config, DataConfig, OutputsConfig, TrainerConfig
+from aetrain.config import AdamConfig, Config, DataConfig, OutputsConfig, TrainerConfig, VAEConfig
 from aetrain.errors import ConfigError, Interrupted
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.graphs import GraphedTrainStep, graph_blockers, graphs_policy
@@ -195,7 +195,9 @@ def test_every_optimizer_graphs_exactly_from_a_fresh_state(tmp_path: Path, optim
 
 
 def test_a_resumed_graphed_run_is_bit_identical_to_the_uninterrupted_one(tmp_path: Path) -> None:
-    cfg = lambda: cfg_for(FAMILIES["vae"], "cosine", accumulate_grad_batches=2)  # noqa: E731
+    def cfg() -> Config:  # the VAE (its draws, its KL warm-up), a per-step schedule, accumulation
+        return cfg_for(VAEConfig(kl_warmup_epochs=1.5), "cosine", accumulate_grad_batches=2, max_epochs=2)
+
     run(cfg(), tmp_path / "straight", callbacks=[Graphed()])
     resumed = cfg()
     with pytest.raises(Interrupted):
