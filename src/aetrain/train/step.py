@@ -11,8 +11,9 @@ optimizer step and zeroing the gradients. The engine only calls
 so a captured CUDA-graph step (`aetrain.train.graphs.GraphedTrainStep`, the same interface:
 `Step`), DDP's `no_sync` or per-layer statistics change this object, never the loop. The terms
 `forward_backward` returns are final once `update()` has returned (a graphed step computes the
-whole window there), and valid until the next step's `update()`. A `GradientProbe` sees the unscaled gradients before clipping and the weights right
-after the update, before the gradients are zeroed; the default probe does nothing.
+whole window there), and valid until the next step's `update()`. A `GradientProbe` sees the
+unscaled gradients before clipping and the weights right after the update, before the gradients
+are zeroed; the default probe does nothing (a graphed step runs eagerly when there is one).
 """
 
 from __future__ import annotations
