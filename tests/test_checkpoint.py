@@ -160,7 +160,7 @@ class Sabotage(Callback):
 
 def tiny(**trainer: object) -> Config:
     return Config(data=DataConfig(batch_size=128), optimizer=SGDConfig(lr=0.05, momentum=0.9, nesterov=False),
-                  trainer=TrainerConfig(**{"max_epochs": 3, **trainer}))
+                  trainer=TrainerConfig(**{"max_epochs": 3, "device": "cpu", **trainer}))
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_finite_checkpoints(tmp_path: Path) -> None:
@@ -197,7 +197,8 @@ def test_skip_mode_drops_non_finite_updates_and_trains_on(tmp_path: Path) -> Non
 
 
 def test_the_cli_reports_divergence_as_a_failed_run(cli) -> None:
-    result = cli("optimizer=sgd", "optimizer.lr=1e3", "model.output_activation=identity", "trainer.max_epochs=2")
+    result = cli("optimizer=sgd", "optimizer.lr=1e3", "model.output_activation=identity", "trainer.max_epochs=2",
+                 "trainer.device=cpu")
     assert result.returncode == 1
     assert result.err.startswith("aetrain: error: non-finite loss at step ") and result.err.count("\n") == 1
     assert not (result.run_dir / "checkpoints" / "best.pt").exists()
@@ -217,7 +218,7 @@ def test_nothing_accumulates_across_epochs() -> None:
             self.rss.append(record["memory_mb"])
 
     census = Census()
-    cfg = Config(data=DataConfig(batch_size=256), trainer=TrainerConfig(max_epochs=40))
+    cfg = Config(data=DataConfig(batch_size=256), trainer=TrainerConfig(max_epochs=40, device="cpu"))
     cfg.model.dropout = 0.1
     from aetrain.commands.train import build_parts
 
@@ -227,7 +228,7 @@ def test_nothing_accumulates_across_epochs() -> None:
 
 
 def test_save_top_k_keeps_the_k_best_epochs(cli) -> None:
-    result = cli("trainer.max_epochs=5", "optimizer.lr=0.05", "trainer.save_top_k=2")
+    result = cli("trainer.max_epochs=5", "optimizer.lr=0.05", "trainer.save_top_k=2", "trainer.device=cpu")
     kept = sorted(p.name for p in (result.run_dir / "checkpoints").glob("epoch=*.pt"))
     val = {int(r["epoch"]): float(r["val/loss"]) for r in result.metrics()}
     best_two = sorted(val, key=val.get)[:2]

@@ -20,7 +20,7 @@ def snapshot(root: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_run_from_any_directory_writes_checkpoints_metrics_config_and_log(tmp_path: Path) -> None:
-    result = run_subprocess("trainer.max_epochs=3", cwd=tmp_path)
+    result = run_subprocess("trainer.max_epochs=3", "trainer.device=cpu", cwd=tmp_path)
     assert result.returncode == 0, result.err
     run = result.run_dir
     rows = result.metrics()
@@ -35,7 +35,8 @@ def test_a_run_from_any_directory_writes_checkpoints_metrics_config_and_log(tmp_
 
 
 def test_best_checkpoint_is_the_epoch_with_the_lowest_validation_loss(cli) -> None:
-    result = cli("trainer.max_epochs=4", "optimizer.lr=0.05")  # a high rate makes val/loss bounce
+    # a high rate makes val/loss bounce
+    result = cli("trainer.max_epochs=4", "optimizer.lr=0.05", "trainer.device=cpu")
     assert result.returncode == 0, result.err
     val = [float(r["val/loss"]) for r in result.metrics()]
     best = torch.load(result.run_dir / "checkpoints/best.pt", weights_only=True)

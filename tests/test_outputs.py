@@ -50,7 +50,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One short default run that draws every epoch (budget 1: no time limit), shared by the tests below."""
     run_dir = tmp_path_factory.mktemp("outputs") / "run"
     assert call_main([f"hydra.run.dir={run_dir}", f"trainer.max_epochs={EPOCHS}", "data.batch_size=128",
-                      "outputs.render_budget=1"]) == 0
+                      "trainer.device=cpu", "outputs.render_budget=1"]) == 0
     return run_dir
 
 
@@ -159,7 +159,7 @@ class FailAt(Callback):
 
 
 def test_a_crashed_run_keeps_its_pictures_and_a_summary_saying_so(tmp_path: Path) -> None:
-    cfg = Config(data=DataConfig(batch_size=128), trainer=TrainerConfig(max_epochs=10),
+    cfg = Config(data=DataConfig(batch_size=128), trainer=TrainerConfig(max_epochs=10, device="cpu"),
                  outputs=OutputsConfig(render_budget=0.0, tensorboard=False))
     fail = FailAt(tmp_path, epoch=2)
     with pytest.raises(RuntimeError, match="boom"):
@@ -173,7 +173,7 @@ def test_a_crashed_run_keeps_its_pictures_and_a_summary_saying_so(tmp_path: Path
 
 def test_a_diverged_run_says_so_in_summary_json(cli) -> None:
     result = cli("optimizer=sgd", "optimizer.lr=1e3", "model.output_activation=identity", "trainer.max_epochs=2",
-                 "outputs.tensorboard=false")
+                 "trainer.device=cpu", "outputs.tensorboard=false")
     assert result.returncode == 1
     text = (result.run_dir / "summary.json").read_text()
     assert "NaN" not in text and "Infinity" not in text  # strict JSON, whatever the losses did
@@ -184,7 +184,7 @@ def test_a_diverged_run_says_so_in_summary_json(cli) -> None:
 
 
 def test_a_resumed_run_continues_its_outputs(tmp_path: Path) -> None:
-    cfg = Config(data=DataConfig(batch_size=128), trainer=TrainerConfig(max_epochs=2),
+    cfg = Config(data=DataConfig(batch_size=128), trainer=TrainerConfig(max_epochs=2, device="cpu"),
                  outputs=OutputsConfig(render_budget=1.0))
     first = run(cfg, tmp_path)
     wall = json.loads((tmp_path / "summary.json").read_text())["wall_time_s"]

@@ -299,6 +299,8 @@ class TrainerConfig:
     early_stopping_patience: int | None = None  # stop after N epochs without a val/loss improvement; None = off
     on_nonfinite: str = "stop"  # a NaN/Inf loss: stop (the run ends with an error) | skip (drop that update)
     compile: bool = False  # torch.compile the model for training and validation; False = eager
+    compile_mode: str = "default"  # with compile=true: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    cuda_graphs: str = "auto"  # CUDA: one captured graph per training step: auto (whenever the run allows it; else eager, logged) | true (an error if it cannot) | false (eager)
     channels_last: bool = True  # conv models: NHWC memory format (measured 25% faster steps on CPU; cuDNN's tensor-core layout); False = NCHW. Dense models ignore it
 
 
@@ -437,6 +439,8 @@ def validate(cfg: Config) -> None:
     _require(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps",
              ">= 1, or null for once per epoch", t.checkpoint_every_n_steps)
     _require(t.save_top_k >= 0, "trainer.save_top_k", ">= 0", t.save_top_k)
+    if not t.compile and t.compile_mode != "default":  # it would be silently ignored
+        raise ConfigError(f"trainer.compile_mode={t.compile_mode!r} is used only with trainer.compile=true")
     _require(t.early_stopping_patience is None or t.early_stopping_patience >= 1, "trainer.early_stopping_patience",
              ">= 1, or null for no early stopping", t.early_stopping_patience)
 

@@ -27,6 +27,7 @@ from aetrain.rundir import LAST, METRICS, checkpoint_dir, read_metrics, run_dir_
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping
 from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
+from aetrain.train.graphs import COMPILE_MODES, build_step, graphs_policy
 from aetrain.train.optim import build_optimizer, build_schedule
 from aetrain.train.outputs import build_outputs
 from aetrain.train.outputs.console import final_table
@@ -72,6 +73,7 @@ def build_parts(cfg: Config) -> Parts:
     """Every component of a run, on its device, freshly initialised from cfg.trainer.seed."""
     validate(cfg)
     t = cfg.trainer
+    graphs_policy(t.cuda_graphs), COMPILE_MODES.get(t.compile_mode)  # names checked before the data loads
     device = resolve_device(t.device)
     family = FAMILIES.get(cfg.model.name)
     seed_everything(t.seed, t.deterministic)
@@ -82,9 +84,10 @@ def build_parts(cfg: Config) -> Parts:
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     windows = accumulation_windows(data.train.plan.sizes, t.accumulate_grad_batches)
     schedule = build_schedule(cfg.scheduler, optimizer, total_steps=len(windows) * t.max_epochs)
-    net = torch.compile(model) if t.compile else model  # compiled lazily, at the first batch
+    net = torch.compile(model, mode=t.compile_mode) if t.compile else model  # compiled lazily, at the first batch
     step = TrainStep(net, objective, optimizer, precision, build_clip(t.gradient_clip_val, t.gradient_clip_algorithm),
                      trainable(model.parameters()), admit=ADMIT.get(t.on_nonfinite))
+    step = build_step(cfg, step, device, data.train.plan.sizes)  # captured in a CUDA graph when it can be
     return Parts(cfg, model, net, objective, val_objective, optimizer, schedule, precision, step, data, windows,
                  family.galleries)
 

@@ -118,9 +118,9 @@ def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
 # live, how often to log and save, how long to train. Everything else shapes the computation,
 # so it must match for the continuation to be the run it claims to be.
 RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.device", "trainer.compile",
-                     "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps", "trainer.save_top_k",
-                     "trainer.early_stopping_patience", "trainer.on_nonfinite", "data.root", "data.path",
-                     "data.download", "data.num_workers", "outputs.")
+                     "trainer.cuda_graphs", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
+                     "trainer.save_top_k", "trainer.early_stopping_patience", "trainer.on_nonfinite", "data.root",
+                     "data.path", "data.download", "data.num_workers", "outputs.")
 
 
 def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_step_schedule: bool) -> None:

@@ -32,7 +32,7 @@ from aetrain.registry import Registry
 from aetrain.train.optim import Schedule
 from aetrain.train.precision import Precision
 from aetrain.train.signals import Interrupt
-from aetrain.train.step import TrainStep
+from aetrain.train.step import Step
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Parts:
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     precision: Precision
-    step: TrainStep  # forward, backward, clip, optimizer step: one seam
+    step: Step  # forward, backward, clip, optimizer step: one seam (eager, or replayed as a CUDA graph)
     data: Data
     windows: list[list[float]]  # per optimizer step of an epoch: each micro-batch's share of the samples
     galleries: tuple[Gallery, ...] = ()  # pictures the model's family draws besides reconstructions
@@ -100,7 +100,8 @@ class Meter:
         self.steps = 0
 
     def add_batch(self, terms: Terms) -> None:
-        self.terms[self.batches] = torch.stack([terms[n] for n in self.names]).detach()
+        # stacked straight into the row: one copy kernel (the terms are fp32, computed outside autocast)
+        torch.stack([terms[n].detach() for n in self.names], out=self.terms[self.batches])
         self.batches += 1
 
     def add_step(self, grad_norm: torch.Tensor) -> None:
@@ -278,12 +279,16 @@ class Engine:
         lr, samples = self.lr, 0
         for window in p.windows[st.step_in_epoch :]:
             p.step.begin(st.epoch + (st.step_in_epoch + 1) / steps_per_epoch)
+            terms = []
             for weight in window:
                 x = next(batches)  # (B, *shape) in model units, on the device
-                meter.add_batch(p.step.forward_backward(x, weight))
+                terms.append(p.step.forward_backward(x, weight))
                 samples += x.shape[0]
             lr = self.lr  # the rate this step uses
-            meter.add_step(p.step.update())
+            grad_norm = p.step.update()  # the window's terms are final from here (a graphed step computes them now)
+            for t in terms:
+                meter.add_batch(t)
+            meter.add_step(grad_norm)
             p.schedule.after_step()
             st.step += 1
             st.step_in_epoch += 1

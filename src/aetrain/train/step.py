@@ -8,14 +8,18 @@ optimizer step and zeroing the gradients. The engine only calls
     terms = step.forward_backward(x, weight)   # per micro-batch
     grad_norm = step.update()                  # per optimizer step
 
-so a captured CUDA-graph step, DDP's `no_sync` or per-layer statistics change this object, never
-the loop. A `GradientProbe` sees the unscaled gradients before clipping and the weights right
-after the update, before the gradients are zeroed; the default probe does nothing.
+so a captured CUDA-graph step (`aetrain.train.graphs.GraphedTrainStep`, the same interface:
+`Step`), DDP's `no_sync` or per-layer statistics change this object, never the loop. The terms
+`forward_backward` returns are final once `update()` has returned (a graphed step computes the
+whole window there), and valid until the next step's `update()`. A `GradientProbe` sees the
+unscaled gradients before clipping and the weights right after the update, before the gradients
+are zeroed; the default probe does nothing (a graphed step runs eagerly when there is one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -87,3 +91,14 @@ class TrainStep:
         self.probe.after_update(self)
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
+
+
+class Step(Protocol):
+    """What the engine calls once per optimizer step: `begin`, then `forward_backward` per micro-batch,
+    then `update`. `TrainStep` runs it eagerly; `aetrain.train.graphs.GraphedTrainStep` replays a graph."""
+
+    def begin(self, epochs: float) -> None: ...
+
+    def forward_backward(self, x: torch.Tensor, weight: float) -> Terms: ...
+
+    def update(self) -> torch.Tensor: ...

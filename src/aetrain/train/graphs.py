@@ -1,0 +1,447 @@
+"""Whole-step CUDA graphs: an optimizer step captured once, then replayed for every step like it.
+
+On a GPU a small autoencoder's step is launch-bound: Python issues a few hundred small kernels
+per step and the device waits for them. `GraphedTrainStep` captures the whole step with
+torch.cuda.graphs' "whole network capture" and replays it: one launch per step. It has the
+interface of the eager `TrainStep` (`begin`, `forward_backward`, `update`), so the engine's loop is
+the same for both; `build_step` picks one, once, from `trainer.cuda_graphs`:
+
+- `auto` (the default): graphs whenever the run allows it; otherwise eager steps and one logged
+  line naming why (on the CPU quietly: graphs are a CUDA feature).
+- `true`: the same, but a run that cannot be captured is a one-line error before anything is
+  written; a capture that fails or does not reproduce the eager step is an error too.
+- `false`: eager steps.
+
+What one graph holds: every micro-batch of the step (forward pass under autocast, the objective's
+named terms, the scaled backward pass), unscaling, the gradient norm, clipping, the optimizer step
+(fused Adam/AdamW/SGD or foreach RMSprop, all `capturable`) and the GradScaler's update. How the
+parts that change between steps reach it:
+- Inputs: `forward_backward` copies each micro-batch into a static buffer (the gather's buffer is
+  reused by the next gather; an image folder's batch is a fresh tensor); `update()` replays.
+- Loss terms and the gradient norm land in static tensors the engine's meter copies after the
+  replay: the terms a step returns are final once `update()` has returned.
+- Learning rate: the captured optimizer reads it from a device tensor, refilled from the float the
+  schedule sets (one small fill when it changed), so every schedule works unchanged and
+  checkpoints keep plain floats.
+- Random numbers (denoising noise, dropout, the VAE's draws): the default CUDA generator, which
+  torch registers with every capture; each replay draws fresh numbers, and the same ones an eager
+  step would draw from that generator state (torch's graph-safe Philox offsets).
+- The VAE's KL weight is a device tensor filled in place before each step (`begin`).
+
+Which steps are graphed: the regular window (`trainer.accumulate_grad_batches` micro-batches of
+`data.batch_size`). The window at an epoch's end that is shorter runs eagerly, through the same
+`TrainStep` on the same tensors, where it falls in every run.
+
+Capture, once per run: three eager steps warm up on the capture's side stream (lazy optimizer
+state, cuDNN autotuning, cuBLAS workspaces are set up there, not under capture), then everything
+they changed (weights, buffers, optimizer and GradScaler state, RNG states) is put back in place.
+The warm-up therefore leaves no trace in the numbers, and a resumed run replays the graph at the
+same steps as the run it continues. Self-check: the first warm-up step is compared with the
+graph's first replay from the same state (loss terms, gradient norm, the update of every weight);
+a mismatch means a capture bug nobody could see, and the run continues eagerly with one logged
+line (auto) or stops with an error (true). Graph and eager steps agree to float rounding (a device
+tensor learning rate is float32), not bit for bit.
+
+What keeps a run eager (see `graph_blockers`): a device other than CUDA; an optimizer not checked
+under capture; fp16 with an unfused optimizer (the GradScaler reads its inf check on the host);
+`trainer.on_nonfinite=skip` (reads each gradient norm on the host); a torch.compile mode that
+captures CUDA graphs of its own; per-layer gradient diagnostics (a `GradientProbe` runs on eager
+steps only); no regular window in an epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from aetrain.config import Config
+from aetrain.errors import ConfigError
+from aetrain.models import Terms
+from aetrain.registry import Registry
+from aetrain.train.optim import OPTIMIZERS
+from aetrain.train.step import GradientProbe, Step, TrainStep, admit_always
+
+log = logging.getLogger(__name__)
+
+WARMUP_STEPS = 3  # eager steps before the capture, as torch.cuda.make_graphed_callables takes
+CAPTURABLE = {"adam", "adamw", "sgd", "rmsprop"}  # optimizers whose capturable step was checked (see Snapshot)
+
+
+@dataclass(frozen=True)
+class GraphsPolicy:
+    wanted: bool  # try to capture the training step
+    strict: bool  # a run that cannot be captured is an error (else: eager, logged)
+
+
+CUDA_GRAPHS: Registry[GraphsPolicy] = Registry("trainer.cuda_graphs")
+CUDA_GRAPHS.add("auto", GraphsPolicy(wanted=True, strict=False))
+CUDA_GRAPHS.add("true", GraphsPolicy(wanted=True, strict=True))
+CUDA_GRAPHS.add("false", GraphsPolicy(wanted=False, strict=False))
+
+
+def graphs_policy(value: object) -> GraphsPolicy:
+    """trainer.cuda_graphs as typed: Hydra hands `true` over as the string 'True'."""
+    return CUDA_GRAPHS.get(str(value).lower())
+
+
+@dataclass(frozen=True)
+class CompileMode:
+    own_cuda_graphs: bool  # inductor captures CUDA graphs itself: no whole-step capture around it
+
+
+# trainer.compile_mode: torch.compile's modes (torch._inductor.list_mode_options())
+COMPILE_MODES: Registry[CompileMode] = Registry("trainer.compile_mode")
+COMPILE_MODES.add("default", CompileMode(own_cuda_graphs=False))
+COMPILE_MODES.add("max-autotune-no-cudagraphs", CompileMode(own_cuda_graphs=False))
+COMPILE_MODES.add("reduce-overhead", CompileMode(own_cuda_graphs=True))
+COMPILE_MODES.add("max-autotune", CompileMode(own_cuda_graphs=True))
+
+
+def graph_blockers(cfg: Config, device: torch.device, step: TrainStep, batch_sizes: list[int]) -> list[str]:
+    """Why this run's training step cannot be captured as a CUDA graph; empty when it can."""
+    t, name = cfg.trainer, cfg.optimizer.name
+    full = sum(1 for n in batch_sizes if n == max(batch_sizes))
+    checks = [
+        (device.type == "cuda", f"it trains on {device.type} (CUDA graphs need trainer.device=cuda)"),
+        (name in CAPTURABLE, f"optimizer={name} has not been checked under capture"),
+        (t.precision != "16-mixed" or OPTIMIZERS.get(name).fused,
+         f"trainer.precision=16-mixed with optimizer={name}, which has no fused kernel: its GradScaler step reads "
+         "the inf check on the host (use bf16-mixed, or adam, adamw or sgd)"),
+        (step.admit is admit_always, "trainer.on_nonfinite=skip reads every step's gradient norm on the host"),
+        (not (t.compile and COMPILE_MODES.get(t.compile_mode).own_cuda_graphs),
+         f"trainer.compile_mode={t.compile_mode} captures CUDA graphs of its own"),
+        (type(step.probe) is GradientProbe, "per-layer gradient diagnostics run on eager steps only"),
+        (full >= t.accumulate_grad_batches, f"no optimizer step of an epoch has {t.accumulate_grad_batches} full "
+                                            f"batches of data.batch_size={max(batch_sizes)}"),
+    ]
+    return [why for ok, why in checks if not ok]
+
+
+def build_step(cfg: Config, step: TrainStep, device: torch.device, batch_sizes: list[int]) -> Step:
+    """`step` itself (eager), or `step` captured in a CUDA graph when trainer.cuda_graphs asks and the run allows.
+
+    `batch_sizes`: the micro-batches of an epoch (the largest is data.batch_size).
+    """
+    policy = graphs_policy(cfg.trainer.cuda_graphs)
+    if not policy.wanted:
+        return step
+    blockers = graph_blockers(cfg, device, step, batch_sizes)
+    if blockers:
+        if policy.strict:
+            raise ConfigError(f"trainer.cuda_graphs=true: this run's training step cannot be captured: "
+                              f"{'; '.join(blockers)}. Use trainer.cuda_graphs=auto or false")
+        (log.info if device.type == "cuda" else log.debug)("CUDA graphs off: %s", "; ".join(blockers))
+        return step
+    return GraphedTrainStep(step, CudaGraphs(device), batch_size=max(batch_sizes),
+                            accumulate=cfg.trainer.accumulate_grad_batches, strict=policy.strict)
+
+
+class Replayable(Protocol):
+    def replay(self) -> None: ...
+
+
+class GraphBackend(Protocol):
+    """Where graphs come from: `CudaGraphs`; the tests' CPU stand-in re-runs the captured Python."""
+
+    device: torch.device
+
+    def side_stream(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def capture(self, body: Callable[[], None]) -> Replayable: ...
+
+    def lr_tensor(self, value: float) -> torch.Tensor: ...
+
+    def prepare(self, optimizer: torch.optim.Optimizer) -> None: ...
+
+    def rng_state(self) -> Any: ...
+
+    def set_rng_state(self, state: Any) -> None: ...
+
+
+class CudaGraphs:
+    """torch.cuda graphs on one device.
+
+    Warm-up and capture share one side stream: cuBLAS (and hipBLASLt) keep a workspace per stream,
+    created at first use, which must not happen under capture. Each graph gets its own private memory
+    pool, so nothing else ever reuses the addresses a replay writes. capture_error_mode is
+    thread_local: an image folder's pin-memory thread may call CUDA while the main thread captures.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+
+    @contextlib.contextmanager
+    def side_stream(self) -> Iterator[None]:
+        current = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(current)  # the staged inputs and the step before are done first
+        try:
+            with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+                yield
+        finally:
+            current.wait_stream(self.stream)  # and what ran here is done before the next step
+
+    def capture(self, body: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.device(self.device), torch.cuda.graph(graph, stream=self.stream,
+                                                               capture_error_mode="thread_local"):
+            body()
+        return graph
+
+    def lr_tensor(self, value: float) -> torch.Tensor:
+        return torch.full((), value, dtype=torch.float32, device=self.device)  # fused kernels read a float32 rate
+
+    def prepare(self, optimizer: torch.optim.Optimizer) -> None:
+        """Capturable optimizers keep their step count on the device and read nothing on the host; torch
+        refuses to capture a step whose param groups do not say so. A checkpoint of an eager run may hold
+        RMSprop's step counts on the CPU: moved over (before any graph refers to them)."""
+        for group in optimizer.param_groups:
+            if "capturable" in group:  # Adam, AdamW, RMSprop; SGD has no host reads to avoid
+                group["capturable"] = True
+        for param, state in optimizer.state.items():
+            count = state.get("step")
+            if isinstance(count, torch.Tensor) and count.device != param.device:
+                state["step"] = count.to(param.device, torch.float32)
+
+    def rng_state(self) -> Any:
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.device)
+
+    def set_rng_state(self, state: Any) -> None:
+        torch.set_rng_state(state[0])
+        torch.cuda.set_rng_state(state[1], self.device)
+
+
+@contextlib.contextmanager
+def rates_from(optimizer: torch.optim.Optimizer, rates: list[torch.Tensor]) -> Iterator[None]:
+    """Inside: the optimizer reads its learning rates from `rates` (device tensors, what a captured step
+    keeps reading). After: the floats the schedules set, as before."""
+    floats = [group["lr"] for group in optimizer.param_groups]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    try:
+        yield
+    finally:
+        for group, value in zip(optimizer.param_groups, floats):
+            group["lr"] = value
+
+
+class Snapshot:
+    """Everything a training step changes, taken to be put back in place (the same tensors: a graph that
+    refers to them stays valid): weights and buffers, optimizer state, the GradScaler, the RNG states.
+
+    Optimizer state that did not exist yet (a fresh run) is put back as zeros: for Adam, AdamW,
+    RMSprop (moments, step count 0) and SGD (a zero momentum buffer gives momentum * 0 + grad, its
+    first-step rule) that is the state their first step would create (tested on the CPU).
+    """
+
+    def __init__(self, step: TrainStep, backend: GraphBackend) -> None:
+        self.step, self.backend = step, backend
+        self.tensors = [*step.net.parameters(), *step.net.buffers()]
+        self.saved = [t.detach().clone() for t in self.tensors]
+        self.optimizer = {param: {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()}
+                          for param, s in step.optimizer.state.items()}
+        scaler = step.precision.scaler
+        self.scaler = scaler.state_dict() if scaler.is_enabled() else None  # reads the scale (a host sync)
+        self.rng = backend.rng_state()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for tensor, saved in zip(self.tensors, self.saved):
+            tensor.copy_(saved)
+        for param, state in self.step.optimizer.state.items():
+            saved = self.optimizer.get(param, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    value.copy_(saved[key]) if key in saved else value.zero_()
+                elif key in saved:
+                    state[key] = saved[key]
+        if self.scaler is not None:
+            self.step.precision.scaler.load_state_dict(self.scaler)  # fills its tensors in place
+        self.backend.set_rng_state(self.rng)
+
+
+@dataclass
+class Outcome:
+    """What one step produced: each micro-batch's terms, the gradient norm, the change of every weight."""
+
+    rows: list[torch.Tensor]
+    grad_norm: torch.Tensor
+    update: torch.Tensor  # all weights' changes, flattened
+
+    def mismatch(self, reference: Outcome) -> str | None:
+        """How this differs from `reference` beyond float rounding (one host sync), or None."""
+        terms, ref_terms = torch.stack(self.rows), torch.stack(reference.rows)
+        if not torch.allclose(terms, ref_terms, rtol=1e-3, atol=1e-6, equal_nan=True):
+            return f"loss terms {terms.tolist()} against {ref_terms.tolist()}"
+        if not torch.allclose(self.grad_norm, reference.grad_norm, rtol=1e-3, atol=1e-6, equal_nan=True):
+            return f"gradient norm {self.grad_norm.item():.6g} against {reference.grad_norm.item():.6g}"
+        # Adam's first step moves a weight by about lr * sign(grad): a gradient within rounding of 0 may
+        # flip it, so compare the update as a whole; a wrong capture is off by far more than 1%
+        off, size = (self.update - reference.update).norm().item(), reference.update.norm().item()
+        if not off <= 1e-2 * size + 1e-12:
+            return f"the weights' update differs by {off:.3g} (its size {size:.3g})"
+        return None
+
+
+class GraphedTrainStep:
+    """A `TrainStep` whose regular optimizer steps replay one captured graph (see the module docstring).
+
+    `eager` is the step as built for eager training; it runs the short windows, the warm-up, and the
+    captured body itself, so graph and eager steps compute the same thing by construction.
+    """
+
+    def __init__(self, eager: TrainStep, backend: GraphBackend, *, batch_size: int, accumulate: int,
+                 strict: bool) -> None:
+        self.eager = eager
+        self.backend = backend
+        self.regular = (batch_size,) * accumulate  # micro-batch sizes of the window that is captured
+        self.strict = strict  # a failed capture or self-check is an error (trainer.cuda_graphs=true)
+        self.names = eager.objective.names
+        self.slots: list[torch.Tensor] = []  # static inputs, one per micro-batch of a window
+        self.rows: list[torch.Tensor] = []  # static loss terms (names,), one per micro-batch
+        self.terms: list[Terms] = []  # `rows` by name: what forward_backward returns
+        self.grad_norm = torch.zeros((), device=backend.device)  # static: the captured step's norm
+        self.window: list[tuple[int, float]] = []  # (samples, weight) of the micro-batches staged so far
+        self.graph: Replayable | None = None
+        self.captured: tuple[tuple[int, float], ...] = ()  # the window the graph replays
+        self.rates: list[torch.Tensor] = []  # learning rates on the device, read by the graph
+        self.loaded: list[float] = []  # the floats `rates` hold
+        self.off: str | None = None  # why steps run eagerly after all (a failed capture or self-check)
+        self.replays = 0  # optimizer steps taken by replaying the graph
+
+    def __getattr__(self, name: str) -> Any:
+        """The eager step's parts (optimizer, objective, params, precision, net...) read through."""
+        if name == "eager":  # not yet set (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.eager, name)
+
+    @property
+    def probe(self) -> GradientProbe:
+        return self.eager.probe
+
+    @probe.setter
+    def probe(self, probe: GradientProbe) -> None:
+        """Per-layer diagnostics see eager steps only: a probe attached after the step was built turns
+        the graph off for the run (logged; an error with trainer.cuda_graphs=true)."""
+        self.eager.probe = probe
+        if type(probe) is not GradientProbe and self.off is None:
+            self._give_up("per-layer gradient diagnostics run on eager steps only")
+
+    def begin(self, epochs: float) -> None:
+        self.eager.begin(epochs)
+        self.window = []
+
+    def forward_backward(self, x: torch.Tensor, weight: float) -> Terms:
+        """Stage one micro-batch; its terms are computed by `update()`."""
+        i = len(self.window)
+        if i == len(self.slots):
+            self._add_slot(x)
+        self.slots[i][: len(x)].copy_(x)  # x's buffer is refilled by the next gather; the graph reads its own
+        self.window.append((len(x), weight))
+        return self.terms[i]
+
+    def update(self) -> torch.Tensor:
+        """The staged window as one replay (or eagerly); returns the gradient norm before clipping."""
+        window, self.window = tuple(self.window), []
+        if self.graph is None and self.off is None and tuple(n for n, _ in window) == self.regular:
+            self.graph = self._capture(window)
+        if self.graph is not None and window == self.captured:
+            self._load_rates()
+            self.graph.replay()
+            self.replays += 1
+            return self.grad_norm
+        return self._eager(window)
+
+    # -- the step's computation -------------------------------------------------------------------
+
+    def _eager(self, window: tuple[tuple[int, float], ...]) -> torch.Tensor:
+        """The window through the eager step on the staged inputs, its terms into the static rows."""
+        for i, (n, weight) in enumerate(window):
+            terms = self.eager.forward_backward(self.slots[i][:n], weight)
+            torch.stack([terms[name].detach() for name in self.names], out=self.rows[i])
+        return self.eager.update()
+
+    def _body(self, window: tuple[tuple[int, float], ...]) -> None:
+        """What the graph holds: the eager window, the optimizer reading its rates from device tensors."""
+        with rates_from(self.eager.optimizer, self.rates):
+            self.grad_norm.copy_(self._eager(window))
+
+    def _add_slot(self, x: torch.Tensor) -> None:
+        # the layout of x (channels_last images stay channels_last), room for a full batch
+        stride = (math.prod(x.shape[1:]), *x.stride()[1:])
+        self.slots.append(torch.empty_strided((self.regular[0], *x.shape[1:]), stride, dtype=x.dtype,
+                                              device=x.device))
+        row = torch.zeros(len(self.names), device=x.device)
+        self.rows.append(row)
+        self.terms.append({name: row[j] for j, name in enumerate(self.names)})
+
+    def _load_rates(self) -> None:
+        for i, group in enumerate(self.eager.optimizer.param_groups):
+            if group["lr"] != self.loaded[i]:  # per-step schedules: one small fill per step; others: none
+                self.rates[i].fill_(group["lr"])
+                self.loaded[i] = group["lr"]
+
+    # -- capture ----------------------------------------------------------------------------------
+
+    def _capture(self, window: tuple[tuple[int, float], ...]) -> Replayable | None:
+        """Warm up, capture and self-check the graph of `window`, leaving the state as it was; None when
+        that failed (logged, or an error when strict)."""
+        step, backend = self.eager, self.backend
+        backend.prepare(step.optimizer)
+        groups = step.optimizer.param_groups
+        self.rates = [backend.lr_tensor(group["lr"]) for group in groups]
+        self.loaded = [group["lr"] for group in groups]
+        before = Snapshot(step, backend)
+        try:
+            with backend.side_stream():
+                start = [p.detach().clone() for p in step.params]
+                reference = None
+                for _ in range(WARMUP_STEPS):
+                    grad_norm = self._eager(window)
+                    if reference is None:  # the eager step from the state the graph starts from
+                        reference = self._outcome(len(window), grad_norm, start)
+            before.restore()
+            graph = backend.capture(lambda: self._body(window))
+            graph.replay()
+        except Exception as e:  # noqa: BLE001 - whatever broke the capture, the run goes on eagerly
+            self._clean_up()
+            before.restore()
+            lines = str(e).strip().splitlines()
+            return self._give_up(f"capturing the training step failed ({type(e).__name__}: "
+                                 f"{lines[0] if lines else ''})")
+        mismatch = self._outcome(len(window), self.grad_norm, start).mismatch(reference)
+        before.restore()
+        if mismatch is not None:
+            return self._give_up(f"the captured step does not reproduce the eager step: {mismatch}")
+        self.captured = window
+        log.info("CUDA graphs on: each optimizer step of %d micro-batch(es) of %d replays one captured graph; "
+                 "shorter steps run eagerly", len(window), window[0][0])
+        return graph
+
+    def _outcome(self, n: int, grad_norm: torch.Tensor, start: list[torch.Tensor]) -> Outcome:
+        update = torch.cat([(p.detach() - s).flatten() for p, s in zip(self.eager.params, start)])
+        return Outcome([r.clone() for r in self.rows[:n]], grad_norm.detach().clone(), update)
+
+    def _clean_up(self) -> None:
+        """After an exception inside a step: nothing of it may leak into the next (eager) one."""
+        optimizer = self.eager.optimizer
+        for name in ("grad_scale", "found_inf"):  # set by GradScaler.step for the fused kernels
+            optimizer.__dict__.pop(name, None)
+        states = getattr(self.eager.precision.scaler, "_per_optimizer_states", None)
+        if states is not None:  # the scaler's per-step stages (unscaled, stepped) start afresh
+            states.clear()
+        optimizer.zero_grad(set_to_none=True)
+
+    def _give_up(self, reason: str) -> None:
+        if self.strict:
+            raise ConfigError(f"trainer.cuda_graphs=true: {reason}. Use trainer.cuda_graphs=auto to train eagerly "
+                              "when this happens, or false")
+        log.warning("CUDA graphs off: %s; training eagerly", reason)
+        self.off = reason
+        return None
