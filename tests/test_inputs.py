@@ -1,0 +1,83 @@
+"""What a user can type or point at that aetrain must refuse in one line (exit 2, nothing written), or
+read the way the user meant: issue #16's bad inputs, each driven through the real CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import typing
+from pathlib import Path
+
+import pytest
+
+from aetrain.config import CHOICES, Config, OutputsConfig, TrainerConfig, validate
+from aetrain.errors import ConfigError
+from conftest import FAST
+
+
+def assert_one_line_error(result, message: str) -> None:
+    """Exit 2, one line `aetrain: error: ...` holding `message`, no traceback, no run dir."""
+    assert result.returncode == 2, result.output
+    assert result.err.startswith("aetrain: error: ") and result.err.count("\n") == 1, result.err
+    assert message in result.err, result.err
+    assert "Traceback" not in result.output
+    assert not result.run_dir.exists()
+
+
+# --- #16.12: no float key takes inf, -inf or nan ------------------------------------------------------
+
+def _float_keys() -> list[tuple[str, str, str]]:
+    """(group, choice, dotted key) of every float-valued key of every choice, trainer and outputs."""
+    found = []
+
+    def walk(obj: object, group: str, choice: str, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            hint = hints[f.name]
+            if dataclasses.is_dataclass(hint):
+                walk(getattr(obj, f.name), group, choice, f"{prefix}{f.name}.")
+            elif float in (hint, *typing.get_args(hint)) or hint == list[float]:
+                found.append((group, choice, f"{prefix}{f.name}"))
+
+    for group, choices in CHOICES.items():
+        for name, make in choices.items():
+            walk(make(), group, name, f"{group}.")
+    walk(TrainerConfig(), "trainer", "", "trainer.")
+    walk(OutputsConfig(), "outputs", "", "outputs.")
+    return found
+
+
+FLOAT_KEYS = _float_keys()
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan], ids=str)
+@pytest.mark.parametrize(("group", "choice", "key"), FLOAT_KEYS, ids=lambda v: v if isinstance(v, str) else None)
+def test_no_float_key_accepts_an_infinite_or_nan_value(group: str, choice: str, key: str, value: float) -> None:
+    cfg = Config()
+    if choice:
+        setattr(cfg, group, CHOICES[group][choice]())
+    *path, leaf = key.split(".")
+    section = cfg
+    for name in path:
+        section = getattr(section, name)
+    setattr(section, leaf, [value, 0.9] if isinstance(getattr(section, leaf), list) else value)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=.* is out of range: must be "):
+        validate(cfg)
+
+
+def test_every_float_key_is_found() -> None:  # the parametrization above is only as good as this walk
+    keys = {key for _, _, key in FLOAT_KEYS}
+    assert {"optimizer.weight_decay", "optimizer.momentum", "optimizer.eps", "model.noise.level",
+            "model.sparsity.weight", "model.sparsity.target", "model.beta", "optimizer.betas",
+            "trainer.gradient_clip_val", "outputs.render_budget", "scheduler.min_lr"} <= keys
+
+
+@pytest.mark.parametrize("args", [
+    ["optimizer.weight_decay=inf"], ["optimizer=sgd", "optimizer.momentum=inf"], ["optimizer.eps=inf"],
+    ["model=denoising_ae", "model.noise.level=inf"], ["model=sparse_ae", "model.sparsity.weight=inf"],
+    ["optimizer=rmsprop", "optimizer.momentum=-inf"], ["model=sparse_ae", "model.sparsity.weight=nan"],
+], ids=" ".join)
+def test_infinite_values_are_refused_on_the_command_line(cli, args: list[str]) -> None:
+    key = args[-1].partition("=")[0]
+    assert_one_line_error(cli(*FAST, *args), f"{key}=")
