@@ -81,3 +81,30 @@ def test_every_float_key_is_found() -> None:  # the parametrization above is onl
 def test_infinite_values_are_refused_on_the_command_line(cli, args: list[str]) -> None:
     key = args[-1].partition("=")[0]
     assert_one_line_error(cli(*FAST, *args), f"{key}=")
+
+
+# --- #16.11: batch norm on one sample, seeds out of range, model=null ---------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["model.batch_norm=true", "data.batch_size=1"], "model.batch_norm=true needs data.batch_size >= 2"),
+    (["model=conv_ae", "model.batch_norm=true", "data.batch_size=1"], "model.batch_norm=true needs data.batch_size"),
+    (["trainer.seed=18446744073709551616"], "trainer.seed=18446744073709551616 is out of range: must be an integer in "
+                                            "[-2**63, 2**64 - 1]"),
+    (["data.split_seed=-18446744073709551617"], "data.split_seed=-18446744073709551617 is out of range"),
+    (["outputs.sample_seed=18446744073709551616"], "outputs.sample_seed=18446744073709551616 is out of range"),
+    (["model=null"], "model=null: a run needs a model; choose one of: conv_ae, denoising_ae, dense_ae"),
+    (["data=null"], "data=null: a run needs a data; choose one of: cifar10, digits"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_settings_that_failed_late_are_refused_before_anything_is_written(cli, args: list[str], message: str) -> None:
+    assert_one_line_error(cli(*FAST, *args), message)
+
+
+def test_any_seed_in_torchs_range_trains_and_draws_its_pictures(cli) -> None:
+    """trainer.seed=1e14 passed validation and overflowed in epoch 1 (the batch order's seed is derived from it);
+    a sample_seed torch refused silently drew no pictures."""
+    result = cli("trainer.max_epochs=1", "data.batch_size=256", "trainer.device=cpu", "outputs.tensorboard=false",
+                 "trainer.seed=100000000000000", "data.split_seed=-9223372036854775808",
+                 "outputs.sample_seed=18446744073709551615")
+    assert result.returncode == 0, result.output
+    assert (result.run_dir / "reconstructions" / "epoch_001.png").is_file()
+    assert "could not draw" not in result.output

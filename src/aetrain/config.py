@@ -359,6 +359,13 @@ def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
+
+
+def _seed(value: Any) -> bool:
+    return isinstance(value, int) and SEED_RANGE[0] <= value <= SEED_RANGE[1]
+
+
 def _check(section: Any, prefix: str, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
     """Apply the range rules of the keys `section` has (a choice has only some of them)."""
     for key, (ok, allowed) in rules.items():
@@ -378,6 +385,7 @@ MODEL_RULES = {
 DATA_RULES = {
     "batch_size": (lambda v: v >= 1, ">= 1"),
     "val_fraction": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "split_seed": (_seed, "an integer in [-2**63, 2**64 - 1]"),
     "image_size": (lambda v: v >= 1, ">= 1"),
     "num_workers": (lambda v: v >= 0, ">= 0"),
 }
@@ -429,6 +437,12 @@ def validate(cfg: Config) -> None:
     if isinstance(s, CosineSchedulerConfig):
         _require(0.0 <= s.min_lr < o.lr, "scheduler.min_lr", f"in [0, optimizer.lr={o.lr:g})", s.min_lr)
 
+    if m.batch_norm and cfg.data.batch_size < 2:
+        raise ConfigError(f"model.batch_norm=true needs data.batch_size >= 2 (batch norm normalises over the batch; "
+                          f"data.batch_size={cfg.data.batch_size} gives it one sample); raise it or set "
+                          "model.batch_norm=false")
+
+    _require(_seed(t.seed), "trainer.seed", "an integer in [-2**63, 2**64 - 1]", t.seed)
     _require(t.max_epochs >= 1, "trainer.max_epochs", ">= 1", t.max_epochs)
     _require(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", ">= 1", t.accumulate_grad_batches)
     _require(t.gradient_clip_val is None or (_finite(t.gradient_clip_val) and t.gradient_clip_val > 0),
@@ -444,6 +458,7 @@ def validate(cfg: Config) -> None:
     _require(0.0 <= u.render_budget <= 1.0, "outputs.render_budget", "in [0, 1] (a share of the run's time)",
              u.render_budget)
     _require(1 <= u.num_samples <= 64, "outputs.num_samples", "in 1..64", u.num_samples)
+    _require(_seed(u.sample_seed), "outputs.sample_seed", "an integer in [-2**63, 2**64 - 1]", u.sample_seed)
     _require(u.grid_zoom_to >= 0, "outputs.grid_zoom_to", ">= 0 (0 = native size)", u.grid_zoom_to)
 
 
