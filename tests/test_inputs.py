@@ -108,3 +108,49 @@ def test_any_seed_in_torchs_range_trains_and_draws_its_pictures(cli) -> None:
     assert result.returncode == 0, result.output
     assert (result.run_dir / "reconstructions" / "epoch_001.png").is_file()
     assert "could not draw" not in result.output
+
+
+# --- #16.6: a setting that would be silently ignored is refused -----------------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [
+    # the four: each choice has its own keys, so a key of another choice is unknown
+    (["data.path=rows.npy"], "data.path: unknown key for data=digits (a key of data=image_folder, tensor_file)"),
+    (["model.channels=[8,16]"], "model.channels: unknown key for model=dense_ae (a key of model=conv_ae"),
+    (["model.noise.level=0.3"], "model.noise: unknown key for model=dense_ae (a key of model=denoising_ae)"),
+    (["model=sparse_ae", "model.noise.level=0.3"], "model.noise: unknown key for model=sparse_ae"),
+    (["scheduler=step", "scheduler.patience=3"], "scheduler.patience: unknown key for scheduler=step"),
+    (["scheduler=cosine", "scheduler.gamma=0.5"], "scheduler.gamma: unknown key for scheduler=cosine"),
+    (["model=denoising_ae", "model.channels=[8]"], "model.channels=[8] is used by model.backbone=conv only"),
+    # found since: keys that exist but would do nothing in this combination
+    (["model=sparse_ae", "model.sparsity.target=0.1"], "model.sparsity.target=0.1 is used by model.sparsity.kind=kl "
+                                                       "only; this model has model.sparsity.kind=l1"),
+    (["trainer.gradient_clip_algorithm=value"], "trainer.gradient_clip_algorithm=value does nothing without "
+                                                "trainer.gradient_clip_val"),
+    (["scheduler=onecycle", "optimizer.betas=[0.8,0.999]"], "optimizer.betas=[0.8, 0.999]: scheduler=onecycle cycles "
+                                                            "beta1 between 0.85 and 0.95"),
+    (["scheduler=onecycle", "optimizer=sgd", "optimizer.momentum=0.5"], "optimizer.momentum=0.5: scheduler=onecycle "
+                                                                        "cycles the momentum"),
+    (["hparams_search=optuna"], "hparams_search=optuna is a search: run it as a multirun, aetrain -m "
+                                "hparams_search=optuna"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_a_setting_that_would_be_ignored_is_one_line_error(cli, args: list[str], message: str) -> None:
+    assert_one_line_error(cli(*FAST, *args), message)
+
+
+def test_onecycle_keeps_the_optimizers_momentum_when_told_not_to_cycle_it() -> None:
+    import torch
+
+    from aetrain.config import AdamConfig, OneCycleSchedulerConfig
+    from aetrain.train.optim import build_optimizer, build_schedule
+
+    cfg = Config(optimizer=AdamConfig(betas=[0.8, 0.99]), scheduler=OneCycleSchedulerConfig(cycle_momentum=False))
+    validate(cfg)
+    opt = build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(3))])
+    schedule = build_schedule(cfg.scheduler, opt, total_steps=10)
+    for _ in range(5):
+        opt.step()
+        schedule.after_step()
+    assert opt.param_groups[0]["betas"] == (0.8, 0.99)
+    cycled = build_optimizer(AdamConfig(), [torch.nn.Parameter(torch.zeros(3))])
+    build_schedule(OneCycleSchedulerConfig(), cycled, total_steps=10)  # the default: torch's 1cycle momentum
+    assert cycled.param_groups[0]["betas"][0] == pytest.approx(0.95)

@@ -268,6 +268,8 @@ class CosineSchedulerConfig(SchedulerConfig):
 class OneCycleSchedulerConfig(SchedulerConfig):
     name: str = "onecycle"
     pct_start: float = 0.3  # share of the run's optimizer steps spent rising to optimizer.lr, in (0, 1)
+    cycle_momentum: bool = True  # also cycle the momentum (Adam's beta1, SGD/RMSprop momentum) from 0.95 down to 0.85
+    # and back, against the rate (torch's OneCycleLR); false = keep the optimizer's own momentum
 
 
 @choice("scheduler", "plateau")
@@ -431,9 +433,14 @@ def validate(cfg: Config) -> None:
         _require(_finite(m.sparsity.weight) and m.sparsity.weight >= 0.0, "model.sparsity.weight",
                  "a finite number >= 0", m.sparsity.weight)
         _require(0.0 < m.sparsity.target < 1.0, "model.sparsity.target", "in (0, 1)", m.sparsity.target)
+        if m.sparsity.kind != "kl" and m.sparsity.target != SparsityConfig().target:
+            raise ConfigError(f"model.sparsity.target={m.sparsity.target!r} is used by model.sparsity.kind=kl only; "
+                              f"this model has model.sparsity.kind={m.sparsity.kind}")
     if isinstance(o, SGDConfig):
         _require(not o.nesterov or o.momentum > 0.0, "optimizer.nesterov", "false unless optimizer.momentum > 0",
                  o.nesterov)
+    if isinstance(s, OneCycleSchedulerConfig) and s.cycle_momentum:
+        _check_cycled_momentum(o)
     if isinstance(s, CosineSchedulerConfig):
         _require(0.0 <= s.min_lr < o.lr, "scheduler.min_lr", f"in [0, optimizer.lr={o.lr:g})", s.min_lr)
 
@@ -447,6 +454,9 @@ def validate(cfg: Config) -> None:
     _require(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", ">= 1", t.accumulate_grad_batches)
     _require(t.gradient_clip_val is None or (_finite(t.gradient_clip_val) and t.gradient_clip_val > 0),
              "trainer.gradient_clip_val", "a finite number > 0, or null for no clipping", t.gradient_clip_val)
+    if t.gradient_clip_val is None and t.gradient_clip_algorithm != TrainerConfig().gradient_clip_algorithm:
+        raise ConfigError(f"trainer.gradient_clip_algorithm={t.gradient_clip_algorithm} does nothing without "
+                          "trainer.gradient_clip_val (null = no clipping); set a clipping threshold")
     _require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", ">= 1", t.log_every_n_steps)
     _require(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps",
              ">= 1, or null for once per epoch", t.checkpoint_every_n_steps)
@@ -460,6 +470,17 @@ def validate(cfg: Config) -> None:
     _require(1 <= u.num_samples <= 64, "outputs.num_samples", "in 1..64", u.num_samples)
     _require(_seed(u.sample_seed), "outputs.sample_seed", "an integer in [-2**63, 2**64 - 1]", u.sample_seed)
     _require(u.grid_zoom_to >= 0, "outputs.grid_zoom_to", ">= 0 (0 = native size)", u.grid_zoom_to)
+
+
+def _check_cycled_momentum(o: OptimizerConfig) -> None:
+    """scheduler=onecycle (cycle_momentum) overwrites beta1 / momentum every step: a value set for it would be lost."""
+    default = default_choice("optimizer", o.name)
+    if hasattr(o, "betas") and o.betas[0] != default.betas[0]:
+        raise ConfigError(f"optimizer.betas={o.betas!r}: scheduler=onecycle cycles beta1 between 0.85 and 0.95, "
+                          "replacing yours; set scheduler.cycle_momentum=false to keep it")
+    if hasattr(o, "momentum") and o.momentum != default.momentum:
+        raise ConfigError(f"optimizer.momentum={o.momentum!r}: scheduler=onecycle cycles the momentum between 0.85 "
+                          "and 0.95, replacing yours; set scheduler.cycle_momentum=false to keep it")
 
 
 BACKBONE_KEYS = {"dense": ("hidden_dims",), "conv": ("channels", "kernel_size")}

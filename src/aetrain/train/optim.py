@@ -117,7 +117,8 @@ SCHEDULERS.add("plateau", lambda opt, c, total: OnPlateau(
     lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=c.factor, patience=c.patience)))
 SCHEDULERS.add("cosine", _cosine)
 SCHEDULERS.add("onecycle", lambda opt, c, total: PerStep(lr_scheduler.OneCycleLR(
-    opt, max_lr=opt.param_groups[0]["lr"], total_steps=total, pct_start=c.pct_start)))
+    opt, max_lr=opt.param_groups[0]["lr"], total_steps=total, pct_start=c.pct_start,
+    cycle_momentum=c.cycle_momentum)))
 
 
 def build_schedule(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, *, total_steps: int) -> Schedule:
