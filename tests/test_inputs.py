@@ -7,9 +7,12 @@ import dataclasses
 import math
 import re
 import typing
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from aetrain.config import CHOICES, Config, OutputsConfig, TrainerConfig, validate
 from aetrain.errors import ConfigError
@@ -154,3 +157,54 @@ def test_onecycle_keeps_the_optimizers_momentum_when_told_not_to_cycle_it() -> N
     cycled = build_optimizer(AdamConfig(), [torch.nn.Parameter(torch.zeros(3))])
     build_schedule(OneCycleSchedulerConfig(), cycled, total_steps=10)  # the default: torch's 1cycle momentum
     assert cycled.param_groups[0]["betas"][0] == pytest.approx(0.95)
+
+
+# --- #16.10: empty arrays, sparse tensors, decompression bombs ------------------------------------------
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` pixels and holds none: what Pillow sees of a huge image before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def save_pngs(folder: Path, n: int, size: int = 12) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: np.save(p / "x.npy", np.zeros((0, 10), np.float32)), "array of shape (0, 10) holds no samples"),
+    (lambda p: np.save(p / "x.npy", np.zeros((100, 0), np.float32)), "array of shape (100, 0) has an empty axis"),
+    (lambda p: np.save(p / "x.npy", np.zeros((100, 1, 0, 0), np.float32)), "array of shape (100, 1, 0, 0) has an "
+                                                                            "empty axis"),
+    (lambda p: torch.save(torch.eye(10).to_sparse(), p / "x.pt"), "holds a sparse tensor (torch.sparse_coo); save "
+                                                                  "a dense one: x.to_dense()"),
+    (lambda p: torch.save(torch.eye(10).to_sparse_csr(), p / "x.pt"), "holds a sparse tensor (torch.sparse_csr)"),
+], ids=["0x10", "100x0", "100x1x0x0", "sparse_coo", "sparse_csr"])
+def test_arrays_without_data_are_one_line_errors(cli, tmp_path: Path, make, message: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note that sparse CSR is in beta
+        make(tmp_path)
+    path = next(tmp_path.glob("x.*"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be a second line on the console
+        assert_one_line_error(cli(*FAST, "data=tensor_file", f"data.path={path}"), message)
+
+
+def test_an_image_too_large_to_decode_is_a_one_line_error(cli, tmp_path: Path) -> None:
+    save_pngs(tmp_path / "imgs", 9)
+    (tmp_path / "imgs" / "huge.png").write_bytes(png_header(30000, 30000))  # 900 megapixels, a few bytes on disk
+    result = cli(*FAST, "data=image_folder", f"data.path={tmp_path / 'imgs'}", "data.num_workers=0")
+    assert_one_line_error(result, "huge.png")
+    assert "decompression bomb" in result.err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import urllib.error
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,7 @@ class ImageFiles(Dataset):
         try:
             with Image.open(self.files[i]) as img:
                 img = img.convert("L" if self.grayscale else "RGB")
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:  # damage the header check could not see
             raise DataError(f"data.path: cannot read image {self.files[i]}: {e}") from None
         return self.transform(img)  # (C, size, size) in [0, 1]
 
@@ -137,7 +138,31 @@ def _image_folder(cfg: DataConfig) -> Source:
     ds = ImageFiles(root, cfg.image_size, cfg.grayscale)
     if len(ds) == 0:
         raise DataError(f"data.path={cfg.path}: no image files found (looked for png, jpg, jpeg, bmp, ...)")
+    _check_images(ds.files, cfg)
     return Source(ds, tuple(ds[0].shape), True)
+
+
+def _check_images(files: list[Path], cfg: DataConfig) -> None:
+    """Refuse a folder with an unreadable image before the run starts, not when a batch first reaches it.
+
+    Each file's header is parsed (format, size: Pillow's decompression-bomb limit applies) and
+    `verify` run, which for PNG reads every chunk and checks its CRC without decompressing
+    (0.03 ms for a 12 kB PNG, 0.9 ms for a 3 MB one, against 16 ms to decode it). Damage inside a
+    JPEG's compressed data only shows when it is decoded, and fails the run then, naming the file.
+    """
+    from PIL import Image
+
+    bad = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except Exception as e:  # Pillow raises many kinds on damaged files (SyntaxError, EOFError, struct.error...)
+            bad.append(f"{path}: {str(e).strip() or type(e).__name__}")
+    if bad:
+        more = f" (and {len(bad) - 1} more of the {len(files)} files)" if len(bad) > 1 else ""
+        raise DataError(f"data.path={cfg.path}: cannot read image {bad[0]}{more}; remove or replace "
+                        f"{'them' if more else 'it'}")
 
 
 @SOURCES.register("tensor_file")
@@ -147,7 +172,9 @@ def _tensor_file(cfg: DataConfig) -> Source:
         if path.suffix == ".npy":
             x = torch.from_numpy(np.load(path, allow_pickle=False))
         elif path.suffix == ".pt":
-            x = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on a sparse tensor's loading: it is refused below
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
+                x = torch.load(path, map_location="cpu", weights_only=True)
         else:
             raise DataError(f"data.path={cfg.path}: unknown file type; data=tensor_file reads .npy or .pt")
     except DataError:
@@ -156,11 +183,19 @@ def _tensor_file(cfg: DataConfig) -> Source:
         raise DataError(f"data.path={cfg.path}: cannot read it as {path.suffix} array: {e}") from None
     if not isinstance(x, torch.Tensor):
         raise DataError(f"data.path={cfg.path}: holds a {type(x).__name__}, not a tensor; save a single tensor")
+    if x.layout != torch.strided:  # torch's dense operations (min, indexing by batch) refuse sparse layouts
+        kind = "a sparse tensor" if "sparse" in str(x.layout) else "a tensor of layout"
+        raise DataError(f"data.path={cfg.path}: holds {kind} ({x.layout}); save a dense one: x.to_dense()")
     if x.ndim not in (2, 4):
         raise DataError(
             f"data.path={cfg.path}: array of shape {tuple(x.shape)}; data=tensor_file needs N x D rows or "
             "N x C x H x W images (add a channel axis to N x H x W grayscale: x[:, None])"
         )
+    if x.shape[0] == 0:
+        raise DataError(f"data.path={cfg.path}: array of shape {tuple(x.shape)} holds no samples")
+    if 0 in x.shape[1:]:
+        raise DataError(f"data.path={cfg.path}: array of shape {tuple(x.shape)} has an empty axis; each sample needs "
+                        "values")
     if x.dtype == torch.bool or x.is_complex():
         raise DataError(f"data.path={cfg.path}: dtype {x.dtype}; needs real numbers")
     uint8 = x.dtype == torch.uint8
