@@ -208,3 +208,26 @@ def test_an_image_too_large_to_decode_is_a_one_line_error(cli, tmp_path: Path) -
     result = cli(*FAST, "data=image_folder", f"data.path={tmp_path / 'imgs'}", "data.num_workers=0")
     assert_one_line_error(result, "huge.png")
     assert "decompression bomb" in result.err
+
+
+# --- #16.18: a damaged image in a folder is found before the run dir is made ----------------------------
+
+@pytest.mark.parametrize("damage", [
+    lambda p: p.write_bytes(b"not an image at all"),
+    lambda p: p.write_bytes(p.read_bytes()[:-30]),  # truncated: the header parses, the chunks do not
+    lambda p: p.write_bytes(p.read_bytes()[:60] + bytes(20) + p.read_bytes()[80:]),  # zeroed bytes inside the data
+], ids=["not_an_image", "truncated", "zeroed_bytes"])
+def test_a_damaged_image_is_refused_before_the_run_starts_and_a_rerun_is_a_fresh_run(cli, tmp_path: Path,
+                                                                                    damage) -> None:
+    images = tmp_path / "imgs"
+    save_pngs(images, 20)
+    good = (images / "017.png").read_bytes()
+    damage(images / "017.png")  # sorted late: the run would reach it only in its first epoch
+    args = [*FAST, "trainer.max_epochs=1", "data=image_folder", f"data.path={images}", "data.image_size=8",
+            "data.num_workers=0", "outputs.plot_every=0", "outputs.tensorboard=false"]
+    result = cli(*args)
+    assert_one_line_error(result, f"data.path={images}: cannot read image {images / '017.png'}")
+    (images / "017.png").write_bytes(good)
+    again = cli(*args)
+    assert again.returncode == 0, again.output
+    assert not list((again.run_dir / ".hydra").glob("resume-*"))  # not mistaken for a resume
