@@ -231,3 +231,53 @@ def test_a_damaged_image_is_refused_before_the_run_starts_and_a_rerun_is_a_fresh
     again = cli(*args)
     assert again.returncode == 0, again.output
     assert not list((again.run_dir / ".hydra").glob("resume-*"))  # not mistaken for a resume
+
+
+# --- #16.4: channels-last image arrays are read as images, not as H channels of W x C --------------------
+
+def test_channels_last_arrays_are_converted_to_channels_first(tmp_path: Path) -> None:
+    from aetrain.config import default_choice
+    from aetrain.data import build_data
+
+    x = torch.rand(50, 6, 5, 3)  # N x H x W x C
+    torch.save(x, tmp_path / "nhwc.pt")
+    cfg = default_choice("data", "tensor_file")
+    cfg.path = str(tmp_path / "nhwc.pt")
+    data = build_data(cfg, torch.device("cpu"), seed=0)
+    assert data.spec.shape == (3, 6, 5)
+    pool = torch.cat([data.train.data, data.val])
+    assert any(torch.equal(x[0].permute(2, 0, 1), sample) for sample in pool)  # pixel (h, w) of channel c stays put
+    cfg.layout = "nchw"  # the user's word wins over the guess
+    assert build_data(cfg, torch.device("cpu"), seed=0).spec.shape == (6, 5, 3)
+
+
+@pytest.mark.parametrize(("shape", "dtype", "expected"), [
+    ((200, 32, 32, 3), np.float32, "3x32x32"), ((200, 28, 28, 1), np.uint8, "1x28x28"),
+    ((200, 3, 32, 32), np.float32, "3x32x32"), ((200, 1, 28, 28), np.uint8, "1x28x28"),
+], ids=str)
+def test_image_arrays_train_channels_first_whichever_layout_they_come_in(cli, tmp_path: Path, shape, dtype,
+                                                                           expected: str) -> None:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", (rng.random(shape) * (255 if dtype == np.uint8 else 1)).astype(dtype))
+    result = cli(*FAST, "trainer.max_epochs=1", "data=tensor_file", f"data.path={tmp_path / 'x.npy'}",
+                 "outputs.plot_every=0", "outputs.tensorboard=false")
+    assert result.returncode == 0, result.output
+    assert f"tensor_file {expected}," in result.out
+    converted = shape[-1] in (1, 3)
+    assert ("read as N x H x W x C" in result.out) == converted  # said once, in the header and train.log
+    assert ("read as N x H x W x C" in (result.run_dir / "train.log").read_text()) == converted
+    ckpt = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["data_spec"]["shape"] == [int(s) for s in expected.split("x")]
+
+
+@pytest.mark.parametrize(("shape", "args", "message"), [
+    ((50, 3, 4, 4), [], "data.path={path}: array of shape (50, 3, 4, 4) could be N x C x H x W or N x H x W x C; "
+                        "set data.layout=nchw or data.layout=nhwc"),
+    ((50, 6), ["data.layout=nhwc"], "data.layout=nhwc is for 4-d image arrays; data.path={path} holds N x D rows"),
+    ((50, 6), ["data.layout=hwc"], "data.layout='hwc' is not one of: auto, nchw, nhwc"),
+], ids=["ambiguous", "rows", "unknown"])
+def test_a_layout_that_cannot_be_told_or_does_not_apply_is_one_line_error(cli, tmp_path: Path, shape, args,
+                                                                          message: str) -> None:
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).random(shape).astype(np.float32))
+    assert_one_line_error(cli(*FAST, "data=tensor_file", f"data.path={path}", *args), message.format(path=path))

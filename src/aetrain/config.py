@@ -188,6 +188,8 @@ class TensorFileDataConfig(DataConfig):
     name: str = "tensor_file"
 
     path: str | None = None  # a .npy or .pt file (required)
+    layout: str = "auto"  # 4-d image arrays: nchw (N x C x H x W) | nhwc (N x H x W x C, converted) | auto = nhwc when
+    # the last axis has <= 4 entries and axis 1 more, nchw when the reverse or both have more; ambiguous = an error
 
 
 # --- optimizer -----------------------------------------------------------------------------------

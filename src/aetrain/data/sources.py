@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from aetrain.config import DataConfig
-from aetrain.errors import DataError
+from aetrain.errors import ConfigError, DataError
 from aetrain.registry import Registry
 
 
@@ -31,6 +31,7 @@ class Source:
     shape: tuple[int, ...]
     in_unit_interval: bool  # values known to lie in [0, 1]
     uint8: bool = False  # values are 0..255 integers (tensor files): scaled by 1/255
+    note: str = ""  # how the samples were read, when it is not plain (a channels-last array converted): for the header
 
 
 SOURCES: Registry[Callable[[DataConfig], Source]] = Registry("data")
@@ -203,7 +204,37 @@ def _tensor_file(cfg: DataConfig) -> Source:
     if not torch.isfinite(x).all():
         raise DataError(f"data.path={cfg.path}: contains NaN or infinite values")
     in_unit = uint8 or bool(x.min() >= 0 and x.max() <= 1)
-    return Source(x.contiguous(), tuple(x.shape[1:]), in_unit, uint8)
+    x, note = _channels_first(x, cfg)
+    return Source(x.contiguous(), tuple(x.shape[1:]), in_unit, uint8, note)
+
+
+LAYOUTS = ("auto", "nchw", "nhwc")
+MAX_CHANNELS = 4  # gray, gray + alpha, RGB, RGBA: what `data.layout=auto` takes for a channel axis
+
+
+def _channels_first(x: torch.Tensor, cfg: DataConfig) -> tuple[torch.Tensor, str]:
+    """N x C x H x W images by `data.layout` (rows pass through), and a note when a channels-last array was converted.
+
+    numpy, PIL, TensorFlow and most image libraries write N x H x W x C; read as given, a (200, 32, 32, 3)
+    array would train as 32 channels of 32 x 3 images.
+    """
+    if cfg.layout not in LAYOUTS:
+        raise ConfigError(f"data.layout={cfg.layout!r} is not one of: {', '.join(LAYOUTS)}")
+    if x.ndim != 4:
+        if cfg.layout != "auto":
+            raise DataError(f"data.layout={cfg.layout} is for 4-d image arrays; data.path={cfg.path} holds N x D rows "
+                            f"{tuple(x.shape)}")
+        return x, ""
+    layout, note = cfg.layout, ""
+    if layout == "auto":
+        first, last = x.shape[1] <= MAX_CHANNELS, x.shape[3] <= MAX_CHANNELS
+        if first and last:
+            raise DataError(f"data.path={cfg.path}: array of shape {tuple(x.shape)} could be N x C x H x W or "
+                            "N x H x W x C; set data.layout=nchw or data.layout=nhwc")
+        layout = "nhwc" if last else "nchw"
+        note = (f"read as N x H x W x C {tuple(x.shape)} by data.layout=auto; set data.layout=nchw to take it as "
+                "N x C x H x W") if layout == "nhwc" else ""
+    return (x.permute(0, 3, 1, 2) if layout == "nhwc" else x), note  # (N, H, W, C) -> (N, C, H, W)
 
 
 def _existing_path(cfg: DataConfig, what: str) -> Path:
