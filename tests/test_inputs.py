@@ -281,3 +281,77 @@ def test_a_layout_that_cannot_be_told_or_does_not_apply_is_one_line_error(cli, t
     path = tmp_path / "x.npy"
     np.save(path, np.random.default_rng(0).random(shape).astype(np.float32))
     assert_one_line_error(cli(*FAST, "data=tensor_file", f"data.path={path}", *args), message.format(path=path))
+
+
+# --- #16.26: MNIST's .gz files as downloaded; a failed download leaves nothing behind -------------------
+
+MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+def write_mnist_gz(raw: Path, n: int = 40) -> np.ndarray:
+    """The four files as the MNIST mirrors serve them: gzip-compressed idx (big-endian header, then uint8 bytes)."""
+    import gzip
+    import struct
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    arrays = [images, rng.integers(0, 10, n, dtype=np.uint8), images[:5], rng.integers(0, 10, 5, dtype=np.uint8)]
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, a in zip(MNIST_FILES, arrays):
+        header = struct.pack(">BBBB", 0, 0, 0x08, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
+        (raw / f"{name}.gz").write_bytes(gzip.compress(header + a.tobytes()))
+    return images
+
+
+@pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+@pytest.mark.parametrize("download", ["false", "true"])
+def test_mnist_gz_files_in_raw_are_read(cli, tmp_path: Path, monkeypatch, name: str, folder: str,
+                                        download: str) -> None:
+    import torchvision.datasets.mnist
+
+    def offline(*args, **kwargs):  # never the network in a test; with download=true it must not be needed
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
+    images = write_mnist_gz(tmp_path / "data" / folder / "raw")
+    result = cli(*FAST, "trainer.max_epochs=1", f"data={name}", f"data.root={tmp_path / 'data'}",
+                 f"data.download={download}", "outputs.plot_every=0", "outputs.tensorboard=false")
+    assert result.returncode == 0, result.output
+    assert f"{name} 1x28x28, 36 train / 4 val samples" in result.out
+    assert "extracted 4 .gz files" in result.out
+    data = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)["data_spec"]
+    assert data["shape"] == [1, 28, 28]
+    assert (tmp_path / "data" / folder / "raw" / "train-images-idx3-ubyte").stat().st_size == 16 + images.size
+
+
+def test_missing_mnist_files_are_named_with_what_to_do(cli, tmp_path: Path) -> None:
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    write_mnist_gz(raw)
+    (raw / "t10k-images-idx3-ubyte.gz").unlink()
+    result = cli(*FAST, "data=mnist", f"data.root={tmp_path / 'data'}", "data.download=false")
+    assert_one_line_error(result, f"data.root={tmp_path / 'data'} has no readable MNIST: {raw} lacks "
+                                  "t10k-images-idx3-ubyte (or .gz)")
+    assert "data.download=true" in result.err
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new_root", "existing_root"])
+def test_a_failed_download_removes_what_it_created_and_only_that(cli, tmp_path: Path, monkeypatch,
+                                                                   existing: bool) -> None:
+    import urllib.error
+
+    import torchvision.datasets.mnist
+
+    def unreachable(url, download_root, filename, md5):  # a partial file, then the network goes away
+        (Path(download_root) / filename).write_bytes(b"\x1f\x8b partial")
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", unreachable)
+    root = tmp_path / "data" / "sets"
+    if existing:  # the user's own files, in the folders a download would use: none may go
+        (root / "MNIST" / "raw").mkdir(parents=True)
+        (root / "mine.npy").write_bytes(b"user data")
+        (root / "MNIST" / "raw" / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = cli(*FAST, "data=mnist", f"data.root={root}", "data.download=true")
+    assert_one_line_error(result, f"data.download=true: could not fetch MNIST into {root}")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

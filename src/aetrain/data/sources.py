@@ -7,10 +7,14 @@ values in the file. `aetrain.data.build_data` then splits, scales and places the
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import importlib.util
+import shutil
 import urllib.error
 import warnings
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from aetrain.atomic import write_atomic
 from aetrain.config import DataConfig
 from aetrain.errors import ConfigError, DataError
 from aetrain.registry import Registry
@@ -61,14 +66,44 @@ def _digits_pixels() -> np.ndarray:
 def _torchvision(cls: type, cfg: DataConfig, expected: str) -> Dataset:
     root = Path(cfg.root)
     try:
-        return cls(str(root), train=True, download=cfg.download)
+        with _undone_on_failure(root, _download_paths(cls, root)) if cfg.download else contextlib.nullcontext():
+            return cls(str(root), train=True, download=cfg.download)
     except (RuntimeError, urllib.error.URLError, OSError) as e:
         if cfg.download:
             reason = str(e).strip().splitlines()[-1]
             raise DataError(f"data.download=true: could not fetch {cls.__name__} into {cfg.root} ({reason}); "
                             f"without network, place the files there: {expected}") from None
-        raise DataError(f"data.root={cfg.root} has no readable {cls.__name__}: expected {expected}; "
+        raise DataError(f"data.root={cfg.root} has no readable {cls.__name__}: {expected}; "
                         "set data.download=true to fetch it") from None
+
+
+def _download_paths(cls: type, root: Path) -> list[Path]:
+    """What torchvision's download of `cls` writes under root: MNIST/, FashionMNIST/; cifar-10-batches-py/ and its archive."""
+    return [root / name for name in (getattr(cls, "base_folder", cls.__name__), getattr(cls, "filename", "")) if name]
+
+
+@contextlib.contextmanager
+def _undone_on_failure(root: Path, paths: list[Path]) -> Iterator[None]:
+    """Remove what a failed download created (folders up to root, new files at `paths`), never what was there."""
+    new_top = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)  # the highest folder made
+    before = {p: _tree(p) for p in paths if p.exists()}
+    try:
+        yield
+    except BaseException:
+        if new_top is not None:
+            shutil.rmtree(new_top, ignore_errors=True)  # everything under it is the attempt's
+        else:
+            created = [q for p in paths for q in (_tree(p) - before[p] if p in before else _tree(p))]
+            for q in sorted(created, reverse=True):  # a folder's entries before the folder
+                shutil.rmtree(q, ignore_errors=True) if q.is_dir() else q.unlink(missing_ok=True)
+        raise
+
+
+def _tree(path: Path) -> set[Path]:
+    return {path, *path.rglob("*")} if path.is_dir() else {path} if path.exists() else set()
+
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def _mnist_like(cls_name: str) -> Callable[[DataConfig], Source]:
@@ -76,11 +111,41 @@ def _mnist_like(cls_name: str) -> Callable[[DataConfig], Source]:
         import torchvision
 
         cls = getattr(torchvision.datasets, cls_name)
-        ds = _torchvision(cls, cfg, f"{cfg.root}/{cls_name}/raw/train-images-idx3-ubyte and the other idx files")
+        raw = Path(cfg.root) / cls_name / "raw"
+        extracted = _extract_gz(raw, MNIST_FILES)
+        missing = [name for name in MNIST_FILES if not (raw / name).is_file()]
+        expected = (f"{raw} lacks {', '.join(missing)} (or .gz)" if missing else
+                    f"{raw} holds {', '.join(MNIST_FILES)} but they are not readable idx files")
+        ds = _torchvision(cls, cfg, expected)
         images = ds.data.unsqueeze(1).float().div_(255.0)  # (N, 28, 28) uint8 -> (N, 1, 28, 28) in [0, 1]
-        return Source(images, tuple(images.shape[1:]), True)
+        note = f"extracted {len(extracted)} .gz files in {raw}" if extracted else ""
+        return Source(images, tuple(images.shape[1:]), True, note=note)
 
     return load
+
+
+def _extract_gz(folder: Path, names: Sequence[str]) -> list[str]:
+    """Decompress `name.gz` into `name` where only the .gz is there, as the MNIST mirrors serve the files.
+
+    torchvision reads only the decompressed files and, asked to download, would fetch the official ones over a
+    local copy whose checksum differs. Each file is written atomically: an interrupted extraction leaves none.
+    """
+    extracted = []
+    for name in names:
+        gz = folder / f"{name}.gz"
+        if (folder / name).is_file() or not gz.is_file():
+            continue
+        try:
+            data = gzip.decompress(gz.read_bytes())
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"data.root: cannot decompress {gz}: {e}") from None
+        try:
+            write_atomic(folder / name, data)
+        except OSError as e:
+            raise DataError(f"data.root: cannot write {folder / name} next to {gz.name} ({e.strerror}); decompress "
+                            "it yourself (gunzip -k) or copy the folder somewhere writable") from None
+        extracted.append(gz.name)
+    return extracted
 
 
 SOURCES.add("mnist", _mnist_like("MNIST"))
@@ -101,7 +166,7 @@ def _cifar10(cfg: DataConfig) -> Source:
         def _load_meta(self) -> None:  # class names: an autoencoder has no use for them
             self.classes, self.class_to_idx = [], {}
 
-    ds = _torchvision(CIFAR10, cfg, f"{cfg.root}/cifar-10-batches-py/data_batch_1..5, test_batch")
+    ds = _torchvision(CIFAR10, cfg, f"expected {cfg.root}/cifar-10-batches-py/data_batch_1..5, test_batch")
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 32, 32, 3) -> (N, 3, 32, 32)
     return Source(images.contiguous(), (3, 32, 32), True)
 
