@@ -355,3 +355,60 @@ def test_a_failed_download_removes_what_it_created_and_only_that(cli, tmp_path: 
     result = cli(*FAST, "data=mnist", f"data.root={root}", "data.download=true")
     assert_one_line_error(result, f"data.download=true: could not fetch MNIST into {root}")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+# --- #16.9: a model that cannot fit in memory is refused before it is built -------------------------------
+
+def test_a_model_too_large_for_memory_is_refused_in_one_line(cli, tmp_path: Path, monkeypatch) -> None:
+    """A 20 x 2,000,000 array makes a dense model of a billion parameters: on a 24 GB machine it was OOM-killed
+    after minutes. Here the machine is made to have 24 GB available, whatever this one has."""
+    import aetrain.train.memory
+
+    monkeypatch.setattr(aetrain.train.memory, "available_host_memory", lambda: 24 * 10**9)
+    np.save(tmp_path / "wide.npy", np.zeros((20, 2_000_000), np.float32))
+    result = cli(*FAST, "data=tensor_file", f"data.path={tmp_path / 'wide.npy'}")
+    assert_one_line_error(result, "the model does not fit in memory: dense_ae on 2000000 inputs has 1,026,070,416 "
+                                  "parameters and training needs at least 33.2 GB")
+    assert "but 24.0 GB is available; make the model smaller (model.hidden_dims, model.latent_dim)" in result.err
+
+
+def test_a_model_no_machine_can_hold_is_refused(cli, tmp_path: Path) -> None:
+    np.save(tmp_path / "rows.npy", np.zeros((20, 200_000), np.float32))
+    result = cli(*FAST, "data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", "model.hidden_dims=[10000000]")
+    assert_one_line_error(result, "dense_ae on 200000 inputs has 4,000,")  # 4e12 parameters: 128 TB
+    assert "make the model smaller (model.hidden_dims, model.latent_dim)" in result.err
+
+
+def test_a_batch_whose_activations_cannot_fit_names_the_batch_and_image_size(cli, tmp_path: Path, monkeypatch) -> None:
+    import aetrain.train.memory
+
+    monkeypatch.setattr(aetrain.train.memory, "available_host_memory", lambda: 24 * 10**9)
+    save_pngs(tmp_path / "imgs", 10, size=4)  # 4000 x 4000 once resized: 3.5 GB of layer outputs per image
+    result = cli(*FAST, "model=conv_ae", "model.latent_dim=1", "data=image_folder", f"data.path={tmp_path / 'imgs'}",
+                 "data.num_workers=0", "data.image_size=4000", "data.batch_size=8")
+    assert_one_line_error(result, "the model does not fit in memory: conv_ae on 3x4000x4000 inputs")
+    assert "lower data.batch_size or data.image_size" in result.err
+
+
+def test_the_memory_estimate_is_a_lower_bound_of_what_training_takes() -> None:
+    """Parameters counted without building the model; the estimate is below a measured run's peak (README)."""
+    from aetrain.config import Config, DataConfig
+    from aetrain.models import FAMILIES
+    from aetrain.train.memory import estimate
+
+    cfg = Config(data=DataConfig(batch_size=64))
+    state = torch.get_rng_state()
+    need = estimate(cfg, FAMILIES.get("dense_ae"), _spec((1, 8, 8)), batch_size=64)
+    assert torch.equal(state, torch.get_rng_state())  # counting draws no random numbers: runs stay as they were
+    assert need.parameters == 64 * 256 + 256 + 256 * 128 + 128 + 128 * 16 + 16 + 16 * 128 + 128 + 128 * 256 + 256 + \
+        256 * 64 + 64
+    per_parameter = 4 * (1 + 1 + 2 + 1 + 1 + 2)  # weights, gradients, Adam's 2 moments, a checkpoint's copy and bytes
+    assert need.parameter_bytes == per_parameter * need.parameters
+    layers = [256, 256, 128, 128, 16, 128, 128, 256, 256, 64, 64]  # each layer's output; flatten is a view, no memory
+    assert need.activation_bytes == 4 * 64 * sum(layers)
+
+
+def _spec(shape: tuple[int, ...]):
+    from aetrain.data.spec import DataSpec
+
+    return DataSpec("x", shape, True, torch.tensor(0.0), torch.tensor(1.0), 0.0, 1.0)

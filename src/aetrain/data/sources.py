@@ -205,7 +205,7 @@ def _image_folder(cfg: DataConfig) -> Source:
     if len(ds) == 0:
         raise DataError(f"data.path={cfg.path}: no image files found (looked for png, jpg, jpeg, bmp, ...)")
     _check_images(ds.files, cfg)
-    return Source(ds, tuple(ds[0].shape), True)
+    return Source(ds, (1 if cfg.grayscale else 3, cfg.image_size, cfg.image_size), True)  # what Resize + CenterCrop make
 
 
 def _check_images(files: list[Path], cfg: DataConfig) -> None:
