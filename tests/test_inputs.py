@@ -412,3 +412,30 @@ def _spec(shape: tuple[int, ...]):
     from aetrain.data.spec import DataSpec
 
     return DataSpec("x", shape, True, torch.tensor(0.0), torch.tensor(1.0), 0.0, 1.0)
+
+
+def test_on_a_gpu_training_must_fit_its_free_memory_and_the_checkpoint_copies_the_host(monkeypatch) -> None:
+    import aetrain.train.memory as memory
+    from aetrain.config import Config
+    from aetrain.models import FAMILIES
+
+    cfg, family, spec, cuda = Config(), FAMILIES.get("dense_ae"), _spec((1, 8, 8)), torch.device("cuda")
+    need = memory.estimate(cfg, family, spec, batch_size=64)
+    monkeypatch.setattr(memory, "available_host_memory", lambda: need.host_bytes)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (need.device_bytes, 80 * 10**9))
+    memory.check_fits(cfg, family, spec, cuda, batch_size=64)  # exactly enough of each
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (need.device_bytes - 1, 80 * 10**9))
+    with pytest.raises(ConfigError, match="GB is free on cuda"):
+        memory.check_fits(cfg, family, spec, cuda, batch_size=64)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (need.device_bytes, 80 * 10**9))
+    monkeypatch.setattr(memory, "available_host_memory", lambda: need.host_bytes - 1)
+    with pytest.raises(ConfigError, match="GB of host memory is available"):
+        memory.check_fits(cfg, family, spec, cuda, batch_size=64)
+
+
+@pytest.mark.skipif(not Path("/proc/meminfo").is_file(), reason="reads Linux's /proc/meminfo")
+def test_available_memory_is_read_on_linux() -> None:
+    from aetrain.train.memory import available_host_memory
+
+    total = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0]) * 1024
+    assert 0 < available_host_memory() <= total
