@@ -456,9 +456,6 @@ def validate(cfg: Config) -> None:
     _require(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", ">= 1", t.accumulate_grad_batches)
     _require(t.gradient_clip_val is None or (_finite(t.gradient_clip_val) and t.gradient_clip_val > 0),
              "trainer.gradient_clip_val", "a finite number > 0, or null for no clipping", t.gradient_clip_val)
-    if t.gradient_clip_val is None and t.gradient_clip_algorithm != TrainerConfig().gradient_clip_algorithm:
-        raise ConfigError(f"trainer.gradient_clip_algorithm={t.gradient_clip_algorithm} does nothing without "
-                          "trainer.gradient_clip_val (null = no clipping); set a clipping threshold")
     _require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", ">= 1", t.log_every_n_steps)
     _require(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps",
              ">= 1, or null for once per epoch", t.checkpoint_every_n_steps)
