@@ -162,7 +162,7 @@ def test_onecycle_keeps_the_optimizers_momentum_when_told_not_to_cycle_it() -> N
 # --- #16.10: empty arrays, sparse tensors, decompression bombs ------------------------------------------
 
 def png_header(width: int, height: int) -> bytes:
-    """A PNG that declares `width` x `height` pixels and holds none: what Pillow sees of a huge image before decoding."""
+    """A PNG that declares `width` x `height` pixels and holds none: all Pillow sees of a huge image before decoding."""
     import struct
     import zlib
 

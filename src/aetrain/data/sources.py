@@ -78,7 +78,8 @@ def _torchvision(cls: type, cfg: DataConfig, expected: str) -> Dataset:
 
 
 def _download_paths(cls: type, root: Path) -> list[Path]:
-    """What torchvision's download of `cls` writes under root: MNIST/, FashionMNIST/; cifar-10-batches-py/ and its archive."""
+    """What torchvision's download of `cls` writes under root: MNIST/ (FashionMNIST/); cifar-10-batches-py/ and its
+    archive."""
     return [root / name for name in (getattr(cls, "base_folder", cls.__name__), getattr(cls, "filename", "")) if name]
 
 
@@ -205,7 +206,8 @@ def _image_folder(cfg: DataConfig) -> Source:
     if len(ds) == 0:
         raise DataError(f"data.path={cfg.path}: no image files found (looked for png, jpg, jpeg, bmp, ...)")
     _check_images(ds.files, cfg)
-    return Source(ds, (1 if cfg.grayscale else 3, cfg.image_size, cfg.image_size), True)  # what Resize + CenterCrop make
+    shape = (1 if cfg.grayscale else 3, cfg.image_size, cfg.image_size)  # what the transform makes of any image
+    return Source(ds, shape, True)
 
 
 def _check_images(files: list[Path], cfg: DataConfig) -> None:

@@ -91,7 +91,8 @@ def check_fits(cfg: Config, family: Family, spec: DataSpec, device: torch.device
     host = available_host_memory()
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        limits = [(need.device_bytes, free, f"is free on {device}"), (need.host_bytes, host, "of host memory is available")]
+        limits = [(need.device_bytes, free, f"is free on {device}"),
+                  (need.host_bytes, host, "of host memory is available")]
     else:
         limits = [(need.device_bytes + need.host_bytes, host, "is available")]
     for needed, available, where in limits:
@@ -104,8 +105,9 @@ def _refusal(cfg: Config, need: Need, spec: DataSpec, needed: int, available: in
         fix = "lower data.batch_size" + (" or data.image_size" if hasattr(cfg.data, "image_size") else "")
     else:
         keys = [f"model.{k}" for k in ("hidden_dims", "channels", "latent_dim") if hasattr(cfg.model, k)]
-        fix = "make the model smaller (" + ", ".join(keys) + ")" + ("" if len(spec.shape) == 3 else
-                                                                    " or the rows narrower")
+        data = (" or data.image_size" if hasattr(cfg.data, "image_size") else
+                "" if spec.is_image else " or the rows narrower")
+        fix = "make the model smaller (" + ", ".join(keys) + ")" + data
     inputs = "x".join(map(str, spec.shape))
     return (f"the model does not fit in memory: {cfg.model.name} on {inputs} inputs has {need.parameters:,} parameters "
             f"and training needs at least {needed / GB:.1f} GB (weights, gradients, {cfg.optimizer.name} state, a "
