@@ -188,6 +188,8 @@ class TensorFileDataConfig(DataConfig):
     name: str = "tensor_file"
 
     path: str | None = None  # a .npy or .pt file (required)
+    layout: str = "auto"  # 4-d image arrays: nchw (N x C x H x W) | nhwc (N x H x W x C, converted) | auto = nhwc when
+    # the last axis has <= 4 entries and axis 1 more, nchw when the reverse or both have more; ambiguous = an error
 
 
 # --- optimizer -----------------------------------------------------------------------------------
@@ -268,6 +270,8 @@ class CosineSchedulerConfig(SchedulerConfig):
 class OneCycleSchedulerConfig(SchedulerConfig):
     name: str = "onecycle"
     pct_start: float = 0.3  # share of the run's optimizer steps spent rising to optimizer.lr, in (0, 1)
+    cycle_momentum: bool = True  # also cycle the momentum (Adam's beta1, SGD/RMSprop momentum) from 0.95 down to 0.85
+    # and back, against the rate (torch's OneCycleLR); false = keep the optimizer's own momentum
 
 
 @choice("scheduler", "plateau")
@@ -361,6 +365,13 @@ def _finite(value: float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
+
+
+def _seed(value: Any) -> bool:
+    return isinstance(value, int) and SEED_RANGE[0] <= value <= SEED_RANGE[1]
+
+
 def _check(section: Any, prefix: str, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
     """Apply the range rules of the keys `section` has (a choice has only some of them)."""
     for key, (ok, allowed) in rules.items():
@@ -380,6 +391,7 @@ MODEL_RULES = {
 DATA_RULES = {
     "batch_size": (lambda v: v >= 1, ">= 1"),
     "val_fraction": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "split_seed": (_seed, "an integer in [-2**63, 2**64 - 1]"),
     "image_size": (lambda v: v >= 1, ">= 1"),
     "num_workers": (lambda v: v >= 0, ">= 0"),
 }
@@ -425,12 +437,23 @@ def validate(cfg: Config) -> None:
         _require(_finite(m.sparsity.weight) and m.sparsity.weight >= 0.0, "model.sparsity.weight",
                  "a finite number >= 0", m.sparsity.weight)
         _require(0.0 < m.sparsity.target < 1.0, "model.sparsity.target", "in (0, 1)", m.sparsity.target)
+        if m.sparsity.kind != "kl" and m.sparsity.target != SparsityConfig().target:
+            raise ConfigError(f"model.sparsity.target={m.sparsity.target!r} is used by model.sparsity.kind=kl only; "
+                              f"this model has model.sparsity.kind={m.sparsity.kind}")
     if isinstance(o, SGDConfig):
         _require(not o.nesterov or o.momentum > 0.0, "optimizer.nesterov", "false unless optimizer.momentum > 0",
                  o.nesterov)
+    if isinstance(s, OneCycleSchedulerConfig) and s.cycle_momentum:
+        _check_cycled_momentum(o)
     if isinstance(s, CosineSchedulerConfig):
         _require(0.0 <= s.min_lr < o.lr, "scheduler.min_lr", f"in [0, optimizer.lr={o.lr:g})", s.min_lr)
 
+    if m.batch_norm and cfg.data.batch_size < 2:
+        raise ConfigError(f"model.batch_norm=true needs data.batch_size >= 2 (batch norm normalises over the batch; "
+                          f"data.batch_size={cfg.data.batch_size} gives it one sample); raise it or set "
+                          "model.batch_norm=false")
+
+    _require(_seed(t.seed), "trainer.seed", "an integer in [-2**63, 2**64 - 1]", t.seed)
     _require(t.max_epochs >= 1, "trainer.max_epochs", ">= 1", t.max_epochs)
     _require(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", ">= 1", t.accumulate_grad_batches)
     _require(t.gradient_clip_val is None or (_finite(t.gradient_clip_val) and t.gradient_clip_val > 0),
@@ -448,7 +471,19 @@ def validate(cfg: Config) -> None:
     _require(0.0 <= u.render_budget <= 1.0, "outputs.render_budget", "in [0, 1] (a share of the run's time)",
              u.render_budget)
     _require(1 <= u.num_samples <= 64, "outputs.num_samples", "in 1..64", u.num_samples)
+    _require(_seed(u.sample_seed), "outputs.sample_seed", "an integer in [-2**63, 2**64 - 1]", u.sample_seed)
     _require(u.grid_zoom_to >= 0, "outputs.grid_zoom_to", ">= 0 (0 = native size)", u.grid_zoom_to)
+
+
+def _check_cycled_momentum(o: OptimizerConfig) -> None:
+    """scheduler=onecycle (cycle_momentum) overwrites beta1 / momentum every step: a value set for it would be lost."""
+    default = default_choice("optimizer", o.name)
+    if hasattr(o, "betas") and o.betas[0] != default.betas[0]:
+        raise ConfigError(f"optimizer.betas={o.betas!r}: scheduler=onecycle cycles beta1 between 0.85 and 0.95, "
+                          "replacing yours; set scheduler.cycle_momentum=false to keep it")
+    if hasattr(o, "momentum") and o.momentum != default.momentum:
+        raise ConfigError(f"optimizer.momentum={o.momentum!r}: scheduler=onecycle cycles the momentum between 0.85 "
+                          "and 0.95, replacing yours; set scheduler.cycle_momentum=false to keep it")
 
 
 BACKBONE_KEYS = {"dense": ("hidden_dims",), "conv": ("channels", "kernel_size")}

@@ -197,6 +197,10 @@ def check_overrides(args: list[str]) -> None:
         key = key.lstrip("+~")
         if not sep:
             continue
+        multirun_or_show = {"-m", "--multirun", "-c", "--cfg", "-i", "--info"} & set(args)
+        if key == "hparams_search" and value != "null" and not multirun_or_show:
+            raise AetrainError(f"hparams_search={value} is a search: run it as a multirun, aetrain -m "
+                               f"hparams_search={value} (without -m it would train once and search nothing)")
         if key in CHOICES and value == "null":
             raise AetrainError(f"{key}=null: a run needs a {key}; choose one of: {', '.join(sorted(CHOICES[key]))}")
         group, _, leaf = key.partition(".")

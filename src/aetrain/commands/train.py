@@ -28,6 +28,7 @@ from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping
 from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
 from aetrain.train.graphs import COMPILE_MODES, build_step, graphs_policy
+from aetrain.train.memory import check_fits
 from aetrain.train.optim import build_optimizer, build_schedule
 from aetrain.train.outputs import build_outputs
 from aetrain.train.outputs.console import final_table
@@ -78,6 +79,7 @@ def build_parts(cfg: Config) -> Parts:
     family = FAMILIES.get(cfg.model.name)
     seed_everything(t.seed, t.deterministic)
     data = build_data(cfg.data, device, seed=t.seed, channels_last=t.channels_last)
+    check_fits(cfg, family, data.spec, device, batch_size=max(data.train.plan.sizes))  # before building it
     model = family.build(cfg.model, data.spec).to(device, memory_format=data.memory_format)
     objective, val_objective = (o.to(device) for o in family.objectives(cfg.model, data.spec))
     precision = Precision(t.precision, device)

@@ -38,6 +38,7 @@ class Data:
     eval_batch_size: int
     num_workers: int
     memory_format: torch.memory_format = torch.preserve_format
+    note: str = ""  # how the source was read when it is not plain (a converted channels-last array); for the header
 
     @property
     def num_train(self) -> int:
@@ -75,7 +76,8 @@ def build_data(cfg: DataConfig, device: torch.device, *, seed: int, channels_las
         if home.type == "cpu" and device.type == "cuda":
             train, val = train.pin_memory(), val.pin_memory()
         train, val = train.to(home, memory_format=memory_format), val.to(home, memory_format=memory_format)
-        return Data(spec, TensorBatches(train, plan, device), val, device, eval_batch_size, 0, memory_format)
+        return Data(spec, TensorBatches(train, plan, device), val, device, eval_batch_size, 0, memory_format,
+                    source.note)
 
     spec = DataSpec(cfg.name, source.shape, True, torch.tensor(0.0), torch.tensor(1.0), 0.0, 1.0)
     loader_train = LoaderBatches(Subset(source.samples, train_idx.tolist()), plan, device, cfg.num_workers,

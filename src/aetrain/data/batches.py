@@ -35,7 +35,9 @@ class BatchPlan:
 
     def order(self, epoch: int) -> torch.Tensor:
         """The epoch's sample order, (sum(sizes),) int64 on the CPU: the same for the same (seed, epoch)."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        # torch takes seeds in [-2**63, 2**64) and maps them mod 2**64: folding a larger derived seed the same
+        # way leaves every seed that fitted unchanged and lets any valid trainer.seed run
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)
         return torch.randperm(self.num_samples, generator=g)[: sum(self.sizes)]
 
     def epoch(self, epoch: int) -> list[torch.Tensor]:

@@ -29,17 +29,22 @@ OptimizerBuilder = Callable[[Params, Any, dict[str, bool]], torch.optim.Optimize
 class OptimizerKind:
     build: OptimizerBuilder  # (params, its config, fast-path flags) -> optimizer
     fused: bool  # torch has a fused kernel for it (CPU and CUDA, torch >= 2.4)
+    states: Callable[[Any], int]  # its config -> parameter-sized state tensors it keeps (for the memory estimate)
 
 
 OPTIMIZERS: Registry[OptimizerKind] = Registry("optimizer")
 OPTIMIZERS.add("adam", OptimizerKind(lambda p, c, fast: torch.optim.Adam(
-    p, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **fast), fused=True))
+    p, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **fast), fused=True,
+    states=lambda c: 2))  # the two moment estimates
 OPTIMIZERS.add("adamw", OptimizerKind(lambda p, c, fast: torch.optim.AdamW(
-    p, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **fast), fused=True))
+    p, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **fast), fused=True,
+    states=lambda c: 2))
 OPTIMIZERS.add("sgd", OptimizerKind(lambda p, c, fast: torch.optim.SGD(
-    p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay, **fast), fused=True))
+    p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay, **fast), fused=True,
+    states=lambda c: int(c.momentum > 0)))  # the momentum buffer
 OPTIMIZERS.add("rmsprop", OptimizerKind(lambda p, c, fast: torch.optim.RMSprop(
-    p, lr=c.lr, alpha=c.alpha, momentum=c.momentum, eps=c.eps, weight_decay=c.weight_decay, **fast), fused=False))
+    p, lr=c.lr, alpha=c.alpha, momentum=c.momentum, eps=c.eps, weight_decay=c.weight_decay, **fast), fused=False,
+    states=lambda c: 1 + int(c.momentum > 0)))  # the squared-gradient average, and a momentum buffer
 
 FUSED_DEVICES = {"cpu", "cuda"}  # where torch (>= 2.4) has fused Adam, AdamW and SGD kernels
 
@@ -117,7 +122,8 @@ SCHEDULERS.add("plateau", lambda opt, c, total: OnPlateau(
     lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=c.factor, patience=c.patience)))
 SCHEDULERS.add("cosine", _cosine)
 SCHEDULERS.add("onecycle", lambda opt, c, total: PerStep(lr_scheduler.OneCycleLR(
-    opt, max_lr=opt.param_groups[0]["lr"], total_steps=total, pct_start=c.pct_start)))
+    opt, max_lr=opt.param_groups[0]["lr"], total_steps=total, pct_start=c.pct_start,
+    cycle_momentum=c.cycle_momentum)))
 
 
 def build_schedule(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, *, total_steps: int) -> Schedule:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from aetrain.config import TrainerConfig
+from aetrain.errors import ConfigError
 from aetrain.registry import Registry
 
 PRECISIONS: Registry[torch.dtype | None] = Registry("trainer.precision")
@@ -70,6 +72,9 @@ CLIP_ALGORITHMS.add("value", clip_by_value)
 def build_clip(value: float | None, algorithm: str) -> Clip:
     """No value means no clipping; the norm is still measured and logged."""
     clip = CLIP_ALGORITHMS.get(algorithm)  # checked even when off: a typo is never silently ignored
+    if value is None and algorithm != TrainerConfig().gradient_clip_algorithm:  # a choice that would do nothing
+        raise ConfigError(f"trainer.gradient_clip_algorithm={algorithm} does nothing without "
+                          "trainer.gradient_clip_val (null = no clipping); set a clipping threshold")
     return measure_only if value is None else clip(value)
 
 

@@ -56,6 +56,8 @@ class Header(Callback):
             ("device", f"{p.data.device}, precision {cfg.trainer.precision}"),
             ("output", str(self.run_dir)),
         ]
+        if p.data.note:
+            lines.insert(2, ("", p.data.note))
         if st.epoch or st.step:
             lines.append(("resume", f"from epoch {st.epoch}, step {st.step}"))
         epochs = cfg.trainer.max_epochs

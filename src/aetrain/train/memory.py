@@ -1,0 +1,146 @@
+"""Will a run fit in memory? Counted and estimated before the model is built, checked against what the machine has.
+
+A model too large for the machine used to be built, trained for minutes and OOM-killed at its first
+checkpoint (a 20 x 2,000,000 array makes a dense model of a billion parameters). The estimate is a lower
+bound of a run's peak, so what it refuses cannot fit:
+
+- the model is built on the meta device (shapes only: no memory, no random numbers) to count its
+  parameters P, and run once on a meta batch of the largest micro-batch to add up its layers' outputs
+  (what autograd keeps for the backward pass; views are free);
+- bytes = 4 P x (weights + gradients + the optimizer's state tensors + the checkpoint's copy of the
+  weights + the checkpoint's serialized weights and optimizer state) + those activations (2 bytes per
+  element under mixed precision, else 4). Writing a checkpoint is the peak: `clean_state_dict` copies
+  the weights and `serialize` holds the file's bytes in memory. Measured on a 51M-parameter dense model
+  (2 epochs on the CPU, peak resident memory less that of the same run with a 30k-parameter model, 0.8 GB):
+  39 bytes per parameter with Adam (estimate 32), 28 with SGD + momentum (estimate 24);
+- it must fit what is available: on the CPU, Linux's MemAvailable (capped by a cgroup's memory limit,
+  as containers and SLURM jobs set, less what this process holds); on CUDA, the weights, gradients,
+  optimizer state and activations must fit the device's free memory and the checkpoint's copies the
+  host's. Where the available memory cannot be read (not Linux), nothing is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aetrain.config import Config
+from aetrain.data.spec import DataSpec
+from aetrain.errors import ConfigError
+from aetrain.models import Family
+from aetrain.train.optim import OPTIMIZERS
+
+FLOAT_BYTES = 4  # parameters, gradients and optimizer state are fp32 under every precision
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Need:
+    """A lower bound of a run's memory, split by where it lives on a GPU run."""
+
+    parameters: int
+    device_bytes: int  # weights, gradients, optimizer state, one batch's activations: on the training device
+    host_bytes: int  # a checkpoint's copy of the weights and its serialized bytes: always in host memory
+    activation_bytes: int
+
+    @property
+    def parameter_bytes(self) -> int:
+        return self.device_bytes + self.host_bytes - self.activation_bytes
+
+
+def estimate(cfg: Config, family: Family, spec: DataSpec, *, batch_size: int) -> Need:
+    """The memory training `family` on data of `spec` in micro-batches of `batch_size` needs at least."""
+    with torch.device("meta"):  # parameters and buffers get shapes, no storage; init draws no random numbers
+        model = family.build(cfg.model, spec)
+    p = sum(t.numel() for t in model.parameters())
+    states = OPTIMIZERS.get(cfg.optimizer.name).states(cfg.optimizer)
+    element = 4 if cfg.trainer.precision == "32" else 2
+    activations = element * _layer_outputs(model, batch_size, spec.shape)
+    training = FLOAT_BYTES * p * (2 + states)  # weights, gradients, optimizer state
+    checkpoint = FLOAT_BYTES * p * (1 + 1 + states)  # the weights' copy, then the file's bytes (weights + state)
+    return Need(p, training + activations, checkpoint, activations)
+
+
+def _layer_outputs(model: torch.nn.Module, batch_size: int, shape: tuple[int, ...]) -> int:
+    """Elements of every layer's output for one training batch, on the meta device (views excluded)."""
+    total = 0
+
+    def count(module: torch.nn.Module, inputs: object, output: object) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor) and output._base is None:
+            total += output.numel()
+
+    leaves = [m for m in model.modules() if not any(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        model.train()
+        model(torch.empty(batch_size, *shape, device="meta"))  # (B, *shape): shapes flow, nothing is computed
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+def check_fits(cfg: Config, family: Family, spec: DataSpec, device: torch.device, *, batch_size: int) -> None:
+    """ConfigError in one line when the run cannot fit in the memory this machine has available."""
+    need = estimate(cfg, family, spec, batch_size=batch_size)
+    host = available_host_memory()
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        limits = [(need.device_bytes, free, f"is free on {device}"),
+                  (need.host_bytes, host, "of host memory is available")]
+    else:
+        limits = [(need.device_bytes + need.host_bytes, host, "is available")]
+    for needed, available, where in limits:
+        if available is not None and needed > available:
+            raise ConfigError(_refusal(cfg, need, spec, needed, available, where))
+
+
+def _refusal(cfg: Config, need: Need, spec: DataSpec, needed: int, available: int, where: str) -> str:
+    if need.activation_bytes > needed - need.activation_bytes:  # one batch's activations are most of it
+        fix = "lower data.batch_size" + (" or data.image_size" if hasattr(cfg.data, "image_size") else "")
+    else:
+        keys = [f"model.{k}" for k in ("hidden_dims", "channels", "latent_dim") if hasattr(cfg.model, k)]
+        data = (" or data.image_size" if hasattr(cfg.data, "image_size") else
+                "" if spec.is_image else " or the rows narrower")
+        fix = "make the model smaller (" + ", ".join(keys) + ")" + data
+    inputs = "x".join(map(str, spec.shape))
+    return (f"the model does not fit in memory: {cfg.model.name} on {inputs} inputs has {need.parameters:,} parameters "
+            f"and training needs at least {needed / GB:.1f} GB (weights, gradients, {cfg.optimizer.name} state, a "
+            f"checkpoint's copies, one batch's activations) but {available / GB:.1f} GB {where}; {fix}")
+
+
+def available_host_memory() -> int | None:
+    """Bytes this process could still get: MemAvailable, capped by a cgroup memory limit; None where unknown.
+
+    An upper bound (other processes in the cgroup are not subtracted), so that a refusal is certain.
+    """
+    try:
+        match = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    if match is None:
+        return None
+    available = int(match.group(1)) * 1024
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # cgroup v2, v1
+        try:
+            limit = int(Path(limit_file).read_text())  # "max" (no limit) is not a number
+        except (OSError, ValueError):
+            continue
+        available = min(available, max(limit - _resident_bytes(), 0))
+        break
+    return available
+
+
+def _resident_bytes() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+__all__ = ["Need", "available_host_memory", "check_fits", "estimate"]
