@@ -3,6 +3,10 @@
 A source returns samples in *data units*, the form a user hands to `encode`/`reconstruct`:
 images as float tensors in [0, 1] (torchvision's ToTensor convention); tensor files as the
 values in the file. `aetrain.data.build_data` then splits, scales and places them.
+
+Labels come with the samples where the dataset has them: the digits' and the torchvision sets'
+classes, an image folder's first-level subfolders, a tensor file's `data.labels` file. Training
+ignores them unless `data.classes` picks some; the commands after training use them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class Source:
     shape: tuple[int, ...]
     in_unit_interval: bool  # values known to lie in [0, 1]
     uint8: bool = False  # values are 0..255 integers (tensor files): scaled by 1/255
+    labels: torch.Tensor | None = None  # (N,) int64 class of each sample; None = unlabelled
 
 
 SOURCES: Registry[Callable[[DataConfig], Source]] = Registry("data")
@@ -37,12 +42,13 @@ SOURCES: Registry[Callable[[DataConfig], Source]] = Registry("data")
 
 @SOURCES.register("digits")
 def _digits(cfg: DataConfig) -> Source:
-    images = torch.from_numpy(_digits_pixels()).float().div_(16.0)  # (1797, 64), 0..16 -> [0, 1]
-    return Source(images.view(-1, 1, 8, 8), (1, 8, 8), True)
+    table = _digits_table()  # (1797, 65): 64 pixels 0..16, then the label
+    images = torch.from_numpy(table[:, :-1]).float().div_(16.0)  # (1797, 64), 0..16 -> [0, 1]
+    return Source(images.view(-1, 1, 8, 8), (1, 8, 8), True, labels=torch.from_numpy(table[:, -1]).long())
 
 
-def _digits_pixels() -> np.ndarray:
-    """scikit-learn's bundled digits as (1797, 64) values 0..16.
+def _digits_table() -> np.ndarray:
+    """scikit-learn's bundled digits as (1797, 65): 64 pixel values 0..16 and the digit.
 
     Read straight from the file scikit-learn ships (datasets/data/digits.csv.gz, the file its
     `load_digits` reads): importing scikit-learn costs ~2 s of start-up, reading the file 30 ms.
@@ -52,8 +58,9 @@ def _digits_pixels() -> np.ndarray:
     if path is None or not path.is_file():  # a future layout: take the slow, public road
         from sklearn.datasets import load_digits
 
-        return load_digits().data
-    return np.loadtxt(path, delimiter=",")[:, :-1]  # the last column is the label
+        digits = load_digits()
+        return np.concatenate([digits.data, digits.target[:, None]], axis=1)
+    return np.loadtxt(path, delimiter=",")  # the last column is the label
 
 
 def _torchvision(cls: type, cfg: DataConfig, expected: str) -> Dataset:
@@ -76,7 +83,7 @@ def _mnist_like(cls_name: str) -> Callable[[DataConfig], Source]:
         cls = getattr(torchvision.datasets, cls_name)
         ds = _torchvision(cls, cfg, f"{cfg.root}/{cls_name}/raw/train-images-idx3-ubyte and the other idx files")
         images = ds.data.unsqueeze(1).float().div_(255.0)  # (N, 28, 28) uint8 -> (N, 1, 28, 28) in [0, 1]
-        return Source(images, tuple(images.shape[1:]), True)
+        return Source(images, tuple(images.shape[1:]), True, labels=ds.targets.long())
 
     return load
 
@@ -101,7 +108,7 @@ def _cifar10(cfg: DataConfig) -> Source:
 
     ds = _torchvision(CIFAR10, cfg, f"{cfg.root}/cifar-10-batches-py/data_batch_1..5, test_batch")
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 32, 32, 3) -> (N, 3, 32, 32)
-    return Source(images.contiguous(), (3, 32, 32), True)
+    return Source(images.contiguous(), (3, 32, 32), True, labels=torch.tensor(ds.targets, dtype=torch.long))
 
 
 class ImageFiles(Dataset):
@@ -137,7 +144,17 @@ def _image_folder(cfg: DataConfig) -> Source:
     ds = ImageFiles(root, cfg.image_size, cfg.grayscale)
     if len(ds) == 0:
         raise DataError(f"data.path={cfg.path}: no image files found (looked for png, jpg, jpeg, bmp, ...)")
-    return Source(ds, tuple(ds[0].shape), True)
+    return Source(ds, tuple(ds[0].shape), True, labels=_folder_labels(root, ds.files))
+
+
+def _folder_labels(root: Path, files: list[Path]) -> torch.Tensor | None:
+    """torchvision's ImageFolder convention: the class of an image is its first-level subfolder, numbered in
+    sorted order of the folder names. None (unlabelled) when any image lies directly in `root`."""
+    folders = [f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else None for f in files]
+    if None in folders:
+        return None
+    number = {name: i for i, name in enumerate(sorted(set(folders)))}
+    return torch.tensor([number[name] for name in folders], dtype=torch.long)
 
 
 @SOURCES.register("tensor_file")
@@ -168,7 +185,37 @@ def _tensor_file(cfg: DataConfig) -> Source:
     if not torch.isfinite(x).all():
         raise DataError(f"data.path={cfg.path}: contains NaN or infinite values")
     in_unit = uint8 or bool(x.min() >= 0 and x.max() <= 1)
-    return Source(x.contiguous(), tuple(x.shape[1:]), in_unit, uint8)
+    return Source(x.contiguous(), tuple(x.shape[1:]), in_unit, uint8, labels=_labels_file(cfg, len(x)))
+
+
+def _labels_file(cfg: DataConfig, n: int) -> torch.Tensor | None:
+    """data.labels: a .npy or .pt file of `n` integer labels (whole-number floats are accepted), or None."""
+    if cfg.labels is None:
+        return None
+    path = Path(cfg.labels)
+    if not path.is_file():
+        raise DataError(f"data.labels={cfg.labels}: no such file; it should hold {n} integer labels (.npy or .pt)")
+    try:
+        if path.suffix == ".npy":
+            y = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif path.suffix == ".pt":
+            y = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise DataError(f"data.labels={cfg.labels}: unknown file type; labels are read from .npy or .pt")
+    except DataError:
+        raise
+    except Exception as e:  # numpy and torch raise many kinds on a damaged or foreign file
+        raise DataError(f"data.labels={cfg.labels}: cannot read it as {path.suffix} array: {e}") from None
+    if not isinstance(y, torch.Tensor) or y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] != 1):
+        found = f"shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else f"a {type(y).__name__}"
+        raise DataError(f"data.labels={cfg.labels}: holds {found}; it should be a vector of {n} integer labels")
+    y = y.reshape(-1)
+    if len(y) != n:
+        raise DataError(f"data.labels={cfg.labels}: {len(y)} labels for {n} samples in data.path={cfg.path}; "
+                        "give one label per sample")
+    if y.dtype == torch.bool or y.is_complex() or (y.is_floating_point() and not bool((y == y.round()).all())):
+        raise DataError(f"data.labels={cfg.labels}: labels must be integers (got dtype {y.dtype})")
+    return y.long()
 
 
 def _existing_path(cfg: DataConfig, what: str) -> Path:
