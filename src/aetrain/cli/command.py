@@ -98,12 +98,18 @@ def run_command(command: str, args: list[str], own: Any, description: str, funct
             usage_error(f"unknown flag {arg}", command)
     try:
         run = run_dir_argument(command, CommandLine([a for a in args if "=" not in a], {}, set()))
-        cl = parse(command, args, {"data": run_data_config(run), command: own}, own=command)
-        data_given = any(k == "data" or k.startswith("data.") for k in cl.given)
+        run_data = run_data_config(run)
+        cl = parse(command, args, {"data": run_data, command: own}, own=command)
+        data = cl.sections["data"] if any(k == "data" or k.startswith("data.") for k in cl.given) else None
+        if data is not None and "data.classes" not in cl.given:
+            from aetrain.commands.trained import same_samples
+
+            if not same_samples(data, run_data):  # other data is used whole: the run's classes said what to train on
+                data = dataclasses.replace(data, classes=None)
         module, _, name = function.partition(":")
         call = getattr(importlib.import_module(module), name)
         with console_logging():
-            call(run, cl.sections[command], cl.sections["data"] if data_given else None)
+            call(run, cl.sections[command], data)
     except AetrainError as ex:
         exit_with(ex)
 

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 def encode(run: str | Path, cfg: EncodeConfig, data: DataConfig | None = None) -> dict[str, Any]:
     """Encode the samples of `data` (None: the run's own) with the model at `run`; writes <run dir>/encode/."""
     validate_command("encode", cfg)
-    trained = open_run(run, cfg.device)
+    trained = open_run(run, cfg.device, "encode.device")
     target = RunData.of(trained, data)
     split = resolve_split(cfg.split, target.own, "all")
     samples = target.select(split)

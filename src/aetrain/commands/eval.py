@@ -34,7 +34,7 @@ def evaluate(run: str | Path, cfg: EvalConfig, data: DataConfig | None = None) -
     """Evaluate the model at `run` on `data` (None: the run's own); writes <run dir>/eval/ (or cfg.out) and
     returns what metrics.json holds."""
     validate_command("eval", cfg)
-    trained = open_run(run, cfg.device)
+    trained = open_run(run, cfg.device, "eval.device")
     own = RunData.of(trained, None)
     target = own if data is None else RunData.of(trained, data)
     target = own if target.own else target

@@ -110,7 +110,7 @@ def worst_rows(originals: np.ndarray, recons: np.ndarray, title: str, row_names:
 
 def roc_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float, str]], title: str) -> bytes:
     """ROC curves (label, false positive rates, true positive rates, AUROC, colour), the diagonal for chance."""
-    fig = _figure(5.2, 5.0)
+    fig = _figure(6.0, 6.0)
     ax = fig.subplots()
     for label, fpr, tpr, auc, colour in curves:
         ax.plot(fpr, tpr, color=colour, linewidth=1.6, label=f"{label}: AUROC {auc:.4f}")
@@ -120,7 +120,7 @@ def roc_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float, str]],
     ax.set_aspect("equal")
     ax.set_xlabel("false positive rate (normal samples flagged)")
     ax.set_ylabel("true positive rate (anomalies flagged)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=9)
     ax.grid(True, alpha=0.3)
     return _png(fig)

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 def score(run: str | Path, cfg: ScoreConfig, data: DataConfig | None = None) -> dict[str, Any]:
     """Score the samples of `data` (None: the run's held-out ones) with the model at `run`; writes <run dir>/score/."""
     validate_command("score", cfg)
-    trained = open_run(run, cfg.device)
+    trained = open_run(run, cfg.device, "score.device")
     own = RunData.of(trained, None)
     target = own if data is None else RunData.of(trained, data)
     target = own if target.own else target
@@ -84,7 +84,7 @@ def score(run: str | Path, cfg: ScoreConfig, data: DataConfig | None = None) -> 
     if detection:
         out.add("roc.png", figures.roc_curves([(name, *_roc(anomaly, s), detection[key]["auroc"], colour)
                                                for (name, s, colour), key in zip(methods, detection)],
-                                              f"anomalies vs classes {normal_classes}: {title}"))
+                                              f"normal: classes {normal_classes}, anomalous: the others\n{title}"))
     out.add("scores.png", figures.score_histograms(scores, anomaly if detection else None, threshold, title,
                                                    trained.short_units))
     written = out.write()
@@ -103,8 +103,8 @@ def _scored(target: RunData, split: str) -> Samples:
     others = target.split.excluded()
     idx = torch.cat([target.split.val if held_out == "val" else target.split.test, others]).sort().values
     name = "validation" if held_out == "val" else "test"
-    more = f" and {len(others)} samples of classes not trained on" if len(others) else ""
-    return target.samples(idx, f"{len(idx) - len(others)} {name} samples{more} of the run's data")
+    more = f" and {len(others)} of classes not trained on" if len(others) else ""
+    return target.samples(idx, f"{len(idx) - len(others)} {name} samples{more} (the run's data)")
 
 
 def _errors(trained: Trained, x: torch.Tensor) -> np.ndarray:

@@ -31,7 +31,7 @@ from aetrain.atomic import write_atomic
 from aetrain.checkpoint import config_of, load, model_from_checkpoint, spec_from_checkpoint
 from aetrain.commands.train import resolve_device
 from aetrain.config import SPLITS, Config, DataConfig, validate_data
-from aetrain.data import Source, Split, load_source, split_samples
+from aetrain.data import Source, Split, class_indices, load_source, split_samples
 from aetrain.data.batches import eval_batches
 from aetrain.data.spec import DataSpec
 from aetrain.errors import ConfigError, DataError
@@ -98,10 +98,14 @@ class Trained:
         return torch.cat(codes), torch.cat(recons)
 
 
-def open_run(path: str | Path, device: str = "cpu") -> Trained:
-    """The model at `path` (a run dir: best.pt, else last.pt; or a checkpoint file), in eval mode on `device`."""
+def open_run(path: str | Path, device: str = "cpu", device_key: str = "device") -> Trained:
+    """The model at `path` (a run dir: best.pt, else last.pt; or a checkpoint file), in eval mode on `device`
+    (the command's key `device_key`, for messages)."""
     ckpt = load(path, prefer=(BEST, LAST))
-    where = resolve_device(device)
+    try:
+        where = resolve_device(device)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("trainer.device", device_key)) from None
     model = model_from_checkpoint(ckpt).to(where)
     checkpoint = Path(ckpt["path"])
     epoch = ckpt.get("state", {}).get("epoch", 0) if isinstance(ckpt.get("state"), dict) else 0
@@ -137,14 +141,21 @@ class RunData:
         self.trained, self.cfg, self.own = trained, cfg, own
         self.source: Source = load_source(cfg)
         self._check_shape()
-        self.split: Split = split_samples(cfg, self.source)
+        self._split: Split | None = None
         if own:
             self._check_against_saved_split()
+
+    @property
+    def split(self) -> Split:
+        """The split, computed when first needed: every sample of other data needs none (nor its labels)."""
+        if self._split is None:
+            self._split = split_samples(self.cfg, self.source)
+        return self._split
 
     @classmethod
     def of(cls, trained: Trained, data: DataConfig | None) -> RunData:
         """The run's own data (None, or a config that differs from it only in how data is read), or other data."""
-        own = data is None or _same_samples(data, trained.cfg.data)
+        own = data is None or same_samples(data, trained.cfg.data)
         return cls(trained, trained.cfg.data if data is None else data, own=own)
 
     @property
@@ -181,9 +192,10 @@ class RunData:
         return roles
 
     def indices(self, split: str) -> torch.Tensor:
-        """Source indices of a split: train, val, test, or all (every sample, every class)."""
+        """Source indices of a split: train, val, test, or all: every sample of the run's own data (of every class:
+        its data.classes said what to train on), or of other data the samples of its data.classes (null: every one)."""
         if split == "all":
-            return torch.arange(self.split.num_samples)
+            return torch.arange(len(self.source.samples)) if self.own else class_indices(self.cfg, self.source)
         if split not in ("train", "val", "test"):
             raise ConfigError(f"split={split!r} is not one of: {', '.join(s for s in SPLITS if s != 'auto')}")
         idx = getattr(self.split, split)
@@ -217,7 +229,8 @@ class RunData:
         return self.samples(idx, f"{which} of {of}")
 
 
-def _same_samples(a: DataConfig, b: DataConfig) -> bool:
+def same_samples(a: DataConfig, b: DataConfig) -> bool:
+    """True when two data configs describe the same samples and split (they may differ in how data is read)."""
     strip = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if k not in LOADING_KEYS}  # noqa: E731
     return type(a) is type(b) and strip(a) == strip(b)
 

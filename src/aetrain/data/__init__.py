@@ -33,7 +33,7 @@ from aetrain.data.spec import DataSpec
 from aetrain.errors import DataError
 from aetrain.rundir import split_record
 
-__all__ = ["SOURCES", "Data", "DataSpec", "Split", "build_data", "load_source", "split_samples"]
+__all__ = ["SOURCES", "Data", "DataSpec", "Split", "build_data", "class_indices", "load_source", "split_samples"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def split_samples(cfg: DataConfig, source: Source) -> Split:
     round(m * val_fraction) of a seeded permutation validate, the next round(m * test_fraction) test,
     the rest train. With test_fraction 0 and no classes, this is the split aetrain always made."""
     n = len(source.samples)
-    candidates = _of_classes(cfg, source)
+    candidates = class_indices(cfg, source)
     m = len(candidates)
     n_val, n_test = round(m * cfg.val_fraction), round(m * cfg.test_fraction)
     of = f"{m} samples of data.classes={cfg.classes}" if cfg.classes is not None else f"{m}"
@@ -83,7 +83,7 @@ def split_samples(cfg: DataConfig, source: Source) -> Split:
                  test=order[n_val : n_val + n_test].sort().values)
 
 
-def _of_classes(cfg: DataConfig, source: Source) -> torch.Tensor:
+def class_indices(cfg: DataConfig, source: Source) -> torch.Tensor:
     """Indices of the samples whose label is in data.classes (every sample when it is None)."""
     n = len(source.samples)
     if cfg.classes is None:
