@@ -522,7 +522,7 @@ class EvalConfig:
     num_worst: int = 16  # samples in worst.png, the worst reconstructed first, in 1..64
     probe_samples: int = 10000  # most training samples the logistic-regression probes fit on; 0 = no probes
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
-    out: str | None = None  # the folder to write into; None = <run dir>/eval
+    out: str | None = None  # the folder to write into; null = <run dir>/eval
 
 
 @dataclass
@@ -533,7 +533,7 @@ class EncodeConfig:
     map: str = "auto"  # codes.png's 2-D view: auto (the codes themselves when 2-d, else pca) | pca | tsne
     map_samples: int = 5000  # most samples drawn in codes.png (a seeded subset, >= 2); codes.npy holds every sample
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
-    out: str | None = None  # the folder to write into; None = <run dir>/encode
+    out: str | None = None  # the folder to write into; null = <run dir>/encode
 
 
 @dataclass
@@ -542,10 +542,10 @@ class ScoreConfig:
 
     split: str = "auto"  # auto (the run's test split, else its validation split, plus every sample of a class not trained on; every sample of data given here) | train | val | test | all
     quantile: float = 0.99  # threshold = this quantile of the errors on the run's validation split, in (0, 1]
-    normal_classes: list[int] | None = None  # labels that are normal for AUROC and AP; None = the classes trained on
+    normal_classes: list[int] | None = None  # labels that are normal for AUROC and AP; null = the classes trained on
     seed: int = 0  # IsolationForest's random_state
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
-    out: str | None = None  # the folder to write into; None = <run dir>/score
+    out: str | None = None  # the folder to write into; null = <run dir>/score
 
 
 @dataclass
@@ -555,7 +555,7 @@ class ExportConfig:
     format: str = "onnx"  # onnx | torchscript | exported_program
     check_samples: int = 64  # real samples (the run's validation split, or data given here) to check the export on, >= 1
     tolerance: float = 1e-4  # largest difference from PyTorch allowed, in model units (a fraction of data.scale); above = the export fails
-    out: str | None = None  # the folder to write into; None = <run dir>/export
+    out: str | None = None  # the folder to write into; null = <run dir>/export
 
 
 COMMAND_RULES = {

@@ -149,7 +149,9 @@ def command_help(command: str, own: Any, description: str) -> str:
     lines += [f"  {f'{k}={v}':<{width}}  {comment}".rstrip() for k, v, comment in keys]
     lines += ["", "data: the run's own data (from its checkpoint) unless data=<name> (that dataset's defaults) or",
               "data.<key>=<value> (the run's data with that key changed, e.g. data.path=other.npy) is given; the",
-              "keys are training's (aetrain --help). A run dir's best.pt is used, else its last.pt."]
+              "keys are training's (aetrain --help). Data given here is used whole (the run's data.classes said what",
+              "to train on); data.classes=[...] given here picks classes of it. A run dir's best.pt is used, else its",
+              "last.pt."]
     return "\n".join(lines) + "\n"
 
 

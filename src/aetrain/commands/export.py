@@ -112,19 +112,19 @@ def export(run: str | Path, cfg: ExportConfig, data: DataConfig | None = None) -
         if differences[worst] > cfg.tolerance:
             raise ExportCheckFailed(
                 f"export format={cfg.format}: {worst} differs from PyTorch by {differences[worst]:.3g} (model units) on "
-                f"{len(idx)} samples of {samples.description}, more than export.tolerance={cfg.tolerance:g}; nothing "
-                "was written")
+                f"the first {len(idx)} of {samples.description}, more than export.tolerance={cfg.tolerance:g}; "
+                "nothing was written")
         info = _info(trained, cfg, samples.description, len(idx), differences)
         (staging / EXPORT_INFO).write_text(json_text(info))
-        written = _move_into(staging, folder, cfg.format)
+        written = _move_into(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
     checked = "onnxruntime" if cfg.format == "onnx" else {"torchscript": "torch.jit.load",
                                                           "exported_program": "torch.export.load"}[cfg.format]
     log_lines([f"aetrain export: {trained.run_dir} ({trained.description}) as {cfg.format}",
-               f"  checked in {checked} on {len(idx)} samples of {samples.description}, at batch sizes {len(idx)} "
-               "and 1; largest difference from PyTorch in model units:",
+               f"  checked in {checked} on the first {len(idx)} of {samples.description}, at batch sizes "
+               f"{len(idx)} and 1; largest difference from PyTorch in model units:",
                *table([[part, NAMES[part][0], NAMES[part][1], differences[part]] for part in EXPORT_PARTS],
                       ["", "input", "output", "max |difference|"]),
                f"  inputs and outputs in data units: {trained.model.input_units}",
@@ -226,7 +226,7 @@ def _info(trained: Trained, cfg: ExportConfig, description: str, n: int, differe
     }
 
 
-def _move_into(staging: Path, folder: Path, fmt: str) -> list[Path]:
+def _move_into(staging: Path, folder: Path) -> list[Path]:
     """Move the checked files into `folder`, replacing an earlier export of the same format."""
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"out={folder}: exists and is not a directory")
