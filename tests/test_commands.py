@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from aetrain.config import EncodeConfig, EvalConfig, ExportConfig, ScoreConfig
+import aetrain
+from aetrain.config import DataConfig, EncodeConfig, EvalConfig, ExportConfig, ScoreConfig
+from aetrain.data import load_source
 from conftest import FAST
 
 AFTER_TRAINING = {"eval": EvalConfig, "encode": EncodeConfig, "score": ScoreConfig, "export": ExportConfig}
@@ -99,3 +102,15 @@ def test_bad_command_lines_are_one_line_errors_that_write_nothing(cli, trained, 
     assert message in result.err, result.err
     assert "Traceback" not in result.output
     assert snapshot(run) == before and not any((tmp_path / "empty").iterdir())
+
+
+def test_a_checkpoint_file_works_as_the_run_and_its_run_dir_gets_the_output(cli, trained) -> None:
+    run = trained(*FAST)
+    result = cli.command("encode", str(run / "checkpoints/last.pt"), "split=val", "device=cpu")
+    assert result.returncode == 0, result.err
+    assert "last.pt of epoch 2" in result.out
+    indices = np.load(run / "encode/indices.npy")
+    assert len(indices) == 359
+    with torch.no_grad():
+        expected = aetrain.load_model(run / "checkpoints/last.pt").encode(load_source(DataConfig()).samples[indices])
+    np.testing.assert_allclose(np.load(run / "encode/codes.npy"), expected.numpy(), atol=1e-5)
