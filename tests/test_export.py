@@ -100,6 +100,7 @@ def test_onnx_round_trips_conv_and_dense_runs_of_any_shape(cli, trained, data_fi
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # the user's side of format=torchscript
 @pytest.mark.parametrize("fmt", ["torchscript", "exported_program"])
 def test_torchscript_and_exported_programs_load_back_in_torch(cli, trained, fmt: str) -> None:
     run = trained(*FAST, "model=conv_ae")
