@@ -139,3 +139,23 @@ def choose(group: str, name: str, **keys: Any) -> Any:
             raise AttributeError(f"{group}={name} has no key {key}")
         setattr(section, key, value)
     return section
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """`trained(*overrides)`: the run dir of a CPU training run (no pictures, no TensorBoard) with these
+    overrides, trained once per session (per xdist worker) and shared by the tests that ask for it. The
+    commands after training write into their own folders of it; a test that checks a run dir is left
+    alone compares it before and after."""
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def train(*args: str) -> Path:
+        if args not in runs:
+            run_dir = tmp_path_factory.mktemp("trained") / "run"
+            code = call_main([f"hydra.run.dir={run_dir}", "trainer.device=cpu", "outputs.plot_every=0",
+                              "outputs.tensorboard=false", *args])
+            assert code == 0, f"training {args} failed with exit code {code}"
+            runs[args] = run_dir
+        return runs[args]
+
+    return train

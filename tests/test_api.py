@@ -61,3 +61,54 @@ def test_loading_something_that_is_not_a_checkpoint_is_a_clear_error(tmp_path: P
         aetrain.load_model(tmp_path / "missing.pt")
     with pytest.raises(CheckpointError, match="no checkpoint in"):
         aetrain.load_model(tmp_path)
+
+
+# --- what the API takes, per data kind (#16 item 5) ----------------------------------------------------
+
+def test_numpy_arrays_and_float64_are_taken_as_float32_tensors(trained) -> None:
+    model = aetrain.load_model(trained(*FAST))
+    x = build_data(DataConfig(), torch.device("cpu"), seed=0).val[:8]
+    expected = model.reconstruct(x)
+    torch.testing.assert_close(model.reconstruct(x.double()), expected)
+    torch.testing.assert_close(model.reconstruct(x.numpy().astype(np.float64)), expected)
+    z = model.encode(x.numpy())
+    assert isinstance(z, torch.Tensor) and z.dtype == torch.float32
+    torch.testing.assert_close(model.decode(z.detach().numpy()), model.decode(z))
+
+
+@pytest.mark.parametrize(("call", "given", "message"), [
+    ("encode", np.zeros((8, 8)), r"x: shape \(8, 8\); this model takes \(N, 1, 8, 8\) \(images N x C x H x W\)"),
+    ("reconstruct", torch.zeros(1, 8, 8), r"takes \(N, 1, 8, 8\) .* \(one sample\? add the batch axis: x\[None\]\)"),
+    ("reconstruct", torch.zeros(4, 64), r"x: shape \(4, 64\); this model takes \(N, 1, 8, 8\)"),
+    ("decode", torch.zeros(4, 3), r"z: shape \(4, 3\); this model takes \(N, 16\) \(codes\)"),
+    ("encode", [[0.0] * 64], r"x: a list; this model takes a torch.Tensor or numpy array of shape \(N, 1, 8, 8\)"),
+    ("encode", torch.full((2, 1, 8, 8), float("nan")), "x: contains NaN or infinite values"),
+    ("encode", torch.zeros(2, 1, 8, 8, dtype=torch.bool), "x: dtype torch.bool; this model takes real numbers"),
+    ("reconstruct", torch.full((2, 1, 8, 8), 255.0), r"x: values span \[255, 255\]; this model takes values in "
+                                                      r"\[0, 1\].*; divide 0-255 pixel values by 255"),
+])
+def test_wrong_input_is_one_clear_error_saying_what_the_model_takes(trained, call: str, given: object,
+                                                                     message: str) -> None:
+    from aetrain.models.base import InputError
+
+    model = aetrain.load_model(trained(*FAST))
+    with pytest.raises(InputError, match=message) as info:
+        getattr(model, call)(given)
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+
+
+def test_a_model_of_a_uint8_file_takes_and_gives_the_files_0_to_255_values(cli, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((200, 1, 6, 6)) < 0.3) * rng.integers(150, 256, (200, 1, 6, 6))  # sparse bright dots
+    np.save(tmp_path / "images.npy", pixels.astype(np.uint8))
+    result = cli("data=tensor_file", f"data.path={tmp_path / 'images.npy'}", "trainer.max_epochs=3",
+                 "trainer.device=cpu", "outputs.plot_every=0")
+    assert result.returncode == 0, result.err
+    model = aetrain.load_model(result.run_dir)
+    assert model.input_range == (0.0, 255.0) and "values in [0, 255]" in model.input_units
+    x = torch.from_numpy(pixels[:16].astype(np.uint8))  # the file's own dtype is taken as it is
+    x_hat = model.reconstruct(x)
+    assert x_hat.dtype == torch.float32 and 0 <= x_hat.min() and x_hat.max() <= 255 and x_hat.max() > 20
+    torch.testing.assert_close(model.reconstruct(x.float()), x_hat)
+    with pytest.warns(UserWarning, match=r"every value is within \[0, 1\], but this model takes values in \[0, 255\]"):
+        model.reconstruct(x.float() / 255)  # [0, 1] pixels given to a 0-255 model: most likely a mistake

@@ -146,6 +146,8 @@ class DataConfig:
     batch_size: int = 64  # samples per micro-batch
     val_fraction: float = 0.2  # share of samples held out for validation, in (0, 1)
     split_seed: int = 0  # seed of the train/val split; fixed apart from trainer.seed so sweeps compare alike
+    test_fraction: float = 0.0  # share held out as a test split that training never sees, in [0, 1); 0 = none
+    classes: list[int] | None = None  # train on samples with these labels only (labelled data); None = every sample
 
 
 choice("data", "digits")(DataConfig)  # scikit-learn's bundled digits: nothing to configure
@@ -190,6 +192,7 @@ class TensorFileDataConfig(DataConfig):
     path: str | None = None  # a .npy or .pt file (required)
     layout: str = "auto"  # 4-d image arrays: nchw (N x C x H x W) | nhwc (N x H x W x C, converted) | auto = nhwc when
     # the last axis has <= 4 entries and axis 1 more, nchw when the reverse or both have more; ambiguous = an error
+    labels: str | None = None  # a .npy or .pt file of N integer labels, one per sample; None = unlabelled
 
 
 # --- optimizer -----------------------------------------------------------------------------------
@@ -392,6 +395,9 @@ DATA_RULES = {
     "batch_size": (lambda v: v >= 1, ">= 1"),
     "val_fraction": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
     "split_seed": (_seed, "an integer in [-2**63, 2**64 - 1]"),
+    "test_fraction": (lambda v: 0.0 <= v < 1.0, "in [0, 1) (0 = no test split)"),
+    "classes": (lambda v: v is None or (len(v) >= 1 and len(set(v)) == len(v)),
+                "a non-empty list of distinct labels, or null for every sample"),
     "image_size": (lambda v: v >= 1, ">= 1"),
     "num_workers": (lambda v: v >= 0, ">= 0"),
 }
@@ -423,7 +429,7 @@ def validate(cfg: Config) -> None:
                               f"{group}={section.name}")
     m, o, s, t, u = cfg.model, cfg.optimizer, cfg.scheduler, cfg.trainer, cfg.outputs
     _check(m, "model", MODEL_RULES)
-    _check(cfg.data, "data", DATA_RULES)
+    validate_data(cfg.data)
     _check(o, "optimizer", OPTIMIZER_RULES)
     _check(s, "scheduler", SCHEDULER_RULES)
     if isinstance(m, BackboneModelConfig):
@@ -486,6 +492,13 @@ def _check_cycled_momentum(o: OptimizerConfig) -> None:
                           "and 0.95, replacing yours; set scheduler.cycle_momentum=false to keep it")
 
 
+def validate_data(data: DataConfig) -> None:
+    """The data section's ranges (training and every command that takes data overrides)."""
+    _check(data, "data", DATA_RULES)
+    _require(data.val_fraction + data.test_fraction < 1.0, "data.test_fraction",
+             f"below 1 - data.val_fraction = {1.0 - data.val_fraction:g} (training needs samples)", data.test_fraction)
+
+
 BACKBONE_KEYS = {"dense": ("hidden_dims",), "conv": ("channels", "kernel_size")}
 
 
@@ -531,3 +544,74 @@ def _update(obj: Any, data: dict[str, Any]) -> Any:
             is_section = dataclasses.is_dataclass(hints[f.name]) and isinstance(value, dict)
             setattr(obj, f.name, _update(getattr(obj, f.name), value) if is_section else value)
     return obj
+
+
+# --- commands after training -----------------------------------------------------------------------
+# `aetrain eval|encode|score|export <run dir> [key=value ...]`: each command's own section. Their data
+# section is the run's own (from its checkpoint) unless data=<name> or data.<key>=<value> is given.
+
+SPLITS = ("auto", "train", "val", "test", "all")  # which samples a command works on; auto is each command's own
+
+
+@dataclass
+class EvalConfig:
+    """`aetrain eval`: reconstruction errors against PCA of the same size, and the codes as features."""
+
+    split: str = "auto"  # auto (the run's validation split; every sample of data given here) | train | val | test | all
+    num_worst: int = 16  # samples in worst.png, the worst reconstructed first, in 1..64
+    probe_samples: int = 10000  # most training samples the logistic-regression probes fit on; 0 = no probes
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
+    out: str | None = None  # the folder to write into; null = <run dir>/eval
+
+
+@dataclass
+class EncodeConfig:
+    """`aetrain encode`: the code of every sample, and a 2-D map of the codes."""
+
+    split: str = "auto"  # auto (every sample) | train | val | test | all
+    map: str = "auto"  # codes.png's 2-D view: auto (the codes themselves when 2-d, else pca) | pca | tsne
+    map_samples: int = 5000  # most samples drawn in codes.png (a seeded subset, >= 2); codes.npy holds every sample
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
+    out: str | None = None  # the folder to write into; null = <run dir>/encode
+
+
+@dataclass
+class ScoreConfig:
+    """`aetrain score`: reconstruction error as an anomaly score, with a threshold and, given labels, AUROC."""
+
+    split: str = "auto"  # auto (the run's test split, else its validation split, plus every sample of a class not trained on; every sample of data given here) | train | val | test | all
+    quantile: float = 0.99  # threshold = this quantile of the errors on the run's validation split, in (0, 1]
+    normal_classes: list[int] | None = None  # labels that are normal for AUROC and AP; null = the classes trained on
+    seed: int = 0  # IsolationForest's random_state
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
+    out: str | None = None  # the folder to write into; null = <run dir>/score
+
+
+@dataclass
+class ExportConfig:
+    """`aetrain export`: the model, its encoder and its decoder for inference outside aetrain, checked."""
+
+    format: str = "onnx"  # onnx | torchscript | exported_program
+    check_samples: int = 64  # real samples (the run's validation split, or data given here) to check the export on, >= 1
+    tolerance: float = 1e-4  # largest difference from PyTorch allowed, in model units (a fraction of data.scale); above = the export fails
+    out: str | None = None  # the folder to write into; null = <run dir>/export
+
+
+COMMAND_RULES = {
+    "split": (lambda v: v in SPLITS, f"one of: {', '.join(SPLITS)}"),
+    "num_worst": (lambda v: 1 <= v <= 64, "in 1..64"),
+    "probe_samples": (lambda v: v >= 0, ">= 0 (0 = no probes)"),
+    "map": (lambda v: v in ("auto", "pca", "tsne"), "one of: auto, pca, tsne"),
+    "map_samples": (lambda v: v >= 2, ">= 2"),
+    "quantile": (lambda v: _finite(v) and 0.0 < v <= 1.0, "in (0, 1]"),
+    "normal_classes": (lambda v: v is None or (len(v) >= 1 and len(set(v)) == len(v)),
+                       "a non-empty list of distinct labels, or null for the classes trained on"),
+    "format": (lambda v: v in ("onnx", "torchscript", "exported_program"), "one of: onnx, torchscript, exported_program"),
+    "check_samples": (lambda v: v >= 1, ">= 1"),
+    "tolerance": (lambda v: _finite(v) and v > 0.0, "a finite number > 0"),
+}
+
+
+def validate_command(name: str, section: Any) -> None:
+    """Check a command's own section (`name` is its prefix on the command line: eval, encode, ...)."""
+    _check(section, name, COMMAND_RULES)

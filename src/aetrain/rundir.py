@@ -22,6 +22,18 @@ TENSORBOARD = "tensorboard"
 HYDRA = ".hydra"  # the composed config, the overrides typed, Hydra's own config
 CHECKPOINTS = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
+SPLIT = "split.json"  # the source indices of the train/val/test samples, written when training starts
+
+# The commands after training, each writing into its own folder of the run dir (or `<command>.out`).
+EVAL = "eval"  # aetrain eval
+EVAL_FILES = ("metrics.json", "per_sample.csv", "errors.png", "worst.png")
+ENCODE = "encode"  # aetrain encode
+ENCODE_FILES = ("codes.npy", "indices.npy", "labels.npy", "codes.png")
+SCORE = "score"  # aetrain score
+SCORE_FILES = ("metrics.json", "scores.csv", "roc.png", "scores.png")
+EXPORT = "export"  # aetrain export: <part>.onnx | <part>.torchscript.pt | <part>.pt2 for each part, and:
+EXPORT_PARTS = ("model", "encoder", "decoder")
+EXPORT_INFO = "export.json"  # inputs, outputs, units and the check's differences
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -77,6 +89,20 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if "epoch" not in columns:
         raise ValueError(f"{path}: not an aetrain metrics table (no 'epoch' column)")
     return [{k: number(v) for k, v in row.items() if k is not None} for row in rows]
+
+
+def split_record(num_samples: int, splits: dict[str, list[int]], data: dict[str, Any]) -> str:
+    """split.json's text: `data` (the data config), `num_samples` in the source, and each split's indices."""
+    return json.dumps({"data": data, "num_samples": num_samples, **splits}, separators=(",", ":")) + "\n"
+
+
+def read_split(run_dir: Path) -> dict[str, Any] | None:
+    """split.json as a dict (keys data, num_samples, train, val, test), or None when the run has none."""
+    try:
+        data = json.loads((run_dir / SPLIT).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and all(k in data for k in ("num_samples", "train", "val", "test")) else None
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

@@ -16,6 +16,10 @@ import sys
 
 COMMANDS = {  # name -> module of this package
     "train": "aetrain.cli.train",
+    "eval": "aetrain.cli.eval",
+    "encode": "aetrain.cli.encode",
+    "score": "aetrain.cli.score",
+    "export": "aetrain.cli.export",
 }
 
 

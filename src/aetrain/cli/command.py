@@ -7,11 +7,21 @@ Their overrides use the training syntax on the sections a command has, and nothi
 - `<key>=<value>` or `<command>.<key>=<value>` sets a key of the command's own section.
 Values are parsed as YAML (`data.classes=[0,1]`, `score.quantile=0.95`) and checked against
 the typed sections: an unknown key or a wrong type is one line naming the key and what is allowed.
+
+`run_command` is the whole command line of such a command: `--help`, the run dir, the run's data
+config as the starting point of `data.*`, the overrides, console logging, and one-line errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
+import inspect
+import logging
+import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +29,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.config import default_choice
-from aetrain.errors import ConfigError
+from aetrain.errors import AetrainError, ConfigError
 
-from aetrain.cli.report import describe, unknown_key_message
+from aetrain.cli.report import describe, exit_with, unknown_key_message, usage_error
 
 
 @dataclasses.dataclass
@@ -47,6 +57,9 @@ def parse(command: str, args: list[str], sections: dict[str, Any], *, own: str) 
             continue
         section, _, leaf = key.partition(".")
         if section not in sections or not leaf:
+            if leaf and not hasattr(sections[own], section):
+                raise ConfigError(f"{key}: unknown key; aetrain {command} takes "
+                                  f"{', '.join(f'{s}.<key>' for s in sections)} (or its own keys without '{own}.')")
             section, leaf = own, key  # an unprefixed key of the command's own section
         given.add(f"{section}.{leaf}")
         sections[section] = _set(sections[section], section, leaf, value)
@@ -71,3 +84,92 @@ def run_dir_argument(command: str, cl: CommandLine) -> Path:
         found = f"got {len(cl.positional)}: {' '.join(cl.positional)}" if cl.positional else "got none"
         raise ConfigError(f"aetrain {command} takes one run dir (or checkpoint file) before its overrides; {found}")
     return Path(cl.positional[0])
+
+
+def run_command(command: str, args: list[str], own: Any, description: str, function: str) -> None:
+    """`aetrain <command> <run dir or checkpoint> [key=value ...]`: parse, then call `function`
+    ("module:name", imported only now) as function(run, own section, data config or None), where None means
+    the run's own data (no data=/data.* given). User errors end in one line and exit code 2."""
+    if {"--help", "-h"} & set(args):
+        sys.stdout.write(command_help(command, own, description))
+        return
+    for arg in args:
+        if arg.startswith("-"):
+            usage_error(f"unknown flag {arg}", command)
+    try:
+        run = run_dir_argument(command, CommandLine([a for a in args if "=" not in a], {}, set()))
+        run_data = run_data_config(run)
+        cl = parse(command, args, {"data": run_data, command: own}, own=command)
+        data = cl.sections["data"] if any(k == "data" or k.startswith("data.") for k in cl.given) else None
+        if data is not None and "data.classes" not in cl.given:
+            from aetrain.commands.trained import same_samples
+
+            if not same_samples(data, run_data):  # other data is used whole: the run's classes said what to train on
+                data = dataclasses.replace(data, classes=None)
+        module, _, name = function.partition(":")
+        call = getattr(importlib.import_module(module), name)
+        with console_logging():
+            call(run, cl.sections[command], data)
+    except AetrainError as ex:
+        exit_with(ex)
+
+
+def run_data_config(run: Path) -> Any:
+    """The data section the run was trained with (from its best.pt, else last.pt)."""
+    from aetrain.checkpoint import config_of, load
+    from aetrain.rundir import BEST, LAST
+
+    return config_of(load(run, prefer=(BEST, LAST))).data
+
+
+@contextlib.contextmanager
+def console_logging() -> Iterator[None]:
+    """aetrain's log lines on stdout, one plain line each, while a command runs."""
+    logger = logging.getLogger("aetrain")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the root logger may have handlers of its own (a test's, Hydra's): no double lines
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def command_help(command: str, own: Any, description: str) -> str:
+    """The text of `aetrain <command> --help`: usage, description, and every key with its default and comment."""
+    keys = documented_keys(type(own))
+    width = max(len(f"{k}={v}") for k, v, _ in keys)
+    lines = [f"usage: aetrain {command} <run dir or checkpoint file> [key=value ...]", "", description.strip(), "",
+             f"keys ({command}.<key>=<value>, or <key>=<value>), with their defaults:"]
+    lines += [f"  {f'{k}={v}':<{width}}  {comment}".rstrip() for k, v, comment in keys]
+    lines += ["", "data: the run's own data (from its checkpoint) unless data=<name> (that dataset's defaults) or",
+              "data.<key>=<value> (the run's data with that key changed, e.g. data.path=other.npy) is given; the",
+              "keys are training's (aetrain --help). Data given here is used whole (the run's data.classes said what",
+              "to train on); data.classes=[...] given here picks classes of it. A run dir's best.pt is used, else its",
+              "last.pt."]
+    return "\n".join(lines) + "\n"
+
+
+def documented_keys(schema: type) -> list[tuple[str, str, str]]:
+    """(key, default as typed on the command line, its comment in the dataclass's source) for each field."""
+    try:
+        source = inspect.getsource(schema)
+    except (OSError, TypeError):  # no source shipped: keys and defaults only
+        source = ""
+    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", source, flags=re.MULTILINE))
+    return [(f.name, _typed(getattr(schema(), f.name)), comments.get(f.name, "")) for f in dataclasses.fields(schema)]
+
+
+def _typed(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(map(_typed, value)) + "]"
+    return str(value)

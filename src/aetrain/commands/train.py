@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from aetrain import checkpoint as checkpoints
+from aetrain.atomic import write_atomic
 from aetrain.config import Config, validate
 from aetrain.data import build_data
 from aetrain.errors import CheckpointError, ConfigError, Interrupted
 from aetrain.models import FAMILIES
-from aetrain.rundir import LAST, METRICS, checkpoint_dir, read_metrics, run_dir_of
+from aetrain.rundir import LAST, METRICS, SPLIT, checkpoint_dir, read_metrics, run_dir_of
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping
 from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
@@ -112,6 +113,7 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> di
         _refuse_existing_run(out_dir)
     history = _earlier_epochs(previous, ckpt) if ckpt is not None else []
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / SPLIT, parts.data.split.record(cfg.data))  # which samples validate: for the commands after
 
     engine = Engine(parts, [
         Checkpointer(out_dir, every_n_steps=t.checkpoint_every_n_steps, top_k=t.save_top_k),

@@ -10,10 +10,16 @@ Scaling to model units, decided once from the training split and stored in the m
 - uint8 tensor files are divided by 255;
 - float tensor files within [0, 1] are unchanged; any other float data is standardized, per
   feature for rows and per channel for images.
+
+The split (`Split`) is a pure function of the data config: `data.classes` keeps the samples of
+those labels, then `data.split_seed` shuffles them into validation, test and training samples.
+Training writes it into the run dir (split.json), and the commands after training recompute it
+to work on exactly the run's validation or test samples.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,8 +31,75 @@ from aetrain.data.batches import BatchPlan, LoaderBatches, TensorBatches, eval_b
 from aetrain.data.sources import SOURCES, Source
 from aetrain.data.spec import DataSpec
 from aetrain.errors import DataError
+from aetrain.rundir import split_record
 
-__all__ = ["SOURCES", "Data", "DataSpec", "build_data"]
+__all__ = ["SOURCES", "Data", "DataSpec", "Split", "build_data", "class_indices", "load_source", "split_samples"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which samples of a source are for training, validation and testing: sorted int64 indices into
+    the source's samples. Samples of labels outside `data.classes` are in none of them."""
+
+    num_samples: int  # samples in the source, of every class
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+
+    def excluded(self) -> torch.Tensor:
+        """Indices of the samples in no split (their label is not in data.classes), sorted."""
+        used = torch.zeros(self.num_samples, dtype=torch.bool)
+        used[torch.cat([self.train, self.val, self.test])] = True
+        return (~used).nonzero().flatten()
+
+    def record(self, cfg: DataConfig) -> str:
+        """The text of the run dir's split.json."""
+        return split_record(self.num_samples, {"train": self.train.tolist(), "val": self.val.tolist(),
+                                               "test": self.test.tolist()}, dataclasses.asdict(cfg))
+
+
+def load_source(cfg: DataConfig) -> Source:
+    """The samples (and labels) of `cfg.name`, in data units."""
+    return SOURCES.get(cfg.name)(cfg)
+
+
+def split_samples(cfg: DataConfig, source: Source) -> Split:
+    """Keep the samples of `data.classes`, then split them by `data.split_seed`: the first
+    round(m * val_fraction) of a seeded permutation validate, the next round(m * test_fraction) test,
+    the rest train. With test_fraction 0 and no classes, this is the split aetrain always made."""
+    n = len(source.samples)
+    candidates = class_indices(cfg, source)
+    m = len(candidates)
+    n_val, n_test = round(m * cfg.val_fraction), round(m * cfg.test_fraction)
+    of = f"{m} samples of data.classes={cfg.classes}" if cfg.classes is not None else f"{m}"
+    if n_val < 1 or m - n_val - n_test < 2:
+        test = f", {n_test} test" if cfg.test_fraction else ""
+        raise DataError(f"data.val_fraction={cfg.val_fraction} leaves {m - n_val - n_test} training{test} and {n_val} "
+                        f"validation samples of {of}; each split needs samples (training at least 2)")
+    if cfg.test_fraction > 0 and n_test < 1:
+        raise DataError(f"data.test_fraction={cfg.test_fraction} leaves no test samples of {of}; raise it or set 0")
+    order = candidates[torch.randperm(m, generator=torch.Generator().manual_seed(cfg.split_seed))]
+    return Split(n, train=order[n_val + n_test :].sort().values, val=order[:n_val].sort().values,
+                 test=order[n_val : n_val + n_test].sort().values)
+
+
+def class_indices(cfg: DataConfig, source: Source) -> torch.Tensor:
+    """Indices of the samples whose label is in data.classes (every sample when it is None)."""
+    n = len(source.samples)
+    if cfg.classes is None:
+        return torch.arange(n)
+    if source.labels is None:
+        hint = {"tensor_file": "; give one label per sample with data.labels=<a .npy or .pt file>",
+                "image_folder": "; an image folder is labelled when every image lies in a subfolder of data.path "
+                                "(one per class)"}.get(cfg.name, "")
+        raise DataError(f"data.classes={cfg.classes}: data={cfg.name} has no labels{hint}")
+    present = sorted(set(source.labels.tolist()))
+    missing = [c for c in cfg.classes if c not in present]
+    if missing:
+        shown = ", ".join(map(str, present[:20])) + (", ..." if len(present) > 20 else "")
+        raise DataError(f"data.classes={cfg.classes}: no sample has label {', '.join(map(str, missing))}; "
+                        f"the labels are: {shown}")
+    return torch.isin(source.labels, torch.tensor(cfg.classes, dtype=torch.long)).nonzero().flatten()
 
 
 @dataclass
@@ -39,6 +112,7 @@ class Data:
     num_workers: int
     memory_format: torch.memory_format = torch.preserve_format
     note: str = ""  # how the source was read when it is not plain (a converted channels-last array); for the header
+    split: Split | None = None  # the source indices of the training and validation (and test) samples
 
     @property
     def num_train(self) -> int:
@@ -57,16 +131,11 @@ def build_data(cfg: DataConfig, device: torch.device, *, seed: int, channels_las
 
     `channels_last`: hold and deliver images in NHWC memory format (gathers and slices keep it).
     """
-    source = SOURCES.get(cfg.name)(cfg)
+    source = load_source(cfg)
     image = len(source.shape) == 3
     memory_format = torch.channels_last if channels_last and image else torch.preserve_format
-    n = len(source.samples)
-    n_val = round(n * cfg.val_fraction)
-    if n_val < 1 or n - n_val < 2:
-        raise DataError(f"data.val_fraction={cfg.val_fraction} leaves {n - n_val} training and {n_val} validation "
-                        f"samples of {n}; each split needs samples (training at least 2)")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
-    val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+    split = split_samples(cfg, source)
+    val_idx, train_idx = split.val, split.train
     plan = BatchPlan(len(train_idx), cfg.batch_size, seed=seed)
     eval_batch_size = max(4 * cfg.batch_size, 256)  # no gradients to hold: larger batches run faster
 
@@ -77,13 +146,13 @@ def build_data(cfg: DataConfig, device: torch.device, *, seed: int, channels_las
             train, val = train.pin_memory(), val.pin_memory()
         train, val = train.to(home, memory_format=memory_format), val.to(home, memory_format=memory_format)
         return Data(spec, TensorBatches(train, plan, device), val, device, eval_batch_size, 0, memory_format,
-                    source.note)
+                    note=source.note, split=split)
 
     spec = DataSpec(cfg.name, source.shape, True, torch.tensor(0.0), torch.tensor(1.0), 0.0, 1.0)
     loader_train = LoaderBatches(Subset(source.samples, train_idx.tolist()), plan, device, cfg.num_workers,
                                  memory_format)
     return Data(spec, loader_train, Subset(source.samples, val_idx.tolist()), device, eval_batch_size, cfg.num_workers,
-                memory_format)
+                memory_format, note=source.note, split=split)
 
 
 def _scaled(source: Source, train_idx: torch.Tensor, val_idx: torch.Tensor, name: str

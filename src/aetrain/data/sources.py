@@ -3,6 +3,10 @@
 A source returns samples in *data units*, the form a user hands to `encode`/`reconstruct`:
 images as float tensors in [0, 1] (torchvision's ToTensor convention); tensor files as the
 values in the file. `aetrain.data.build_data` then splits, scales and places them.
+
+Labels come with the samples where the dataset has them: the digits' and the torchvision sets'
+classes, an image folder's first-level subfolders, a tensor file's `data.labels` file. Training
+ignores them unless `data.classes` picks some; the commands after training use them.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Source:
     in_unit_interval: bool  # values known to lie in [0, 1]
     uint8: bool = False  # values are 0..255 integers (tensor files): scaled by 1/255
     note: str = ""  # how the samples were read, when it is not plain (a channels-last array converted): for the header
+    labels: torch.Tensor | None = None  # (N,) int64 class of each sample; None = unlabelled
 
 
 SOURCES: Registry[Callable[[DataConfig], Source]] = Registry("data")
@@ -44,12 +49,13 @@ SOURCES: Registry[Callable[[DataConfig], Source]] = Registry("data")
 
 @SOURCES.register("digits")
 def _digits(cfg: DataConfig) -> Source:
-    images = torch.from_numpy(_digits_pixels()).float().div_(16.0)  # (1797, 64), 0..16 -> [0, 1]
-    return Source(images.view(-1, 1, 8, 8), (1, 8, 8), True)
+    table = _digits_table()  # (1797, 65): 64 pixels 0..16, then the label
+    images = torch.from_numpy(table[:, :-1]).float().div_(16.0)  # (1797, 64), 0..16 -> [0, 1]
+    return Source(images.view(-1, 1, 8, 8), (1, 8, 8), True, labels=torch.from_numpy(table[:, -1]).long())
 
 
-def _digits_pixels() -> np.ndarray:
-    """scikit-learn's bundled digits as (1797, 64) values 0..16.
+def _digits_table() -> np.ndarray:
+    """scikit-learn's bundled digits as (1797, 65): 64 pixel values 0..16 and the digit.
 
     Read straight from the file scikit-learn ships (datasets/data/digits.csv.gz, the file its
     `load_digits` reads): importing scikit-learn costs ~2 s of start-up, reading the file 30 ms.
@@ -59,8 +65,9 @@ def _digits_pixels() -> np.ndarray:
     if path is None or not path.is_file():  # a future layout: take the slow, public road
         from sklearn.datasets import load_digits
 
-        return load_digits().data
-    return np.loadtxt(path, delimiter=",")[:, :-1]  # the last column is the label
+        digits = load_digits()
+        return np.concatenate([digits.data, digits.target[:, None]], axis=1)
+    return np.loadtxt(path, delimiter=",")  # the last column is the label
 
 
 def _torchvision(cls: type, cfg: DataConfig, expected: str) -> Dataset:
@@ -120,7 +127,7 @@ def _mnist_like(cls_name: str) -> Callable[[DataConfig], Source]:
         ds = _torchvision(cls, cfg, expected)
         images = ds.data.unsqueeze(1).float().div_(255.0)  # (N, 28, 28) uint8 -> (N, 1, 28, 28) in [0, 1]
         note = f"extracted {len(extracted)} .gz files in {raw}" if extracted else ""
-        return Source(images, tuple(images.shape[1:]), True, note=note)
+        return Source(images, tuple(images.shape[1:]), True, note=note, labels=ds.targets.long())
 
     return load
 
@@ -169,7 +176,7 @@ def _cifar10(cfg: DataConfig) -> Source:
 
     ds = _torchvision(CIFAR10, cfg, f"expected {cfg.root}/cifar-10-batches-py/data_batch_1..5, test_batch")
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 32, 32, 3) -> (N, 3, 32, 32)
-    return Source(images.contiguous(), (3, 32, 32), True)
+    return Source(images.contiguous(), (3, 32, 32), True, labels=torch.tensor(ds.targets, dtype=torch.long))
 
 
 class ImageFiles(Dataset):
@@ -207,7 +214,7 @@ def _image_folder(cfg: DataConfig) -> Source:
         raise DataError(f"data.path={cfg.path}: no image files found (looked for png, jpg, jpeg, bmp, ...)")
     _check_images(ds.files, cfg)
     shape = (1 if cfg.grayscale else 3, cfg.image_size, cfg.image_size)  # what the transform makes of any image
-    return Source(ds, shape, True)
+    return Source(ds, shape, True, labels=_folder_labels(root, ds.files))
 
 
 def _check_images(files: list[Path], cfg: DataConfig) -> None:
@@ -231,6 +238,16 @@ def _check_images(files: list[Path], cfg: DataConfig) -> None:
         more = f" (and {len(bad) - 1} more of the {len(files)} files)" if len(bad) > 1 else ""
         raise DataError(f"data.path={cfg.path}: cannot read image {bad[0]}{more}; remove or replace "
                         f"{'them' if more else 'it'}")
+
+
+def _folder_labels(root: Path, files: list[Path]) -> torch.Tensor | None:
+    """torchvision's ImageFolder convention: the class of an image is its first-level subfolder, numbered in
+    sorted order of the folder names. None (unlabelled) when any image lies directly in `root`."""
+    folders = [f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else None for f in files]
+    if None in folders:
+        return None
+    number = {name: i for i, name in enumerate(sorted(set(folders)))}
+    return torch.tensor([number[name] for name in folders], dtype=torch.long)
 
 
 @SOURCES.register("tensor_file")
@@ -272,7 +289,7 @@ def _tensor_file(cfg: DataConfig) -> Source:
         raise DataError(f"data.path={cfg.path}: contains NaN or infinite values")
     in_unit = uint8 or bool(x.min() >= 0 and x.max() <= 1)
     x, note = _channels_first(x, cfg)
-    return Source(x.contiguous(), tuple(x.shape[1:]), in_unit, uint8, note)
+    return Source(x.contiguous(), tuple(x.shape[1:]), in_unit, uint8, note, labels=_labels_file(cfg, len(x)))
 
 
 LAYOUTS = ("auto", "nchw", "nhwc")
@@ -302,6 +319,36 @@ def _channels_first(x: torch.Tensor, cfg: DataConfig) -> tuple[torch.Tensor, str
         note = (f"read as N x H x W x C {tuple(x.shape)} by data.layout=auto; set data.layout=nchw to take it as "
                 "N x C x H x W") if layout == "nhwc" else ""
     return (x.permute(0, 3, 1, 2) if layout == "nhwc" else x), note  # (N, H, W, C) -> (N, C, H, W)
+
+
+def _labels_file(cfg: DataConfig, n: int) -> torch.Tensor | None:
+    """data.labels: a .npy or .pt file of `n` integer labels (whole-number floats are accepted), or None."""
+    if cfg.labels is None:
+        return None
+    path = Path(cfg.labels)
+    if not path.is_file():
+        raise DataError(f"data.labels={cfg.labels}: no such file; it should hold {n} integer labels (.npy or .pt)")
+    try:
+        if path.suffix == ".npy":
+            y = torch.from_numpy(np.load(path, allow_pickle=False))
+        elif path.suffix == ".pt":
+            y = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise DataError(f"data.labels={cfg.labels}: unknown file type; labels are read from .npy or .pt")
+    except DataError:
+        raise
+    except Exception as e:  # numpy and torch raise many kinds on a damaged or foreign file
+        raise DataError(f"data.labels={cfg.labels}: cannot read it as {path.suffix} array: {e}") from None
+    if not isinstance(y, torch.Tensor) or y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] != 1):
+        found = f"shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else f"a {type(y).__name__}"
+        raise DataError(f"data.labels={cfg.labels}: holds {found}; it should be a vector of {n} integer labels")
+    y = y.reshape(-1)
+    if len(y) != n:
+        raise DataError(f"data.labels={cfg.labels}: {len(y)} labels for {n} samples in data.path={cfg.path}; "
+                        "give one label per sample")
+    if y.dtype == torch.bool or y.is_complex() or (y.is_floating_point() and not bool((y == y.round()).all())):
+        raise DataError(f"data.labels={cfg.labels}: labels must be integers (got dtype {y.dtype})")
+    return y.long()
 
 
 def _existing_path(cfg: DataConfig, what: str) -> Path:

@@ -62,7 +62,7 @@ def assemble(cfg: ModelConfig, spec: DataSpec, backbone: Backbone, *, cls: type[
         raise ConfigError(f"model.output_activation={cfg.output_activation!r} is not one of: auto, "
                           + ", ".join(OUTPUT_ACTIVATIONS.names()))
     model = cls(encoder, decoder, OUTPUT_ACTIVATIONS.get(output)(), Scaling(spec.shift, spec.scale),
-                latent_dim=cfg.latent_dim)
+                latent_dim=cfg.latent_dim, spec=spec)
     init_weights(model, cfg.init, cfg.activation)
     return model
 

@@ -1,0 +1,116 @@
+"""What every command after training shares: its own --help, and one-line refusals that leave the run dir alone."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import aetrain
+from aetrain.config import DataConfig, EncodeConfig, EvalConfig, ExportConfig, ScoreConfig
+from aetrain.data import load_source
+from conftest import FAST
+
+AFTER_TRAINING = {"eval": EvalConfig, "encode": EncodeConfig, "score": ScoreConfig, "export": ExportConfig}
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def rgb_run(trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A conv run on 3-channel 8x8 uint8 images."""
+    path = tmp_path_factory.mktemp("rgb") / "rgb.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (60, 3, 8, 8), dtype=np.uint8))
+    return trained("model=conv_ae", "data=tensor_file", f"data.path={path}", "trainer.max_epochs=1")
+
+
+@pytest.mark.parametrize("command", AFTER_TRAINING)
+def test_each_command_has_its_own_help_with_every_key(cli, command: str) -> None:
+    result = cli.command(command, "--help")
+    assert result.returncode == 0 and result.err == ""
+    assert result.out.startswith(f"usage: aetrain {command} <run dir or checkpoint file> [key=value ...]")
+    for key in AFTER_TRAINING[command].__dataclass_fields__:
+        line = next(line for line in result.out.splitlines() if line.strip().startswith(f"{key}="))
+        assert len(line.split(None, 1)) == 2, f"{key} has no description"  # key=default, then its comment
+
+
+def test_top_level_help_lists_every_command(cli) -> None:
+    out = cli("--help").out
+    for command in ["train", *AFTER_TRAINING]:
+        assert f"aetrain {command} " in out
+
+
+@pytest.mark.parametrize("command", AFTER_TRAINING)
+@pytest.mark.parametrize("case", ["conv run given tabular rows", "3-channel run given 1-channel images"])
+def test_data_that_does_not_fit_the_model_is_refused_in_one_line(cli, trained, rgb_run: Path, tmp_path: Path,
+                                                                  command: str, case: str) -> None:
+    if case == "conv run given tabular rows":
+        run = trained(*FAST, "model=conv_ae")
+        np.save(tmp_path / "rows.npy", np.random.rand(50, 64).astype(np.float32))
+        args = ["data=tensor_file", f"data.path={tmp_path / 'rows.npy'}"]
+        message = ("data=tensor_file (" + str(tmp_path / "rows.npy") + "): rows of 64 features (64,); this model "
+                   "(conv_ae, trained on digits) takes 1-channel 8x8 images (1, 8, 8)")
+    else:
+        run, args = rgb_run, ["data=digits"]
+        message = ("data=digits: 1-channel 8x8 images (1, 8, 8); this model (conv_ae, trained on tensor_file) takes "
+                   "3-channel 8x8 images (3, 8, 8)")
+    before = snapshot(run)
+    result = cli.command(command, str(run), *args)
+    assert (result.returncode, result.out) == (2, "")
+    assert result.err == f"aetrain: error: {message}\n"
+    assert snapshot(run) == before
+
+
+BAD = [
+    (["eval"], [], "aetrain eval takes one run dir (or checkpoint file) before its overrides; got none"),
+    (["encode", "{run}", "{run}"], [], "aetrain encode takes one run dir (or checkpoint file) before its overrides; got 2"),
+    (["eval", "{empty}"], [], "no checkpoint in"),
+    (["score", "{empty}/missing.pt"], [], "no such checkpoint file or run directory"),
+    (["eval", "{run}", "foo=1"], [], "eval.foo: unknown key; eval has: split, num_worst, probe_samples, device, out"),
+    (["eval", "{run}", "model.latent_dim=3"], [], "model.latent_dim: unknown key; aetrain eval takes data.<key>, "
+                                                  "eval.<key>"),
+    (["score", "{run}", "data.path=x.npy"], [], "data.path: unknown key for data=digits (a key of data=image_folder, "
+                                                "tensor_file)"),
+    (["score", "{run}", "quantile=2"], [], "score.quantile=2.0 is out of range: must be in (0, 1]"),
+    (["score", "{run}", "normal_classes=[42]"], [], "score.normal_classes=[42]: no scored sample has any of these labels"),
+    (["eval", "{run}", "split=test"], [], "split=test: the data has no test split (data.test_fraction=0.0)"),
+    (["encode", "{run}", "map=umap"], [], "encode.map='umap' is out of range: must be one of: auto, pca, tsne"),
+    (["export", "{run}", "format=tflite"], [], "export.format='tflite' is out of range: must be one of: onnx, "
+                                               "torchscript, exported_program"),
+    (["eval", "{run}", "data=mnist", "data.root={empty}", "data.download=false"], [], "has no readable MNIST"),
+    (["eval", "{run}", "data.classes=[42]"], [], "data.classes=[42]: no sample has label 42"),
+    (["eval", "{run}", "data.val_fraction=0"], [], "data.val_fraction=0.0 is out of range: must be in (0, 1)"),
+    (["eval", "{run}", "device=tpu"], [], "eval.device='tpu' is not one of: auto, cpu, cuda, cuda:N, mps"),
+    (["eval", "{run}", "--fast"], [], "unknown flag --fast"),
+]
+
+
+@pytest.mark.parametrize(("args", "_", "message"), BAD, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_command_lines_are_one_line_errors_that_write_nothing(cli, trained, tmp_path: Path, args: list[str], _,
+                                                                  message: str) -> None:
+    run = trained(*FAST)
+    (tmp_path / "empty").mkdir()
+    before = snapshot(run)
+    result = cli.command(*[a.format(run=run, empty=tmp_path / "empty") for a in args])
+    assert result.returncode == 2 and result.err.startswith("aetrain: error: ") and result.err.count("\n") == 1
+    assert message in result.err, result.err
+    assert "Traceback" not in result.output
+    assert snapshot(run) == before and not any((tmp_path / "empty").iterdir())
+
+
+def test_a_checkpoint_file_works_as_the_run_and_its_run_dir_gets_the_output(cli, trained) -> None:
+    run = trained(*FAST)
+    result = cli.command("encode", str(run / "checkpoints/last.pt"), "split=val", "device=cpu")
+    assert result.returncode == 0, result.err
+    assert "last.pt of epoch 2" in result.out
+    indices = np.load(run / "encode/indices.npy")
+    assert len(indices) == 359
+    with torch.no_grad():
+        expected = aetrain.load_model(run / "checkpoints/last.pt").encode(load_source(DataConfig()).samples[indices])
+    np.testing.assert_allclose(np.load(run / "encode/codes.npy"), expected.numpy(), atol=1e-5)
