@@ -53,6 +53,25 @@ def run_dir_of(path: str | Path) -> Path:
     return p.parent.parent if p.parent.name == CHECKPOINTS else p.parent
 
 
+def own_run_dir(path: str | Path, run_id: Any) -> Path | None:
+    """The run dir that a checkpoint (`path`: the file, or a run dir) was written in, or None when it lies elsewhere.
+
+    `<dir>` is the checkpoint's own run when the checkpoint is `<dir>/checkpoints/<name>.pt` (or `<dir>`
+    itself was given) and `<dir>/summary.json` names the run the checkpoint belongs to (`run_id`). A
+    checkpoint from before run ids (run_id None) belongs to such a `<dir>` when it has `.hydra/config.yaml`
+    and a summary.json without a run id (run_id not a string counts as None). Anything else (a copy kept in a folder of one's own, or put
+    into another run's checkpoints/) is not in its run dir: continuing it must not write there.
+    """
+    p = Path(path)
+    if not p.is_dir() and p.parent.name != CHECKPOINTS:
+        return None
+    run_dir = run_dir_of(p)
+    found = read_summary(run_dir).get("run_id")
+    if isinstance(run_id, str):
+        return run_dir if found == run_id else None
+    return run_dir if found is None and (run_dir / HYDRA / "config.yaml").is_file() else None
+
+
 def number(text: str | None) -> float | int:
     """A metrics.csv cell as a number: int for counts, float otherwise, NaN for an empty cell."""
     if text is None or text == "":

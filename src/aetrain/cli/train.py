@@ -30,7 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.config import CHOICES
 from aetrain.errors import AetrainError, Interrupted
-from aetrain.rundir import HYDRA, run_dir_of
+from aetrain.rundir import HYDRA, own_run_dir
 
 from aetrain.cli import sweep
 from aetrain.cli.report import EXIT_JOB_FAILED, describe, exit_with, usage_error
@@ -208,11 +208,17 @@ def check_overrides(args: list[str]) -> None:
 def resume_arguments(args: list[str]) -> list[str]:
     """`trainer.resume=X` continues X's run: in X's run dir, composed from the overrides that run was
     started (or last resumed) with. Arguments given now win over saved ones; `hydra.run.dir=...`
-    given now sends the continuation elsewhere. Other command lines pass through unchanged."""
+    given now sends the continuation elsewhere. A checkpoint that is not in its own run dir
+    (aetrain.rundir.own_run_dir) continues in a new run dir, from this command line alone: the folder
+    it is kept in is never written to. Other command lines pass through unchanged."""
     resume = next((a.partition("=")[2] for a in reversed(args) if a.startswith("trainer.resume=")), "")
     if resume in ("", "null") or {"-m", "--multirun"} & set(args):
         return args
-    run_dir = run_dir_of(resume)
+    from aetrain.checkpoint import load  # torch: only for a resume
+
+    run_dir = own_run_dir(resume, load(resume).get("run_id"))
+    if run_dir is None:  # kept outside its run dir: a new run dir, composed from this command line
+        return args
     saved_files = sorted((run_dir / HYDRA).glob("resume-*/overrides.yaml"), key=lambda p: int(p.parent.name[7:]))
     saved_files = saved_files or [run_dir / HYDRA / "overrides.yaml"]
     given = {_override_key(a) for a in args}

@@ -23,7 +23,7 @@ from aetrain.config import Config, validate
 from aetrain.data import build_data
 from aetrain.errors import CheckpointError, ConfigError, Interrupted
 from aetrain.models import FAMILIES
-from aetrain.rundir import LAST, METRICS, checkpoint_dir, read_metrics, run_dir_of
+from aetrain.rundir import LAST, METRICS, checkpoint_dir, own_run_dir, read_metrics
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping
 from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
@@ -101,10 +101,13 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> di
     ckpt = checkpoints.load(t.resume) if t.resume else None
     if ckpt is not None:
         checkpoint.check_resumable(cfg, ckpt, parts.data.spec, per_step_schedule=parts.schedule.per_step)
-    previous = run_dir_of(t.resume) if t.resume else None
+    previous = own_run_dir(t.resume, ckpt.get("run_id")) if ckpt is not None else None
     in_place = previous is not None and previous.resolve() == out_dir.resolve()
     if not in_place:
         _refuse_existing_run(out_dir)
+    if ckpt is not None and previous is None:
+        log.info("%s is not in the run dir it was written in: continuing it in %s without its earlier epochs' "
+                 "metrics; the folder it is kept in is left alone", t.resume, out_dir)
     history = _earlier_epochs(previous, ckpt) if ckpt is not None else []
     out_dir.mkdir(parents=True, exist_ok=True)
 

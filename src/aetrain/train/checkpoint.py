@@ -80,6 +80,7 @@ def payload(engine: Engine) -> dict[str, Any]:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "aetrain_version": __version__,
+        "run_id": engine.run_id,  # which run dir is this checkpoint's own (aetrain.rundir.own_run_dir)
         "torch_version": str(torch.__version__),  # a TorchVersion object would need unpickling
         "config": to_json(p.cfg),
         "data_spec": spec_dict(p.data.spec),
@@ -109,6 +110,8 @@ def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
                                  p.data.device)
             engine.meter.load_state_dict(ckpt["meter"])
         restore_rng_states(ckpt["rng"])  # last: building the parts drew from the generators
+        if isinstance(ckpt.get("run_id"), str):  # checkpoints from before run ids keep the new one
+            engine.run_id = ckpt["run_id"]
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: its training state cannot be restored "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

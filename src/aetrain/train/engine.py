@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,6 +225,8 @@ class Engine:
     meter: Meter | None = None  # the epoch under way; None at an epoch boundary
     stop_reason: str | None = None  # set by a callback (early stopping) to end the run after this epoch
     status: str = "running"  # then ok | stopped_early | interrupted | diverged | failed
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names the run in its checkpoints and summary.json;
+    # kept on resume, so a checkpoint can tell its own run dir from a folder it was copied into
 
     def fit(self) -> TrainState:
         self._call("on_fit_start")

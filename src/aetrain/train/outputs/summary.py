@@ -76,6 +76,7 @@ class Summary(Callback):
             "loss_curve": self._relative(self.run_dir / LOSS_CURVE if (self.run_dir / LOSS_CURVE).exists() else None),
             "tensorboard": self._relative(self.run_dir / TENSORBOARD if (self.run_dir / TENSORBOARD).exists() else None),
             "run_dir": str(self.run_dir.resolve()),
+            "run_id": engine.run_id,  # the same in the run's checkpoints: a resume writes here only if they match
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         # a sweep's table or a watching script never sees half a file
