@@ -72,3 +72,107 @@ def test_a_checkpoint_copied_into_another_runs_checkpoints_folder_does_not_conti
     assert result.returncode == 0, result.output
     assert snapshot(other.run_dir) == before
     assert [int(r["epoch"]) for r in metrics_rows(tmp_path / "continued")] == [3]
+
+
+# --- 2. two runs started at once never share a run dir ----------------------------------------------------
+
+def start(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "aetrain", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_runs_into_one_explicit_dir_at_once_one_trains_the_other_is_refused(tmp_path: Path) -> None:
+    args = ("hydra.run.dir=conc", "trainer.max_epochs=6", "outputs.plot_every=0", *FAST[1:])
+    first, second = start(*args, cwd=tmp_path), start(*args, cwd=tmp_path)
+    results = [(p.returncode, *p.communicate(timeout=300)) for p in (first, second)]
+    results = [(p.returncode, out, err) for p, (_, out, err) in zip((first, second), results)]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    [(_, _, err)] = [r for r in results if r[0] == 2]
+    assert err.count("\n") == 1 and ("is in use by another aetrain process" in err or "already holds a run" in err), err
+    assert [int(r["epoch"]) for r in metrics_rows(tmp_path / "conc")] == list(range(1, 7))
+    assert sorted(p.name for p in (tmp_path / "conc" / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml",
+                                                                                 "overrides.yaml"]
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_into_the_default_dir_get_a_dir_each(tmp_path: Path) -> None:
+    procs = [start("trainer.max_epochs=1", f"model.latent_dim={k}", "outputs.plot_every=0", *FAST[1:], cwd=tmp_path)
+             for k in (3, 5)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, out + err
+    dirs = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())
+    assert len(dirs) == 2
+    configs = [json.loads(torch.load(d / "checkpoints" / "last.pt", weights_only=True)["config"]) for d in dirs]
+    assert sorted(c["model"]["latent_dim"] for c in configs) == [3, 5]
+    assert all(len(metrics_rows(d)) == 1 for d in dirs)  # each its own epoch 1, nothing interleaved
+
+
+def test_the_default_run_dir_of_a_second_taken_gets_a_suffix(tmp_path: Path) -> None:
+    import datetime as dt
+
+    now = dt.datetime.now()
+    taken = [now + dt.timedelta(seconds=s) for s in range(-1, 40)]  # every name the run could pick in the next 40 s
+    for t in taken:
+        (tmp_path / "outputs" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S")).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "outputs" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S") / "summary.json").write_text("{}")
+    result = run_subprocess("trainer.max_epochs=1", "outputs.plot_every=0", *FAST[1:], cwd=tmp_path,
+                            command=("train",))
+    assert result.returncode == 0, result.output
+    fresh = [p.parent for p in (tmp_path / "outputs").glob("*/*/metrics.csv")]
+    assert len(fresh) == 1 and fresh[0].name.rsplit("_", 1)[-1] == "2", fresh
+    assert all((p / "summary.json").read_text() == "{}" for p in (tmp_path / "outputs").glob("*/*")
+               if p != fresh[0])
+
+
+def test_the_default_sweep_dir_of_a_second_taken_gets_a_suffix(tmp_path: Path) -> None:
+    import datetime as dt
+
+    now = dt.datetime.now()
+    for s in range(-1, 40):
+        t = now + dt.timedelta(seconds=s)
+        used = tmp_path / "outputs" / "multirun" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S")
+        used.mkdir(parents=True, exist_ok=True)
+        (used / "sweep_summary.csv").write_text("job\n")
+    result = run_subprocess("-m", "trainer.max_epochs=1", "model.latent_dim=3,4", "outputs.plot_every=0", *FAST[1:],
+                            cwd=tmp_path, command=("train",))
+    assert result.returncode == 0, result.output
+    [fresh] = [p.parent for p in (tmp_path / "outputs" / "multirun").glob("*/*/0/metrics.csv")]
+    assert fresh.parent.name.endswith("_2") and (fresh.parent / "1" / "metrics.csv").is_file()
+
+
+def test_a_run_dir_held_by_a_live_process_is_refused_and_a_killed_runs_lock_is_not(tmp_path: Path, cli) -> None:
+    held = tmp_path / "held"
+    held.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               f"fd = os.open({str(held / '.aetrain.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, b'pid 4242 on a-host')\n"
+                               "print('held', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        line = one_line_error(cli(*FAST, "trainer.max_epochs=1", run_dir=held))
+        assert "hydra.run.dir=" in line and "is in use by another aetrain process (pid 4242 on a-host)" in line
+        assert not (held / "metrics.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone (as after a kill -9): its lock file is left behind, but it no longer blocks
+    assert (held / ".aetrain.lock").exists()
+    result = cli(*FAST, "trainer.max_epochs=1", run_dir=held)
+    assert result.returncode == 0, result.output
+    assert not (held / ".aetrain.lock").exists()  # released at the end
+
+
+@pytest.mark.slow
+def test_two_sweeps_into_one_explicit_dir_at_once_one_runs_the_other_is_refused(tmp_path: Path) -> None:
+    args = ("-m", "hydra.sweep.dir=sweep", "trainer.max_epochs=3", "model.latent_dim=3,4", "outputs.plot_every=0",
+            *FAST[1:])
+    procs = [start(*args, cwd=tmp_path), start(*args, cwd=tmp_path)]
+    results = [(*p.communicate(timeout=300), p.returncode) for p in procs]
+    assert sorted(code for _, _, code in results) == [0, 2], results
+    [err] = [err for _, err, code in results if code == 2]
+    assert err == f"aetrain: error: hydra.sweep.dir=sweep already holds a sweep (.aetrain-sweep); " \
+                  "choose another hydra.sweep.dir\n"
+    assert all(len(metrics_rows(tmp_path / "sweep" / job)) == 3 for job in ("0", "1"))

@@ -7,11 +7,23 @@ of each file name and one parser of each file. What a run writes is described in
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
+import socket
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from aetrain.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the lock file's existence is the claim
+    fcntl = None  # type: ignore[assignment]
 
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
@@ -22,6 +34,7 @@ TENSORBOARD = "tensorboard"
 HYDRA = ".hydra"  # the composed config, the overrides typed, Hydra's own config
 CHECKPOINTS = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
+LOCK = ".aetrain.lock"  # held by the process training into the run dir (see `claimed`); removed when it ends
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -105,3 +118,70 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+class RunDirTaken(ConfigError):
+    """The run dir holds another run, or another live process is training into it: nothing may be written there."""
+
+
+class RunDirInUse(RunDirTaken):
+    """Another live process is training into the run dir."""
+
+
+@contextlib.contextmanager
+def claimed(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process while the block runs: a second aetrain process asking for the same
+    dir meanwhile gets RunDirInUse, naming the holder.
+
+    The claim is an exclusive `flock` on run_dir/.aetrain.lock, which the file then names (pid, host,
+    since when). The kernel drops a flock when its process ends, however it ends (kill -9, out of memory),
+    so a lock file a killed run left behind never blocks anyone: only a live process holds a claim. Where
+    there is no flock (not POSIX) the file's existence is the claim, and one left by a killed run must be
+    deleted by hand. The file is removed when the block ends, and so is the run dir if this made it and
+    it is empty then (a run refused before writing anything leaves nothing behind).
+    """
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    fd = _lock(path, run_dir)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n"
+                 .encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the lock is let go, so a waiting process finds no stale inode
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only when empty
+
+
+def _lock(path: Path, run_dir: Path) -> int:
+    while True:
+        if fcntl is None:
+            try:
+                return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                raise RunDirInUse(f"hydra.run.dir={run_dir} is in use by another aetrain process ({_holder(path)}); "
+                                  f"if none is running, delete {path}") from None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunDirInUse(f"hydra.run.dir={run_dir} is in use by another aetrain process ({_holder(path)}); "
+                              "wait for it to end or choose another hydra.run.dir") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed the file between our open and our lock: lock the file there now
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"

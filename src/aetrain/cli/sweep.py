@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from aetrain.atomic import write_atomic
 from aetrain.rundir import HYDRA, METRICS, SUMMARY, read_metrics, read_summary
 
 SUMMARY_CSV = "sweep_summary.csv"
+MARKER = ".aetrain-sweep"  # created exclusively when a sweep starts: two sweeps never share a dir
 OBJECTIVE_PNG = "sweep_objective.png"
 COLUMNS = ["job", "overrides", "status", "error", "best_val_loss", "epochs", "wall_time_s", "run_dir"]
 
@@ -340,9 +342,10 @@ def finish() -> list[JobResult] | None:
 
 
 def previous_sweep(sweep_dir: Path) -> str | None:
-    """What in `sweep_dir` shows an earlier sweep (a summary, or a job dir), or None."""
-    if (sweep_dir / SUMMARY_CSV).exists():
-        return SUMMARY_CSV
+    """What in `sweep_dir` shows an earlier (or a running) sweep: its marker, a summary or a job dir; or None."""
+    for name in (MARKER, SUMMARY_CSV):
+        if (sweep_dir / name).exists():
+            return name
     dirs = job_dirs(sweep_dir)
     return f"{dirs[0].relative_to(sweep_dir)}/" if dirs else None
 
@@ -353,10 +356,10 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        used = previous_sweep(sweep_dir)
+        # Jobs of a second sweep would be refused by the runs already there, and the summary would
+        # mix both. Hydra turns a callback's exception into a warning, hence the exits here.
+        used = previous_sweep(sweep_dir) or _claim(sweep_dir)
         if used:
-            # Jobs of a second sweep would be refused by the runs already there, and the summary
-            # would mix both. Hydra turns a callback's exception into a warning, hence the exit here.
             sys.stderr.write(f"aetrain: error: hydra.sweep.dir={sweep_dir} already holds a sweep ({used}); "
                              f"choose another hydra.sweep.dir\n")
             sys.exit(2)
@@ -367,6 +370,22 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if _current.dir is not None:
             _current.results = summarize(_current.dir)
+
+
+def _claim(sweep_dir: Path) -> str | None:
+    """Mark `sweep_dir` as this sweep's by creating its marker exclusively; the marker's name when another
+    sweep got there first. A dir that cannot be made is a one-line error."""
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(sweep_dir / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return MARKER
+    except OSError as e:
+        sys.stderr.write(f"aetrain: error: hydra.sweep.dir={sweep_dir}: cannot create it: {e.strerror}\n")
+        sys.exit(2)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"a sweep started by pid {os.getpid()}\n")
+    return None
 
 
 def _route_optuna_logs() -> None:

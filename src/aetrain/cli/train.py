@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import logging
 import os
 import sys
@@ -30,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.config import CHOICES
 from aetrain.errors import AetrainError, Interrupted
-from aetrain.rundir import HYDRA, own_run_dir
+from aetrain.rundir import HYDRA, RunDirTaken, claimed, own_run_dir
 
 from aetrain.cli import sweep
 from aetrain.cli.report import EXIT_JOB_FAILED, describe, exit_with, usage_error
@@ -41,16 +42,43 @@ log = logging.getLogger("aetrain")
 SUMMARY = "train a model into a new run dir (the default command)"
 
 
+def new_dir(path: str) -> str:
+    """`path`, or the first of `path_2`, `path_3`, ... that does not exist yet: created here, so two runs
+    started in the same second (Hydra's `${now:}` has one-second resolution) get a dir each.
+
+    The `${aetrain.new_dir:...}` resolver of configs/train.yaml's default run and sweep dirs. Cached
+    per config (and copied into a sweep's job configs by Hydra), so a run resolves its dir once.
+    """
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        candidate = base if n == 1 else base.with_name(f"{base.name}_{n}")
+        try:
+            candidate.mkdir()  # atomic: of two processes asking for one name, one gets it
+        except FileExistsError:
+            continue
+        return str(candidate)
+    raise AssertionError("unreachable")
+
+
+# At import: a sweep's worker processes (joblib, submitit) resolve job configs after unpickling this module.
+OmegaConf.register_new_resolver("aetrain.new_dir", new_dir, use_cache=True, replace=True)
+
+
 def _task(cfg: DictConfig) -> float | None:
     from aetrain.commands.train import run
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
-        result = run(to_config(cfg), out_dir, callbacks=[_hydra_files_callback(cfg, hc)])
+        with claimed(out_dir):  # one process per run dir: a second one started meanwhile is refused
+            result = run(to_config(cfg), out_dir, callbacks=[_hydra_files_callback(cfg, hc)])
     except Exception as ex:
-        if hc.mode == RunMode.MULTIRUN:  # one failed job must not sink the sweep, whatever the cause
+        if hc.mode == RunMode.MULTIRUN and not isinstance(ex, RunDirTaken):  # one failed job must not sink the sweep
             return _job_failed(cfg, hc, ex)
+        if hc.mode == RunMode.MULTIRUN:  # the dir is another run's: record nothing in it
+            log.error("job %s failed: %s", hc.job.num, describe(ex))
+            return None
         if not isinstance(ex, AetrainError):
             raise  # a bug: keep its traceback
         _remove_if_empty(out_dir)

@@ -23,7 +23,8 @@ from aetrain.config import Config, validate
 from aetrain.data import build_data
 from aetrain.errors import CheckpointError, ConfigError, Interrupted
 from aetrain.models import FAMILIES
-from aetrain.rundir import LAST, METRICS, checkpoint_dir, own_run_dir, read_metrics
+from aetrain.rundir import (CHECKPOINTS, HYDRA, LAST, METRICS, SUMMARY, RunDirTaken, checkpoint_dir, own_run_dir,
+                            read_metrics)
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping
 from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
@@ -167,7 +168,10 @@ def long_lived_objects_frozen() -> Iterator[None]:
 
 
 def _refuse_existing_run(out_dir: Path) -> None:
-    for name in (METRICS, f"checkpoints/{LAST}"):
-        if (out_dir / name).exists():
-            raise ConfigError(f"hydra.run.dir={out_dir} already holds a run ({name}); continue it with "
-                              f"trainer.resume={out_dir} or choose another hydra.run.dir")
+    """A fresh run (or a continuation into another dir) never writes over what a run left in `out_dir`."""
+    ckpts = checkpoint_dir(out_dir)
+    found = [name for name in (METRICS, SUMMARY, f"{HYDRA}/config.yaml") if (out_dir / name).exists()]
+    found += [f"{CHECKPOINTS}/{p.name}" for p in sorted(ckpts.iterdir())[:1]] if ckpts.is_dir() else []
+    if found:
+        raise RunDirTaken(f"hydra.run.dir={out_dir} already holds a run ({found[0]}); continue it with "
+                          f"trainer.resume={out_dir} or choose another hydra.run.dir")
