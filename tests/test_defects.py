@@ -176,3 +176,60 @@ def test_two_sweeps_into_one_explicit_dir_at_once_one_runs_the_other_is_refused(
     assert err == f"aetrain: error: hydra.sweep.dir=sweep already holds a sweep (.aetrain-sweep); " \
                   "choose another hydra.sweep.dir\n"
     assert all(len(metrics_rows(tmp_path / "sweep" / job)) == 3 for job in ("0", "1"))
+
+
+# --- 3. a resume on other data is refused, naming what differs ------------------------------------------
+
+@pytest.fixture
+def rows_run(tmp_path: Path, cli):
+    """A run on a 200 x 6 .npy of rows (N(0, 1)), and a function that resumes it on other data."""
+    import numpy as np
+
+    rows = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+    np.save(tmp_path / "rows.npy", rows)
+    args = ("data=tensor_file", *FAST[1:], "outputs.plot_every=0")
+    first = cli(*args, f"data.path={tmp_path / 'rows.npy'}", "trainer.max_epochs=1")
+    assert first.returncode == 0, first.output
+
+    def resume(data: np.ndarray | None, *extra: str):
+        path = tmp_path / "other.npy"
+        if data is not None:
+            np.save(path, data)
+        return cli(*args, f"data.path={path}", f"trainer.resume={first.run_dir}", "trainer.max_epochs=2", *extra)
+
+    return rows, resume, first.run_dir
+
+
+def test_resuming_on_more_samples_is_refused_naming_the_counts(rows_run) -> None:
+    import numpy as np
+
+    rows, resume, run_dir = rows_run
+    line = one_line_error(resume(np.concatenate([rows, rows])))
+    assert "the data differs from the checkpoint's" in line and "samples: 400 here, 200 in the checkpoint" in line
+    assert len(metrics_rows(run_dir)) == 1  # nothing was appended
+
+
+def test_resuming_on_other_data_of_the_same_shape_is_refused(rows_run) -> None:
+    rows, resume, run_dir = rows_run
+    line = one_line_error(resume(rows + 100))
+    assert "the data differs from the checkpoint's: content (sha256 " in line and "samples" not in line
+    assert len(metrics_rows(run_dir)) == 1
+
+
+def test_resuming_on_the_same_data_moved_elsewhere_is_accepted(rows_run) -> None:
+    rows, resume, run_dir = rows_run
+    result = resume(rows.copy())
+    assert result.returncode == 0, result.output
+    assert [int(r["epoch"]) for r in metrics_rows(run_dir)] == [1, 2]
+
+
+def test_a_checkpoint_without_a_data_fingerprint_resumes_with_a_warning(rows_run) -> None:
+    rows, resume, run_dir = rows_run
+    last = run_dir / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["data_fingerprint"]  # as written before fingerprints
+    torch.save(ckpt, last)
+    result = resume(rows.copy())
+    assert result.returncode == 0, result.output
+    assert "has no data fingerprint (written before aetrain stored one): only the shape of the samples was checked" \
+        in result.out

@@ -101,7 +101,8 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> di
     t = cfg.trainer
     ckpt = checkpoints.load(t.resume) if t.resume else None
     if ckpt is not None:
-        checkpoint.check_resumable(cfg, ckpt, parts.data.spec, per_step_schedule=parts.schedule.per_step)
+        checkpoint.check_resumable(cfg, ckpt, parts.data.spec, per_step_schedule=parts.schedule.per_step,
+                                   fingerprint=parts.data.fingerprint)
     previous = own_run_dir(t.resume, ckpt.get("run_id")) if ckpt is not None else None
     in_place = previous is not None and previous.resolve() == out_dir.resolve()
     if not in_place:

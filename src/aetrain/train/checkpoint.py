@@ -9,6 +9,7 @@ them with weights_only=True). Files are written atomically by `aetrain.train.cal
 from __future__ import annotations
 
 import io
+import logging
 import random
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ from aetrain.errors import CheckpointError
 
 if TYPE_CHECKING:
     from aetrain.train.engine import Engine
+
+log = logging.getLogger(__name__)
 
 
 def serialize(obj: Any) -> bytes:
@@ -84,6 +87,7 @@ def payload(engine: Engine) -> dict[str, Any]:
         "torch_version": str(torch.__version__),  # a TorchVersion object would need unpickling
         "config": to_json(p.cfg),
         "data_spec": spec_dict(p.data.spec),
+        "data_fingerprint": p.data.fingerprint,  # source, shape, counts, sha256: a resume on other data is refused
         "model": clean_state_dict(p.model),
         "optimizer": p.optimizer.state_dict(),
         "schedule": p.schedule.state_dict(),
@@ -126,8 +130,12 @@ RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.device", "
                      "data.download", "data.num_workers", "outputs.")
 
 
-def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_step_schedule: bool) -> None:
-    """Refuse to continue `ckpt` under a config or data that would make it a different run."""
+def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_step_schedule: bool,
+                    fingerprint: dict[str, Any] | None = None) -> None:
+    """Refuse to continue `ckpt` under a config or data that would make it a different run.
+
+    `fingerprint`: the data's (aetrain.data.Data.fingerprint), compared with the checkpoint's; a
+    checkpoint without one (written before aetrain stored it) is checked by its sample shape only."""
     path = cfg.trainer.resume
     if ckpt["format_version"] < FORMAT_VERSION:
         raise CheckpointError(f"trainer.resume={path}: written by aetrain {ckpt.get('aetrain_version', '?')} in "
@@ -146,6 +154,7 @@ def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_st
     if saved_shape != spec.shape:
         raise CheckpointError(f"trainer.resume={path}: the checkpoint's data has samples of shape {saved_shape}, "
                               f"data '{spec.name}' has {spec.shape}")
+    _check_same_data(path, ckpt.get("data_fingerprint"), fingerprint)
     if per_step_schedule and old["trainer.max_epochs"] != cfg.trainer.max_epochs:
         raise CheckpointError(f"trainer.max_epochs={cfg.trainer.max_epochs}: scheduler={cfg.scheduler.name} was planned "
                               f"over trainer.max_epochs={old['trainer.max_epochs']} and cannot be stretched on resume; "
@@ -154,6 +163,25 @@ def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_st
     if state["epoch"] >= cfg.trainer.max_epochs and not state["step_in_epoch"]:
         raise CheckpointError(f"trainer.resume={path}: the run already completed {state['epoch']} epochs; "
                               f"raise trainer.max_epochs (now {cfg.trainer.max_epochs}) to train further")
+
+
+def _check_same_data(path: str | None, saved: Any, now: dict[str, Any] | None) -> None:
+    """Refuse a resume on data other than the checkpoint's, naming each difference in one line."""
+    if not now:
+        return
+    if not isinstance(saved, dict) or not saved:
+        log.warning("trainer.resume=%s: the checkpoint has no data fingerprint (written before aetrain stored one): "
+                    "only the shape of the samples was checked", path)
+        return
+    differ = [f"{what}: {now.get(key)} here, {saved.get(key)} in the checkpoint"
+              for key, what in (("source", "source"), ("samples", "samples"), ("train", "training samples"),
+                                ("val", "validation samples")) if saved.get(key) != now.get(key)]
+    if not differ and saved.get("sha256") != now.get("sha256"):
+        differ.append(f"content (sha256 {str(now.get('sha256'))[:12]} here, {str(saved.get('sha256'))[:12]} "
+                      "in the checkpoint)")
+    if differ:
+        raise CheckpointError(f"trainer.resume={path}: the data differs from the checkpoint's: {'; '.join(differ)}. "
+                              "Resume on the data the run was trained on (its file may move, not change)")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
