@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,91 @@ def test_a_checkpoint_without_a_data_fingerprint_resumes_with_a_warning(rows_run
     assert result.returncode == 0, result.output
     assert "has no data fingerprint (written before aetrain stored one): only the shape of the samples was checked" \
         in result.out
+
+
+# --- 8. a failed write stops the run at once, says which file, and the summary tells the truth ----------
+
+def test_a_checkpoint_write_over_the_file_size_limit_stops_the_run_at_once(tmp_path: Path) -> None:
+    import resource
+
+    def limit_files() -> None:  # `ulimit -f 256`: the 1.2 MB checkpoint cannot be written, the small files can
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "aetrain", f"hydra.run.dir={run_dir}", "trainer.max_epochs=4",
+                           "data.batch_size=32", "trainer.device=cpu", "outputs.tensorboard=false"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, preexec_fn=limit_files)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"aetrain: error: could not write {run_dir / 'checkpoints' / 'last.pt'}: File too large")
+    assert "no checkpoint reached disk" in line
+    assert len(metrics_rows(run_dir)) == 1  # it stopped inside epoch 2, not after more epochs
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "could not write" in summary["error"]
+    assert summary["best_checkpoint"] is None and summary["best_epoch"] is None
+    assert "best checkpoint" not in proc.stdout and not (run_dir / "checkpoints" / "best.pt").exists()
+
+
+def test_after_a_failed_checkpoint_write_the_summary_names_the_best_checkpoint_on_disk(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    from aetrain import checkpoint as checkpoints
+    from aetrain.atomic import write_atomic
+    from aetrain.commands.train import run
+    from aetrain.errors import AetrainError
+    from conftest import digits_config
+
+    writes = []
+
+    def disk_full_after_the_first(path: Path, data, *, durable: bool = False) -> None:
+        writes.append(path)
+        if len(writes) > 1:
+            raise OSError(28, "No space left on device", str(path.with_name(f".{path.name}.tmp")))
+        write_atomic(path, data, durable=durable)
+
+    monkeypatch.setattr("aetrain.train.callbacks.write_atomic", disk_full_after_the_first)
+    cfg = digits_config()
+    cfg.trainer.max_epochs, cfg.data.batch_size = 4, 32
+    with pytest.raises(AetrainError) as info:
+        run(cfg, tmp_path)
+    assert info.value.exit_code == 1
+    assert str(info.value).startswith(f"could not write {tmp_path / 'checkpoints' / 'last.pt'}: No space left on "
+                                      "device (the checkpoint of epoch 2)")
+    assert "last.pt holds epoch 1, best.pt epoch 1" in str(info.value)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["epochs"] == 2  # stopped in epoch 3, not after epoch 4
+    assert summary["best_epoch"] == 1 and summary["best_checkpoint"] == "checkpoints/best.pt"
+    assert checkpoints.load(tmp_path, prefer=("best.pt",))["state"]["epoch"] == 1
+    assert summary["best_val_loss"] == pytest.approx(float(metrics_rows(tmp_path)[0]["val/loss"]), rel=1e-6)
+
+
+def _read_only(path: Path, on: bool) -> None:
+    """Make a dir read-only, for root too (chattr +i: no entry may be added, removed or renamed)."""
+    if os.geteuid() != 0:
+        path.chmod(0o555 if on else 0o755)
+    elif subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a dir read-only for root here (no chattr)")
+
+
+@pytest.mark.slow
+def test_an_output_dir_made_read_only_mid_run_is_one_line_and_a_failed_summary(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "aetrain", f"hydra.run.dir={run_dir}", "trainer.max_epochs=300",
+                             "data.batch_size=32", "trainer.device=cpu", "outputs.plot_every=0"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.csv").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        _read_only(run_dir, True)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        _read_only(run_dir, False)
+        proc.kill()
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in out + err and "Logging error" not in out + err
+    [line] = err.splitlines()
+    assert line.startswith("aetrain: error: could not write ") and "; the run stopped after epoch " in line
+    summary = json.loads((run_dir / "summary.json").read_text())  # rewritten in place: the dir takes no new file
+    assert summary["status"] == "failed" and summary["error"].startswith("WriteError: could not write")

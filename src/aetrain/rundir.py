@@ -150,7 +150,8 @@ def claimed(run_dir: Path) -> Iterator[None]:
                  .encode())
         yield
     finally:
-        path.unlink(missing_ok=True)  # before the lock is let go, so a waiting process finds no stale inode
+        with contextlib.suppress(OSError):  # a dir made read-only meanwhile keeps the file: it no longer blocks
+            path.unlink(missing_ok=True)  # before the lock is let go, so a waiting process finds no stale inode
         os.close(fd)
         if made:
             with contextlib.suppress(OSError):

@@ -21,7 +21,7 @@ import torch
 from aetrain import checkpoint as checkpoints
 from aetrain.config import Config, validate
 from aetrain.data import build_data
-from aetrain.errors import CheckpointError, ConfigError, Interrupted
+from aetrain.errors import CheckpointError, ConfigError, Interrupted, WriteError
 from aetrain.models import FAMILIES
 from aetrain.rundir import (CHECKPOINTS, HYDRA, LAST, METRICS, SUMMARY, RunDirTaken, checkpoint_dir, own_run_dir,
                             read_metrics)
@@ -114,8 +114,8 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> di
     out_dir.mkdir(parents=True, exist_ok=True)
 
     engine = Engine(parts, [
+        EarlyStopping(t.early_stopping_patience or math.inf),  # first: the Checkpointer must know an epoch is the last
         Checkpointer(out_dir, every_n_steps=t.checkpoint_every_n_steps, top_k=t.save_top_k),
-        EarlyStopping(t.early_stopping_patience or math.inf),
         *build_outputs(cfg.outputs, out_dir),  # metrics.csv, console, pictures, tensorboard, summary.json
         *callbacks,
     ], nonfinite=NONFINITE.get(t.on_nonfinite)(), history=history)
@@ -132,6 +132,8 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> di
                 last = checkpoint_dir(out_dir) / LAST
                 raise Interrupted(f"{e}; saved {last}; resume with: aetrain trainer.resume={out_dir}",
                                   engine.interrupt.signum) from None
+            except OSError as e:  # an output could not be written: a full disk, a read-only dir
+                raise WriteError.of(e, f"; the run stopped {engine.where()}") from None
     finally:
         for line in final_table(out_dir):
             log.info("%s", line)
