@@ -322,3 +322,22 @@ def test_an_output_dir_made_read_only_mid_run_is_one_line_and_a_failed_summary(t
     assert line.startswith("aetrain: error: could not write ") and "; the run stopped after epoch " in line
     summary = json.loads((run_dir / "summary.json").read_text())  # rewritten in place: the dir takes no new file
     assert summary["status"] == "failed" and summary["error"].startswith("WriteError: could not write")
+
+
+# --- 7. early stopping: its message after the epoch it refers to; the summary says why the run stopped ----
+
+def test_early_stopping_is_reported_after_its_epoch_line_and_in_summary_json(cli) -> None:
+    result = cli(*FAST, "trainer.max_epochs=12", "trainer.early_stopping_patience=1", "optimizer.lr=0.05",
+                 "outputs.plot_every=0")
+    assert result.returncode == 0, result.output
+    lines = result.out.splitlines()
+    epochs = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    stopped = [i for i, line in enumerate(lines) if line.startswith("early stopping: ")]
+    assert len(epochs) < 12 and stopped == [epochs[-1] + 1], result.out  # right after the last epoch's line
+    last = len(epochs)
+    assert "no val/loss improvement for 1 epoch (" in lines[stopped[0]]  # not "1 epochs" (item 21)
+    assert lines[stopped[0] + 1].startswith("aetrain: stopped early after")
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["ended"], summary["epochs"]) == ("ok", "stopped_early", last)
+    assert summary["stop_reason"] == lines[stopped[0]]
+    assert any(" stopped " in line and lines[stopped[0]] in line for line in lines[stopped[0] + 1:])  # the table

@@ -158,6 +158,7 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
         st = engine.state
         if st.bad_epochs >= self.patience:
-            engine.stop_reason = (f"early stopping: no val/loss improvement for {st.bad_epochs} epochs "
+            engine.stop_reason = (f"early stopping: no val/loss improvement for {st.bad_epochs} "
+                                  f"epoch{'' if st.bad_epochs == 1 else 's'} "
                                   f"(trainer.early_stopping_patience={self.patience}); best {st.best_val_loss:.6g} "
                                   f"at epoch {st.best_epoch}")

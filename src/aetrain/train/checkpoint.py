@@ -161,7 +161,8 @@ def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_st
                               "keep it, or use an epoch-wise schedule (step, exponential, plateau, none)")
     state = ckpt["state"]
     if state["epoch"] >= cfg.trainer.max_epochs and not state["step_in_epoch"]:
-        raise CheckpointError(f"trainer.resume={path}: the run already completed {state['epoch']} epochs; "
+        raise CheckpointError(f"trainer.resume={path}: the run already completed {state['epoch']} "
+                              f"epoch{'' if state['epoch'] == 1 else 's'}; "
                               f"raise trainer.max_epochs (now {cfg.trainer.max_epochs}) to train further")
 
 

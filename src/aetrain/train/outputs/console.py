@@ -162,7 +162,7 @@ def final_table(run_dir: Path) -> list[str]:
     rows = [
         ("best val/loss", best),
         ("final val/loss", final),
-        ("epochs, steps", f"{s['epochs']} of {s['max_epochs']}, {s['steps']:,} steps"),
+        ("epochs, steps", f"{s['epochs']} of {s['max_epochs']}, {s['steps']:,} step{'' if s['steps'] == 1 else 's'}"),
         ("throughput", f"{rate} ({s['device']}, precision {s['precision']})"),
         ("run dir", str(run_dir)),
     ]
