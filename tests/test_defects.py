@@ -341,3 +341,68 @@ def test_early_stopping_is_reported_after_its_epoch_line_and_in_summary_json(cli
     assert (summary["status"], summary["ended"], summary["epochs"]) == ("ok", "stopped_early", last)
     assert summary["stop_reason"] == lines[stopped[0]]
     assert any(" stopped " in line and lines[stopped[0]] in line for line in lines[stopped[0] + 1:])  # the table
+
+
+# --- 13. damaged checkpoints and odd run-dir metadata: one line, from the CLI and the API -----------------
+
+def _other_architecture(ckpt: dict) -> None:
+    ckpt["model"] = {k: torch.zeros(3, *v.shape[1:]) if v.ndim else v for k, v in ckpt["model"].items()}
+
+
+DAMAGE = {
+    "no config": lambda c: c.pop("config"),
+    "config not JSON": lambda c: c.update(config="{model: dense_ae"),
+    "config JSON of a list": lambda c: c.update(config="[1, 2]"),
+    "weights of another architecture": _other_architecture,
+    "no weights": lambda c: c.pop("model"),
+    "format_version as a string": lambda c: c.update(format_version="1"),
+    "no training state": lambda c: c.pop("state"),
+    "no data description": lambda c: c.pop("data_spec"),
+    "a sample shape of text": lambda c: c["data_spec"].update(shape="1x8x8"),
+    "a data scaling of text": lambda c: c["data_spec"].update(scale="1/16"),
+    "a training state of another shape": lambda c: c.update(state={"epoch": "two"}),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_a_damaged_checkpoint_is_one_line_on_resume_and_a_checkpoint_error_in_the_api(
+        finished: Path, tmp_path: Path, cli, damage: str) -> None:
+    import aetrain
+    from aetrain.errors import CheckpointError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    DAMAGE[damage](ckpt)
+    torch.save(ckpt, last)
+    before = snapshot(run_dir)
+    line = one_line_error(cli(f"trainer.resume={last}", "trainer.max_epochs=3", run_dir=run_dir))
+    assert str(last) in line and "damaged" in line or "do not fit" in line or "format_version" in line, line
+    assert snapshot(run_dir) == before
+    needs_all = damage in ("no training state", "a training state of another shape")  # a model loads without it
+    if not needs_all:
+        with pytest.raises(CheckpointError) as info:
+            aetrain.load_model(last)
+        assert "\n" not in str(info.value) and str(last) in str(info.value)
+
+
+def test_a_stray_resume_folder_in_hydra_metadata_is_ignored(finished: Path, tmp_path: Path, cli) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    (run_dir / ".hydra" / "resume-old").mkdir()  # a user's backup of an earlier resume, say
+    (run_dir / ".hydra" / "resume-old" / "overrides.yaml").write_text("- model.latent_dim=3\n")
+    result = cli(f"trainer.resume={run_dir}", "trainer.max_epochs=3", run_dir=run_dir)
+    assert result.returncode == 0, result.output
+    assert (run_dir / ".hydra" / "resume-1" / "overrides.yaml").is_file()  # numbered after the numbered ones
+
+
+@pytest.mark.parametrize("content", ["[unclosed", "a: mapping\n", "- [nested, list]\n"])
+def test_a_corrupt_overrides_file_is_one_line_naming_it(finished: Path, tmp_path: Path, cli, content: str) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(content)
+    before = snapshot(run_dir)
+    line = one_line_error(cli(f"trainer.resume={run_dir}", "trainer.max_epochs=3", run_dir=run_dir))
+    assert f"{run_dir / '.hydra' / 'overrides.yaml'}" in line and "not a list of overrides" in line
+    assert snapshot(run_dir) == before

@@ -84,10 +84,17 @@ def config_of(ckpt: dict[str, Any]) -> Config:
 
 
 def spec_from_checkpoint(ckpt: dict[str, Any]) -> DataSpec:
+    """The data description a checkpoint holds; CheckpointError when it is missing, incomplete or of the wrong kind."""
     try:
         s = ckpt["data_spec"]
-        return DataSpec(s["name"], tuple(s["shape"]), s["unit_interval"], s["shift"], s["scale"], s["low"], s["high"])
-    except (KeyError, TypeError) as e:
+        shape = tuple(s["shape"])
+        if not shape or not all(isinstance(n, int) and n >= 1 for n in shape):
+            raise ValueError(f"sample shape {s['shape']!r}")
+        if not all(isinstance(s[k], torch.Tensor) and s[k].is_floating_point() for k in ("shift", "scale")):
+            raise TypeError("its scaling (shift, scale) is not a pair of float tensors")
+        return DataSpec(str(s["name"]), shape, bool(s["unit_interval"]), s["shift"], s["scale"], float(s["low"]),
+                        float(s["high"]))
+    except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: its data description is incomplete "
                               f"({type(e).__name__}: {e})") from None
 

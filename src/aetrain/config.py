@@ -474,6 +474,8 @@ def from_json(text: str) -> Config:
     dropped (checkpoint format 1 had one flat shape per group) still load.
     """
     data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"a config is a JSON object, not a {type(data).__name__}")
     cfg = Config()
     for f in dataclasses.fields(Config):
         if f.name not in data:

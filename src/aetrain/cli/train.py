@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.config import CHOICES
-from aetrain.errors import AetrainError, Interrupted
+from aetrain.errors import AetrainError, ConfigError, Interrupted
 from aetrain.rundir import HYDRA, RunDirTaken, claimed, own_run_dir
 
 from aetrain.cli import sweep
@@ -110,7 +110,8 @@ def _hydra_files_callback(cfg: DictConfig, hc: Any) -> Any:
         def on_fit_start(self, engine: Any) -> None:
             out = Path(hc.runtime.output_dir) / HYDRA
             if (out / "config.yaml").exists():  # a resumed run: keep the original, add this invocation's
-                out = out / f"resume-{len(list(out.glob('resume-*'))) + 1}"
+                done = _resumes(out)
+                out = out / f"resume-{int(done[-1].name[7:]) + 1 if done else 1}"
             out.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(cfg, out / "config.yaml")
             OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc)}), out / "hydra.yaml")
@@ -247,14 +248,34 @@ def resume_arguments(args: list[str]) -> list[str]:
     run_dir = own_run_dir(resume, load(resume).get("run_id"))
     if run_dir is None:  # kept outside its run dir: a new run dir, composed from this command line
         return args
-    saved_files = sorted((run_dir / HYDRA).glob("resume-*/overrides.yaml"), key=lambda p: int(p.parent.name[7:]))
-    saved_files = saved_files or [run_dir / HYDRA / "overrides.yaml"]
+    saved_files = [p / "overrides.yaml" for p in _resumes(run_dir / HYDRA) if (p / "overrides.yaml").is_file()]
+    saved_file = (saved_files or [run_dir / HYDRA / "overrides.yaml"])[-1]
     given = {_override_key(a) for a in args}
-    saved = [str(o) for o in OmegaConf.load(saved_files[-1])] if saved_files[-1].is_file() else []
+    saved = _read_overrides(saved_file) if saved_file.is_file() else []
     kept = [o for o in saved if _override_key(o) not in given and not _override_key(o).startswith("hydra.")
             and _override_key(o) != "trainer.resume"]
     here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={run_dir}"]
     return [*kept, *args, *here]
+
+
+def _resumes(hydra_dir: Path) -> list[Path]:
+    """A run's `.hydra/resume-N/` folders in order of N; folders named otherwise (a user's `resume-old/`)
+    are not among them."""
+    found = [(int(p.name[7:]), p) for p in hydra_dir.glob("resume-*") if p.is_dir() and p.name[7:].isdigit()]
+    return [p for _, p in sorted(found)]
+
+
+def _read_overrides(path: Path) -> list[str]:
+    """The overrides a run was started (or last resumed) with, as Hydra saved them: a YAML list of strings."""
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception:  # YAML's and OmegaConf's many parse errors: the file is damaged, whichever it is
+        loaded = None
+    if not isinstance(loaded, list) or not all(isinstance(o, str) for o in loaded):
+        raise ConfigError(f"{path}: not a list of overrides (key=value lines, as Hydra writes them); a resume "
+                          "composes the run's config from it: repair it, or delete it and give the run's "
+                          "overrides on the command line")
+    return loaded
 
 
 def _override_key(override: str) -> str:

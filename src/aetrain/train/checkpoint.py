@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from aetrain import __version__
-from aetrain.checkpoint import FORMAT, FORMAT_VERSION, config_of, load_weights
+from aetrain.checkpoint import FORMAT, FORMAT_VERSION, config_of, load_weights, spec_from_checkpoint
 from aetrain.config import Config, to_json
 from aetrain.data.spec import DataSpec
 from aetrain.errors import CheckpointError
@@ -141,6 +141,7 @@ def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_st
         raise CheckpointError(f"trainer.resume={path}: written by aetrain {ckpt.get('aetrain_version', '?')} in "
                               f"checkpoint format {ckpt['format_version']}, which this version loads as a model "
                               f"(aetrain.load_model) but cannot continue; start a new run (format {FORMAT_VERSION})")
+    _check_complete(ckpt)
     old, new = _flat(asdict(config_of(ckpt))), _flat(asdict(cfg))
     changed = [k for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
@@ -164,6 +165,16 @@ def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_st
         raise CheckpointError(f"trainer.resume={path}: the run already completed {state['epoch']} "
                               f"epoch{'' if state['epoch'] == 1 else 's'}; "
                               f"raise trainer.max_epochs (now {cfg.trainer.max_epochs}) to train further")
+
+
+def _check_complete(ckpt: dict[str, Any]) -> None:
+    """What a resume reads before restoring the state is there and of the right kind (the rest is
+    checked as it is restored)."""
+    state = ckpt.get("state")
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), int) for k in ("epoch", "step", "step_in_epoch")):
+        raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: its training state (epoch, step) is "
+                              "missing or unreadable; aetrain.load_model may still read its model")
+    spec_from_checkpoint(ckpt)
 
 
 def _check_same_data(path: str | None, saved: Any, now: dict[str, Any] | None) -> None:
