@@ -406,3 +406,30 @@ def test_a_corrupt_overrides_file_is_one_line_naming_it(finished: Path, tmp_path
     line = one_line_error(cli(f"trainer.resume={run_dir}", "trainer.max_epochs=3", run_dir=run_dir))
     assert f"{run_dir / '.hydra' / 'overrides.yaml'}" in line and "not a list of overrides" in line
     assert snapshot(run_dir) == before
+
+
+# --- 14. an output dir that cannot be created: one line, exit 2 ------------------------------------------
+
+@pytest.mark.parametrize("where", ["a file", "under /proc", "in a read-only dir (default dir)",
+                                   "in a read-only dir (sweep)"])
+def test_an_output_dir_that_cannot_be_created_is_one_line(tmp_path: Path, where: str) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = [*FAST, "trainer.max_epochs=1"]
+    if where == "a file":
+        (cwd / "taken").write_text("a file, not a dir")
+        args.append("hydra.run.dir=taken")
+    elif where == "under /proc":
+        args.append("hydra.run.dir=/proc/aetrain-run")
+    elif where.endswith("(sweep)"):
+        args += ["-m", "model.latent_dim=3,4"]
+    _read_only(cwd, where.startswith("in a read-only dir"))
+    try:
+        before = sorted(cwd.rglob("*"))
+        result = run_subprocess(*args, cwd=cwd, command=("train",))
+        line = one_line_error(result)
+        assert sorted(cwd.rglob("*")) == before
+    finally:
+        _read_only(cwd, False)
+    assert "cannot create" in line, line
+    assert ("taken" in line) if where == "a file" else True

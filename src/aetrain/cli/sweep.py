@@ -30,6 +30,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.atomic import write_atomic
 from aetrain.rundir import HYDRA, METRICS, SUMMARY, read_metrics, read_summary
@@ -355,7 +356,13 @@ class SweepSummary(Callback):
     sweep, whichever launcher ran the jobs."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            sweep_dir = Path(config.hydra.sweep.dir)  # resolving it claims the default dir (aetrain.new_dir)
+        except OmegaConfBaseException as e:
+            from aetrain.cli.report import describe
+
+            sys.stderr.write(f"aetrain: error: {describe(e)}\n")
+            sys.exit(2)
         # Jobs of a second sweep would be refused by the runs already there, and the summary would
         # mix both. Hydra turns a callback's exception into a warning, hence the exits here.
         used = previous_sweep(sweep_dir) or _claim(sweep_dir)

@@ -50,15 +50,23 @@ def new_dir(path: str) -> str:
     per config (and copied into a sweep's job configs by Hydra), so a run resolves its dir once.
     """
     base = Path(path)
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for n in itertools.count(1):
-        candidate = base if n == 1 else base.with_name(f"{base.name}_{n}")
-        try:
-            candidate.mkdir()  # atomic: of two processes asking for one name, one gets it
-        except FileExistsError:
-            continue
-        return str(candidate)
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            candidate = base if n == 1 else base.with_name(f"{base.name}_{n}")
+            try:
+                candidate.mkdir()  # atomic: of two processes asking for one name, one gets it
+            except FileExistsError:
+                continue
+            return str(candidate)
+    except OSError as e:
+        raise ConfigError(_cannot_create(e, "hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)")) from None
     raise AssertionError("unreachable")
+
+
+def _cannot_create(error: OSError, setting: str) -> str:
+    reason = "a file is in the way" if isinstance(error, FileExistsError) else error.strerror
+    return f"cannot create the output dir {error.filename}: {reason}; choose another with {setting}"
 
 
 # At import: a sweep's worker processes (joblib, submitit) resolve job configs after unpickling this module.
@@ -144,6 +152,10 @@ def _install_one_line_errors() -> None:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             exit_with(ex)
+        except OSError as ex:  # what reaches here from Hydra's own code: making the run dir, opening train.log
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            exit_with(ConfigError(_cannot_create(ex, "hydra.run.dir=DIR")))
         except Exception as ex:
             results = sweep.finish()  # the jobs a sweeper ran keep their summary, whatever stopped it
             if results and not any(r.ok for r in results) and os.environ.get("HYDRA_FULL_ERROR") != "1":
