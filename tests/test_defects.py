@@ -433,3 +433,39 @@ def test_an_output_dir_that_cannot_be_created_is_one_line(tmp_path: Path, where:
         _read_only(cwd, False)
     assert "cannot create" in line, line
     assert ("taken" in line) if where == "a file" else True
+
+
+# --- 15. run dirs whose names need quoting resume; Ctrl-C during start-up --------------------------------
+
+@pytest.mark.parametrize("name", ["a,b", "ünï 日本", "it's [x]=1"])
+def test_a_run_dir_whose_name_needs_quoting_resumes_as_typed_and_quoted(tmp_path: Path, name: str) -> None:
+    quoted = "'" + name.replace("'", "\\'") + "'"  # how Hydra's grammar wants it on the command line
+    first = run_subprocess(f"hydra.run.dir={quoted}", *FAST, "trainer.max_epochs=1", "outputs.plot_every=0",
+                           cwd=tmp_path, command=("train",))
+    assert first.returncode == 0, first.output
+    assert (tmp_path / name / "metrics.csv").is_file()
+    for epochs, typed in ((2, name), (3, quoted)):  # the path as the shell passes it, and quoted for Hydra
+        result = run_subprocess(f"trainer.resume={typed}", f"trainer.max_epochs={epochs}", cwd=tmp_path,
+                                command=("train",))
+        assert result.returncode == 0, result.output
+        assert [int(r["epoch"]) for r in metrics_rows(tmp_path / name)] == list(range(1, epochs + 1))
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_is_one_line_exit_130_and_leaves_nothing(tmp_path: Path) -> None:
+    import signal
+
+    for wait_for_dir in (False, True):  # while Python imports, and once the run dir exists (building the model)
+        proc = start(*FAST, cwd=tmp_path)
+        deadline = time.monotonic() + 120
+        if wait_for_dir:
+            while not list(tmp_path.glob("outputs/*/*")):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.01)
+        else:
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, out + err
+        assert "Traceback" not in out + err and err.count("\n") == 1 and err.startswith("aetrain: interrupted"), err
+        assert not [p for p in tmp_path.glob("outputs/*/*")], "a run dir was left behind"

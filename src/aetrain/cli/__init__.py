@@ -28,10 +28,15 @@ def main(argv: list[str] | None = None) -> None:
     the CLI in-process."""
     args = sys.argv[1:] if argv is None else list(argv)
     name = "train"
-    if args and args[0] in COMMANDS:
-        name, args = args[0], args[1:]
-    elif args and "=" not in args[0] and not args[0].startswith("-"):
-        from aetrain.cli.report import usage_error
+    try:
+        if args and args[0] in COMMANDS:
+            name, args = args[0], args[1:]
+        elif args and "=" not in args[0] and not args[0].startswith("-"):
+            from aetrain.cli.report import usage_error
 
-        usage_error(f"'{args[0]}' is neither a command nor an override (key=value); commands: {', '.join(COMMANDS)}")
-    importlib.import_module(COMMANDS[name]).main(args)
+            usage_error(f"'{args[0]}' is neither a command nor an override (key=value); commands: "
+                        f"{', '.join(COMMANDS)}")
+        importlib.import_module(COMMANDS[name]).main(args)
+    except KeyboardInterrupt as e:  # Ctrl-C where no run handles it (start-up), or a second one: abort at once
+        sys.stderr.write(f"aetrain: interrupted by SIGINT{f' {e}' if str(e) else ''}\n")
+        sys.exit(130)

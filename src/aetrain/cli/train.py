@@ -16,6 +16,7 @@ import importlib
 import itertools
 import logging
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import hydra
 import hydra._internal.utils as hydra_utils  # Hydra is pinned >=1.3,<1.4: its reporter and parser are patched below
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -58,6 +60,7 @@ def new_dir(path: str) -> str:
                 candidate.mkdir()  # atomic: of two processes asking for one name, one gets it
             except FileExistsError:
                 continue
+            _made.append(candidate)
             return str(candidate)
     except OSError as e:
         raise ConfigError(_cannot_create(e, "hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)")) from None
@@ -69,18 +72,24 @@ def _cannot_create(error: OSError, setting: str) -> str:
     return f"cannot create the output dir {error.filename}: {reason}; choose another with {setting}"
 
 
+_made: list[Path] = []  # the dirs new_dir made in this process
+
+
 # At import: a sweep's worker processes (joblib, submitit) resolve job configs after unpickling this module.
 OmegaConf.register_new_resolver("aetrain.new_dir", new_dir, use_cache=True, replace=True)
 
 
 def _task(cfg: DictConfig) -> float | None:
-    from aetrain.commands.train import run
-
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
+        from aetrain.commands.train import run  # torch: seconds to import
+
         with claimed(out_dir):  # one process per run dir: a second one started meanwhile is refused
             result = run(to_config(cfg), out_dir, callbacks=[_hydra_files_callback(cfg, hc)])
+    except KeyboardInterrupt:  # before training started (once it has, the run saves and raises Interrupted)
+        _remove_if_empty(out_dir)
+        raise
     except Exception as ex:
         if hc.mode == RunMode.MULTIRUN and not isinstance(ex, RunDirTaken):  # one failed job must not sink the sweep
             return _job_failed(cfg, hc, ex)
@@ -223,6 +232,11 @@ def main(args: list[str]) -> None:
     except sweep.Stopped as stop:  # a job was interrupted: the sweep ends here, with its summary
         sweep.finish()
         exit_with(stop.error)
+    except KeyboardInterrupt:  # not handled by a run: during start-up, or a second Ctrl-C
+        for made in _made:
+            _remove_if_empty(made)  # a default run dir claimed before the run began
+        sweep.finish()
+        raise
     except BaseException:
         sweep.finish()  # a sweep that ended early (Ctrl-C, a sweeper's error) still gets its summary
         raise
@@ -252,9 +266,13 @@ def resume_arguments(args: list[str]) -> list[str]:
     given now sends the continuation elsewhere. A checkpoint that is not in its own run dir
     (aetrain.rundir.own_run_dir) continues in a new run dir, from this command line alone: the folder
     it is kept in is never written to. Other command lines pass through unchanged."""
-    resume = next((a.partition("=")[2] for a in reversed(args) if a.startswith("trainer.resume=")), "")
-    if resume in ("", "null") or {"-m", "--multirun"} & set(args):
+    at = max((i for i, a in enumerate(args) if a.startswith("trainer.resume=")), default=None)
+    if at is None or args[at] == "trainer.resume=null" or {"-m", "--multirun"} & set(args):
         return args
+    resume = _typed_path(args[at].partition("=")[2])
+    if not resume:
+        return args
+    args = [*args[:at], f"trainer.resume={hydra_quoted(resume)}", *args[at + 1 :]]  # a,b or ünï 日本 as one path
     from aetrain.checkpoint import load  # torch: only for a resume
 
     run_dir = own_run_dir(resume, load(resume).get("run_id"))
@@ -266,8 +284,26 @@ def resume_arguments(args: list[str]) -> list[str]:
     saved = _read_overrides(saved_file) if saved_file.is_file() else []
     kept = [o for o in saved if _override_key(o) not in given and not _override_key(o).startswith("hydra.")
             and _override_key(o) != "trainer.resume"]
-    here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={run_dir}"]
+    here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
     return [*kept, *args, *here]
+
+
+def _typed_path(text: str) -> str:
+    """A path given after `key=`, quoted for Hydra (`'a,b'`) or as the shell passed it (`a,b`, `ünï 日本`,
+    which Hydra's grammar reads as a sweep or refuses)."""
+    try:
+        value = OverridesParser.create().parse_override(f"path={text}").value()
+    except Exception:  # Hydra's lexer refuses it: it is meant literally
+        return text
+    return value if isinstance(value, str) else text
+
+
+def hydra_quoted(value: str) -> str:
+    """`value` as one quoted string of Hydra's override grammar, read back exactly: in a quoted string Hydra
+    halves the backslashes before a quote (and before the closing one), and OmegaConf resolves `${...}`."""
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return "'" + body.replace("${", "\\${") + "'"
 
 
 def _resumes(hydra_dir: Path) -> list[Path]:

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import shlex
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> di
                 state = engine.fit()
             except Interrupted as e:
                 last = checkpoint_dir(out_dir) / LAST
-                raise Interrupted(f"{e}; saved {last}; resume with: aetrain trainer.resume={out_dir}",
+                raise Interrupted(f"{e}; saved {last}; resume with: aetrain {shlex.quote(f'trainer.resume={out_dir}')}",
                                   engine.interrupt.signum) from None
             except OSError as e:  # an output could not be written: a full disk, a read-only dir
                 raise WriteError.of(e, f"; the run stopped {engine.where()}") from None
