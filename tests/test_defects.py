@@ -469,3 +469,28 @@ def test_ctrl_c_during_start_up_is_one_line_exit_130_and_leaves_nothing(tmp_path
         assert proc.returncode == 130, out + err
         assert "Traceback" not in out + err and err.count("\n") == 1 and err.startswith("aetrain: interrupted"), err
         assert not [p for p in tmp_path.glob("outputs/*/*")], "a run dir was left behind"
+
+
+# --- 16. consoles that cannot show the run dir's name; HYDRA_FULL_ERROR=1 ----------------------------------
+
+@pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "ascii"}, {"LC_ALL": "C", "PYTHONUTF8": "0"}],
+                         ids=["PYTHONIOENCODING=ascii", "LC_ALL=C PYTHONUTF8=0"])
+def test_a_unicode_run_dir_on_an_ascii_console_trains_and_logs_every_line(tmp_path: Path, env: dict) -> None:
+    result = run_subprocess("hydra.run.dir='ünï 日本'", *FAST, "trainer.max_epochs=1", cwd=tmp_path,
+                            env={k: v for k, v in env.items()}, command=("train",))
+    assert result.returncode == 0, result.output
+    assert result.err == "", result.err  # no "--- Logging error ---", no traceback
+    assert "output  " in result.out and "epoch 1/1" in result.out and "aetrain: finished in" in result.out
+    run_dir = tmp_path / "ünï 日本"
+    assert len(metrics_rows(run_dir)) == 1
+    log = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace")
+    assert "epoch 1/1" in log and "aetrain: finished in" in log
+
+
+def test_hydra_full_error_shows_the_traceback_behind_a_user_error(tmp_path: Path) -> None:
+    plain = run_subprocess("optimizer.lr=-1", *FAST, cwd=tmp_path, command=("train",))
+    assert one_line_error(plain) == "aetrain: error: optimizer.lr=-1.0 is out of range: must be a finite number > 0"
+    full = run_subprocess("optimizer.lr=-1", *FAST, cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"}, command=("train",))
+    assert full.returncode != 0 and "Traceback (most recent call last)" in full.err
+    assert "aetrain.errors.ConfigError: optimizer.lr=-1.0 is out of range" in full.err
+    assert not list(tmp_path.glob("outputs/*/*"))  # nothing written either way

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     the CLI in-process."""
     args = sys.argv[1:] if argv is None else list(argv)
     name = "train"
+    for stream in (sys.stdout, sys.stderr):  # an ASCII console (PYTHONIOENCODING=ascii, LC_ALL=C) still gets every
+        if hasattr(stream, "reconfigure"):  # line: what it cannot show is escaped, never a logging error
+            stream.reconfigure(errors="backslashreplace")
     try:
         if args and args[0] in COMMANDS:
             name, args = args[0], args[1:]

@@ -96,9 +96,9 @@ def _task(cfg: DictConfig) -> float | None:
         if hc.mode == RunMode.MULTIRUN:  # the dir is another run's: record nothing in it
             log.error("job %s failed: %s", hc.job.num, describe(ex))
             return None
-        if not isinstance(ex, AetrainError):
-            raise  # a bug: keep its traceback
         _remove_if_empty(out_dir)
+        if not isinstance(ex, AetrainError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # a bug, or a user who asked for the traceback behind an error
         exit_with(ex)  # here rather than raising: Hydra would add its own lines around it
     return result["best_val_loss"]
 

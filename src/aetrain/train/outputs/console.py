@@ -180,8 +180,9 @@ def final_table(run_dir: Path) -> list[str]:
     if s.get("best_checkpoint"):
         rows.append(("best checkpoint", s["best_checkpoint"]))
     rows.append(("also", "summary.json, metrics.csv, train.log, .hydra/config.yaml"))
-    for key, value in rows:
-        table.add_row(key, value)
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    for key, value in rows:  # escaped as the console will show it, so the table's columns line up
+        table.add_row(key, value.encode(encoding, "backslashreplace").decode(encoding))
     text = io.StringIO()
     Console(file=text, width=400, color_system=None, force_terminal=False, legacy_windows=False,
             emoji=False, highlight=False).print(table)
