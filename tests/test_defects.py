@@ -444,6 +444,9 @@ def test_a_run_dir_whose_name_needs_quoting_resumes_as_typed_and_quoted(tmp_path
                            cwd=tmp_path, command=("train",))
     assert first.returncode == 0, first.output
     assert (tmp_path / name / "metrics.csv").is_file()
+    unquoted = run_subprocess(f"hydra.run.dir={name}x", *FAST, "trainer.max_epochs=1", "outputs.plot_every=0",
+                              cwd=tmp_path, command=("train",))
+    assert unquoted.returncode == 0 and (tmp_path / f"{name}x" / "metrics.csv").is_file(), unquoted.output
     for epochs, typed in ((2, name), (3, quoted)):  # the path as the shell passes it, and quoted for Hydra
         result = run_subprocess(f"trainer.resume={typed}", f"trainer.max_epochs={epochs}", cwd=tmp_path,
                                 command=("train",))

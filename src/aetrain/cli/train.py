@@ -223,7 +223,7 @@ def main(args: list[str]) -> None:
         return
     try:
         check_overrides(args)
-        args = resume_arguments(args)
+        args = resume_arguments(quote_paths(args))
     except AetrainError as ex:
         exit_with(ex)
     sys.argv = [sys.argv[0], *args]
@@ -286,6 +286,29 @@ def resume_arguments(args: list[str]) -> list[str]:
             and _override_key(o) != "trainer.resume"]
     here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
     return [*kept, *args, *here]
+
+
+PATH_KEYS = ("hydra.run.dir", "trainer.resume", "trainer.init_from", "data.path", "data.root")
+
+
+def quote_paths(args: list[str]) -> list[str]:
+    """Paths as typed (`hydra.run.dir=ünï 日本`, `data.path=a,b.npy`), quoted for Hydra, whose grammar reads
+    them as a sweep or refuses them. Not in a multirun, where `data.path=a.npy,b.npy` is a sweep."""
+    if {"-m", "--multirun"} & set(args):
+        return args
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        path = _typed_path(value) if sep and key in PATH_KEYS else None
+        out.append(arg if path is None or _reads_as(value, path) else f"{key}={hydra_quoted(path)}")
+    return out
+
+
+def _reads_as(text: str, path: str) -> bool:
+    try:
+        return OverridesParser.create().parse_override(f"path={text}").value() == path
+    except Exception:
+        return False
 
 
 def _typed_path(text: str) -> str:
