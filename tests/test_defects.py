@@ -497,3 +497,54 @@ def test_hydra_full_error_shows_the_traceback_behind_a_user_error(tmp_path: Path
     assert full.returncode != 0 and "Traceback (most recent call last)" in full.err
     assert "aetrain.errors.ConfigError: optimizer.lr=-1.0 is out of range" in full.err
     assert not list(tmp_path.glob("outputs/*/*"))  # nothing written either way
+
+
+# --- 17. a second Ctrl-C after the first: one line, exit 130, the checkpoint intact -----------------------
+
+def test_a_second_ctrl_c_during_the_final_table_is_one_line_and_keeps_the_checkpoint(cli, monkeypatch) -> None:
+    import signal
+
+    from aetrain import checkpoint as checkpoints
+    from aetrain.train.outputs.console import EpochLog
+
+    log_epoch = EpochLog.on_epoch_end
+
+    def first_ctrl_c(self, engine, record) -> None:  # what the SIGINT handler does when Ctrl-C is pressed
+        log_epoch(self, engine, record)
+        if record["epoch"] == 1:
+            engine.interrupt.handle(signal.SIGINT)
+
+    def second_ctrl_c(run_dir: Path) -> list[str]:  # the default handler is back once training stopped
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpochLog, "on_epoch_end", first_ctrl_c)
+    monkeypatch.setattr("aetrain.commands.train.final_table", second_ctrl_c)
+    result = cli(*FAST, "outputs.plot_every=0")
+    line = one_line_error(result, code=130)
+    assert line.startswith("aetrain: interrupted by SIGINT after epoch 1") and "saved" in line and "resume with" in line
+    assert checkpoints.load(result.run_dir)["state"]["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_two_real_ctrl_cs_at_any_distance_end_in_one_line_and_a_loadable_checkpoint(tmp_path: Path) -> None:
+    import signal
+
+    from aetrain import checkpoint as checkpoints
+
+    for n, gap in enumerate((0.0, 0.02, 0.05, 0.1, 0.2, 0.4)):
+        run_dir = tmp_path / f"run{n}"
+        proc = start(f"hydra.run.dir={run_dir}", "trainer.max_epochs=50", "data.batch_size=32", "trainer.device=cpu",
+                     "model.hidden_dims=[512,512]", cwd=tmp_path)
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.csv").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(gap)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (gap, out, err)
+        assert "Traceback" not in out + err and "Exception ignored" not in err, (gap, err)
+        assert err.count("\n") == 1 and err.startswith("aetrain: interrupted by SIGINT"), (gap, err)
+        checkpoints.load(run_dir)  # the last complete checkpoint, whichever it is

@@ -12,7 +12,10 @@ and its entry in COMMANDS.
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
+import typing
 
 COMMANDS = {  # name -> module of this package
     "train": "aetrain.cli.train",
@@ -41,5 +44,17 @@ def main(argv: list[str] | None = None) -> None:
                         f"{', '.join(COMMANDS)}")
         importlib.import_module(COMMANDS[name]).main(args)
     except KeyboardInterrupt as e:  # Ctrl-C where no run handles it (start-up), or a second one: abort at once
-        sys.stderr.write(f"aetrain: interrupted by SIGINT{f' {e}' if str(e) else ''}\n")
-        sys.exit(130)
+        _aborted(e, process_ends=argv is None)
+
+
+def _aborted(e: KeyboardInterrupt, *, process_ends: bool) -> typing.NoReturn:
+    """One line and exit code 130. After a first Ctrl-C stopped a run, say what that one saved."""
+    from aetrain.errors import Interrupted
+
+    first = e.__context__
+    while first is not None and not isinstance(first, Interrupted):
+        first = first.__context__
+    if process_ends:  # one more while Python shuts down (joining threads): exit, no "Exception ignored" traceback
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    sys.stderr.write(f"aetrain: {first}\n" if first is not None else "aetrain: interrupted by SIGINT\n")
+    sys.exit(130)
