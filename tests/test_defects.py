@@ -548,3 +548,36 @@ def test_two_real_ctrl_cs_at_any_distance_end_in_one_line_and_a_loadable_checkpo
         assert "Traceback" not in out + err and "Exception ignored" not in err, (gap, err)
         assert err.count("\n") == 1 and err.startswith("aetrain: interrupted by SIGINT"), (gap, err)
         checkpoints.load(run_dir)  # the last complete checkpoint, whichever it is
+
+
+# --- 21. wording: one point of a run is named the same way everywhere; the package exposes its API only ----
+
+def test_the_interrupt_and_the_resume_name_the_same_point_in_the_same_words(cli, monkeypatch) -> None:
+    import signal
+
+    from aetrain.train.engine import Engine
+
+    check = Engine.check_interrupt
+
+    def ctrl_c_at_step_30(self) -> None:  # 12 steps an epoch: inside epoch 3
+        if self.state.step == 30:
+            self.interrupt.handle(signal.SIGINT)
+        check(self)
+
+    monkeypatch.setattr(Engine, "check_interrupt", ctrl_c_at_step_30)
+    stopped = cli(*FAST, "trainer.max_epochs=4", "outputs.plot_every=0")
+    monkeypatch.undo()
+    line = one_line_error(stopped, code=130)
+    point = "in epoch 3 (step 6 of 12), step 30 of the run"
+    assert line.startswith(f"aetrain: interrupted by SIGINT {point}; saved "), line
+    resumed = cli(f"trainer.resume={stopped.run_dir}")
+    assert resumed.returncode == 0, resumed.output
+    assert f"  resume  {point}" in resumed.out.splitlines()
+    assert f"resuming {stopped.run_dir} {point}" in resumed.out
+    assert "from epoch" not in resumed.out
+
+
+def test_import_aetrain_exposes_its_api_and_nothing_else() -> None:
+    out = subprocess.run([sys.executable, "-c", "import aetrain; print(sorted(n for n in dir(aetrain) if "
+                          "not n.startswith('__')))"], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['load_model']"

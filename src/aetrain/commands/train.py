@@ -122,9 +122,7 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> di
     ], nonfinite=NONFINITE.get(t.on_nonfinite)(), history=history)
     if ckpt is not None:
         checkpoint.restore(engine, ckpt)
-        st = engine.state
-        log.info("resuming %s after epoch %d%s, step %d of the run", t.resume, st.epoch,
-                 f" and {st.step_in_epoch} steps into epoch {st.epoch + 1}" if st.step_in_epoch else "", st.step)
+        log.info("resuming %s %s", t.resume, engine.where())  # the words of the interrupt that stopped it
     try:
         with engine.interrupt.installed(), long_lived_objects_frozen():
             try:

@@ -57,7 +57,7 @@ class Header(Callback):
             ("output", str(self.run_dir)),
         ]
         if st.epoch or st.step:
-            lines.append(("resume", f"from epoch {st.epoch}, step {st.step}"))
+            lines.append(("resume", engine.where()))  # as the interrupt that stopped it said it
         epochs = cfg.trainer.max_epochs
         log.info("aetrain: %s on %s for %d epoch%s", cfg.model.name, spec.name, epochs, "" if epochs == 1 else "s")
         for key, text in lines:
