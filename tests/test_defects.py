@@ -581,3 +581,64 @@ def test_import_aetrain_exposes_its_api_and_nothing_else() -> None:
     out = subprocess.run([sys.executable, "-c", "import aetrain; print(sorted(n for n in dir(aetrain) if "
                           "not n.startswith('__')))"], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['load_model']"
+
+
+# --- 19. the learning-rate panel of loss_curve.png, for every schedule's shape --------------------------
+
+def _rates(kind: str, epochs: int) -> list[float]:
+    import math
+
+    lr = 1e-3
+    if kind == "cosine to 0":
+        return [lr * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(1, epochs + 1)]
+    if kind == "step":
+        return [lr * 0.1 ** (e // 10) for e in range(epochs)]
+    if kind == "onecycle":
+        return [lr * (e / 12 if e < 12 else (1 + math.cos(math.pi * (e - 12) / (epochs - 12))) / 2) + 4e-8
+                for e in range(1, epochs + 1)]
+    if kind == "plateau":
+        return [lr * 0.5 ** (e // 6) for e in range(epochs)]
+    return [lr * 0.98 ** e for e in range(epochs)]  # exponential
+
+
+@pytest.mark.parametrize("kind", ["cosine to 0", "step", "onecycle", "plateau", "exponential"])
+def test_the_learning_rate_panel_shows_every_schedule_inside_its_axis_with_readable_ticks(kind: str) -> None:
+    import numpy as np
+
+    from aetrain.train.outputs.plots import LossCurve
+
+    rates = _rates(kind, 40)
+    records = [{"epoch": e, "train/loss": 1 / e, "val/loss": 1.1 / e, "lr": r} for e, r in enumerate(rates, 1)]
+    curve = LossCurve(f"lr: {kind}", ["train/loss", "train/grad_norm", "val/loss"])
+    for n in (1, 2, 15, 40):  # redrawn as a run goes on: the first draws see a constant rate
+        curve.draw(records[:n])
+    ax = curve.lr_ax
+    xy = ax.transAxes.inverted().transform(ax.transData.transform(np.column_stack([range(1, 41), rates])))
+    shown = (xy[:, 1] >= -1e-9) & (xy[:, 1] <= 1 + 1e-9) & np.isfinite(xy[:, 1])
+    assert shown.mean() > 0.95, f"{(~shown).sum()} of 40 rates outside the panel"
+    assert xy[shown, 1].max() - xy[shown, 1].min() > 0.4, "the rates are squeezed into a line"
+    renderer = curve.fig.canvas.get_renderer()
+    labels = [t.get_window_extent(renderer) for t in ax.get_yticklabels(which="both") if t.get_visible()
+              and t.get_text() and ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]]
+    assert len(labels) >= 2
+    overlapping = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:] if a.overlaps(b)]
+    assert not overlapping, f"{len(overlapping)} overlapping tick labels"
+
+
+# --- 20. the progress bar shows the running loss of the epoch under way ---------------------------------
+
+def test_the_progress_bar_shows_the_running_loss_of_the_epoch_under_way(tmp_path: Path) -> None:
+    import re
+
+    from test_console import run_in_terminal
+
+    run_dir = tmp_path / "run"
+    code, out = run_in_terminal(f"hydra.run.dir={run_dir}", *FAST, "outputs.plot_every=0", cwd=tmp_path)
+    assert code == 0, out
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    frames = re.findall(r"epoch (\d)/2 \S* *(\d+)/12 loss (\S+)", plain)  # every redraw of the bar
+    shown = {(int(e), loss) for e, done, loss in frames if int(done) >= 1}
+    assert {e for e, _ in shown} == {1, 2}, frames  # each epoch's bar shows a loss once a step is done
+    assert all(loss != "-" for _, loss in shown), frames
+    epoch_1 = f"{float(metrics_rows(run_dir)[0]['train/loss']):.5f}"
+    assert (2, epoch_1) not in shown, frames  # not the previous epoch's loss

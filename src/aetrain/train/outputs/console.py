@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import io
 import logging
+import math
 import sys
 import time
 from itertools import accumulate
@@ -68,10 +69,14 @@ class EpochProgress(Callback):
     """A transient rich progress bar for the epoch under way: steps, running loss, samples/s, time left.
 
     Only built when stdout is a terminal. Refreshed from `on_step` at most ten times a second,
-    with no background thread, so it costs the loop a few microseconds a step.
+    with no background thread, so it costs the loop a few microseconds a step. The loss is the
+    running mean of the epoch under way: read from the engine's meter (one host sync) at the
+    epoch's first step and then at most every LOSS_EVERY_S, or taken from a log interval's read;
+    "-" until the epoch has one.
     """
 
     REFRESH_S = 0.1
+    LOSS_EVERY_S = 0.5
 
     def on_fit_start(self, engine: Engine) -> None:
         from rich import get_console
@@ -95,6 +100,7 @@ class EpochProgress(Callback):
     def on_epoch_start(self, engine: Engine) -> None:
         st = engine.state
         self.tic, self.start_samples, self.last = time.perf_counter(), self.samples[st.step_in_epoch], 0.0
+        self.loss, self.loss_read = "-", -math.inf  # nothing of this epoch yet (not the last epoch's loss)
         self.progress.reset(self.task, completed=st.step_in_epoch, epoch=self._epoch(engine), loss=self.loss, rate="-")
         self.progress.refresh()
 
@@ -107,15 +113,15 @@ class EpochProgress(Callback):
             self.progress.update(self.task, completed=engine.state.step_in_epoch)
             return
         self.last = now
+        if now - self.loss_read >= self.LOSS_EVERY_S and engine.meter is not None:
+            self.loss_read = now
+            self.loss = f"{engine.meter.read()[0]['train/loss']:.5f}"  # one sync; the non-finite policy stays the loop's
         rate = (self.samples[engine.state.step_in_epoch] - self.start_samples) / max(now - self.tic, 1e-9)
         self.progress.update(self.task, completed=engine.state.step_in_epoch, rate=f"{rate:,.0f}", loss=self.loss)
         self.progress.refresh()
 
     def on_log(self, engine: Engine, metrics: dict[str, float]) -> None:
-        self.loss = f"{metrics['train/loss']:.5f}"
-
-    def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
-        self.loss = f"{record['train/loss']:.5f}"
+        self.loss, self.loss_read = f"{metrics['train/loss']:.5f}", time.perf_counter()  # read anyway: no sync more
 
     def on_fit_end(self, engine: Engine) -> None:
         self.progress.stop()
