@@ -642,3 +642,26 @@ def test_the_progress_bar_shows_the_running_loss_of_the_epoch_under_way(tmp_path
     assert all(loss != "-" for _, loss in shown), frames
     epoch_1 = f"{float(metrics_rows(run_dir)[0]['train/loss']):.5f}"
     assert (2, epoch_1) not in shown, frames  # not the previous epoch's loss
+
+
+# --- 22. the Optuna preset does not search the code width; a code as wide as the input is flagged ----------
+
+def test_the_optuna_preset_keeps_the_code_width_out_of_its_search(cli) -> None:
+    result = cli("hparams_search=optuna", "--cfg", "hydra")
+    assert result.returncode == 0, result.err
+    import re
+
+    params = re.search(r"\n    params:\n((?:      .*\n)+)", result.out).group(1)  # hydra.sweeper.params
+    assert "optimizer.lr:" in params and "model.latent_dim" not in params
+
+
+@pytest.mark.parametrize("model, latent, warned", [("dense_ae", 64, True), ("conv_ae", 80, True),
+                                                   ("dense_ae", 63, False), ("sparse_ae", 64, False)])
+def test_a_code_as_wide_as_the_input_is_warned_about_in_one_line(cli, model: str, latent: int, warned: bool) -> None:
+    result = cli(*FAST, "trainer.max_epochs=1", f"model={model}", f"model.latent_dim={latent}", "outputs.plot_every=0")
+    assert result.returncode == 0, result.output
+    lines = [line for line in result.out.splitlines() if "the input (64 values a sample)" in line]
+    assert len(lines) == int(warned), result.out
+    if warned:
+        wide = "as wide as" if latent == 64 else "wider than"
+        assert lines[0].startswith(f"model.latent_dim={latent} is {wide} the input (64 values a sample): ")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from aetrain import checkpoint as checkpoints
-from aetrain.config import Config, validate
+from aetrain.config import Config, ModelConfig, validate
 from aetrain.data import build_data
 from aetrain.errors import CheckpointError, ConfigError, Interrupted, WriteError
 from aetrain.models import FAMILIES
@@ -78,6 +78,7 @@ def build_parts(cfg: Config) -> Parts:
     family = FAMILIES.get(cfg.model.name)
     seed_everything(t.seed, t.deterministic)
     data = build_data(cfg.data, device, seed=t.seed, channels_last=t.channels_last)
+    _warn_if_code_is_as_wide_as_the_input(cfg.model, data.spec.shape)
     model = family.build(cfg.model, data.spec).to(device, memory_format=data.memory_format)
     objective, val_objective = (o.to(device) for o in family.objectives(cfg.model, data.spec))
     precision = Precision(t.precision, device)
@@ -89,6 +90,20 @@ def build_parts(cfg: Config) -> Parts:
                      trainable(model.parameters()), admit=ADMIT.get(t.on_nonfinite))
     return Parts(cfg, model, net, objective, val_objective, optimizer, schedule, precision, step, data, windows,
                  family.galleries)
+
+
+def _warn_if_code_is_as_wide_as_the_input(model: ModelConfig, shape: tuple[int, ...]) -> None:
+    """An autoencoder whose code is as wide as its input can learn to copy it: a low reconstruction loss then
+    says nothing of what the code captured. Not said of families that constrain the code (input noise, a
+    sparsity penalty, a KL term), where a wide, overcomplete code is a design choice."""
+    size = math.prod(shape)
+    constrained = any(level > 0 for level in (getattr(getattr(model, "noise", None), "level", 0.0),
+                                              getattr(getattr(model, "sparsity", None), "weight", 0.0),
+                                              getattr(model, "beta", 0.0)))
+    if model.latent_dim >= size and not constrained:
+        log.warning("model.latent_dim=%d is %s the input (%d values a sample): the model can learn to copy its input, "
+                    "so a low reconstruction loss says little; choose a narrower code", model.latent_dim,
+                    "as wide as" if model.latent_dim == size else "wider than", size)
 
 
 def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
