@@ -665,3 +665,63 @@ def test_a_code_as_wide_as_the_input_is_warned_about_in_one_line(cli, model: str
     if warned:
         wide = "as wide as" if latent == 64 else "wider than"
         assert lines[0].startswith(f"model.latent_dim={latent} is {wide} the input (64 values a sample): ")
+
+
+# --- 24. trainer.init_from: another run's weights, a fresh optimizer, schedule and counters ------------------
+
+def test_init_from_starts_from_the_other_runs_best_weights_with_fresh_counters(finished: Path, tmp_path: Path) -> None:
+    from aetrain.commands.train import run
+    from aetrain.train.engine import Callback
+    from conftest import digits_config
+
+    class Start(Callback):
+        def on_fit_start(self, engine) -> None:
+            self.weights = {k: v.clone() for k, v in engine.parts.model.state_dict().items()}
+            self.optimizer_state = dict(engine.parts.optimizer.state)
+            self.state = (engine.state.epoch, engine.state.step)
+
+    cfg = digits_config()
+    cfg.trainer.max_epochs, cfg.trainer.init_from = 1, str(finished)
+    start = Start()
+    run(cfg, tmp_path / "b", callbacks=[start])
+    best = torch.load(finished / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert start.weights.keys() == best.keys()
+    assert all(torch.equal(start.weights[k], best[k]) for k in best)
+    assert start.optimizer_state == {} and start.state == (0, 0)
+    assert [(int(r["epoch"]), int(r["step"])) for r in metrics_rows(tmp_path / "b")] == [(1, 12)]
+
+
+def test_init_from_on_the_command_line_trains_on_from_where_the_other_run_was(finished: Path, tmp_path: Path,
+                                                                             cli) -> None:
+    fresh = cli(*FAST, "trainer.max_epochs=1", "outputs.plot_every=0", run_dir=tmp_path / "fresh")
+    warm = cli(*FAST, "trainer.max_epochs=1", "outputs.plot_every=0", f"trainer.init_from={finished}",
+               run_dir=tmp_path / "warm")
+    assert fresh.returncode == 0 and warm.returncode == 0, warm.output
+    assert f"  init    the weights of {finished}" in warm.out.splitlines()
+    first = lambda r: float(metrics_rows(r.run_dir)[0]["val/loss"])  # noqa: E731
+    best_before = float(json.loads((finished / "summary.json").read_text())["best_val_loss"])
+    assert first(warm) < best_before < first(fresh)  # it went on from the other run's model
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model.latent_dim=8"], "its weights do not fit this run's model"),
+    (["model.hidden_dims=[128]"], "its weights do not fit this run's model"),
+    (["data=tensor_file", "data.path=ROWS"], "its model was trained on samples of shape (1, 8, 8); data 'tensor_file' "
+                                              "has (6,)"),
+    (["trainer.init_from=nowhere"], "no such checkpoint file or run directory"),
+])
+def test_init_from_a_model_that_does_not_fit_is_one_line(finished: Path, tmp_path: Path, cli, args: list[str],
+                                                        message: str) -> None:
+    import numpy as np
+
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).normal(size=(100, 6)).astype(np.float32))
+    args = [a.replace("ROWS", str(tmp_path / "rows.npy")) for a in args]
+    line = one_line_error(cli(*FAST, f"trainer.init_from={finished}", *args))
+    assert message in line and "trainer.init_from=" in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_fits_a_family_with_the_same_weights(finished: Path, cli) -> None:
+    result = cli(*FAST, "trainer.max_epochs=1", "model=denoising_ae", f"trainer.init_from={finished}",
+                 "outputs.plot_every=0")
+    assert result.returncode == 0, result.output

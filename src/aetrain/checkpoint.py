@@ -112,8 +112,10 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> Autoencoder:
     return model.eval()
 
 
-def load_weights(model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
-    """Put the checkpoint's weights into `model`; a mismatch is a CheckpointError naming the first difference."""
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], *,
+                 target: str = "the architecture its config describes") -> None:
+    """Put the checkpoint's weights into `model`; a mismatch is a CheckpointError naming the first difference
+    (`target` says what they had to fit)."""
     weights = ckpt.get("model")
     if not isinstance(weights, dict):
         raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: it holds no model weights")
@@ -121,5 +123,4 @@ def load_weights(model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
         model.load_state_dict(weights)
     except RuntimeError as e:
         first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).splitlines()[0])
-        raise CheckpointError(f"{ckpt['path']}: its weights do not fit the architecture its config describes "
-                              f"({first})") from None
+        raise CheckpointError(f"{ckpt['path']}: its weights do not fit {target} ({first})") from None

@@ -78,7 +78,6 @@ def build_parts(cfg: Config) -> Parts:
     family = FAMILIES.get(cfg.model.name)
     seed_everything(t.seed, t.deterministic)
     data = build_data(cfg.data, device, seed=t.seed, channels_last=t.channels_last)
-    _warn_if_code_is_as_wide_as_the_input(cfg.model, data.spec.shape)
     model = family.build(cfg.model, data.spec).to(device, memory_format=data.memory_format)
     objective, val_objective = (o.to(device) for o in family.objectives(cfg.model, data.spec))
     precision = Precision(t.precision, device)
@@ -138,6 +137,12 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> di
     if ckpt is not None:
         checkpoint.restore(engine, ckpt)
         log.info("resuming %s %s", t.resume, engine.where())  # the words of the interrupt that stopped it
+    elif t.init_from:  # weights only: the optimizer, schedule and counters were built fresh
+        source = checkpoint.init_weights(parts.model, parts.data.spec, t.init_from)
+        st = source.get("state") if isinstance(source.get("state"), dict) else {}
+        log.info("starting from the weights of %s (%s); optimizer, schedule and counters start fresh", source["path"],
+                 f"after epoch {st['epoch']} of its run" if isinstance(st.get("epoch"), int) else "its run's epoch unknown")
+    _warn_if_code_is_as_wide_as_the_input(cfg.model, parts.data.spec.shape)  # once the run is known to go ahead
     try:
         with engine.interrupt.installed(), long_lived_objects_frozen():
             try:

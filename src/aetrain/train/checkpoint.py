@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from aetrain import __version__
-from aetrain.checkpoint import FORMAT, FORMAT_VERSION, config_of, load_weights, spec_from_checkpoint
+from aetrain.checkpoint import FORMAT, FORMAT_VERSION, config_of, load, load_weights, spec_from_checkpoint
 from aetrain.config import Config, to_json
 from aetrain.data.spec import DataSpec
 from aetrain.errors import CheckpointError
+from aetrain.rundir import BEST, LAST
 
 if TYPE_CHECKING:
     from aetrain.train.engine import Engine
@@ -124,10 +125,32 @@ def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
 # Keys that may differ between a checkpoint's config and the config resuming it: where things
 # live, how often to log and save, how long to train. Everything else shapes the computation,
 # so it must match for the continuation to be the run it claims to be.
-RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.device", "trainer.compile",
+RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.init_from", "trainer.device", "trainer.compile",
                      "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps", "trainer.save_top_k",
                      "trainer.early_stopping_patience", "trainer.on_nonfinite", "data.root", "data.path",
                      "data.download", "data.num_workers", "outputs.")
+
+
+def init_weights(model: torch.nn.Module, spec: DataSpec, source: str) -> dict[str, Any]:
+    """`trainer.init_from`: put the weights of the checkpoint at `source` (a file, or a run dir's best.pt, else
+    last.pt) into `model`, keeping its own data scaling. The checkpoint must have been trained on samples of
+    the same shape, and its weights must fit `model` exactly (the same parameters, whatever the family's
+    objective). Returns the checkpoint read."""
+    try:
+        ckpt = load(source, prefer=(BEST, LAST))
+    except CheckpointError as e:
+        raise CheckpointError(f"trainer.init_from={source}: {str(e).removeprefix(f'{source}: ')}") from None
+    saved = spec_from_checkpoint(ckpt).shape
+    if saved != spec.shape:
+        raise CheckpointError(f"trainer.init_from={source}: its model was trained on samples of shape {saved}; "
+                              f"data '{spec.name}' has {spec.shape}")
+    scaling = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("scaling.")}  # this run's data
+    try:
+        load_weights(model, ckpt, target="this run's model")
+    except CheckpointError as e:
+        raise CheckpointError(f"trainer.init_from={source}: {e}") from None
+    model.load_state_dict(scaling, strict=False)
+    return ckpt
 
 
 def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_step_schedule: bool,

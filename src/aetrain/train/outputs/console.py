@@ -59,6 +59,8 @@ class Header(Callback):
         ]
         if st.epoch or st.step:
             lines.append(("resume", engine.where()))  # as the interrupt that stopped it said it
+        elif cfg.trainer.init_from:
+            lines.append(("init", f"the weights of {cfg.trainer.init_from}"))
         epochs = cfg.trainer.max_epochs
         log.info("aetrain: %s on %s for %d epoch%s", cfg.model.name, spec.name, epochs, "" if epochs == 1 else "s")
         for key, text in lines:
