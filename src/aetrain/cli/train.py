@@ -299,25 +299,24 @@ def quote_paths(args: list[str]) -> list[str]:
     out = []
     for arg in args:
         key, sep, value = arg.partition("=")
-        path = _typed_path(value) if sep and key in PATH_KEYS else None
-        out.append(arg if path is None or _reads_as(value, path) else f"{key}={hydra_quoted(path)}")
+        read = _read_by_hydra(value) if sep and key in PATH_KEYS else ""
+        out.append(arg if isinstance(read, str) or (read is None and value == "null") else
+                   f"{key}={hydra_quoted(value)}")
     return out
 
 
-def _reads_as(text: str, path: str) -> bool:
+def _read_by_hydra(text: str) -> Any:
+    """What Hydra's override grammar makes of `text` given after `key=`; None also when its lexer refuses it."""
     try:
-        return OverridesParser.create().parse_override(f"path={text}").value() == path
-    except Exception:
-        return False
+        return OverridesParser.create().parse_override(f"path={text}").value()
+    except Exception:  # a HydraException or a lexer error: Hydra would refuse the command line
+        return None
 
 
 def _typed_path(text: str) -> str:
     """A path given after `key=`, quoted for Hydra (`'a,b'`) or as the shell passed it (`a,b`, `ünï 日本`,
     which Hydra's grammar reads as a sweep or refuses)."""
-    try:
-        value = OverridesParser.create().parse_override(f"path={text}").value()
-    except Exception:  # Hydra's lexer refuses it: it is meant literally
-        return text
+    value = _read_by_hydra(text)
     return value if isinstance(value, str) else text
 
 
