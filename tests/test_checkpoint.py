@@ -19,7 +19,7 @@ import torch
 import aetrain
 from aetrain import checkpoint as checkpoints
 from aetrain.config import Config, DataConfig, SGDConfig, TrainerConfig
-from aetrain.errors import CheckpointError, DivergenceError
+from aetrain.errors import CheckpointError, DivergenceError, WriteError
 from aetrain.commands.train import run
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer
@@ -108,7 +108,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path: Path, mo
     monkeypatch.setattr("aetrain.atomic.os.fsync", disk_gone)
     cfg = tiny(max_epochs=2)
     cfg.trainer.resume = str(tmp_path)
-    with pytest.raises(OSError, match="Input/output error"):
+    with pytest.raises(WriteError, match=f"could not write {tmp_path / 'checkpoints' / 'last.pt'}: Input/output error"):
         run(cfg, tmp_path)
     assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before
     assert checkpoints.load(tmp_path)["state"]["epoch"] == 1
@@ -120,7 +120,7 @@ def test_a_background_checkpoint_write_that_fails_fails_the_run(tmp_path: Path, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("aetrain.train.callbacks.write_atomic", disk_full)
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(WriteError, match="No space left on device"):
         run(tiny(max_epochs=3), tmp_path)
     assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
@@ -243,7 +243,7 @@ def test_checkpoint_every_n_steps_writes_mid_epoch(tmp_path: Path) -> None:
     class Peek(Callback):
         def on_step(self, engine: Engine) -> None:
             if engine.state.step == 12:
-                next(cb for cb in engine.callbacks if isinstance(cb, Checkpointer)).wait()  # written in the background
+                next(cb for cb in engine.callbacks if isinstance(cb, Checkpointer)).wait(engine)  # written in the background
                 seen.append(checkpoints.load(tmp_path)["state"])
 
     run(tiny(checkpoint_every_n_steps=5, max_epochs=2), tmp_path, callbacks=[Peek()])

@@ -28,8 +28,10 @@ def write_atomic(path: Path, data: bytes | str | Callable[[IO[bytes]], None], *,
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)  # a failed write leaves no debris beside the target
+        if isinstance(e, OSError) and e.filename is None:  # write() and fsync() errors name no file: name it
+            e.filename = str(path)
         raise
     if durable:
         _fsync_dir(path.parent)

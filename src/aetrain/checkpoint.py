@@ -84,10 +84,17 @@ def config_of(ckpt: dict[str, Any]) -> Config:
 
 
 def spec_from_checkpoint(ckpt: dict[str, Any]) -> DataSpec:
+    """The data description a checkpoint holds; CheckpointError when it is missing, incomplete or of the wrong kind."""
     try:
         s = ckpt["data_spec"]
-        return DataSpec(s["name"], tuple(s["shape"]), s["unit_interval"], s["shift"], s["scale"], s["low"], s["high"])
-    except (KeyError, TypeError) as e:
+        shape = tuple(s["shape"])
+        if not shape or not all(isinstance(n, int) and n >= 1 for n in shape):
+            raise ValueError(f"sample shape {s['shape']!r}")
+        if not all(isinstance(s[k], torch.Tensor) and s[k].is_floating_point() for k in ("shift", "scale")):
+            raise TypeError("its scaling (shift, scale) is not a pair of float tensors")
+        return DataSpec(str(s["name"]), shape, bool(s["unit_interval"]), s["shift"], s["scale"], float(s["low"]),
+                        float(s["high"]))
+    except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: its data description is incomplete "
                               f"({type(e).__name__}: {e})") from None
 
@@ -105,8 +112,10 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> Autoencoder:
     return model.eval()
 
 
-def load_weights(model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
-    """Put the checkpoint's weights into `model`; a mismatch is a CheckpointError naming the first difference."""
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], *,
+                 target: str = "the architecture its config describes") -> None:
+    """Put the checkpoint's weights into `model`; a mismatch is a CheckpointError naming the first difference
+    (`target` says what they had to fit)."""
     weights = ckpt.get("model")
     if not isinstance(weights, dict):
         raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: it holds no model weights")
@@ -114,5 +123,4 @@ def load_weights(model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
         model.load_state_dict(weights)
     except RuntimeError as e:
         first = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e).splitlines()[0])
-        raise CheckpointError(f"{ckpt['path']}: its weights do not fit the architecture its config describes "
-                              f"({first})") from None
+        raise CheckpointError(f"{ckpt['path']}: its weights do not fit {target} ({first})") from None

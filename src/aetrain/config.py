@@ -301,6 +301,8 @@ class TrainerConfig:
     deterministic: bool = False  # force deterministic kernels (needed for bit-exact CUDA runs); CPU is deterministic anyway
     log_every_n_steps: int = 50  # optimizer steps between progress updates (the only host syncs in the loop)
     resume: str | None = None  # a checkpoint file or run dir to continue from; None = start fresh
+    init_from: str | None = None  # a run dir (its best.pt, else last.pt) or checkpoint file whose model weights this
+    # run starts from, with a fresh optimizer, schedule and counters; None = freshly initialised weights
     checkpoint_every_n_steps: int | None = None  # also write last.pt every N optimizer steps; None = per epoch only
     save_top_k: int = 0  # also keep the k best epochs as checkpoints/epoch=NNN-val_loss=X.pt; 0 = off
     early_stopping_patience: int | None = None  # stop after N epochs without a val/loss improvement; None = off
@@ -526,6 +528,8 @@ def from_json(text: str) -> Config:
     dropped (checkpoint format 1 had one flat shape per group) still load.
     """
     data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"a config is a JSON object, not a {type(data).__name__}")
     cfg = Config()
     for f in dataclasses.fields(Config):
         if f.name not in data:

@@ -35,3 +35,18 @@ class Interrupted(AetrainError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum  # the shell's convention for "ended by signal N"
+
+
+class WriteError(AetrainError):
+    """A file of the run could not be written (a full disk, a file size limit, a read-only dir): the run stopped."""
+
+    exit_code = 1  # the command was fine; the run failed
+
+    @classmethod
+    def of(cls, error: OSError, context: str = "") -> "WriteError":
+        """`could not write <file>: <reason><context>`, naming the file written, not the temp file of an atomic write."""
+        name = str(error.filename) if error.filename is not None else "a file of the run"
+        folder, sep, base = name.rpartition("/")
+        if base.startswith(".") and base.endswith(".tmp"):  # aetrain.atomic.write_atomic writes .<name>.tmp first
+            name = f"{folder}{sep}{base[1:-4]}"
+        return cls(f"could not write {name}: {error.strerror or error}{context}")

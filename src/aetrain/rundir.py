@@ -7,11 +7,23 @@ of each file name and one parser of each file. What a run writes is described in
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
+import socket
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from aetrain.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the lock file's existence is the claim
+    fcntl = None  # type: ignore[assignment]
 
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
@@ -34,6 +46,7 @@ SCORE_FILES = ("metrics.json", "scores.csv", "roc.png", "scores.png")
 EXPORT = "export"  # aetrain export: <part>.onnx | <part>.torchscript.pt | <part>.pt2 for each part, and:
 EXPORT_PARTS = ("model", "encoder", "decoder")
 EXPORT_INFO = "export.json"  # inputs, outputs, units and the check's differences
+LOCK = ".aetrain.lock"  # held by the process training into the run dir (see `claimed`); removed when it ends
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -63,6 +76,25 @@ def run_dir_of(path: str | Path) -> Path:
     if p.is_dir():
         return p
     return p.parent.parent if p.parent.name == CHECKPOINTS else p.parent
+
+
+def own_run_dir(path: str | Path, run_id: Any) -> Path | None:
+    """The run dir that a checkpoint (`path`: the file, or a run dir) was written in, or None when it lies elsewhere.
+
+    `<dir>` is the checkpoint's own run when the checkpoint is `<dir>/checkpoints/<name>.pt` (or `<dir>`
+    itself was given) and `<dir>/summary.json` names the run the checkpoint belongs to (`run_id`). A
+    checkpoint from before run ids (run_id None) belongs to such a `<dir>` when it has `.hydra/config.yaml`
+    and a summary.json without a run id (run_id not a string counts as None). Anything else (a copy kept in a folder of one's own, or put
+    into another run's checkpoints/) is not in its run dir: continuing it must not write there.
+    """
+    p = Path(path)
+    if not p.is_dir() and p.parent.name != CHECKPOINTS:
+        return None
+    run_dir = run_dir_of(p)
+    found = read_summary(run_dir).get("run_id")
+    if isinstance(run_id, str):
+        return run_dir if found == run_id else None
+    return run_dir if found is None and (run_dir / HYDRA / "config.yaml").is_file() else None
 
 
 def number(text: str | None) -> float | int:
@@ -112,3 +144,71 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+class RunDirTaken(ConfigError):
+    """The run dir holds another run, or another live process is training into it: nothing may be written there."""
+
+
+class RunDirInUse(RunDirTaken):
+    """Another live process is training into the run dir."""
+
+
+@contextlib.contextmanager
+def claimed(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process while the block runs: a second aetrain process asking for the same
+    dir meanwhile gets RunDirInUse, naming the holder.
+
+    The claim is an exclusive `flock` on run_dir/.aetrain.lock, which the file then names (pid, host,
+    since when). The kernel drops a flock when its process ends, however it ends (kill -9, out of memory),
+    so a lock file a killed run left behind never blocks anyone: only a live process holds a claim. Where
+    there is no flock (not POSIX) the file's existence is the claim, and one left by a killed run must be
+    deleted by hand. The file is removed when the block ends, and so is the run dir if this made it and
+    it is empty then (a run refused before writing anything leaves nothing behind).
+    """
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    fd = _lock(path, run_dir)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n"
+                 .encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # a dir made read-only meanwhile keeps the file: it no longer blocks
+            path.unlink(missing_ok=True)  # before the lock is let go, so a waiting process finds no stale inode
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only when empty
+
+
+def _lock(path: Path, run_dir: Path) -> int:
+    while True:
+        if fcntl is None:
+            try:
+                return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                raise RunDirInUse(f"hydra.run.dir={run_dir} is in use by another aetrain process ({_holder(path)}); "
+                                  f"if none is running, delete {path}") from None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunDirInUse(f"hydra.run.dir={run_dir} is in use by another aetrain process ({_holder(path)}); "
+                              "wait for it to end or choose another hydra.run.dir") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed the file between our open and our lock: lock the file there now
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"

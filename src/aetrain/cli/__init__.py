@@ -12,7 +12,10 @@ and its entry in COMMANDS.
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
+import typing
 
 COMMANDS = {  # name -> module of this package
     "train": "aetrain.cli.train",
@@ -32,10 +35,30 @@ def main(argv: list[str] | None = None) -> None:
     the CLI in-process."""
     args = sys.argv[1:] if argv is None else list(argv)
     name = "train"
-    if args and args[0] in COMMANDS:
-        name, args = args[0], args[1:]
-    elif args and "=" not in args[0] and not args[0].startswith("-"):
-        from aetrain.cli.report import usage_error
+    for stream in (sys.stdout, sys.stderr):  # an ASCII console (PYTHONIOENCODING=ascii, LC_ALL=C) still gets every
+        if hasattr(stream, "reconfigure"):  # line: what it cannot show is escaped, never a logging error
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        if args and args[0] in COMMANDS:
+            name, args = args[0], args[1:]
+        elif args and "=" not in args[0] and not args[0].startswith("-"):
+            from aetrain.cli.report import usage_error
 
-        usage_error(f"'{args[0]}' is neither a command nor an override (key=value); commands: {', '.join(COMMANDS)}")
-    importlib.import_module(COMMANDS[name]).main(args)
+            usage_error(f"'{args[0]}' is neither a command nor an override (key=value); commands: "
+                        f"{', '.join(COMMANDS)}")
+        importlib.import_module(COMMANDS[name]).main(args)
+    except KeyboardInterrupt as e:  # Ctrl-C where no run handles it (start-up), or a second one: abort at once
+        _aborted(e, process_ends=argv is None)
+
+
+def _aborted(e: KeyboardInterrupt, *, process_ends: bool) -> typing.NoReturn:
+    """One line and exit code 130. After a first Ctrl-C stopped a run, say what that one saved."""
+    from aetrain.errors import Interrupted
+
+    first = e.__context__
+    while first is not None and not isinstance(first, Interrupted):
+        first = first.__context__
+    if process_ends:  # one more while Python shuts down (joining threads): exit, no "Exception ignored" traceback
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    sys.stderr.write(f"aetrain: {first}\n" if first is not None else "aetrain: interrupted by SIGINT\n")
+    sys.exit(130)

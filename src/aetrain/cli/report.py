@@ -10,7 +10,7 @@ from hydra.errors import MissingConfigException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from aetrain.config import CHOICES, keys_of
-from aetrain.errors import Interrupted
+from aetrain.errors import AetrainError, Interrupted
 
 EXIT_USER_ERROR = 2  # the command was wrong: nothing ran, nothing was written
 EXIT_JOB_FAILED = 1  # the command ran and failed (a diverged run, a failed sweep job)
@@ -34,6 +34,8 @@ def unknown_key_message(key: str, schema: type, choice: str | None = None) -> st
 
 def describe(ex: BaseException) -> str:
     """One line for a user error raised by Hydra, OmegaConf or aetrain."""
+    if isinstance(ex, OmegaConfBaseException) and isinstance(ex.__cause__, AetrainError):  # raised by a resolver
+        return describe(ex.__cause__)
     if isinstance(ex, MissingConfigException) and ex.missing_cfg_file and ex.options:
         group, _, choice = ex.missing_cfg_file.rpartition("/")
         return f"{group}={choice} is not one of: {', '.join(sorted(ex.options))}"

@@ -22,18 +22,25 @@ import io
 import json
 import logging
 import math
+import os
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.atomic import write_atomic
 from aetrain.rundir import HYDRA, METRICS, SUMMARY, read_metrics, read_summary
 
 SUMMARY_CSV = "sweep_summary.csv"
+CURVES_PNG = "sweep_curves.png"
+NAMED_CURVES = 10  # jobs named in sweep_curves.png's legend, best first; the others are drawn in grey
+CURVE_COLOURS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9", "black"]  # tab10 without its grey
+MARKER = ".aetrain-sweep"  # created exclusively when a sweep starts: two sweeps never share a dir
 OBJECTIVE_PNG = "sweep_objective.png"
 COLUMNS = ["job", "overrides", "status", "error", "best_val_loss", "epochs", "wall_time_s", "run_dir"]
 
@@ -169,6 +176,7 @@ def summarize(sweep_dir: Path) -> list[JobResult]:
         return results  # the sweep stopped before any job ran (a composition error): nothing to say
     write_csv(results, sweep_dir / SUMMARY_CSV)
     plot_objective(results, sweep_dir / OBJECTIVE_PNG)
+    plot_curves(results, sweep_dir / CURVES_PNG)
     print_table(results, sweep_dir)
     return results
 
@@ -253,7 +261,7 @@ def print_table(results: list[JobResult], sweep_dir: Path) -> None:
             style="bold green" if r is best else ("red" if not r.ok else None),
         )
     header = f"sweep {sweep_dir}: {len(results) - failed} ok, {failed} failed"  # not the table's title: rich would fold a long path
-    footer = f"written: {sweep_dir / SUMMARY_CSV}, {sweep_dir / OBJECTIVE_PNG}"
+    footer = f"written: {sweep_dir / SUMMARY_CSV}, {sweep_dir / OBJECTIVE_PNG}, {sweep_dir / CURVES_PNG}"
     if interactive:
         console.print(header, style="bold", soft_wrap=True)
         console.print(table)
@@ -314,6 +322,93 @@ def plot_objective(results: list[JobResult], path: Path) -> None:
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
+def _curves(results: list[JobResult]) -> list[tuple[JobResult, list[str], list[float], list[float]]]:
+    """(job, its varying overrides, epochs, val/loss) of every job that has validation losses, best first."""
+    varying, _ = varying_overrides(results)
+    out = []
+    for r, overrides in zip(results, varying):
+        rows = [row for row in _read_metrics(r.run_dir / METRICS) if isinstance(row.get("epoch"), int)]
+        if rows:
+            out.append((r, overrides, [row["epoch"] for row in rows], [_float(row.get("val/loss")) for row in rows]))
+    return out
+
+
+def curve_labels(results: list[JobResult]) -> list[str]:
+    """The legend of sweep_curves.png: the best NAMED_CURVES jobs by what varies, then how many others."""
+    curves = _curves(results)
+    labels = [_curve_label(r, overrides) for r, overrides, _, _ in curves[:NAMED_CURVES]]
+    others = len(curves) - NAMED_CURVES
+    return labels + ([f"{others} other job{'s' if others > 1 else ''}"] if others > 0 else [])
+
+
+def _curve_label(r: JobResult, overrides: list[str]) -> str:
+    values = " ".join(_tick(o) for o in overrides) or "(no overrides)"
+    return f"job {r.job}{'' if r.ok else ' (failed)'}: {values}"
+
+
+def plot_curves(results: list[JobResult], path: Path) -> None:
+    """Every job's val/loss per epoch in one picture: the best NAMED_CURVES in colour and named by the overrides
+    that vary between jobs, the rest in thin grey; failed jobs dotted; the best job's best epoch starred. The
+    axis follows the jobs that finished (log scale when they span a decade): a failed job's blow-up would
+    flatten the rest, so it may leave the picture, which its legend entry then says."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    curves = _curves(results)
+    if not curves:
+        return
+    positive = lambda losses: [v for v in losses if math.isfinite(v) and v > 0]  # noqa: E731
+    scaled = [v for r, _, _, losses in curves if r.ok for v in positive(losses)] or \
+        [v for *_, losses in curves for v in positive(losses)]
+    log = bool(scaled) and max(scaled) / min(scaled) >= 10
+    if scaled:
+        pad = 0.05 * (max(scaled) - min(scaled)) or 0.05 * max(scaled)
+        low, high = (min(scaled) / 1.15, max(scaled) * 1.15) if log else (min(scaled) - pad, max(scaled) + pad)
+    fig = Figure(figsize=(9.0, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    named, others = curves[:NAMED_CURVES], curves[NAMED_CURVES:]
+    for r, _, epochs, losses in others:  # behind the named ones
+        ax.plot(epochs, losses, color="0.6", linewidth=0.8, alpha=0.5, linestyle="-" if r.ok else ":")
+    if others:
+        ax.plot([], [], color="0.6", linewidth=0.8, label=curve_labels(results)[-1])
+    for i, (r, overrides, epochs, losses) in enumerate(named):
+        off = scaled and not r.ok and all(v > high for v in positive(losses))
+        ax.plot(epochs, losses, color=CURVE_COLOURS[i], linewidth=2.0 if i == 0 else 1.3,
+                linestyle="-" if r.ok else ":", marker="o" if len(epochs) <= 30 else "", markersize=3,
+                label=_curve_label(r, overrides) + (" (above the scale)" if off else ""), zorder=3 + i)
+    best = next(((e, v) for r, _, e, v in curves if r.ranked), None)
+    if best is not None:
+        epochs, losses = best
+        i = min(range(len(losses)), key=lambda k: losses[k] if math.isfinite(losses[k]) else math.inf)
+        ax.plot([epochs[i]], [losses[i]], "*", color="C0", markersize=14, markeredgecolor="black",
+                markeredgewidth=0.6, zorder=20)
+    if log:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))  # 0.02, not 2x10^-2
+        if max(scaled) / min(scaled) < 100:  # one or two decades have one or two major ticks: label 2s and 5s too
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}" if f"{v:.0e}"[0] in "25" else ""))
+    if scaled:
+        ax.set_ylim(low, high)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss")
+    shared = varying_overrides(results)[1]
+    title = f"{path.parent.name}: val/loss per epoch of {len(curves)} job{'s' if len(curves) > 1 else ''}"
+    if shared:  # wrapped to the axes' width, at most two lines: the table and the CSV have them all
+        lines = textwrap.wrap(f"same in every job: {' '.join(_short(o) for o in shared)}", 95)
+        title += "\n" + "\n".join(lines[:2]) + (" ..." if len(lines) > 2 else "")
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.1, which="minor")
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda k: labels[k].endswith(("other job", "other jobs")))  # others last
+    fig.legend([handles[k] for k in order], [labels[k] for k in order], loc="outside right upper", fontsize=8,
+               title="best first", title_fontsize=8)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
+
+
 # --- Hydra's callback and the CLI's view of the sweep ----------------------------------------
 
 @dataclass
@@ -340,9 +435,10 @@ def finish() -> list[JobResult] | None:
 
 
 def previous_sweep(sweep_dir: Path) -> str | None:
-    """What in `sweep_dir` shows an earlier sweep (a summary, or a job dir), or None."""
-    if (sweep_dir / SUMMARY_CSV).exists():
-        return SUMMARY_CSV
+    """What in `sweep_dir` shows an earlier (or a running) sweep: its marker, a summary or a job dir; or None."""
+    for name in (MARKER, SUMMARY_CSV):
+        if (sweep_dir / name).exists():
+            return name
     dirs = job_dirs(sweep_dir)
     return f"{dirs[0].relative_to(sweep_dir)}/" if dirs else None
 
@@ -352,11 +448,17 @@ class SweepSummary(Callback):
     sweep, whichever launcher ran the jobs."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        used = previous_sweep(sweep_dir)
+        try:
+            sweep_dir = Path(config.hydra.sweep.dir)  # resolving it claims the default dir (aetrain.new_dir)
+        except OmegaConfBaseException as e:
+            from aetrain.cli.report import describe
+
+            sys.stderr.write(f"aetrain: error: {describe(e)}\n")
+            sys.exit(2)
+        # Jobs of a second sweep would be refused by the runs already there, and the summary would
+        # mix both. Hydra turns a callback's exception into a warning, hence the exits here.
+        used = previous_sweep(sweep_dir) or _claim(sweep_dir)
         if used:
-            # Jobs of a second sweep would be refused by the runs already there, and the summary
-            # would mix both. Hydra turns a callback's exception into a warning, hence the exit here.
             sys.stderr.write(f"aetrain: error: hydra.sweep.dir={sweep_dir} already holds a sweep ({used}); "
                              f"choose another hydra.sweep.dir\n")
             sys.exit(2)
@@ -367,6 +469,22 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if _current.dir is not None:
             _current.results = summarize(_current.dir)
+
+
+def _claim(sweep_dir: Path) -> str | None:
+    """Mark `sweep_dir` as this sweep's by creating its marker exclusively; the marker's name when another
+    sweep got there first. A dir that cannot be made is a one-line error."""
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(sweep_dir / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return MARKER
+    except OSError as e:
+        sys.stderr.write(f"aetrain: error: hydra.sweep.dir={sweep_dir}: cannot create it: {e.strerror}\n")
+        sys.exit(2)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"a sweep started by pid {os.getpid()}\n")
+    return None
 
 
 def _route_optuna_logs() -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import logging
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -23,14 +25,15 @@ from typing import Any
 import hydra
 import hydra._internal.utils as hydra_utils  # Hydra is pinned >=1.3,<1.4: its reporter and parser are patched below
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.config import CHOICES
-from aetrain.errors import AetrainError, Interrupted
-from aetrain.rundir import HYDRA, run_dir_of
+from aetrain.errors import AetrainError, ConfigError, Interrupted
+from aetrain.rundir import HYDRA, RunDirTaken, claimed, own_run_dir
 
 from aetrain.cli import sweep
 from aetrain.cli.report import EXIT_JOB_FAILED, describe, exit_with, usage_error
@@ -41,19 +44,61 @@ log = logging.getLogger("aetrain")
 SUMMARY = "train a model into a new run dir (the default command)"
 
 
-def _task(cfg: DictConfig) -> float | None:
-    from aetrain.commands.train import run
+def new_dir(path: str) -> str:
+    """`path`, or the first of `path_2`, `path_3`, ... that does not exist yet: created here, so two runs
+    started in the same second (Hydra's `${now:}` has one-second resolution) get a dir each.
 
+    The `${aetrain.new_dir:...}` resolver of configs/train.yaml's default run and sweep dirs. Cached
+    per config (and copied into a sweep's job configs by Hydra), so a run resolves its dir once.
+    """
+    base = Path(path)
+    try:
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            candidate = base if n == 1 else base.with_name(f"{base.name}_{n}")
+            try:
+                candidate.mkdir()  # atomic: of two processes asking for one name, one gets it
+            except FileExistsError:
+                continue
+            _made.append(candidate)
+            return str(candidate)
+    except OSError as e:
+        raise ConfigError(_cannot_create(e, "hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)")) from None
+    raise AssertionError("unreachable")
+
+
+def _cannot_create(error: OSError, setting: str) -> str:
+    reason = "a file is in the way" if isinstance(error, FileExistsError) else error.strerror
+    return f"cannot create the output dir {error.filename}: {reason}; choose another with {setting}"
+
+
+_made: list[Path] = []  # the dirs new_dir made in this process
+
+
+# At import: a sweep's worker processes (joblib, submitit) resolve job configs after unpickling this module.
+OmegaConf.register_new_resolver("aetrain.new_dir", new_dir, use_cache=True, replace=True)
+
+
+def _task(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     try:
-        result = run(to_config(cfg), out_dir, callbacks=[_hydra_files_callback(cfg, hc)])
-    except Exception as ex:
-        if hc.mode == RunMode.MULTIRUN:  # one failed job must not sink the sweep, whatever the cause
-            return _job_failed(cfg, hc, ex)
-        if not isinstance(ex, AetrainError):
-            raise  # a bug: keep its traceback
+        from aetrain.commands.train import run  # torch: seconds to import
+
+        with claimed(out_dir):  # one process per run dir: a second one started meanwhile is refused
+            result = run(to_config(cfg), out_dir, callbacks=[_hydra_files_callback(cfg, hc)])
+    except KeyboardInterrupt:  # before training started (once it has, the run saves and raises Interrupted)
         _remove_if_empty(out_dir)
+        raise
+    except Exception as ex:
+        if hc.mode == RunMode.MULTIRUN and not isinstance(ex, RunDirTaken):  # one failed job must not sink the sweep
+            return _job_failed(cfg, hc, ex)
+        if hc.mode == RunMode.MULTIRUN:  # the dir is another run's: record nothing in it
+            log.error("job %s failed: %s", hc.job.num, describe(ex))
+            return None
+        _remove_if_empty(out_dir)
+        if not isinstance(ex, AetrainError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise  # a bug, or a user who asked for the traceback behind an error
         exit_with(ex)  # here rather than raising: Hydra would add its own lines around it
     return result["best_val_loss"]
 
@@ -82,7 +127,8 @@ def _hydra_files_callback(cfg: DictConfig, hc: Any) -> Any:
         def on_fit_start(self, engine: Any) -> None:
             out = Path(hc.runtime.output_dir) / HYDRA
             if (out / "config.yaml").exists():  # a resumed run: keep the original, add this invocation's
-                out = out / f"resume-{len(list(out.glob('resume-*'))) + 1}"
+                done = _resumes(out)
+                out = out / f"resume-{int(done[-1].name[7:]) + 1 if done else 1}"
             out.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(cfg, out / "config.yaml")
             OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc)}), out / "hydra.yaml")
@@ -115,6 +161,10 @@ def _install_one_line_errors() -> None:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             exit_with(ex)
+        except OSError as ex:  # what reaches here from Hydra's own code: making the run dir, opening train.log
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            exit_with(ConfigError(_cannot_create(ex, "hydra.run.dir=DIR")))
         except Exception as ex:
             results = sweep.finish()  # the jobs a sweeper ran keep their summary, whatever stopped it
             if results and not any(r.ok for r in results) and os.environ.get("HYDRA_FULL_ERROR") != "1":
@@ -173,7 +223,7 @@ def main(args: list[str]) -> None:
         return
     try:
         check_overrides(args)
-        args = resume_arguments(args)
+        args = resume_arguments(quote_paths(args))
     except AetrainError as ex:
         exit_with(ex)
     sys.argv = [sys.argv[0], *args]
@@ -182,6 +232,11 @@ def main(args: list[str]) -> None:
     except sweep.Stopped as stop:  # a job was interrupted: the sweep ends here, with its summary
         sweep.finish()
         exit_with(stop.error)
+    except KeyboardInterrupt:  # not handled by a run: during start-up, or a second Ctrl-C
+        for made in _made:
+            _remove_if_empty(made)  # a default run dir claimed before the run began
+        sweep.finish()
+        raise
     except BaseException:
         sweep.finish()  # a sweep that ended early (Ctrl-C, a sweeper's error) still gets its summary
         raise
@@ -212,19 +267,89 @@ def check_overrides(args: list[str]) -> None:
 def resume_arguments(args: list[str]) -> list[str]:
     """`trainer.resume=X` continues X's run: in X's run dir, composed from the overrides that run was
     started (or last resumed) with. Arguments given now win over saved ones; `hydra.run.dir=...`
-    given now sends the continuation elsewhere. Other command lines pass through unchanged."""
-    resume = next((a.partition("=")[2] for a in reversed(args) if a.startswith("trainer.resume=")), "")
-    if resume in ("", "null") or {"-m", "--multirun"} & set(args):
+    given now sends the continuation elsewhere. A checkpoint that is not in its own run dir
+    (aetrain.rundir.own_run_dir) continues in a new run dir, from this command line alone: the folder
+    it is kept in is never written to. Other command lines pass through unchanged."""
+    at = max((i for i, a in enumerate(args) if a.startswith("trainer.resume=")), default=None)
+    if at is None or args[at] == "trainer.resume=null" or {"-m", "--multirun"} & set(args):
         return args
-    run_dir = run_dir_of(resume)
-    saved_files = sorted((run_dir / HYDRA).glob("resume-*/overrides.yaml"), key=lambda p: int(p.parent.name[7:]))
-    saved_files = saved_files or [run_dir / HYDRA / "overrides.yaml"]
+    resume = _typed_path(args[at].partition("=")[2])
+    if not resume:
+        return args
+    args = [*args[:at], f"trainer.resume={hydra_quoted(resume)}", *args[at + 1 :]]  # a,b or ünï 日本 as one path
+    from aetrain.checkpoint import load  # torch: only for a resume
+
+    run_dir = own_run_dir(resume, load(resume).get("run_id"))
+    if run_dir is None:  # kept outside its run dir: a new run dir, composed from this command line
+        return args
+    saved_files = [p / "overrides.yaml" for p in _resumes(run_dir / HYDRA) if (p / "overrides.yaml").is_file()]
+    saved_file = (saved_files or [run_dir / HYDRA / "overrides.yaml"])[-1]
     given = {_override_key(a) for a in args}
-    saved = [str(o) for o in OmegaConf.load(saved_files[-1])] if saved_files[-1].is_file() else []
+    saved = _read_overrides(saved_file) if saved_file.is_file() else []
     kept = [o for o in saved if _override_key(o) not in given and not _override_key(o).startswith("hydra.")
             and _override_key(o) != "trainer.resume"]
-    here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={run_dir}"]
+    here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
     return [*kept, *args, *here]
+
+
+PATH_KEYS = ("hydra.run.dir", "trainer.resume", "trainer.init_from", "data.path", "data.root")
+
+
+def quote_paths(args: list[str]) -> list[str]:
+    """Paths as typed (`hydra.run.dir=ünï 日本`, `data.path=a,b.npy`), quoted for Hydra, whose grammar reads
+    them as a sweep or refuses them. Not in a multirun, where `data.path=a.npy,b.npy` is a sweep."""
+    if {"-m", "--multirun"} & set(args):
+        return args
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        read = _read_by_hydra(value) if sep and key in PATH_KEYS else ""
+        out.append(arg if isinstance(read, str) or (read is None and value == "null") else
+                   f"{key}={hydra_quoted(value)}")
+    return out
+
+
+def _read_by_hydra(text: str) -> Any:
+    """What Hydra's override grammar makes of `text` given after `key=`; None also when its lexer refuses it."""
+    try:
+        return OverridesParser.create().parse_override(f"path={text}").value()
+    except Exception:  # a HydraException or a lexer error: Hydra would refuse the command line
+        return None
+
+
+def _typed_path(text: str) -> str:
+    """A path given after `key=`, quoted for Hydra (`'a,b'`) or as the shell passed it (`a,b`, `ünï 日本`,
+    which Hydra's grammar reads as a sweep or refuses)."""
+    value = _read_by_hydra(text)
+    return value if isinstance(value, str) else text
+
+
+def hydra_quoted(value: str) -> str:
+    """`value` as one quoted string of Hydra's override grammar, read back exactly: in a quoted string Hydra
+    halves the backslashes before a quote (and before the closing one), and OmegaConf resolves `${...}`."""
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return "'" + body.replace("${", "\\${") + "'"
+
+
+def _resumes(hydra_dir: Path) -> list[Path]:
+    """A run's `.hydra/resume-N/` folders in order of N; folders named otherwise (a user's `resume-old/`)
+    are not among them."""
+    found = [(int(p.name[7:]), p) for p in hydra_dir.glob("resume-*") if p.is_dir() and p.name[7:].isdigit()]
+    return [p for _, p in sorted(found)]
+
+
+def _read_overrides(path: Path) -> list[str]:
+    """The overrides a run was started (or last resumed) with, as Hydra saved them: a YAML list of strings."""
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception:  # YAML's and OmegaConf's many parse errors: the file is damaged, whichever it is
+        loaded = None
+    if not isinstance(loaded, list) or not all(isinstance(o, str) for o in loaded):
+        raise ConfigError(f"{path}: not a list of overrides (key=value lines, as Hydra writes them); a resume "
+                          "composes the run's config from it: repair it, or delete it and give the run's "
+                          "overrides on the command line")
+    return loaded
 
 
 def _override_key(override: str) -> str:

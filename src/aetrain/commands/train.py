@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import shlex
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import torch
 
 from aetrain import checkpoint as checkpoints
 from aetrain.atomic import write_atomic
-from aetrain.config import Config, validate
+from aetrain.config import Config, ModelConfig, validate
 from aetrain.data import build_data
-from aetrain.errors import CheckpointError, ConfigError, Interrupted
+from aetrain.errors import CheckpointError, ConfigError, Interrupted, WriteError
 from aetrain.models import FAMILIES
-from aetrain.rundir import LAST, METRICS, SPLIT, checkpoint_dir, read_metrics, run_dir_of
+from aetrain.rundir import (CHECKPOINTS, HYDRA, LAST, METRICS, SPLIT, SUMMARY, RunDirTaken, checkpoint_dir,
+                             own_run_dir, read_metrics)
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping
 from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
@@ -95,6 +97,20 @@ def build_parts(cfg: Config) -> Parts:
                  family.galleries)
 
 
+def _warn_if_code_is_as_wide_as_the_input(model: ModelConfig, shape: tuple[int, ...]) -> None:
+    """An autoencoder whose code is as wide as its input can learn to copy it: a low reconstruction loss then
+    says nothing of what the code captured. Not said of families that constrain the code (input noise, a
+    sparsity penalty, a KL term), where a wide, overcomplete code is a design choice."""
+    size = math.prod(shape)
+    constrained = any(level > 0 for level in (getattr(getattr(model, "noise", None), "level", 0.0),
+                                              getattr(getattr(model, "sparsity", None), "weight", 0.0),
+                                              getattr(model, "beta", 0.0)))
+    if model.latent_dim >= size and not constrained:
+        log.warning("model.latent_dim=%d is %s the input (%d values a sample): the model can learn to copy its input, "
+                    "so a low reconstruction loss says little; choose a narrower code", model.latent_dim,
+                    "as wide as" if model.latent_dim == size else "wider than", size)
+
+
 def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
     """Train one model into `out_dir`; returns the summary numbers (best val loss first).
 
@@ -106,34 +122,44 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> di
     t = cfg.trainer
     ckpt = checkpoints.load(t.resume) if t.resume else None
     if ckpt is not None:
-        checkpoint.check_resumable(cfg, ckpt, parts.data.spec, per_step_schedule=parts.schedule.per_step)
-    previous = run_dir_of(t.resume) if t.resume else None
+        checkpoint.check_resumable(cfg, ckpt, parts.data.spec, per_step_schedule=parts.schedule.per_step,
+                                   fingerprint=parts.data.fingerprint)
+    previous = own_run_dir(t.resume, ckpt.get("run_id")) if ckpt is not None else None
     in_place = previous is not None and previous.resolve() == out_dir.resolve()
     if not in_place:
         _refuse_existing_run(out_dir)
+    if ckpt is not None and previous is None:
+        log.info("%s is not in the run dir it was written in: continuing it in %s without its earlier epochs' "
+                 "metrics; the folder it is kept in is left alone", t.resume, out_dir)
     history = _earlier_epochs(previous, ckpt) if ckpt is not None else []
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / SPLIT, parts.data.split.record(cfg.data))  # which samples validate: for the commands after
 
     engine = Engine(parts, [
+        EarlyStopping(t.early_stopping_patience or math.inf),  # first: the Checkpointer must know an epoch is the last
         Checkpointer(out_dir, every_n_steps=t.checkpoint_every_n_steps, top_k=t.save_top_k),
-        EarlyStopping(t.early_stopping_patience or math.inf),
         *build_outputs(cfg.outputs, out_dir),  # metrics.csv, console, pictures, tensorboard, summary.json
         *callbacks,
     ], nonfinite=NONFINITE.get(t.on_nonfinite)(), history=history)
     if ckpt is not None:
         checkpoint.restore(engine, ckpt)
-        st = engine.state
-        log.info("resuming %s after epoch %d%s, step %d of the run", t.resume, st.epoch,
-                 f" and {st.step_in_epoch} steps into epoch {st.epoch + 1}" if st.step_in_epoch else "", st.step)
+        log.info("resuming %s %s", t.resume, engine.where())  # the words of the interrupt that stopped it
+    elif t.init_from:  # weights only: the optimizer, schedule and counters were built fresh
+        source = checkpoint.init_weights(parts.model, parts.data.spec, t.init_from)
+        st = source.get("state") if isinstance(source.get("state"), dict) else {}
+        log.info("starting from the weights of %s (%s); optimizer, schedule and counters start fresh", source["path"],
+                 f"after epoch {st['epoch']} of its run" if isinstance(st.get("epoch"), int) else "its run's epoch unknown")
+    _warn_if_code_is_as_wide_as_the_input(cfg.model, parts.data.spec.shape)  # once the run is known to go ahead
     try:
         with engine.interrupt.installed(), long_lived_objects_frozen():
             try:
                 state = engine.fit()
             except Interrupted as e:
                 last = checkpoint_dir(out_dir) / LAST
-                raise Interrupted(f"{e}; saved {last}; resume with: aetrain trainer.resume={out_dir}",
+                raise Interrupted(f"{e}; saved {last}; resume with: aetrain {shlex.quote(f'trainer.resume={out_dir}')}",
                                   engine.interrupt.signum) from None
+            except OSError as e:  # an output could not be written: a full disk, a read-only dir
+                raise WriteError.of(e, f"; the run stopped {engine.where()}") from None
     finally:
         for line in final_table(out_dir):
             log.info("%s", line)
@@ -171,7 +197,10 @@ def long_lived_objects_frozen() -> Iterator[None]:
 
 
 def _refuse_existing_run(out_dir: Path) -> None:
-    for name in (METRICS, f"checkpoints/{LAST}"):
-        if (out_dir / name).exists():
-            raise ConfigError(f"hydra.run.dir={out_dir} already holds a run ({name}); continue it with "
-                              f"trainer.resume={out_dir} or choose another hydra.run.dir")
+    """A fresh run (or a continuation into another dir) never writes over what a run left in `out_dir`."""
+    ckpts = checkpoint_dir(out_dir)
+    found = [name for name in (METRICS, SUMMARY, f"{HYDRA}/config.yaml") if (out_dir / name).exists()]
+    found += [f"{CHECKPOINTS}/{p.name}" for p in sorted(ckpts.iterdir())[:1]] if ckpts.is_dir() else []
+    if found:
+        raise RunDirTaken(f"hydra.run.dir={out_dir} already holds a run ({found[0]}); continue it with "
+                          f"trainer.resume={out_dir} or choose another hydra.run.dir")

@@ -20,8 +20,12 @@ to work on exactly the run's validation or test samples.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -113,6 +117,14 @@ class Data:
     memory_format: torch.memory_format = torch.preserve_format
     note: str = ""  # how the source was read when it is not plain (a converted channels-last array); for the header
     split: Split | None = None  # the source indices of the training and validation (and test) samples
+    fingerprint_job: Future[dict[str, Any]] | None = None  # see `fingerprint`
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """What the run trains on, so that a resume can tell other data apart: the source, the sample
+        shape, the sample count and split sizes, and a sha256 of the samples (computed on a background
+        thread, started by build_data; this waits for it). {} when unknown."""
+        return self.fingerprint_job.result() if self.fingerprint_job is not None else {}
 
     @property
     def num_train(self) -> int:
@@ -146,13 +158,42 @@ def build_data(cfg: DataConfig, device: torch.device, *, seed: int, channels_las
             train, val = train.pin_memory(), val.pin_memory()
         train, val = train.to(home, memory_format=memory_format), val.to(home, memory_format=memory_format)
         return Data(spec, TensorBatches(train, plan, device), val, device, eval_batch_size, 0, memory_format,
-                    note=source.note, split=split)
+                    note=source.note, split=split,
+                    fingerprint_job=_fingerprint(cfg.name, source, split))
 
     spec = DataSpec(cfg.name, source.shape, True, torch.tensor(0.0), torch.tensor(1.0), 0.0, 1.0)
     loader_train = LoaderBatches(Subset(source.samples, train_idx.tolist()), plan, device, cfg.num_workers,
                                  memory_format)
     return Data(spec, loader_train, Subset(source.samples, val_idx.tolist()), device, eval_batch_size, cfg.num_workers,
-                memory_format, note=source.note, split=split)
+                memory_format, note=source.note, split=split,
+                fingerprint_job=_fingerprint(cfg.name, source, split))
+
+
+def _fingerprint(name: str, source: Source, split: Split) -> Future[dict[str, Any]]:
+    """Start hashing `source` on a background thread (hashlib lets go of the GIL while it hashes).
+
+    In-memory samples: sha256 of their bytes in data units (measured on a 2-core VM: digits <1 ms,
+    MNIST's 188 MB of float32 0.3 s, CIFAR-10's 614 MB 1 s), overlapping model set-up and the first
+    steps. Image folders: sha256 of each file's relative path and size, so the check costs one stat
+    per file and no reading (an image edited in place to the same size goes unnoticed).
+    """
+    def digest() -> dict[str, Any]:
+        h = hashlib.sha256()
+        samples = source.samples
+        if isinstance(samples, torch.Tensor):
+            h.update(samples.contiguous().view(-1).view(torch.uint8).numpy())
+        else:  # an image folder: its files, named from the folder (which may move)
+            files = getattr(samples, "files", [])
+            root = os.path.commonpath([str(p.parent) for p in files]) if files else ""
+            for path in files:
+                h.update(f"{os.path.relpath(path, root)}\t{path.stat().st_size}\n".encode())
+        return {"source": name, "shape": list(source.shape), "samples": split.num_samples, "train": len(split.train),
+                "val": len(split.val), "test": len(split.test), "sha256": h.hexdigest()}
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aetrain-fingerprint")
+    job = pool.submit(digest)
+    pool.shutdown(wait=False)  # the thread ends with the job
+    return job
 
 
 def _scaled(source: Source, train_idx: torch.Tensor, val_idx: torch.Tensor, name: str

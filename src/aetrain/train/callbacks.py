@@ -7,11 +7,11 @@ import math
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aetrain.atomic import link_atomic, write_atomic
 from aetrain.rundir import BEST, LAST, checkpoint_dir
-from aetrain.errors import DivergenceError
+from aetrain.errors import DivergenceError, WriteError
 from aetrain.train import checkpoint
 from aetrain.train.engine import Callback, Engine
 
@@ -27,8 +27,11 @@ class Checkpointer(Callback):
 
     The state is serialized on the training thread (a consistent snapshot) and written to disk
     on a background thread while training goes on: the fsync of a large model takes long. One
-    write is in flight at a time, in order; the run ends only after the last one is on disk, and
-    a write that failed fails the run at the next save or at its end.
+    write is in flight at a time, in order. A write that failed (a full disk, a file size limit)
+    stops the run at the next optimizer step with a WriteError naming the file and what is on
+    disk, and the engine's best epoch is put back to the one best.pt holds, so the summary and the
+    final table describe the checkpoints that exist. The run ends only once its last checkpoint
+    is on disk.
     """
 
     def __init__(self, run_dir: Path, *, every_n_steps: int | None = None, top_k: int = 0) -> None:
@@ -37,6 +40,14 @@ class Checkpointer(Callback):
         self.top_k = top_k
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aetrain-checkpoint")
         self.pending: Future[None] | None = None
+        self.on_disk: dict[str, Point] = {}  # LAST / BEST -> the point each file holds, once written
+
+    def on_fit_start(self, engine: Engine) -> None:
+        st = engine.state
+        if st.epoch or st.step:  # resumed: what the run dir's checkpoints hold
+            self.on_disk = {LAST: Point(st.epoch, st.step, math.nan, st.step_in_epoch == 0)}
+            if st.best_epoch:
+                self.on_disk[BEST] = Point(st.best_epoch, -1, st.best_val_loss, True)
 
     def save_last(self, engine: Engine, snapshots: Sequence[Path] = ()) -> None:
         """Write last.pt (and then `snapshots` of it) from the state the engine is in now."""
@@ -46,26 +57,57 @@ class Checkpointer(Callback):
                                   "saved (last.pt and best.pt hold the last finite model): lower optimizer.lr or "
                                   "set trainer.gradient_clip_val")
         data = checkpoint.serialize(checkpoint.payload(engine))
-        self.wait()
-        self.pending = self.writer.submit(self._write, data, list(snapshots))
+        self.wait(engine)
+        st = engine.state
+        boundary = st.step_in_epoch == 0
+        point = Point(st.epoch, st.step, engine.history[-1]["val/loss"] if engine.history and boundary else math.nan,
+                      boundary)
+        self.pending = self.writer.submit(self._write, data, list(snapshots), point)
 
-    def _write(self, data: bytes, snapshots: list[Path]) -> None:
+    def _write(self, data: bytes, snapshots: list[Path], point: Point) -> None:
         last = self.dir / LAST
-        write_atomic(last, data, durable=True)
-        for path in snapshots:
-            link_atomic(last, path)
-        if self.top_k:
-            ranked = sorted(self.dir.glob("epoch=*-val_loss=*.pt"), key=lambda p: (_val_loss(p), p.name))
-            for extra in ranked[self.top_k :]:
-                extra.unlink()
+        what = f" (the checkpoint of epoch {point.epoch})" if point.boundary else f" (the checkpoint of step {point.step})"
+        try:
+            write_atomic(last, data, durable=True)
+            self.on_disk[LAST] = point
+            for path in snapshots:
+                try:
+                    link_atomic(last, path)
+                except OSError as e:
+                    e.filename = str(path)
+                    raise
+                if path.name == BEST:
+                    self.on_disk[BEST] = point
+            if self.top_k:
+                ranked = sorted(self.dir.glob("epoch=*-val_loss=*.pt"), key=lambda p: (_val_loss(p), p.name))
+                for extra in ranked[self.top_k :]:
+                    extra.unlink()
+        except OSError as e:
+            raise WriteError.of(e, what) from None
 
-    def wait(self) -> None:
-        """Until the write in flight is on disk; raises its error if it failed."""
+    def wait(self, engine: Engine) -> None:
+        """Until the write in flight is on disk; a WriteError if it failed (see the class docstring)."""
         pending, self.pending = self.pending, None
-        if pending is not None:
+        if pending is None:
+            return
+        try:
             pending.result()
+        except WriteError as e:
+            st = engine.state
+            last, best = self.on_disk.get(LAST), self.on_disk.get(BEST)
+            if last is None:
+                on_disk = "no checkpoint reached disk"
+            else:
+                on_disk = f"last.pt holds epoch {last.epoch}" if last.boundary else \
+                    f"last.pt holds step {last.step} (in epoch {last.epoch + 1})"
+                on_disk += f", best.pt epoch {best.epoch}" if best is not None else ""
+            # the best that exists, for summary.json and the final table
+            st.best_epoch, st.best_val_loss = (best.epoch, best.val_loss) if best is not None else (0, math.inf)
+            raise WriteError(f"{e}; the run stopped {engine.where()}; {on_disk}") from None
 
     def on_step(self, engine: Engine) -> None:
+        if self.pending is not None and self.pending.done():
+            self.wait(engine)  # a failed write stops the run here, one step after it failed, not at the next save
         if engine.state.step % self.every_n_steps == 0:
             self.save_last(engine)
 
@@ -74,19 +116,30 @@ class Checkpointer(Callback):
         if self.top_k and math.isfinite(record["val/loss"]):
             snapshots.append(self.dir / f"epoch={record['epoch']:03d}-val_loss={record['val/loss']:.6g}.pt")
         self.save_last(engine, snapshots)
+        if engine.state.epoch >= engine.parts.cfg.trainer.max_epochs or engine.stop_reason is not None:
+            self.wait(engine)  # the last epoch: the run may only end well once its checkpoint is on disk
 
     def on_fit_end(self, engine: Engine) -> None:
         try:
             if engine.status == "interrupted":
                 self.save_last(engine)
-            self.wait()
-        except OSError as e:
-            if engine.status == "ok":
+            self.wait(engine)
+        except WriteError as e:
+            if engine.status in ("ok", "stopped_early"):
                 raise
             # the run is already failing with its own error: report this one without hiding that
-            log.error("could not write %s: %s", self.dir / LAST, e)
+            log.error("%s", e)
         finally:
             self.writer.shutdown(wait=True)
+
+
+class Point(NamedTuple):
+    """The point of the run a checkpoint holds."""
+
+    epoch: int  # epochs completed
+    step: int  # optimizer steps taken
+    val_loss: float  # that epoch's val/loss (NaN mid-epoch)
+    boundary: bool  # at an epoch's end
 
 
 def _val_loss(path: Path) -> float:
@@ -105,6 +158,7 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
         st = engine.state
         if st.bad_epochs >= self.patience:
-            engine.stop_reason = (f"early stopping: no val/loss improvement for {st.bad_epochs} epochs "
+            engine.stop_reason = (f"early stopping: no val/loss improvement for {st.bad_epochs} "
+                                  f"epoch{'' if st.bad_epochs == 1 else 's'} "
                                   f"(trainer.early_stopping_patience={self.patience}); best {st.best_val_loss:.6g} "
                                   f"at epoch {st.best_epoch}")

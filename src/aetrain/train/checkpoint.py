@@ -9,6 +9,7 @@ them with weights_only=True). Files are written atomically by `aetrain.train.cal
 from __future__ import annotations
 
 import io
+import logging
 import random
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -17,13 +18,16 @@ import numpy as np
 import torch
 
 from aetrain import __version__
-from aetrain.checkpoint import FORMAT, FORMAT_VERSION, config_of, load_weights
+from aetrain.checkpoint import FORMAT, FORMAT_VERSION, config_of, load, load_weights, spec_from_checkpoint
 from aetrain.config import Config, to_json
 from aetrain.data.spec import DataSpec
 from aetrain.errors import CheckpointError
+from aetrain.rundir import BEST, LAST
 
 if TYPE_CHECKING:
     from aetrain.train.engine import Engine
+
+log = logging.getLogger(__name__)
 
 
 def serialize(obj: Any) -> bytes:
@@ -80,9 +84,11 @@ def payload(engine: Engine) -> dict[str, Any]:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "aetrain_version": __version__,
+        "run_id": engine.run_id,  # which run dir is this checkpoint's own (aetrain.rundir.own_run_dir)
         "torch_version": str(torch.__version__),  # a TorchVersion object would need unpickling
         "config": to_json(p.cfg),
         "data_spec": spec_dict(p.data.spec),
+        "data_fingerprint": p.data.fingerprint,  # source, shape, counts, sha256: a resume on other data is refused
         "model": clean_state_dict(p.model),
         "optimizer": p.optimizer.state_dict(),
         "schedule": p.schedule.state_dict(),
@@ -109,6 +115,8 @@ def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
                                  p.data.device)
             engine.meter.load_state_dict(ckpt["meter"])
         restore_rng_states(ckpt["rng"])  # last: building the parts drew from the generators
+        if isinstance(ckpt.get("run_id"), str):  # checkpoints from before run ids keep the new one
+            engine.run_id = ckpt["run_id"]
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: its training state cannot be restored "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
@@ -117,19 +125,46 @@ def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
 # Keys that may differ between a checkpoint's config and the config resuming it: where things
 # live, how often to log and save, how long to train. Everything else shapes the computation,
 # so it must match for the continuation to be the run it claims to be.
-RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.device", "trainer.compile",
+RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.init_from", "trainer.device", "trainer.compile",
                      "trainer.cuda_graphs", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
                      "trainer.save_top_k", "trainer.early_stopping_patience", "trainer.on_nonfinite", "data.root",
                      "data.path", "data.download", "data.num_workers", "outputs.")
 
 
-def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_step_schedule: bool) -> None:
-    """Refuse to continue `ckpt` under a config or data that would make it a different run."""
+def init_weights(model: torch.nn.Module, spec: DataSpec, source: str) -> dict[str, Any]:
+    """`trainer.init_from`: put the weights of the checkpoint at `source` (a file, or a run dir's best.pt, else
+    last.pt) into `model`, keeping its own data scaling. The checkpoint must have been trained on samples of
+    the same shape, and its weights must fit `model` exactly (the same parameters, whatever the family's
+    objective). Returns the checkpoint read."""
+    try:
+        ckpt = load(source, prefer=(BEST, LAST))
+    except CheckpointError as e:
+        raise CheckpointError(f"trainer.init_from={source}: {str(e).removeprefix(f'{source}: ')}") from None
+    saved = spec_from_checkpoint(ckpt).shape
+    if saved != spec.shape:
+        raise CheckpointError(f"trainer.init_from={source}: its model was trained on samples of shape {saved}; "
+                              f"data '{spec.name}' has {spec.shape}")
+    scaling = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("scaling.")}  # this run's data
+    try:
+        load_weights(model, ckpt, target="this run's model")
+    except CheckpointError as e:
+        raise CheckpointError(f"trainer.init_from={source}: {e}") from None
+    model.load_state_dict(scaling, strict=False)
+    return ckpt
+
+
+def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_step_schedule: bool,
+                    fingerprint: dict[str, Any] | None = None) -> None:
+    """Refuse to continue `ckpt` under a config or data that would make it a different run.
+
+    `fingerprint`: the data's (aetrain.data.Data.fingerprint), compared with the checkpoint's; a
+    checkpoint without one (written before aetrain stored it) is checked by its sample shape only."""
     path = cfg.trainer.resume
     if ckpt["format_version"] < FORMAT_VERSION:
         raise CheckpointError(f"trainer.resume={path}: written by aetrain {ckpt.get('aetrain_version', '?')} in "
                               f"checkpoint format {ckpt['format_version']}, which this version loads as a model "
                               f"(aetrain.load_model) but cannot continue; start a new run (format {FORMAT_VERSION})")
+    _check_complete(ckpt)
     old, new = _flat(asdict(config_of(ckpt))), _flat(asdict(cfg))
     changed = [k for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
@@ -143,14 +178,45 @@ def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_st
     if saved_shape != spec.shape:
         raise CheckpointError(f"trainer.resume={path}: the checkpoint's data has samples of shape {saved_shape}, "
                               f"data '{spec.name}' has {spec.shape}")
+    _check_same_data(path, ckpt.get("data_fingerprint"), fingerprint)
     if per_step_schedule and old["trainer.max_epochs"] != cfg.trainer.max_epochs:
         raise CheckpointError(f"trainer.max_epochs={cfg.trainer.max_epochs}: scheduler={cfg.scheduler.name} was planned "
                               f"over trainer.max_epochs={old['trainer.max_epochs']} and cannot be stretched on resume; "
                               "keep it, or use an epoch-wise schedule (step, exponential, plateau, none)")
     state = ckpt["state"]
     if state["epoch"] >= cfg.trainer.max_epochs and not state["step_in_epoch"]:
-        raise CheckpointError(f"trainer.resume={path}: the run already completed {state['epoch']} epochs; "
+        raise CheckpointError(f"trainer.resume={path}: the run already completed {state['epoch']} "
+                              f"epoch{'' if state['epoch'] == 1 else 's'}; "
                               f"raise trainer.max_epochs (now {cfg.trainer.max_epochs}) to train further")
+
+
+def _check_complete(ckpt: dict[str, Any]) -> None:
+    """What a resume reads before restoring the state is there and of the right kind (the rest is
+    checked as it is restored)."""
+    state = ckpt.get("state")
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), int) for k in ("epoch", "step", "step_in_epoch")):
+        raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: its training state (epoch, step) is "
+                              "missing or unreadable; aetrain.load_model may still read its model")
+    spec_from_checkpoint(ckpt)
+
+
+def _check_same_data(path: str | None, saved: Any, now: dict[str, Any] | None) -> None:
+    """Refuse a resume on data other than the checkpoint's, naming each difference in one line."""
+    if not now:
+        return
+    if not isinstance(saved, dict) or not saved:
+        log.warning("trainer.resume=%s: the checkpoint has no data fingerprint (written before aetrain stored one): "
+                    "only the shape of the samples was checked", path)
+        return
+    differ = [f"{what}: {now.get(key)} here, {saved.get(key)} in the checkpoint"
+              for key, what in (("source", "source"), ("samples", "samples"), ("train", "training samples"),
+                                ("val", "validation samples")) if saved.get(key) != now.get(key)]
+    if not differ and saved.get("sha256") != now.get("sha256"):
+        differ.append(f"content (sha256 {str(now.get('sha256'))[:12]} here, {str(saved.get('sha256'))[:12]} "
+                      "in the checkpoint)")
+    if differ:
+        raise CheckpointError(f"trainer.resume={path}: the data differs from the checkpoint's: {'; '.join(differ)}. "
+                              "Resume on the data the run was trained on (its file may move, not change)")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,6 +227,8 @@ class Engine:
     meter: Meter | None = None  # the epoch under way; None at an epoch boundary
     stop_reason: str | None = None  # set by a callback (early stopping) to end the run after this epoch
     status: str = "running"  # then ok | stopped_early | interrupted | diverged | failed
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names the run in its checkpoints and summary.json;
+    # kept on resume, so a checkpoint can tell its own run dir from a folder it was copied into
 
     def fit(self) -> TrainState:
         self._call("on_fit_start")
@@ -241,8 +245,24 @@ class Engine:
             self.status = "ok" if self.stop_reason is None else "stopped_early"
         finally:
             if self.status != "running":  # not after a second Ctrl-C: that one aborts at once
-                self._call("on_fit_end")
+                self._end()
         return self.state
+
+    def _end(self) -> None:
+        """Every callback's on_fit_end, also when one fails (a full disk): each gets to close its files and
+        say how the run ended. The first failure is raised after all have run, unless the run is already
+        ending on an error of its own, which must not be hidden."""
+        failure: Exception | None = None
+        for cb in self.callbacks:
+            try:
+                cb.on_fit_end(self)
+            except Exception as e:
+                failure = failure or e
+        if failure is not None and sys.exc_info()[1] is None:
+            self.status = "failed"
+            raise failure
+        if failure is not None:
+            log.warning("while ending the run: %s: %s", type(failure).__name__, failure)
 
     def run_epoch(self) -> None:
         self.check_interrupt()
@@ -322,11 +342,15 @@ class Engine:
     def check_interrupt(self) -> None:
         """Stop here if a signal came in: between optimizer steps, where the state is complete."""
         if self.interrupt.requested:
-            st = self.state
-            where = f"in epoch {st.epoch + 1} (step {st.step_in_epoch} of {len(self.parts.windows)})" \
-                if st.step_in_epoch else f"after epoch {st.epoch}"
-            raise Interrupted(f"interrupted by {self.interrupt.name} {where}, step {st.step} of the run",
-                              self.interrupt.signum)
+            raise Interrupted(f"interrupted by {self.interrupt.name} {self.where()}", self.interrupt.signum)
+
+    def where(self) -> str:
+        """The point the run is at, as every message says it: `after epoch 2, step 90 of the run` at an
+        epoch boundary, `in epoch 3 (step 12 of 45), step 102 of the run` inside one."""
+        st = self.state
+        inside = f"in epoch {st.epoch + 1} (step {st.step_in_epoch} of {len(self.parts.windows)})" \
+            if st.step_in_epoch else f"after epoch {st.epoch}"
+        return f"{inside}, step {st.step} of the run"
 
     @property
     def lr(self) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import io
 import logging
+import math
 import sys
 import time
 from itertools import accumulate
@@ -59,7 +60,9 @@ class Header(Callback):
         if p.data.note:
             lines.insert(2, ("", p.data.note))
         if st.epoch or st.step:
-            lines.append(("resume", f"from epoch {st.epoch}, step {st.step}"))
+            lines.append(("resume", engine.where()))  # as the interrupt that stopped it said it
+        elif cfg.trainer.init_from:
+            lines.append(("init", f"the weights of {cfg.trainer.init_from}"))
         epochs = cfg.trainer.max_epochs
         log.info("aetrain: %s on %s for %d epoch%s", cfg.model.name, spec.name, epochs, "" if epochs == 1 else "s")
         for key, text in lines:
@@ -70,10 +73,14 @@ class EpochProgress(Callback):
     """A transient rich progress bar for the epoch under way: steps, running loss, samples/s, time left.
 
     Only built when stdout is a terminal. Refreshed from `on_step` at most ten times a second,
-    with no background thread, so it costs the loop a few microseconds a step.
+    with no background thread, so it costs the loop a few microseconds a step. The loss is the
+    running mean of the epoch under way: read from the engine's meter (one host sync) at the
+    epoch's first step and then at most every LOSS_EVERY_S, or taken from a log interval's read;
+    "-" until the epoch has one.
     """
 
     REFRESH_S = 0.1
+    LOSS_EVERY_S = 0.5
 
     def on_fit_start(self, engine: Engine) -> None:
         from rich import get_console
@@ -97,6 +104,7 @@ class EpochProgress(Callback):
     def on_epoch_start(self, engine: Engine) -> None:
         st = engine.state
         self.tic, self.start_samples, self.last = time.perf_counter(), self.samples[st.step_in_epoch], 0.0
+        self.loss, self.loss_read = "-", -math.inf  # nothing of this epoch yet (not the last epoch's loss)
         self.progress.reset(self.task, completed=st.step_in_epoch, epoch=self._epoch(engine), loss=self.loss, rate="-")
         self.progress.refresh()
 
@@ -109,15 +117,15 @@ class EpochProgress(Callback):
             self.progress.update(self.task, completed=engine.state.step_in_epoch)
             return
         self.last = now
+        if now - self.loss_read >= self.LOSS_EVERY_S and engine.meter is not None:
+            self.loss_read = now
+            self.loss = f"{engine.meter.read()[0]['train/loss']:.5f}"  # one sync; the non-finite policy stays the loop's
         rate = (self.samples[engine.state.step_in_epoch] - self.start_samples) / max(now - self.tic, 1e-9)
         self.progress.update(self.task, completed=engine.state.step_in_epoch, rate=f"{rate:,.0f}", loss=self.loss)
         self.progress.refresh()
 
     def on_log(self, engine: Engine, metrics: dict[str, float]) -> None:
-        self.loss = f"{metrics['train/loss']:.5f}"
-
-    def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
-        self.loss = f"{record['train/loss']:.5f}"
+        self.loss, self.loss_read = f"{metrics['train/loss']:.5f}", time.perf_counter()  # read anyway: no sync more
 
     def on_fit_end(self, engine: Engine) -> None:
         self.progress.stop()
@@ -164,7 +172,7 @@ def final_table(run_dir: Path) -> list[str]:
     rows = [
         ("best val/loss", best),
         ("final val/loss", final),
-        ("epochs, steps", f"{s['epochs']} of {s['max_epochs']}, {s['steps']:,} steps"),
+        ("epochs, steps", f"{s['epochs']} of {s['max_epochs']}, {s['steps']:,} step{'' if s['steps'] == 1 else 's'}"),
         ("throughput", f"{rate} ({s['device']}, precision {s['precision']})"),
         ("run dir", str(run_dir)),
     ]
@@ -182,8 +190,9 @@ def final_table(run_dir: Path) -> list[str]:
     if s.get("best_checkpoint"):
         rows.append(("best checkpoint", s["best_checkpoint"]))
     rows.append(("also", "summary.json, metrics.csv, train.log, .hydra/config.yaml"))
-    for key, value in rows:
-        table.add_row(key, value)
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    for key, value in rows:  # escaped as the console will show it, so the table's columns line up
+        table.add_row(key, value.encode(encoding, "backslashreplace").decode(encoding))
     text = io.StringIO()
     Console(file=text, width=400, color_system=None, force_terminal=False, legacy_windows=False,
             emoji=False, highlight=False).print(table)

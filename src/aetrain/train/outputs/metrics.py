@@ -41,11 +41,15 @@ class MetricsCSV(Callback):
 
     def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
         new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", restval="")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: _fmt(record.get(k)) for k in self.columns})
+        try:
+            with open(self.path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore", restval="")
+                if new:
+                    writer.writeheader()
+                writer.writerow({k: _fmt(record.get(k)) for k in self.columns})
+        except OSError as e:
+            e.filename = e.filename or str(self.path)  # a failed write() names no file (a full disk)
+            raise
 
 
 def _fmt(value: Any) -> Any:

@@ -152,18 +152,36 @@ class LossCurve:
         self.lr_line.set_data(epochs, lr)
         self.lr_line.set_marker(marker)
         self.lr_line.set_markersize(3)
-        log_lr = _spans_decades(lr) and np.nanmin(lr) > 0
-        self.lr_ax.set_yscale("log" if log_lr else "linear")
-        self.lr_ax.yaxis.set_major_formatter(self.plain)
+        self._scale_lr(lr)
         for ax in (self.loss_ax, self.lr_ax):
             ax.relim(visible_only=True)
-            ax.autoscale_view()
-        if not log_lr:  # from zero, so a constant rate is a flat line, not noise around an offset
-            self.lr_ax.set_ylim(0, max(np.nanmax(lr, initial=0.0), 1e-12) * 1.15)
+            ax.autoscale_view()  # the lr axis keeps the limits _scale_lr gave it
         margin = max(0.5, 0.02 * (epochs[-1] - epochs[0]))  # room for the first and last markers
         self.lr_ax.set_xlim(epochs[0] - margin, epochs[-1] + margin)
         self.loss_ax.legend(handles=shown, loc="best", fontsize=9, framealpha=0.9)  # where it hides the fewest points
         return _canvas(self.fig)
+
+
+    def _scale_lr(self, lr: np.ndarray) -> None:
+        """Fit the learning-rate axis to `lr`, afresh at every draw (its limits are set by hand, so they never
+        follow the data by themselves). Logarithmic, with at most four labelled decades, when a linear axis
+        would put a third or more of the epochs in its bottom tenth (step decay, plateau, a fast exponential
+        decay: stairs and straight lines on a log axis); otherwise linear from zero, so a constant rate is
+        a flat line and a cosine or one-cycle schedule keeps its familiar shape, down to zero."""
+        from matplotlib.ticker import LogLocator, NullFormatter
+
+        rates = lr[np.isfinite(lr)]
+        top = float(rates.max()) if rates.size else 1.0
+        squeezed = rates.size > 0 and float(np.mean(rates < top / 10)) >= 1 / 3
+        if squeezed and rates.min() > 0:
+            self.lr_ax.set_yscale("log")  # resets the axis' locators and formatters
+            self.lr_ax.yaxis.set_major_locator(LogLocator(base=10, numticks=4))
+            self.lr_ax.yaxis.set_minor_formatter(NullFormatter())  # unlabelled minor ticks: labels never crowd
+            self.lr_ax.set_ylim(float(rates.min()) / 1.6, top * 1.6)
+        else:
+            self.lr_ax.set_yscale("linear")
+            self.lr_ax.set_ylim(0, max(top, 1e-12) * 1.15)
+        self.lr_ax.yaxis.set_major_formatter(self.plain)
 
 
 class RowHeatmaps:

@@ -8,6 +8,7 @@ loss curve, the newest picture), never from another callback.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -16,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from aetrain.atomic import write_atomic
+from aetrain.errors import WriteError
 from aetrain.models import count_parameters
 from aetrain.rundir import BEST, LOSS_CURVE, RECONSTRUCTIONS, SUMMARY, TENSORBOARD, checkpoint_dir, latest_picture, read_summary
 from aetrain.train.engine import Callback, Engine
 
 ENDED_OK = ("ok", "stopped_early")  # how a run may end and still be a result
+
+log = logging.getLogger(__name__)
 
 
 class Summary(Callback):
@@ -39,8 +43,13 @@ class Summary(Callback):
 
     def on_fit_end(self, engine: Engine) -> None:
         ended = engine.status  # ok | stopped_early | interrupted | diverged | failed
-        self.write(engine, "ok" if ended in ENDED_OK else "failed", ended=ended,
-                   error=None if ended in ENDED_OK else _error_in_flight(ended))
+        try:
+            self.write(engine, "ok" if ended in ENDED_OK else "failed", ended=ended,
+                       error=None if ended in ENDED_OK else _error_in_flight(ended))
+        except OSError as e:
+            if ended in ENDED_OK:
+                raise
+            log.warning("%s", WriteError.of(e, " (the run's final status)"))  # the run's own error follows
 
     def write(self, engine: Engine, status: str, *, ended: str | None = None, error: str | None = None) -> None:
         p, st, records = engine.parts, engine.state, engine.history
@@ -76,10 +85,19 @@ class Summary(Callback):
             "loss_curve": self._relative(self.run_dir / LOSS_CURVE if (self.run_dir / LOSS_CURVE).exists() else None),
             "tensorboard": self._relative(self.run_dir / TENSORBOARD if (self.run_dir / TENSORBOARD).exists() else None),
             "run_dir": str(self.run_dir.resolve()),
+            "run_id": engine.run_id,  # the same in the run's checkpoints: a resume writes here only if they match
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        # a sweep's table or a watching script never sees half a file
-        write_atomic(self.path, json.dumps(data, indent=2) + "\n")
+        text = json.dumps(data, indent=2) + "\n"
+        try:
+            write_atomic(self.path, text)  # a sweep's table or a watching script never sees half a file
+        except OSError:
+            if status == "running":
+                raise
+            # a dir that takes no new file (made read-only) may still let its summary be rewritten in place:
+            # better a final status than "running" forever
+            with open(self.path, "w") as f:
+                f.write(text)
 
     def _relative(self, path: Path | None) -> str | None:
         return None if path is None else path.relative_to(self.run_dir).as_posix()
@@ -103,6 +121,8 @@ def _error_in_flight(ended: str) -> str | None:
     error = sys.exc_info()[1]
     if error is None:
         return f"the run ended: {ended}"
+    if isinstance(error, OSError):  # a file that could not be written: say which, as the console does
+        error = WriteError.of(error)
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from aetrain.train.engine import Callback, Engine, metric_columns
+
+log = logging.getLogger(__name__)
 
 PERF = {"samples_per_s": "perf/samples_per_s", "epoch_time_s": "perf/epoch_time_s", "memory_mb": "perf/memory_mb"}
 LOG_TAGS = {"train/loss": "step/train_loss", "train/grad_norm": "step/grad_norm", "lr": "step/lr"}
@@ -45,7 +48,13 @@ class TensorBoard(Callback, ImageSink):
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self.Event, self.Summary = event_pb2.Event, summary_pb2.Summary
-        self.writer = EventFileWriter(str(self.log_dir))
+        try:
+            self.writer = EventFileWriter(str(self.log_dir))
+        except UnicodeError:  # tensorboard names files in UTF-8: a path undecodable in this locale (LC_ALL=C)
+            log.warning("TensorBoard is off for this run: it cannot name files under %s in this locale (run with "
+                        "PYTHONUTF8=1 or a UTF-8 locale such as LC_ALL=C.UTF-8)", self.log_dir)
+            self.writer = _NoWriter()
+            return
         if self.resumed_at:  # resuming: TensorBoard hides what an earlier session logged after this step
             # (SummaryWriter's purge_step; the epoch that ended at this very step belongs to the history)
             self.writer.add_event(self.Event(step=self.resumed_at + 1, wall_time=time.time(),
@@ -80,3 +89,16 @@ class TensorBoard(Callback, ImageSink):
 
 def _scalars(tags: dict[str, str], values: dict[str, Any]) -> list[tuple[str, float]]:
     return [(tag, float(values[key])) for key, tag in tags.items() if key in values]
+
+
+class _NoWriter:
+    """An event writer that writes nothing: TensorBoard off after its file could not be opened."""
+
+    def add_event(self, event: Any) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
