@@ -35,3 +35,15 @@ class Interrupted(AetrainError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum  # the shell's convention for "ended by signal N"
+
+
+class ReplicaMismatch(AetrainError):
+    """Data-parallel processes that must hold the same model do not (the replica check)."""
+
+    exit_code = 1
+
+
+class ProcessLost(AetrainError):
+    """Another process of a data-parallel run died, hung, or could not be reached."""
+
+    exit_code = 1

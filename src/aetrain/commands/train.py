@@ -2,6 +2,10 @@
 
 Everything that can fail on user input (config ranges, device, data, model/data fit) is checked
 before the first file is written, so a bad command leaves nothing behind.
+
+Data-parallel (`world`, from `aetrain.train.distributed`): every process builds the same parts
+and trains its share of each batch; a set-up error on any process stops all of them with one
+line; only rank 0 (`world.is_main`) gets the outputs and writes the run dir.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ import torch
 from aetrain import checkpoint as checkpoints
 from aetrain.config import Config, validate
 from aetrain.data import build_data
-from aetrain.errors import CheckpointError, ConfigError, Interrupted
+from aetrain.errors import CheckpointError, ConfigError, Interrupted, ProcessLost
 from aetrain.models import FAMILIES
 from aetrain.rundir import LAST, METRICS, checkpoint_dir, read_metrics, run_dir_of
 from aetrain.train import checkpoint
-from aetrain.train.callbacks import Checkpointer, EarlyStopping
+from aetrain.train.callbacks import Checkpointer, EarlyStopping, ReplicaCheck
+from aetrain.train.distributed import World
 from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
 from aetrain.train.optim import build_optimizer, build_schedule
 from aetrain.train.outputs import build_outputs
@@ -68,70 +73,112 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(deterministic)  # imports torch._inductor (~3 s): only when it changes
 
 
-def build_parts(cfg: Config) -> Parts:
-    """Every component of a run, on its device, freshly initialised from cfg.trainer.seed."""
-    validate(cfg)
+def build_parts(cfg: Config, world: World | None = None) -> Parts:
+    """Every component of a run, on its device, freshly initialised from cfg.trainer.seed.
+
+    `world`: the data-parallel processes this one belongs to (None: this process alone). Each
+    builds the same model; the data is split between them, the training network is wrapped in
+    DistributedDataParallel (the one place it is, `world.wrap`) and batch norm synchronized."""
+    world = world or World()
     t = cfg.trainer
-    device = resolve_device(t.device)
-    family = FAMILIES.get(cfg.model.name)
-    seed_everything(t.seed, t.deterministic)
-    data = build_data(cfg.data, device, seed=t.seed, channels_last=t.channels_last)
-    model = family.build(cfg.model, data.spec).to(device, memory_format=data.memory_format)
-    objective, val_objective = (o.to(device) for o in family.objectives(cfg.model, data.spec))
+    with world.agreement():  # a process that cannot set up stops every process, with its reason
+        validate(cfg)
+        device = world.device(resolve_device(t.device))
+        world.check_config(cfg, device)
+        family = FAMILIES.get(cfg.model.name)
+        seed_everything(t.seed, t.deterministic)
+        with world.main_first():  # rank 0 downloads, the others then read its files
+            data = build_data(cfg.data, device, seed=t.seed, channels_last=t.channels_last, rank=world.rank,
+                              world_size=world.size)
+        model = family.build(cfg.model, data.spec).to(device, memory_format=data.memory_format)
+        objective, val_objective = (o.to(device) for o in family.objectives(cfg.model, data.spec))
+    model = world.prepare(model)  # SyncBatchNorm under DDP: the same state dict, so checkpoints load anywhere
     precision = Precision(t.precision, device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    windows = accumulation_windows(data.train.plan.sizes, t.accumulate_grad_batches)
+    plan = data.train.plan
+    windows = accumulation_windows(plan.sizes, t.accumulate_grad_batches, global_sizes=plan.global_sizes,
+                                   world_size=world.size)
     schedule = build_schedule(cfg.scheduler, optimizer, total_steps=len(windows) * t.max_epochs)
     net = torch.compile(model) if t.compile else model  # compiled lazily, at the first batch
-    step = TrainStep(net, objective, optimizer, precision, build_clip(t.gradient_clip_val, t.gradient_clip_algorithm),
-                     trainable(model.parameters()), admit=ADMIT.get(t.on_nonfinite))
+    train_net = world.wrap(net)  # DDP: gradients averaged across processes in the backward pass
+    step = TrainStep(train_net, objective, optimizer, precision,
+                     build_clip(t.gradient_clip_val, t.gradient_clip_algorithm), trainable(model.parameters()),
+                     admit=ADMIT.get(t.on_nonfinite), accumulating=world.accumulating(train_net))
+    world.seed(t.seed)  # each process its own noise and dropout from here; rank 0 keeps the single process's
     return Parts(cfg, model, net, objective, val_objective, optimizer, schedule, precision, step, data, windows,
                  family.galleries)
 
 
-def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> dict[str, float]:
+def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world: World | None = None
+        ) -> dict[str, float]:
     """Train one model into `out_dir`; returns the summary numbers (best val loss first).
 
     With cfg.trainer.resume set, training continues from that checkpoint exactly where it was
-    written. `callbacks` run after aetrain's own; their on_fit_start fires once the run is
-    known to be valid. A signal stops the run with `Interrupted` after saving last.pt.
+    written. `callbacks` run after aetrain's own, on the process that writes the run dir (rank 0
+    of a data-parallel run); their on_fit_start fires once the run is known to be valid. A signal
+    stops the run with `Interrupted` after saving last.pt. `world`: the data-parallel processes
+    (None: this process alone); every one of them calls `run` with the same arguments.
     """
-    parts = build_parts(cfg)
+    world = world or World()
+    parts = build_parts(cfg, world)
     t = cfg.trainer
-    ckpt = checkpoints.load(t.resume) if t.resume else None
-    if ckpt is not None:
-        checkpoint.check_resumable(cfg, ckpt, parts.data.spec, per_step_schedule=parts.schedule.per_step)
-    previous = run_dir_of(t.resume) if t.resume else None
-    in_place = previous is not None and previous.resolve() == out_dir.resolve()
-    if not in_place:
-        _refuse_existing_run(out_dir)
-    history = _earlier_epochs(previous, ckpt) if ckpt is not None else []
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with world.agreement():
+        ckpt = checkpoints.load(t.resume) if t.resume else None
+        if ckpt is not None:
+            checkpoint.check_resumable(cfg, ckpt, parts.data.spec, per_step_schedule=parts.schedule.per_step,
+                                       world_size=world.size)
+        previous = run_dir_of(t.resume) if t.resume else None
+        in_place = previous is not None and previous.resolve() == out_dir.resolve()
+        if not in_place:
+            _refuse_existing_run(out_dir)
+        history = _earlier_epochs(previous, ckpt) if ckpt is not None else []
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
+    # Steering on every process (their decisions agree); what writes, on the main process alone.
+    replicas = [ReplicaCheck(t.replica_check_every_n_steps)] if world.size > 1 and t.replica_check_every_n_steps else []
+    outputs = [*build_outputs(cfg.outputs, out_dir), *callbacks] if world.is_main else []
     engine = Engine(parts, [
-        Checkpointer(out_dir, every_n_steps=t.checkpoint_every_n_steps, top_k=t.save_top_k),
+        *replicas,
+        Checkpointer(out_dir, every_n_steps=t.checkpoint_every_n_steps, top_k=t.save_top_k, writes=world.is_main),
         EarlyStopping(t.early_stopping_patience or math.inf),
-        *build_outputs(cfg.outputs, out_dir),  # metrics.csv, console, pictures, tensorboard, summary.json
-        *callbacks,
-    ], nonfinite=NONFINITE.get(t.on_nonfinite)(), history=history)
+        *outputs,  # metrics.csv, console, pictures, tensorboard, summary.json
+    ], nonfinite=NONFINITE.get(t.on_nonfinite)(), history=history, world=world)
     if ckpt is not None:
         checkpoint.restore(engine, ckpt)
         st = engine.state
         log.info("resuming %s after epoch %d%s, step %d of the run", t.resume, st.epoch,
                  f" and {st.step_in_epoch} steps into epoch {st.epoch + 1}" if st.step_in_epoch else "", st.step)
+    last = checkpoint_dir(out_dir) / LAST
     try:
         with engine.interrupt.installed(), long_lived_objects_frozen():
             try:
                 state = engine.fit()
             except Interrupted as e:
-                last = checkpoint_dir(out_dir) / LAST
-                raise Interrupted(f"{e}; saved {last}; resume with: aetrain trainer.resume={out_dir}",
-                                  engine.interrupt.signum) from None
+                raise Interrupted(f"{e}; saved {last}; resume with: {_resume_command(cfg, out_dir, world)}",
+                                  e.exit_code - 128) from None
+            except Exception as e:
+                error = world.explain(e)
+                if isinstance(error, ProcessLost):  # also when it happened in a callback's on_fit_end
+                    saved = f"{last} holds the last complete checkpoint; resume with: " \
+                            f"{_resume_command(cfg, out_dir, world)}" if last.exists() else "nothing was saved"
+                    raise ProcessLost(f"{error}; {saved}") from e
+                raise
     finally:
-        for line in final_table(out_dir):
-            log.info("%s", line)
+        if world.is_main:
+            for line in final_table(out_dir):
+                log.info("%s", line)
     return {"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "epochs": state.epoch,
             "steps": state.step}
+
+
+def _resume_command(cfg: Config, out_dir: Path, world: World) -> str:
+    """How to continue this run: with as many processes as it has (aetrain launches them itself when
+    trainer.devices says so, else the same launcher command does)."""
+    command = f"aetrain trainer.resume={out_dir}"
+    if world.size > 1 and cfg.trainer.devices not in (world.size, -1):
+        return f"{command} trainer.devices={world.size} (or your launcher's command with trainer.resume={out_dir})"
+    return command
 
 
 def _earlier_epochs(previous: Path | None, ckpt: dict) -> list[dict]:
