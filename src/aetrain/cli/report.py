@@ -51,9 +51,10 @@ def describe(ex: BaseException) -> str:
     return " ".join(lines) if lines else type(ex).__name__
 
 
-def exit_with(ex: BaseException) -> typing.NoReturn:
+def exit_with(ex: BaseException, prefix: str = "") -> typing.NoReturn:
+    """Print `ex` as one line (after `prefix`, e.g. which process of a data-parallel run) and exit with its code."""
     kind = "" if isinstance(ex, Interrupted) else "error: "
-    sys.stderr.write(f"aetrain: {kind}{describe(ex)}\n")
+    sys.stderr.write(f"aetrain: {kind}{prefix}{describe(ex)}\n")
     sys.exit(getattr(ex, "exit_code", EXIT_USER_ERROR))
 
 
