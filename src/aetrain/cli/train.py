@@ -63,12 +63,18 @@ def _task(cfg: DictConfig) -> float | None:
         if processes > 1:
             return _launch(cfg, config, hc, out_dir, processes)
         _join_job_tasks()
-        if distributed.env_rank() > 0:
-            _quiet_secondary_process()
+        interrupt = None
+        if distributed.launched():  # from now until this process exits (see aetrain.train.signals)
+            from aetrain.train.signals import Interrupt
+
+            interrupt = Interrupt()
+            interrupt.install()
+            if distributed.env_rank() > 0:
+                _quiet_secondary_process()
         world = distributed.connect(config.trainer)
         out_dir = Path(world.broadcast(str(out_dir)))  # rank 0's run dir is everyone's
         callbacks = [_hydra_files_callback(cfg, hc)] if world.is_main else []  # .hydra/ from rank 0 alone
-        result = run(config, out_dir, callbacks=callbacks, world=world)
+        result = run(config, out_dir, callbacks=callbacks, world=world, interrupt=interrupt)
     except Exception as ex:
         if hc.mode == RunMode.MULTIRUN:  # one failed job must not sink the sweep, whatever the cause
             return _job_failed(cfg, hc, ex)

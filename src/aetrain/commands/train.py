@@ -36,6 +36,7 @@ from aetrain.train.optim import build_optimizer, build_schedule
 from aetrain.train.outputs import build_outputs
 from aetrain.train.outputs.console import final_table
 from aetrain.train.precision import Precision, build_clip, trainable
+from aetrain.train.signals import Interrupt
 from aetrain.train.step import ADMIT, TrainStep
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,8 @@ def build_parts(cfg: Config, world: World | None = None) -> Parts:
                  family.galleries)
 
 
-def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world: World | None = None
-        ) -> dict[str, float]:
+def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world: World | None = None,
+        interrupt: Interrupt | None = None) -> dict[str, float]:
     """Train one model into `out_dir`; returns the summary numbers (best val loss first).
 
     With cfg.trainer.resume set, training continues from that checkpoint exactly where it was
@@ -118,6 +119,8 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
     of a data-parallel run); their on_fit_start fires once the run is known to be valid. A signal
     stops the run with `Interrupted` after saving last.pt. `world`: the data-parallel processes
     (None: this process alone); every one of them calls `run` with the same arguments.
+    `interrupt`: the signal handler to train under (a launched process installs its own from the
+    start, so that a signal during set-up counts too); None = one installed for the run.
     """
     world = world or World()
     parts = build_parts(cfg, world)
@@ -143,31 +146,31 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
         Checkpointer(out_dir, every_n_steps=t.checkpoint_every_n_steps, top_k=t.save_top_k, writes=world.is_main),
         EarlyStopping(t.early_stopping_patience or math.inf),
         *outputs,  # metrics.csv, console, pictures, tensorboard, summary.json
-    ], nonfinite=NONFINITE.get(t.on_nonfinite)(), history=history, world=world)
+    ], nonfinite=NONFINITE.get(t.on_nonfinite)(), history=history, world=world, interrupt=interrupt or Interrupt())
     if ckpt is not None:
         checkpoint.restore(engine, ckpt)
         st = engine.state
         log.info("resuming %s after epoch %d%s, step %d of the run", t.resume, st.epoch,
                  f" and {st.step_in_epoch} steps into epoch {st.epoch + 1}" if st.step_in_epoch else "", st.step)
     last = checkpoint_dir(out_dir) / LAST
-    try:
-        with engine.interrupt.installed(), long_lived_objects_frozen():
-            try:
-                state = engine.fit()
-            except Interrupted as e:
-                raise Interrupted(f"{e}; saved {last}; resume with: {_resume_command(cfg, out_dir, world)}",
-                                  e.exit_code - 128) from None
-            except Exception as e:
-                error = world.explain(e)
-                if isinstance(error, ProcessLost):  # also when it happened in a callback's on_fit_end
-                    saved = f"{last} holds the last complete checkpoint; resume with: " \
-                            f"{_resume_command(cfg, out_dir, world)}" if last.exists() else "nothing was saved"
-                    raise ProcessLost(f"{error}; {saved}") from e
-                raise
-    finally:
-        if world.is_main:
-            for line in final_table(out_dir):
-                log.info("%s", line)
+    with engine.interrupt.installed(), long_lived_objects_frozen():
+        try:
+            state = engine.fit()
+        except Interrupted as e:
+            raise Interrupted(f"{e}; saved {last}; resume with: {_resume_command(cfg, out_dir, world)}",
+                              e.exit_code - 128) from None
+        except Exception as e:
+            error = world.explain(e)
+            if isinstance(error, ProcessLost):  # also when it happened in a callback's on_fit_end
+                saved = f"{last} holds the last complete checkpoint; resume with: " \
+                        f"{_resume_command(cfg, out_dir, world)}" if last.exists() else "nothing was saved"
+                raise ProcessLost(f"{error}; {saved}") from e
+            raise
+        finally:
+            engine.interrupt.end()  # training is over: a signal now (a launcher stopping the rest) is ignored
+            if world.is_main:
+                for line in final_table(out_dir):
+                    log.info("%s", line)
     return {"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "epochs": state.epoch,
             "steps": state.step}
 

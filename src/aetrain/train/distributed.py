@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -320,9 +321,9 @@ class Processes(World):
         ranks = [r for r in range(self.size) if bool(every[r, i] != every[0, i])]
         raise everywhere(ReplicaMismatch(
             f"the processes' models differ at step {step}: {names[i]} on rank{'s' if len(ranks) > 1 else ''} "
-            f"{', '.join(map(str, ranks))} is not rank 0's (replica check); nothing was saved, last.pt holds the "
-            "last checkpoint where they agreed. DDP keeps replicas equal, so this is a bug, a hardware fault, or "
-            "something that changed one process's weights"))
+            f"{', '.join(map(str, ranks))} is not rank 0's (replica check), and nothing was saved from this state. "
+            "DDP keeps replicas equal, so this is a bug, a hardware fault, or something that changed one process's "
+            "weights"))
 
     def per_rank(self, state: Callable[[], Any]) -> list[Any]:
         states: list[Any] = [None] * self.size
@@ -340,9 +341,8 @@ class Processes(World):
     def explain(self, error: BaseException) -> BaseException:
         if isinstance(error, AetrainError) or not _is_communication_error(error):
             return error
-        return ProcessLost(f"lost contact with the other processes of this run "
-                           f"({_first_line(error)}): one of them died, was killed or hangs, so every process stops "
-                           f"(collectives wait at most trainer.ddp_timeout_s)")
+        return ProcessLost(f"lost contact with the other processes of this run ({_backend_message(error)}): one "
+                           "of them died, was killed or hangs, so every process stops")
 
     def close(self) -> None:
         if self.pending is not None:
@@ -411,6 +411,13 @@ def _is_communication_error(error: BaseException) -> bool:
         return True
     text = str(error).lower()
     return isinstance(error, RuntimeError) and any(marker in text for marker in COMMUNICATION_MARKERS)
+
+
+def _backend_message(error: BaseException) -> str:
+    """The gist of a gloo/NCCL error: `Connection closed by peer [127.0.0.1]:41109`, without the source
+    location and the advice that follow it."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", _first_line(error))  # "[.../gloo/transport/tcp/pair.cc:561] "
+    return text.split(". ", 1)[0].rstrip(".")
 
 
 def _first_line(error: BaseException) -> str:
