@@ -42,7 +42,7 @@ from aetrain.errors import AetrainError, Interrupted
 from aetrain.rundir import HYDRA, read_summary, run_dir_of
 
 from aetrain.cli import sweep
-from aetrain.cli.report import EXIT_JOB_FAILED, describe, exit_with, usage_error
+from aetrain.cli.report import EXIT_JOB_FAILED, describe, error_line, exit_with, usage_error
 from aetrain.cli.schema import register_configs, to_config
 
 log = logging.getLogger("aetrain")
@@ -80,14 +80,31 @@ def _task(cfg: DictConfig) -> float | None:
             return _job_failed(cfg, hc, ex)
         if not isinstance(ex, AetrainError):
             raise  # a bug: keep its traceback
-        if distributed.env_rank() == 0:
+        if not distributed.launched():
             _remove_if_empty(out_dir)
-        if not distributed.reported_here(ex):  # every process raised it alike: rank 0 says it
-            sys.exit(ex.exit_code)
-        exit_with(ex, f"rank {distributed.env_rank()}: " if distributed.env_rank() else "")
+            exit_with(ex)  # here rather than raising: Hydra would add its own lines around it
+        _leave_launched_process(ex, out_dir)
     if world is not None:
         world.close()
     return result["best_val_loss"]
+
+
+def _leave_launched_process(ex: AetrainError, out_dir: Path) -> typing.NoReturn:
+    """End one process of a data-parallel run that failed or was stopped: its line, if it is this
+    process's to say, and its exit code, now. Without the interpreter's shutdown: a launcher stops
+    the remaining processes with SIGTERM as soon as one has ended, and once Python has begun
+    shutting down, that signal would end this one as killed instead of with its code."""
+    from aetrain.train import distributed
+
+    rank = distributed.env_rank()
+    if rank == 0:
+        _remove_if_empty(out_dir)
+    if distributed.reported_here(ex):  # not what every process raised alike: rank 0 says that once
+        sys.stderr.write(error_line(ex, f"rank {rank}: " if rank else ""))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()  # train.log
+    os._exit(ex.exit_code)
 
 
 def _launch(cfg: DictConfig, config: Any, hc: Any, out_dir: Path, processes: int) -> float | None:
