@@ -286,6 +286,19 @@ def test_a_killed_process_ends_the_other_in_a_bounded_time_and_last_pt_resumes(p
 
 
 @pytest.mark.slow
+def test_a_hung_process_ends_the_run_after_the_collective_timeout(tmp_path: Path) -> None:
+    """Rank 1 stops responding (and ignores SIGTERM): rank 0 gives up after trainer.ddp_timeout_s, and the
+    launcher, seeing it end, kills the hung one after its 30 s grace period."""
+    result = aetrain_cli(*ARGS, "data.batch_size=32", "trainer.devices=2", "trainer.ddp_timeout_s=5",
+                         f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, hang="1@2.5")
+    ended = time.time()
+    assert result.returncode == 1, result.stderr
+    assert ended - float((tmp_path / "hung_at").read_text()) < 5 + 30 + 25  # the timeout, the grace period, slack
+    lines = aetrain_lines(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("aetrain: error: lost contact with the other processes"), lines
+
+
+@pytest.mark.slow
 def test_a_perturbed_replica_is_caught_by_the_replica_check(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     # rank 1 adds 1e-3 to one weight after step 3; the check runs every 2 steps

@@ -7,6 +7,8 @@ only in a process a launcher started (RANK set). AETRAIN_TEST_HOOKS is a comma-s
 - `kill=R@E.S`: the process of rank R kills itself (SIGKILL) after step S of epoch E, first writing
   the time into $AETRAIN_TEST_HOOKS_DIR/killed_at;
 - `term_launcher=R@E.S`: rank R sends SIGTERM to its launcher (its parent process) after step S of epoch E;
+- `hang=R@E.S`: rank R stops responding (sleeps, deaf to SIGTERM) after step S of epoch E, first writing the
+  time into $AETRAIN_TEST_HOOKS_DIR/hung_at;
 - `perturb=R@N`: rank R adds 1e-3 to one weight after optimizer step N, as a fault on one replica would.
 """
 
@@ -37,6 +39,11 @@ if _SPEC and "RANK" in os.environ:
             if _HOOKS.get("kill") == here:
                 Path(os.environ["AETRAIN_TEST_HOOKS_DIR"], "killed_at").write_text(repr(time.time()))
                 os.kill(os.getpid(), signal.SIGKILL)
+            if _HOOKS.get("hang") == here:
+                Path(os.environ["AETRAIN_TEST_HOOKS_DIR"], "hung_at").write_text(repr(time.time()))
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                while True:
+                    time.sleep(60)
             if _HOOKS.get("term_launcher") == here:
                 os.kill(os.getppid(), signal.SIGTERM)
             if _HOOKS.get("perturb") == (st.step,):

@@ -125,8 +125,9 @@ def _launch(cfg: DictConfig, config: Any, hc: Any, out_dir: Path, processes: int
         distributed.launch(args, processes)
     except distributed.LaunchInterrupted as e:
         _remove_if_empty(out_dir)
+        name = signal.Signals(e.signum).name
         if hc.mode == RunMode.MULTIRUN:
-            raise sweep.Stopped(Interrupted(_recorded_error(out_dir, "interrupted"), e.signum)) from None
+            raise sweep.Stopped(Interrupted(_recorded_error(out_dir, f"interrupted by {name}"), e.signum)) from None
         sys.exit(128 + e.signum)  # rank 0 said where it stopped and how to resume
     except distributed.LaunchFailed as e:
         _remove_if_empty(out_dir)

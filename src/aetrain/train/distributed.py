@@ -441,7 +441,7 @@ class LaunchFailed(Exception):
 
 
 class LaunchInterrupted(Exception):
-    """The launcher received a signal; it sent it on to the processes and waited for them."""
+    """The launcher received a signal and sent it on to the processes, which have ended."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"signal {signum}")
@@ -454,9 +454,10 @@ def launch(args: list[str], nprocs: int) -> None:
 
     A failed process makes the launcher stop the others (SIGTERM, SIGKILL after 30 s) and raises
     LaunchFailed; SIGINT/SIGTERM sent to this process is passed on to every process (which save
-    and stop at the same step) and raises LaunchInterrupted once they have ended. Each process
-    gets cores / nprocs threads unless OMP_NUM_THREADS is set. The launcher's own log lines are
-    kept off the console: the processes say what happened.
+    and stop at the same step) and raises LaunchInterrupted once they have ended; a second one
+    before then makes the launcher send them a second SIGTERM, which ends them at once. Each
+    process gets cores / nprocs threads unless OMP_NUM_THREADS is set. The launcher's own log lines are kept off the
+    console: the processes say what happened.
     """
     import signal
 
@@ -479,3 +480,4 @@ def launch(args: list[str], nprocs: int) -> None:
         logging.disable(logging.NOTSET)
         for s, handler in handlers.items():
             signal.signal(s, handler)
+
