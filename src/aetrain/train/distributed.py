@@ -133,6 +133,11 @@ class World:
         exchanged once per optimizer step."""
         return lambda: _OFF
 
+    def eager_only(self) -> str | None:
+        """Why the training step must run eagerly rather than as a captured CUDA graph, or None. A
+        graphed step asks this once, and logs the reason in one line when it falls back."""
+        return None
+
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """Every process's `t`, stacked in rank order: (processes, *t.shape)."""
         return t[None]
@@ -282,6 +287,11 @@ class Processes(World):
 
     def accumulating(self, net: torch.nn.Module) -> Callable[[], ContextManager[Any]]:
         return net.no_sync  # type: ignore[return-value]
+
+    def eager_only(self) -> str | None:
+        # DDP's reducer launches its all-reduces from autograd hooks, bucket by bucket, with host-side
+        # bookkeeping between them: a replayed graph would skip that bookkeeping.
+        return "DistributedDataParallel exchanges gradients from autograd hooks that a captured graph cannot replay"
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         t = t.contiguous()
