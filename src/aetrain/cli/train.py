@@ -77,6 +77,8 @@ def _task(cfg: DictConfig) -> float | None:
         result = run(config, out_dir, callbacks=callbacks, world=world, interrupt=interrupt)
     except Exception as ex:
         if hc.mode == RunMode.MULTIRUN:  # one failed job must not sink the sweep, whatever the cause
+            if distributed.env_rank() > 0:  # a SLURM job's other tasks: its rank 0 records the failure
+                return None
             return _job_failed(cfg, hc, ex)
         if not isinstance(ex, AetrainError):
             raise  # a bug: keep its traceback

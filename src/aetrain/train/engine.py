@@ -133,14 +133,12 @@ class Meter:
         index = torch.arange(self.batches, dtype=torch.float32, device=finite.device)
         first = torch.cat([torch.where(finite, never, index), never]).min()  # the first non-finite batch, or never
         local = torch.cat([sums, count[None], (~finite).sum()[None].float(), first[None]])
-        if world is not None:  # several processes: every process's numbers, added in rank order
-            every = world.gather(local)  # (processes, terms + 3)
-            local = torch.cat([every[:, :-1].sum(0), every[:, -1].min()[None]])
-            sums, count = local[: len(self.names)], local[len(self.names)]
-        means = sums / count.clamp_min(1.0)
+        every = (world or World()).gather(local)  # (processes, terms + 3): one collective; a view for one process
+        total = torch.cat([every[:, :-1].sum(0), every[:, -1].min()[None]])  # added in rank order, the same bits
+        means = total[: len(self.names)] / total[len(self.names)].clamp_min(1.0)  # everywhere
         norm_ok = norms.isfinite()  # fp16: the scaler skips inf-gradient steps on purpose; average the rest
         norm = (norms.nan_to_num(0.0, 0.0, 0.0) * norm_ok).sum() / norm_ok.sum().clamp_min(1)
-        numbers = torch.cat([means, norm[None], local[-2:]]).tolist()  # one sync
+        numbers = torch.cat([means, norm[None], total[-2:]]).tolist()  # one sync
         values, (norm_mean, n_bad, first_bad) = numbers[: len(self.names)], numbers[len(self.names) :]
         metrics = {f"train/{n}": v for n, v in zip(self.names, values)}
         metrics["train/grad_norm"] = norm_mean  # the same on every process: their gradients are all-reduced
@@ -325,7 +323,7 @@ class Engine:
         """The epoch's running train means (one host sync); applies the non-finite policy."""
         if self.meter is None:
             return {}
-        metrics, first_bad, n_bad = self.meter.read(self.world if self.world.size > 1 else None)
+        metrics, first_bad, n_bad = self.meter.read(self.world)
         self.nonfinite.on_read(self, first_bad, n_bad)
         return metrics
 

@@ -55,9 +55,6 @@ class Interrupt:
     @contextlib.contextmanager
     def installed(self) -> Iterator[Interrupt]:
         """Route SIGINT and SIGTERM here while training; restore the previous handlers after."""
-        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-            yield self
-            return
         previous = self.install()
         try:
             yield self
@@ -66,5 +63,8 @@ class Interrupt:
                 signal.signal(s, handler)
 
     def install(self) -> dict[int, object]:
-        """Route SIGINT and SIGTERM here from now on (main thread only); returns the previous handlers."""
+        """Route SIGINT and SIGTERM here from now on; returns the previous handlers. Only the main thread
+        may set handlers: elsewhere this does nothing."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
         return {s: signal.signal(s, self.handle) for s in SIGNALS}

@@ -11,8 +11,9 @@ optimizer step and zeroing the gradients. The engine only calls
 so a captured CUDA-graph step, DDP's `no_sync` or per-layer statistics change this object, never
 the loop. Under DDP, `net` is the DistributedDataParallel module and `accumulating` its `no_sync`:
 the micro-batches of a window but its last keep their gradients local, and the last one's
-backward exchanges the whole window's at once. A `GradientProbe` sees the unscaled gradients before clipping and the weights right
-after the update, before the gradients are zeroed; the default probe does nothing.
+backward exchanges the whole window's at once. A `GradientProbe` sees the unscaled gradients
+before clipping and the weights right after the update, before the gradients are zeroed; the
+default probe does nothing.
 """
 
 from __future__ import annotations
