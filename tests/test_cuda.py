@@ -271,3 +271,26 @@ def test_benchmark_smoke_mode_on_cuda_has_the_graph_ceiling(tmp_path: Path) -> N
     assert [(r["workload"], r["batch"], r["entry"]) for r in rows] == [
         (w, b, e) for w in ("dense", "conv") for b in (64, 256) for e in entries]
     assert all(r["samples_per_s"] > 0 for r in rows)
+
+
+def test_one_process_under_torchrun_trains_on_the_gpu_with_nccl_and_sync_batch_norm(tmp_path) -> None:
+    """The NCCL path with one process: DDP, SyncBatchNorm and the gathered metrics on a GPU give the
+    plain run's numbers (deterministic kernels)."""
+    import subprocess
+    import sys
+
+    from conftest import metrics_rows
+
+    args = ["model=conv_ae", "model.batch_norm=true", "trainer.device=cuda", "trainer.deterministic=true",
+            "trainer.max_epochs=2", "outputs.plot_every=0"]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m",
+                          "aetrain", *args, f"hydra.run.dir={tmp_path / 'ddp'}"], capture_output=True, text=True,
+                         timeout=600)
+    plain = subprocess.run([sys.executable, "-m", "aetrain", *args, f"hydra.run.dir={tmp_path / 'plain'}"],
+                           capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == plain.returncode == 0, ddp.stderr + plain.stderr
+    assert "DistributedDataParallel over NCCL" in ddp.stdout
+    for a, b in zip(metrics_rows(tmp_path / "ddp"), metrics_rows(tmp_path / "plain")):
+        assert float(a["val/loss"]) == pytest.approx(float(b["val/loss"]), rel=1e-6)
+    weights = torch.load(tmp_path / "ddp/checkpoints/last.pt", weights_only=True)["model"]
+    assert any("running_mean" in k for k in weights) and not any(k.startswith("module.") for k in weights)

@@ -174,7 +174,7 @@ def test_two_sweeps_into_one_explicit_dir_at_once_one_runs_the_other_is_refused(
     results = [(*p.communicate(timeout=300), p.returncode) for p in procs]
     assert sorted(code for _, _, code in results) == [0, 2], results
     [err] = [err for _, err, code in results if code == 2]
-    assert err == f"aetrain: error: hydra.sweep.dir=sweep already holds a sweep (.aetrain-sweep); " \
+    assert err == "aetrain: error: hydra.sweep.dir=sweep already holds a sweep (.aetrain-sweep); " \
                   "choose another hydra.sweep.dir\n"
     assert all(len(metrics_rows(tmp_path / "sweep" / job)) == 3 for job in ("0", "1"))
 

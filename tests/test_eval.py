@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-import aetrain
 from aetrain.commands.metrics import ssim
 from aetrain.config import DataConfig
 from aetrain.data import load_source

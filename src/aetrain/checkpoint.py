@@ -21,7 +21,7 @@ import torch
 from aetrain.config import Config, from_json
 from aetrain.data.spec import DataSpec
 from aetrain.errors import CheckpointError, ConfigError
-from aetrain.rundir import BEST, LAST, checkpoint_dir
+from aetrain.rundir import LAST, checkpoint_dir
 
 if TYPE_CHECKING:
     from aetrain.models import Autoencoder

@@ -311,6 +311,9 @@ class TrainerConfig:
     compile_mode: str = "default"  # with compile=true: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     cuda_graphs: str = "auto"  # CUDA: one captured graph per training step: auto (whenever the run allows it; else eager, logged) | true (an error if it cannot) | false (eager)
     channels_last: bool = True  # conv models: NHWC memory format (measured 25% faster steps on CPU; cuDNN's tensor-core layout); False = NCHW. Dense models ignore it
+    devices: int = 1  # data-parallel processes (DDP, one GPU each on CUDA): 1 = this process alone; N > 1 = launch N; -1 = one per visible GPU. Under torchrun: 1 (or -1, or its --nproc_per_node) takes torchrun's processes
+    replica_check_every_n_steps: int | None = 200  # DDP: compare a checksum of every process's weights every N optimizer steps (and before every checkpoint); None = before checkpoints only. One process: nothing to compare
+    ddp_timeout_s: float = 120.0  # DDP: seconds a process waits for the others at a collective before the run fails (a hung or lost process), > 0
 
 
 @dataclass
@@ -474,6 +477,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"trainer.compile_mode={t.compile_mode!r} is used only with trainer.compile=true")
     _require(t.early_stopping_patience is None or t.early_stopping_patience >= 1, "trainer.early_stopping_patience",
              ">= 1, or null for no early stopping", t.early_stopping_patience)
+    _require(t.devices >= 1 or t.devices == -1, "trainer.devices", ">= 1, or -1 for one process per visible GPU",
+             t.devices)
+    _require(t.replica_check_every_n_steps is None or t.replica_check_every_n_steps >= 1,
+             "trainer.replica_check_every_n_steps", ">= 1, or null to check before checkpoints only",
+             t.replica_check_every_n_steps)
+    _require(_finite(t.ddp_timeout_s) and t.ddp_timeout_s > 0, "trainer.ddp_timeout_s", "a finite number of seconds > 0",
+             t.ddp_timeout_s)
 
     _require(u.plot_every >= 0, "outputs.plot_every", ">= 0 (0 = no pictures)", u.plot_every)
     _require(0.0 <= u.render_budget <= 1.0, "outputs.render_budget", "in [0, 1] (a share of the run's time)",

@@ -50,3 +50,15 @@ class WriteError(AetrainError):
         if base.startswith(".") and base.endswith(".tmp"):  # aetrain.atomic.write_atomic writes .<name>.tmp first
             name = f"{folder}{sep}{base[1:-4]}"
         return cls(f"could not write {name}: {error.strerror or error}{context}")
+
+
+class ReplicaMismatch(AetrainError):
+    """Data-parallel processes that must hold the same model do not (the replica check)."""
+
+    exit_code = 1
+
+
+class ProcessLost(AetrainError):
+    """Another process of a data-parallel run died, hung, or could not be reached."""
+
+    exit_code = 1

@@ -53,9 +53,14 @@ def describe(ex: BaseException) -> str:
     return " ".join(lines) if lines else type(ex).__name__
 
 
-def exit_with(ex: BaseException) -> typing.NoReturn:
+def error_line(ex: BaseException, prefix: str = "") -> str:
+    """`ex` as the one line the user sees (after `prefix`, e.g. which process of a data-parallel run)."""
     kind = "" if isinstance(ex, Interrupted) else "error: "
-    sys.stderr.write(f"aetrain: {kind}{describe(ex)}\n")
+    return f"aetrain: {kind}{prefix}{describe(ex)}\n"
+
+
+def exit_with(ex: BaseException) -> typing.NoReturn:
+    sys.stderr.write(error_line(ex))
     sys.exit(getattr(ex, "exit_code", EXIT_USER_ERROR))
 
 

@@ -6,19 +6,29 @@ It:
 - writes Hydra's `.hydra/` files itself, once the run is known to be valid, so a bad command
   never overwrites the files of an existing run (hence `hydra.output_subdir: null`);
 - records a failed sweep job instead of letting it sink the sweep (`aetrain.cli.sweep`);
-- turns `trainer.resume=RUN` into a continuation of RUN: in its dir, with its overrides.
+- turns `trainer.resume=RUN` into a continuation of RUN: in its dir, with its overrides;
+- data-parallel runs: `trainer.devices=N` starts N processes of `aetrain` itself through torch's
+  elastic launcher (each sweep job too); in a process a launcher started (those, torchrun's, a
+  SLURM job's tasks) it joins the process group, makes every process use rank 0's run dir, and
+  keeps the other ranks' Hydra dir, train.log, console and error lines out of the way (see
+  `aetrain.train.distributed`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import itertools
 import logging
 import os
 import re
+import shutil
+import signal
 import sys
+import tempfile
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +43,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.config import CHOICES
 from aetrain.errors import AetrainError, ConfigError, Interrupted
-from aetrain.rundir import HYDRA, RunDirTaken, claimed, own_run_dir
+from aetrain.rundir import HYDRA, RunDirTaken, claimed, own_run_dir, read_summary
 
 from aetrain.cli import sweep
-from aetrain.cli.report import EXIT_JOB_FAILED, describe, exit_with, usage_error
+from aetrain.cli.report import EXIT_JOB_FAILED, describe, error_line, exit_with, usage_error
 from aetrain.cli.schema import register_configs, to_config
 
 log = logging.getLogger("aetrain")
@@ -82,25 +92,147 @@ OmegaConf.register_new_resolver("aetrain.new_dir", new_dir, use_cache=True, repl
 def _task(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    world = None
     try:
         from aetrain.commands.train import run  # torch: seconds to import
+        from aetrain.train import distributed
 
-        with claimed(out_dir):  # one process per run dir: a second one started meanwhile is refused
-            result = run(to_config(cfg), out_dir, callbacks=[_hydra_files_callback(cfg, hc)])
+        config = to_config(cfg)
+        processes = distributed.processes_to_launch(config.trainer)
+        if processes > 1:
+            return _launch(cfg, config, hc, out_dir, processes)  # its processes claim the run dir
+        _join_job_tasks()
+        interrupt = None
+        if distributed.launched():  # from now until this process exits (see aetrain.train.signals)
+            from aetrain.train.signals import Interrupt
+
+            interrupt = Interrupt()
+            interrupt.install()
+            if distributed.env_rank() > 0:
+                _quiet_secondary_process()
+        world = distributed.connect(config.trainer)
+        own, out_dir = out_dir, Path(world.broadcast(str(out_dir)))  # rank 0's run dir is everyone's
+        if own != out_dir:
+            _remove_if_empty(own)  # the default dir this process's config resolved to
+        callbacks = [_hydra_files_callback(cfg, hc)] if world.is_main else []  # .hydra/ from rank 0 alone
+        with claimed(out_dir) if world.is_main else contextlib.nullcontext():  # one run per dir: a second is refused
+            result = run(config, out_dir, callbacks=callbacks, world=world, interrupt=interrupt)
     except KeyboardInterrupt:  # before training started (once it has, the run saves and raises Interrupted)
         _remove_if_empty(out_dir)
         raise
     except Exception as ex:
-        if hc.mode == RunMode.MULTIRUN and not isinstance(ex, RunDirTaken):  # one failed job must not sink the sweep
-            return _job_failed(cfg, hc, ex)
-        if hc.mode == RunMode.MULTIRUN:  # the dir is another run's: record nothing in it
+        rank = int(os.environ.get("RANK", "0")) if "WORLD_SIZE" in os.environ else 0  # distributed.env_rank()
+        if hc.mode == RunMode.MULTIRUN and isinstance(ex, RunDirTaken):  # the dir is another run's: record nothing
             log.error("job %s failed: %s", hc.job.num, describe(ex))
             return None
-        _remove_if_empty(out_dir)
+        if hc.mode == RunMode.MULTIRUN:  # one failed job must not sink the sweep, whatever the cause
+            return None if rank > 0 else _job_failed(cfg, hc, ex)  # a SLURM job's rank 0 records the failure
         if not isinstance(ex, AetrainError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # a bug, or a user who asked for the traceback behind an error
-        exit_with(ex)  # here rather than raising: Hydra would add its own lines around it
+        if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:  # not distributed.launched()
+            _remove_if_empty(out_dir)
+            exit_with(ex)  # here rather than raising: Hydra would add its own lines around it
+        _leave_launched_process(ex, out_dir)
+    if world is not None:
+        world.close()
     return result["best_val_loss"]
+
+
+def _leave_launched_process(ex: AetrainError, out_dir: Path) -> typing.NoReturn:
+    """End one process of a data-parallel run that failed or was stopped: its line, if it is this
+    process's to say, and its exit code, now. Without the interpreter's shutdown: a launcher stops
+    the remaining processes with SIGTERM as soon as one has ended, and once Python has begun
+    shutting down, that signal would end this one as killed instead of with its code."""
+    from aetrain.train import distributed
+
+    rank = distributed.env_rank()
+    if rank == 0:
+        _remove_if_empty(out_dir)
+    if distributed.reported_here(ex):  # not what every process raised alike: rank 0 says that once
+        sys.stderr.write(error_line(ex, f"rank {rank}: " if rank else ""))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()  # train.log
+    os._exit(ex.exit_code)
+
+
+def _launch(cfg: DictConfig, config: Any, hc: Any, out_dir: Path, processes: int) -> float | None:
+    """`trainer.devices=N`: train in N new processes (`python -m aetrain train ...`) into this run dir.
+
+    The processes say what happens (rank 0's console and run dir, every error once); this one
+    waits, relays a Ctrl-C or SIGTERM to them, and ends with their exit code. Returns the run's
+    objective (its best val/loss, from its summary.json) for a sweeper.
+    """
+    from aetrain.config import validate
+    from aetrain.train import distributed
+
+    validate(config)  # a config error is one line from here, before any process starts
+    args = ["train", *hc.overrides.task, f"hydra.run.dir={out_dir}"]
+    if hc.mode == RunMode.MULTIRUN:
+        args.append(f"hydra.job.num={hc.job.num}")  # the job's number in its .hydra/, for the sweep's table
+    try:
+        distributed.launch(args, processes)
+    except distributed.LaunchInterrupted as e:
+        _remove_if_empty(out_dir)
+        name = signal.Signals(e.signum).name
+        if hc.mode == RunMode.MULTIRUN:
+            raise sweep.Stopped(Interrupted(_recorded_error(out_dir, f"interrupted by {name}"), e.signum)) from None
+        sys.exit(128 + e.signum)  # rank 0 said where it stopped and how to resume
+    except distributed.LaunchFailed as e:
+        _remove_if_empty(out_dir)
+        codes = e.exit_codes
+        said = [c for c in codes.values() if c > 0]  # a process that ended on its own printed why
+        if hc.mode == RunMode.MULTIRUN:
+            raise ProcessesFailed(_recorded_error(out_dir, _ended(codes)), said[0] if said else 1) from None
+        if said:
+            sys.exit(codes[0] if codes.get(0, 0) > 0 else said[0])
+        exit_with(ProcessesFailed(f"{_ended(codes)}; see {out_dir}", 1))
+    best = read_summary(out_dir).get("best_val_loss")
+    return float(best) if isinstance(best, (int, float)) else None
+
+
+class ProcessesFailed(AetrainError):
+    """A data-parallel run that aetrain launched ended with a failed process."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _ended(codes: dict[int, int]) -> str:
+    """`rank 1 ended by SIGKILL, rank 0 exited with 1`: how each failed process ended."""
+    def how(code: int) -> str:
+        return f"ended by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+
+    return ", ".join(f"rank {rank} {how(code)}" for rank, code in sorted(codes.items()))
+
+
+def _recorded_error(out_dir: Path, fallback: str) -> str:
+    """The error the run's rank 0 recorded in summary.json, else `fallback`."""
+    error = read_summary(out_dir).get("error")
+    return error.partition(": ")[2] or error if isinstance(error, str) and error else fallback
+
+
+def _join_job_tasks() -> None:
+    """In a SLURM job (Hydra's submitit launcher) with several tasks, each task is one process of a
+    data-parallel run: set the torch.distributed variables from SLURM's, as submitit derives them."""
+    if "RANK" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def _quiet_secondary_process() -> None:
+    """Ranks other than 0: no train.log, and on the console only errors (rank 0 shows the rest)."""
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")  # rank 0 shows the same warnings
 
 
 def _job_failed(cfg: DictConfig, hc: Any, ex: Exception) -> None:
@@ -224,6 +356,7 @@ def main(args: list[str]) -> None:
     try:
         check_overrides(args)
         args = resume_arguments(quote_paths(args))
+        args, scratch = launched_process_arguments(args)
     except AetrainError as ex:
         exit_with(ex)
     sys.argv = [sys.argv[0], *args]
@@ -240,9 +373,29 @@ def main(args: list[str]) -> None:
     except BaseException:
         sweep.finish()  # a sweep that ended early (Ctrl-C, a sweeper's error) still gets its summary
         raise
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     results = sweep.finish()  # None after a single run
     if results and not all(r.ok for r in results):
         sys.exit(EXIT_JOB_FAILED)
+
+
+def launched_process_arguments(args: list[str]) -> tuple[list[str], Path | None]:
+    """In a process started by a launcher (torchrun): refuse a sweep, and give ranks other than 0 a
+    scratch dir for Hydra's run dir (returned, to remove at the end), so that only rank 0 makes the
+    run dir: each process would otherwise resolve its own `outputs/<date>/<time>`."""
+    from aetrain.train import distributed
+
+    if not distributed.launched():
+        return args, None
+    if {"-m", "--multirun"} & set(args):
+        raise AetrainError("-m under a launcher: every process would run the whole sweep; let each job start its "
+                           "own processes instead: aetrain -m trainer.devices=N ...")
+    if distributed.env_rank() == 0:
+        return args, None
+    scratch = Path(tempfile.mkdtemp(prefix=f"aetrain-rank{distributed.env_rank()}-"))
+    return [*(a for a in args if _override_key(a) != "hydra.run.dir"), f"hydra.run.dir={scratch}"], scratch
 
 
 def check_overrides(args: list[str]) -> None:

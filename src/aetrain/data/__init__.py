@@ -135,20 +135,30 @@ class Data:
         return len(self.val)
 
     def val_batches(self) -> Iterator[torch.Tensor]:
-        return eval_batches(self.val, self.eval_batch_size, self.device, self.num_workers, self.memory_format)
+        """This process's validation batches: all of `val`, or with several data-parallel processes its
+        contiguous share (the processes' sums add up to the whole split's)."""
+        plan = self.train.plan
+        n, parts = self.num_val, plan.world_size
+        lo, hi = plan.rank * n // parts, (plan.rank + 1) * n // parts
+        shard = self.val if (lo, hi) == (0, n) else (
+            self.val[lo:hi] if isinstance(self.val, torch.Tensor) else Subset(self.val, range(lo, hi)))
+        return eval_batches(shard, self.eval_batch_size, self.device, self.num_workers, self.memory_format)
 
 
-def build_data(cfg: DataConfig, device: torch.device, *, seed: int, channels_last: bool = False) -> Data:
+def build_data(cfg: DataConfig, device: torch.device, *, seed: int, channels_last: bool = False, rank: int = 0,
+               world_size: int = 1) -> Data:
     """Load `cfg.name`, split it with `cfg.split_seed`, and batch training data in an order set by `seed`.
 
     `channels_last`: hold and deliver images in NHWC memory format (gathers and slices keep it).
+    `rank` of `world_size` data-parallel processes: this process trains on its share of every global
+    batch (`BatchPlan`) and validates its share of the validation split.
     """
     source = load_source(cfg)
     image = len(source.shape) == 3
     memory_format = torch.channels_last if channels_last and image else torch.preserve_format
     split = split_samples(cfg, source)
     val_idx, train_idx = split.val, split.train
-    plan = BatchPlan(len(train_idx), cfg.batch_size, seed=seed)
+    plan = BatchPlan(len(train_idx), cfg.batch_size, seed=seed, rank=rank, world_size=world_size)
     eval_batch_size = max(4 * cfg.batch_size, 256)  # no gradients to hold: larger batches run faster
 
     if isinstance(source.samples, torch.Tensor):

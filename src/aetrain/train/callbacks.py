@@ -1,4 +1,8 @@
-"""Callbacks that steer the run: checkpoints (and never of a non-finite model), early stopping."""
+"""Callbacks that steer the run: checkpoints (and never of a non-finite model), early stopping, the replica check.
+
+They run on every data-parallel process (the outputs run on rank 0 alone): what they decide is
+the same everywhere, and the collectives they take part in are the same on every process.
+"""
 
 from __future__ import annotations
 
@@ -32,12 +36,18 @@ class Checkpointer(Callback):
     disk, and the engine's best epoch is put back to the one best.pt holds, so the summary and the
     final table describe the checkpoints that exist. The run ends only once its last checkpoint
     is on disk.
+
+    Data-parallel: every process takes part in a save (the non-finite verdict, the replica check,
+    each process's RNG and running means go into the checkpoint); only the process with
+    `writes` (rank 0) serializes and writes. A run stopped by a signal waits, on every process,
+    until last.pt is on disk, so that no process ends (and makes a launcher stop the others) first.
     """
 
-    def __init__(self, run_dir: Path, *, every_n_steps: int | None = None, top_k: int = 0) -> None:
+    def __init__(self, run_dir: Path, *, every_n_steps: int | None = None, top_k: int = 0, writes: bool = True) -> None:
         self.dir = checkpoint_dir(run_dir)
         self.every_n_steps = every_n_steps or math.inf
         self.top_k = top_k
+        self.writes = writes  # False on the data-parallel processes other than rank 0
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aetrain-checkpoint")
         self.pending: Future[None] | None = None
         self.on_disk: dict[str, Point] = {}  # LAST / BEST -> the point each file holds, once written
@@ -56,7 +66,12 @@ class Checkpointer(Callback):
             raise DivergenceError(f"the model's weights are not finite at step {engine.state.step}; nothing was "
                                   "saved (last.pt and best.pt hold the last finite model): lower optimizer.lr or "
                                   "set trainer.gradient_clip_val")
-        data = checkpoint.serialize(checkpoint.payload(engine))
+        world = engine.world
+        world.check_replicas(engine.parts.model, engine.state.step)  # never save a model the processes disagree on
+        ranks = world.per_rank(lambda: checkpoint.rank_state(engine))  # None for a single process
+        if not self.writes:
+            return
+        data = checkpoint.serialize(checkpoint.payload(engine, ranks))
         self.wait(engine)
         st = engine.state
         boundary = st.step_in_epoch == 0
@@ -131,6 +146,8 @@ class Checkpointer(Callback):
             log.error("%s", e)
         finally:
             self.writer.shutdown(wait=True)
+            if engine.status == "interrupted":
+                engine.world.barrier()  # last.pt is on disk before any process ends
 
 
 class Point(NamedTuple):
@@ -162,3 +179,15 @@ class EarlyStopping(Callback):
                                   f"epoch{'' if st.bad_epochs == 1 else 's'} "
                                   f"(trainer.early_stopping_patience={self.patience}); best {st.best_val_loss:.6g} "
                                   f"at epoch {st.best_epoch}")
+
+
+class ReplicaCheck(Callback):
+    """Data-parallel: every `every_n_steps` optimizer steps, check that every process holds the same
+    weights and buffers (`World.check_replicas`); the checkpointer checks before every save too."""
+
+    def __init__(self, every_n_steps: int) -> None:
+        self.every_n_steps = every_n_steps
+
+    def on_step(self, engine: Engine) -> None:
+        if engine.state.step % self.every_n_steps == 0:
+            engine.world.check_replicas(engine.parts.model, engine.state.step)

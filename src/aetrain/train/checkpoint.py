@@ -2,7 +2,9 @@
 
 A checkpoint holds everything needed to continue exactly where it was written: model,
 optimizer, schedule and GradScaler states, the loop's counters, every RNG state, the config as
-JSON text and the data scaling. Tensors and plain Python types only (`aetrain.checkpoint` reads
+JSON text and the data scaling. A data-parallel run's checkpoint also holds its number of
+processes and each process's RNG states and running means (`ranks`): the model and optimizer
+are the same on every process; what each process drew and summed is its own. Tensors and plain Python types only (`aetrain.checkpoint` reads
 them with weights_only=True). Files are written atomically by `aetrain.train.callbacks.Checkpointer`.
 """
 
@@ -77,8 +79,14 @@ def spec_dict(spec: DataSpec) -> dict[str, Any]:
             "shift": spec.shift, "scale": spec.scale, "low": spec.low, "high": spec.high}
 
 
-def payload(engine: Engine) -> dict[str, Any]:
-    """Everything `engine` needs to continue from this exact point."""
+def rank_state(engine: Engine) -> dict[str, Any]:
+    """What differs between data-parallel processes: their random streams and the epoch's running sums."""
+    return {"rng": rng_states(), "meter": engine.meter.state_dict() if engine.meter is not None else None}
+
+
+def payload(engine: Engine, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Everything `engine` needs to continue from this exact point; `ranks`: every data-parallel
+    process's `rank_state`, in rank order (None for a single process)."""
     p = engine.parts
     return {
         "format": FORMAT,
@@ -96,6 +104,8 @@ def payload(engine: Engine) -> dict[str, Any]:
         "state": asdict(engine.state),
         "meter": engine.meter.state_dict() if engine.meter is not None else None,  # mid-epoch: the epoch so far
         "rng": rng_states(),
+        "world_size": engine.world.size,  # processes that trained it (data-parallel)
+        "ranks": ranks,  # each process's rank_state; None for a single process
     }
 
 
@@ -110,11 +120,17 @@ def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
         p.schedule.load_state_dict(ckpt["schedule"])
         p.precision.scaler.load_state_dict(ckpt["scaler"])
         engine.state = TrainState(**ckpt["state"])
-        if ckpt["meter"] is not None:
+        world = engine.world
+        # the same processes continue each its own stream and sums; a different number of them (at an
+        # epoch boundary, see check_resumable) continues rank 0's stream, and the others keep their fresh ones
+        mine = ckpt["ranks"][world.rank] if world.size > 1 and ckpt.get("world_size", 1) == world.size else None
+        meter = mine["meter"] if mine is not None else ckpt["meter"]
+        if meter is not None:
             engine.meter = Meter(p.objective.names, p.data.train.plan.sizes, p.cfg.trainer.accumulate_grad_batches,
                                  p.data.device)
-            engine.meter.load_state_dict(ckpt["meter"])
-        restore_rng_states(ckpt["rng"])  # last: building the parts drew from the generators
+            engine.meter.load_state_dict(meter)
+        if mine is not None or world.rank == 0:
+            restore_rng_states(mine["rng"] if mine is not None else ckpt["rng"])  # last: building the parts drew
         if isinstance(ckpt.get("run_id"), str):  # checkpoints from before run ids keep the new one
             engine.run_id = ckpt["run_id"]
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -127,8 +143,9 @@ def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
 # so it must match for the continuation to be the run it claims to be.
 RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.init_from", "trainer.device", "trainer.compile",
                      "trainer.cuda_graphs", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
-                     "trainer.save_top_k", "trainer.early_stopping_patience", "trainer.on_nonfinite", "data.root",
-                     "data.path", "data.download", "data.num_workers", "outputs.")
+                     "trainer.save_top_k", "trainer.early_stopping_patience", "trainer.on_nonfinite", "trainer.devices",
+                     "trainer.replica_check_every_n_steps", "trainer.ddp_timeout_s", "data.root", "data.path",
+                     "data.download", "data.num_workers", "outputs.")
 
 
 def init_weights(model: torch.nn.Module, spec: DataSpec, source: str) -> dict[str, Any]:
@@ -154,11 +171,16 @@ def init_weights(model: torch.nn.Module, spec: DataSpec, source: str) -> dict[st
 
 
 def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_step_schedule: bool,
-                    fingerprint: dict[str, Any] | None = None) -> None:
+                    fingerprint: dict[str, Any] | None = None, world_size: int = 1) -> None:
     """Refuse to continue `ckpt` under a config or data that would make it a different run.
 
     `fingerprint`: the data's (aetrain.data.Data.fingerprint), compared with the checkpoint's; a
-    checkpoint without one (written before aetrain stored it) is checked by its sample shape only."""
+    checkpoint without one (written before aetrain stored it) is checked by its sample shape only.
+    `world_size`: the data-parallel processes resuming it. Another number of processes than
+    wrote the checkpoint continues at an epoch boundary only: mid-epoch, each process's position
+    and sums belong to that split of the epoch; and not with a per-step schedule, which is
+    planned over a number of optimizer steps that the global batch size changes.
+    """
     path = cfg.trainer.resume
     if ckpt["format_version"] < FORMAT_VERSION:
         raise CheckpointError(f"trainer.resume={path}: written by aetrain {ckpt.get('aetrain_version', '?')} in "
@@ -184,6 +206,18 @@ def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_st
                               f"over trainer.max_epochs={old['trainer.max_epochs']} and cannot be stretched on resume; "
                               "keep it, or use an epoch-wise schedule (step, exponential, plateau, none)")
     state = ckpt["state"]
+    saved_world = ckpt.get("world_size", 1)
+    if saved_world != world_size:
+        was, now = _processes(saved_world), _processes(world_size)
+        if state["step_in_epoch"]:
+            raise CheckpointError(f"trainer.resume={path}: written in the middle of epoch {state['epoch'] + 1} by "
+                                  f"{was}; resume it with {saved_world} (trainer.devices={saved_world}), or resume "
+                                  f"an epoch-boundary checkpoint with {now}")
+        if per_step_schedule:
+            raise CheckpointError(f"trainer.resume={path}: trained by {was}, and scheduler={cfg.scheduler.name} is "
+                                  f"planned over its optimizer steps, which {now} would change (global batch "
+                                  f"{cfg.data.batch_size} x processes); resume with {saved_world} "
+                                  f"(trainer.devices={saved_world})")
     if state["epoch"] >= cfg.trainer.max_epochs and not state["step_in_epoch"]:
         raise CheckpointError(f"trainer.resume={path}: the run already completed {state['epoch']} "
                               f"epoch{'' if state['epoch'] == 1 else 's'}; "
@@ -217,6 +251,10 @@ def _check_same_data(path: str | None, saved: Any, now: dict[str, Any] | None) -
     if differ:
         raise CheckpointError(f"trainer.resume={path}: the data differs from the checkpoint's: {'; '.join(differ)}. "
                               "Resume on the data the run was trained on (its file may move, not change)")
+
+
+def _processes(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

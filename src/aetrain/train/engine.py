@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import time
 import uuid
@@ -31,6 +32,7 @@ from aetrain.data import Data
 from aetrain.errors import DivergenceError, Interrupted
 from aetrain.models import Autoencoder, Gallery, Objective, Terms
 from aetrain.registry import Registry
+from aetrain.train.distributed import World
 from aetrain.train.optim import Schedule
 from aetrain.train.precision import Precision
 from aetrain.train.signals import Interrupt
@@ -69,14 +71,25 @@ class Parts:
     galleries: tuple[Gallery, ...] = ()  # pictures the model's family draws besides reconstructions
 
 
-def accumulation_windows(batch_sizes: list[int], accumulate: int) -> list[list[float]]:
+def accumulation_windows(batch_sizes: list[int], accumulate: int, *, global_sizes: list[int] | None = None,
+                         world_size: int = 1) -> list[list[float]]:
     """Group an epoch's micro-batches into optimizer steps of `accumulate` batches (the last may be short).
 
     Each batch's weight is its share of the window's samples, so the summed gradient equals the
     gradient of one batch holding the whole window, also for a short or uneven last window.
+
+    With `world_size` data-parallel processes, `batch_sizes` are this process's shares of the
+    `global_sizes` batches, and a share's weight is its part of the samples of the whole window
+    on every process, times `world_size`: DDP averages the processes' gradients, so the update is
+    that of one batch holding every process's samples, whatever each process holds (a short last
+    batch split unevenly included).
     """
-    chunks = [batch_sizes[i : i + accumulate] for i in range(0, len(batch_sizes), accumulate)]
-    return [[n / sum(chunk) for n in chunk] for chunk in chunks]
+    global_sizes = batch_sizes if global_sizes is None else global_sizes
+    windows = []
+    for i in range(0, len(batch_sizes), accumulate):
+        total = sum(global_sizes[i : i + accumulate])
+        windows.append([n * world_size / total for n in batch_sizes[i : i + accumulate]])
+    return windows
 
 
 def metric_columns(parts: Parts) -> list[str]:
@@ -89,7 +102,9 @@ class Meter:
     """One epoch's per-batch loss terms and per-step gradient norms, in device buffers.
 
     Writing a row is one copy kernel and no host sync; `read` reduces everything written so far
-    in one sync. A batch whose terms are not finite is left out of the means and reported.
+    in one sync. A batch whose terms are not finite is left out of the means and reported. With
+    several data-parallel processes, `read` adds up every process's sums first (one collective),
+    so every process gets the means over all of the epoch's samples and the same verdict.
     """
 
     def __init__(self, names: tuple[str, ...], batch_sizes: list[int], accumulate: int, device: torch.device) -> None:
@@ -110,21 +125,27 @@ class Meter:
         self.norms[self.steps] = grad_norm.detach()
         self.steps += 1
 
-    def read(self) -> tuple[dict[str, float], int | None, int]:
-        """(means so far, index in the epoch of the first non-finite step or None, non-finite batches)."""
+    def read(self, world: World | None = None) -> tuple[dict[str, float], int | None, int]:
+        """(means so far, index in the epoch of the first non-finite step or None, non-finite batches),
+        over every process of `world`."""
         terms, sizes, norms = self.terms[: self.batches], self.sizes[: self.batches], self.norms[: self.steps]
         finite = terms.isfinite().all(dim=1)  # (batches,)
         weights = sizes * finite
-        means = (terms.nan_to_num(0.0, 0.0, 0.0) * weights[:, None]).sum(0) / weights.sum().clamp_min(1.0)
+        sums, count = (terms.nan_to_num(0.0, 0.0, 0.0) * weights[:, None]).sum(0), weights.sum()  # (terms,), ()
+        never = torch.full((1,), float(len(self.sizes)), device=finite.device)
+        index = torch.arange(self.batches, dtype=torch.float32, device=finite.device)
+        first = torch.cat([torch.where(finite, never, index), never]).min()  # the first non-finite batch, or never
+        local = torch.cat([sums, count[None], (~finite).sum()[None].float(), first[None]])
+        every = (world or World()).gather(local)  # (processes, terms + 3): one collective; a view for one process
+        total = torch.cat([every[:, :-1].sum(0), every[:, -1].min()[None]])  # added in rank order, the same bits
+        means = total[: len(self.names)] / total[len(self.names)].clamp_min(1.0)  # everywhere
         norm_ok = norms.isfinite()  # fp16: the scaler skips inf-gradient steps on purpose; average the rest
         norm = (norms.nan_to_num(0.0, 0.0, 0.0) * norm_ok).sum() / norm_ok.sum().clamp_min(1)
-        bad = (~finite).nonzero()[:1].flatten()  # the first non-finite batch, if any
-        numbers = torch.cat([means, norm[None], (~finite).sum()[None].float(), bad.float()]).tolist()  # one sync
-        values, (norm_mean, n_bad), first = numbers[: len(self.names)], numbers[len(self.names) : len(self.names) + 2], \
-            numbers[len(self.names) + 2 :]
+        numbers = torch.cat([means, norm[None], total[-2:]]).tolist()  # one sync
+        values, (norm_mean, n_bad, first_bad) = numbers[: len(self.names)], numbers[len(self.names) :]
         metrics = {f"train/{n}": v for n, v in zip(self.names, values)}
-        metrics["train/grad_norm"] = norm_mean
-        return metrics, int(first[0]) // self.accumulate if first else None, int(n_bad)
+        metrics["train/grad_norm"] = norm_mean  # the same on every process: their gradients are all-reduced
+        return metrics, int(first_bad) // self.accumulate if first_bad < len(self.sizes) else None, int(n_bad)
 
     def state_dict(self) -> dict[str, Any]:
         return {"terms": self.terms.cpu(), "norms": self.norms.cpu(), "batches": self.batches, "steps": self.steps}
@@ -223,6 +244,7 @@ class Engine:
     state: TrainState = field(default_factory=TrainState)
     nonfinite: StopOnNonFinite = field(default_factory=StopOnNonFinite)
     interrupt: Interrupt = field(default_factory=Interrupt)
+    world: World = field(default_factory=World)  # the data-parallel processes; a single process by default
     history: list[dict[str, Any]] = field(default_factory=list)  # every finished epoch's record
     meter: Meter | None = None  # the epoch under way; None at an epoch boundary
     stop_reason: str | None = None  # set by a callback (early stopping) to end the run after this epoch
@@ -239,8 +261,11 @@ class Engine:
             self.status = "interrupted"
             raise
         except Exception as e:
-            self.status = "diverged" if isinstance(e, DivergenceError) else "failed"
-            raise
+            error = self.world.explain(e)  # a lost process: one clear line instead of the backend's error
+            self.status = "diverged" if isinstance(error, DivergenceError) else "failed"
+            if error is e:
+                raise
+            raise error from e
         else:
             self.status = "ok" if self.stop_reason is None else "stopped_early"
         finally:
@@ -270,6 +295,7 @@ class Engine:
         tic = time.perf_counter()
         train, samples = self.train_epoch()
         train_time = time.perf_counter() - tic
+        samples = self.world.total(samples)  # every process's
         val = self.validate()
         self.parts.schedule.after_epoch(val["val/loss"])
         st = self.state
@@ -298,7 +324,7 @@ class Engine:
         batches = p.data.train.epoch(st.epoch, start=st.step_in_epoch * accumulate)
         lr, samples = self.lr, 0
         for window in p.windows[st.step_in_epoch :]:
-            p.step.begin(st.epoch + (st.step_in_epoch + 1) / steps_per_epoch)
+            p.step.begin(st.epoch + (st.step_in_epoch + 1) / steps_per_epoch, len(window))
             terms = []
             for weight in window:
                 x = next(batches)  # (B, *shape) in model units, on the device
@@ -322,13 +348,14 @@ class Engine:
         """The epoch's running train means (one host sync); applies the non-finite policy."""
         if self.meter is None:
             return {}
-        metrics, first_bad, n_bad = self.meter.read()
+        metrics, first_bad, n_bad = self.meter.read(self.world)
         self.nonfinite.on_read(self, first_bad, n_bad)
         return metrics
 
     @torch.inference_mode()
     def validate(self) -> dict[str, float]:
-        """The validation objective's terms over the clean validation inputs (val/loss first)."""
+        """The validation objective's terms over the clean validation inputs (val/loss first); with several
+        processes each validates its share and the sums are added up."""
         p = self.parts
         p.model.eval()
         names = p.val_objective.names
@@ -337,12 +364,14 @@ class Engine:
             with p.precision.autocast:
                 terms = p.val_objective(p.net, x)
             sums += torch.stack([terms[n] for n in names]) * x.shape[0]
-        return {f"val/{n}": v for n, v in zip(names, (sums / p.data.num_val).tolist())}
+        return {f"val/{n}": v for n, v in zip(names, (self.world.sum(sums) / p.data.num_val).tolist())}
 
     def check_interrupt(self) -> None:
-        """Stop here if a signal came in: between optimizer steps, where the state is complete."""
-        if self.interrupt.requested:
-            raise Interrupted(f"interrupted by {self.interrupt.name} {self.where()}", self.interrupt.signum)
+        """Stop here if a signal came in: between optimizer steps, where the state is complete. With several
+        processes, a signal on any of them stops all of them at the same step."""
+        signum = self.world.stop_signal(self.interrupt.signum)
+        if signum is not None:
+            raise Interrupted(f"interrupted by {signal.Signals(signum).name} {self.where()}", signum)
 
     def where(self) -> str:
         """The point the run is at, as every message says it: `after epoch 2, step 90 of the run` at an

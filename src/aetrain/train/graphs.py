@@ -103,8 +103,10 @@ COMPILE_MODES.add("reduce-overhead", CompileMode(own_cuda_graphs=True))
 COMPILE_MODES.add("max-autotune", CompileMode(own_cuda_graphs=True))
 
 
-def graph_blockers(cfg: Config, device: torch.device, step: TrainStep, batch_sizes: list[int]) -> list[str]:
-    """Why this run's training step cannot be captured as a CUDA graph; empty when it can."""
+def graph_blockers(cfg: Config, device: torch.device, step: TrainStep, batch_sizes: list[int],
+                   eager_only: str | None = None) -> list[str]:
+    """Why this run's training step cannot be captured as a CUDA graph; empty when it can. `eager_only`: a
+    reason from outside the step (data-parallel training: `aetrain.train.distributed.World.eager_only`)."""
     t, name = cfg.trainer, cfg.optimizer.name
     full = sum(1 for n in batch_sizes if n == max(batch_sizes))
     checks = [
@@ -119,19 +121,22 @@ def graph_blockers(cfg: Config, device: torch.device, step: TrainStep, batch_siz
         (type(step.probe) is GradientProbe, "per-layer gradient diagnostics run on eager steps only"),
         (full >= t.accumulate_grad_batches, f"no optimizer step of an epoch has {t.accumulate_grad_batches} full "
                                             f"batches of data.batch_size={max(batch_sizes)}"),
+        (eager_only is None, eager_only or ""),
     ]
     return [why for ok, why in checks if not ok]
 
 
-def build_step(cfg: Config, step: TrainStep, device: torch.device, batch_sizes: list[int]) -> Step:
+def build_step(cfg: Config, step: TrainStep, device: torch.device, batch_sizes: list[int], *,
+               eager_only: str | None = None) -> Step:
     """`step` itself (eager), or `step` captured in a CUDA graph when trainer.cuda_graphs asks and the run allows.
 
-    `batch_sizes`: the micro-batches of an epoch (the largest is data.batch_size).
+    `batch_sizes`: the micro-batches of an epoch (the largest is data.batch_size). `eager_only`: see
+    `graph_blockers`.
     """
     policy = graphs_policy(cfg.trainer.cuda_graphs)
     if not policy.wanted:
         return step
-    blockers = graph_blockers(cfg, device, step, batch_sizes)
+    blockers = graph_blockers(cfg, device, step, batch_sizes, eager_only)
     if blockers:
         if policy.strict:
             raise ConfigError(f"trainer.cuda_graphs=true: this run's training step cannot be captured: "
@@ -333,8 +338,8 @@ class GraphedTrainStep:
         if type(probe) is not GradientProbe and self.off is None:
             self._give_up("per-layer gradient diagnostics run on eager steps only")
 
-    def begin(self, epochs: float) -> None:
-        self.eager.begin(epochs)
+    def begin(self, epochs: float, micro_batches: int = 1) -> None:
+        self.eager.begin(epochs, micro_batches)
         self.window = []
 
     def forward_backward(self, x: torch.Tensor, weight: float) -> Terms:

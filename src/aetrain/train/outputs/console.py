@@ -59,6 +59,9 @@ class Header(Callback):
         ]
         if p.data.note:
             lines.insert(2, ("", p.data.note))
+        if world := engine.world.describe():  # data-parallel: the processes, and the batch they train together
+            lines.insert(3, ("ddp", f"{world}; global batch {cfg.data.batch_size * engine.world.size} "
+                                    f"({cfg.data.batch_size} per process)"))
         if st.epoch or st.step:
             lines.append(("resume", engine.where()))  # as the interrupt that stopped it said it
         elif cfg.trainer.init_from:
@@ -88,7 +91,7 @@ class EpochProgress(Callback):
 
         p = engine.parts
         self.max_epochs = p.cfg.trainer.max_epochs
-        sizes = p.data.train.plan.sizes
+        sizes = p.data.train.plan.global_sizes  # every process together: the run's samples per step
         windows = [len(w) for w in p.windows]  # micro-batches per optimizer step
         self.samples = [0, *accumulate(sum(sizes[a - n : a]) for n, a in zip(windows, accumulate(windows)))]
         self.loss = "-"
