@@ -121,16 +121,19 @@ def _task(cfg: DictConfig) -> float | None:
         _remove_if_empty(out_dir)
         raise
     except Exception as ex:
-        rank = int(os.environ.get("RANK", "0")) if "WORLD_SIZE" in os.environ else 0  # distributed.env_rank()
         if hc.mode == RunMode.MULTIRUN and isinstance(ex, RunDirTaken):  # the dir is another run's: record nothing
             log.error("job %s failed: %s", hc.job.num, describe(ex))
             return None
         if hc.mode == RunMode.MULTIRUN:  # one failed job must not sink the sweep, whatever the cause
-            return None if rank > 0 else _job_failed(cfg, hc, ex)  # a SLURM job's rank 0 records the failure
+            if "RANK" in os.environ and "WORLD_SIZE" in os.environ and os.environ["RANK"] != "0":
+                return None  # a SLURM job's other tasks: its rank 0 records the failure
+            return _job_failed(cfg, hc, ex)
+        launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # distributed.launched(), without torch
+        if not launched:
+            _remove_if_empty(out_dir)
         if not isinstance(ex, AetrainError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # a bug, or a user who asked for the traceback behind an error
-        if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:  # not distributed.launched()
-            _remove_if_empty(out_dir)
+        if not launched:
             exit_with(ex)  # here rather than raising: Hydra would add its own lines around it
         _leave_launched_process(ex, out_dir)
     if world is not None:
