@@ -157,6 +157,12 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
         if not in_place:
             _refuse_existing_run(out_dir)
         history = _earlier_epochs(previous, ckpt) if ckpt is not None else []
+        if ckpt is None and t.init_from:  # weights only: the optimizer, schedule and counters were built fresh
+            source = checkpoint.init_weights(parts.model, parts.data.spec, t.init_from)
+            st = source.get("state") if isinstance(source.get("state"), dict) else {}
+            log.info("starting from the weights of %s (%s); optimizer, schedule and counters start fresh",
+                     source["path"], f"after epoch {st['epoch']} of its run" if isinstance(st.get("epoch"), int)
+                     else "its run's epoch unknown")
     if ckpt is not None and previous is None:
         log.info("%s is not in the run dir it was written in: continuing it in %s without its earlier epochs' "
                  "metrics; the folder it is kept in is left alone", t.resume, out_dir)
@@ -176,11 +182,6 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
     if ckpt is not None:
         checkpoint.restore(engine, ckpt)
         log.info("resuming %s %s", t.resume, engine.where())  # the words of the interrupt that stopped it
-    elif t.init_from:  # weights only: the optimizer, schedule and counters were built fresh
-        source = checkpoint.init_weights(parts.model, parts.data.spec, t.init_from)
-        st = source.get("state") if isinstance(source.get("state"), dict) else {}
-        log.info("starting from the weights of %s (%s); optimizer, schedule and counters start fresh", source["path"],
-                 f"after epoch {st['epoch']} of its run" if isinstance(st.get("epoch"), int) else "its run's epoch unknown")
     _warn_if_code_is_as_wide_as_the_input(cfg.model, parts.data.spec.shape)  # once the run is known to go ahead
     last = checkpoint_dir(out_dir) / LAST
     with engine.interrupt.installed(), long_lived_objects_frozen():
