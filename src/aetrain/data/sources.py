@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -253,19 +254,7 @@ def _folder_labels(root: Path, files: list[Path]) -> torch.Tensor | None:
 @SOURCES.register("tensor_file")
 def _tensor_file(cfg: DataConfig) -> Source:
     path = _existing_path(cfg, "a .npy or .pt file")
-    try:
-        if path.suffix == ".npy":
-            x = torch.from_numpy(np.load(path, allow_pickle=False))
-        elif path.suffix == ".pt":
-            with warnings.catch_warnings():  # torch's notes on a sparse tensor's loading: it is refused below
-                warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
-                x = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            raise DataError(f"data.path={cfg.path}: unknown file type; data=tensor_file reads .npy or .pt")
-    except DataError:
-        raise
-    except Exception as e:  # numpy and torch raise many kinds on a damaged or foreign file
-        raise DataError(f"data.path={cfg.path}: cannot read it as {path.suffix} array: {e}") from None
+    x = _read_array(path, f"data.path={cfg.path}", "data=tensor_file reads .npy or .pt")
     if not isinstance(x, torch.Tensor):
         raise DataError(f"data.path={cfg.path}: holds a {type(x).__name__}, not a tensor; save a single tensor")
     if x.layout != torch.strided:  # torch's dense operations (min, indexing by batch) refuse sparse layouts
@@ -321,6 +310,21 @@ def _channels_first(x: torch.Tensor, cfg: DataConfig) -> tuple[torch.Tensor, str
     return (x.permute(0, 3, 1, 2) if layout == "nhwc" else x), note  # (N, H, W, C) -> (N, C, H, W)
 
 
+def _read_array(path: Path, setting: str, readable: str) -> Any:
+    """What a .npy (without pickles) or .pt (weights_only) file holds; a one-line DataError naming `setting`
+    when it cannot be read, with `readable` saying which files are."""
+    try:
+        if path.suffix == ".npy":
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        if path.suffix == ".pt":
+            with warnings.catch_warnings():  # torch's notes on a sparse tensor's loading: it is refused later
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # numpy and torch raise many kinds on a damaged or foreign file
+        raise DataError(f"{setting}: cannot read it as {path.suffix} array: {e}") from None
+    raise DataError(f"{setting}: unknown file type; {readable}")
+
+
 def _labels_file(cfg: DataConfig, n: int) -> torch.Tensor | None:
     """data.labels: a .npy or .pt file of `n` integer labels (whole-number floats are accepted), or None."""
     if cfg.labels is None:
@@ -328,17 +332,7 @@ def _labels_file(cfg: DataConfig, n: int) -> torch.Tensor | None:
     path = Path(cfg.labels)
     if not path.is_file():
         raise DataError(f"data.labels={cfg.labels}: no such file; it should hold {n} integer labels (.npy or .pt)")
-    try:
-        if path.suffix == ".npy":
-            y = torch.from_numpy(np.load(path, allow_pickle=False))
-        elif path.suffix == ".pt":
-            y = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            raise DataError(f"data.labels={cfg.labels}: unknown file type; labels are read from .npy or .pt")
-    except DataError:
-        raise
-    except Exception as e:  # numpy and torch raise many kinds on a damaged or foreign file
-        raise DataError(f"data.labels={cfg.labels}: cannot read it as {path.suffix} array: {e}") from None
+    y = _read_array(path, f"data.labels={cfg.labels}", "labels are read from .npy or .pt")
     if not isinstance(y, torch.Tensor) or y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] != 1):
         found = f"shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else f"a {type(y).__name__}"
         raise DataError(f"data.labels={cfg.labels}: holds {found}; it should be a vector of {n} integer labels")
