@@ -531,7 +531,7 @@ def test_two_real_ctrl_cs_at_any_distance_end_in_one_line_and_a_loadable_checkpo
 
     from aetrain import checkpoint as checkpoints
 
-    for n, gap in enumerate((0.0, 0.02, 0.05, 0.1, 0.2, 0.4)):
+    for n, gap in enumerate((0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.2)):  # the last ones: while Python shuts down
         run_dir = tmp_path / f"run{n}"
         proc = start(f"hydra.run.dir={run_dir}", "trainer.max_epochs=50", "data.batch_size=32", "trainer.device=cpu",
                      "model.hidden_dims=[512,512]", cwd=tmp_path)

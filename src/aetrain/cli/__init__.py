@@ -11,6 +11,7 @@ and its entry in COMMANDS.
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import signal
@@ -49,6 +50,31 @@ def main(argv: list[str] | None = None) -> None:
         importlib.import_module(COMMANDS[name]).main(args)
     except KeyboardInterrupt as e:  # Ctrl-C where no run handles it (start-up), or a second one: abort at once
         _aborted(e, process_ends=argv is None)
+    except SystemExit as e:
+        if argv is None:  # the outcome is decided and said: a Ctrl-C while Python shuts down must not change it
+            _exit_on_sigint(e.code if isinstance(e.code, int) else 1)
+        raise
+    if argv is None:
+        _exit_on_sigint(130)
+
+
+def _exit_on_sigint(code: int) -> None:
+    """From now on, SIGINT ends the process at once with `code` (what is written is flushed first),
+    instead of raising KeyboardInterrupt into Python's shutdown (joining threads), which would print
+    a traceback or end the process by the signal. From the atexit handlers on, SIGINT is ignored:
+    Python's finalization resets a Python-level handler to the default action (death by SIGINT, not
+    `code`) while it tears down modules, which takes a moment with torch loaded."""
+
+    def leave(*_: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    signal.signal(signal.SIGINT, leave)
+    atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)  # registered last, so it runs first
 
 
 def _aborted(e: KeyboardInterrupt, *, process_ends: bool) -> typing.NoReturn:
@@ -59,6 +85,6 @@ def _aborted(e: KeyboardInterrupt, *, process_ends: bool) -> typing.NoReturn:
     while first is not None and not isinstance(first, Interrupted):
         first = first.__context__
     if process_ends:  # one more while Python shuts down (joining threads): exit, no "Exception ignored" traceback
-        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+        _exit_on_sigint(130)
     sys.stderr.write(f"aetrain: {first}\n" if first is not None else "aetrain: interrupted by SIGINT\n")
     sys.exit(130)
