@@ -22,6 +22,15 @@ TENSORBOARD = "tensorboard"
 HYDRA = ".hydra"  # the composed config, the overrides typed, Hydra's own config
 CHECKPOINTS = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
+DIAGNOSTICS = "diagnostics.csv"  # the training doctor's per-layer statistics, one row per layer per sampled step
+DOCTOR = "doctor.json"  # `aetrain doctor`'s findings
+DIAGNOSTICS_PLOT = "diagnostics.png"  # `aetrain doctor`'s per-layer picture
+LR_FIND = "lr_find"  # `aetrain lr_find`'s run dirs: outputs/lr_find/<date>/<time>/
+LR_FIND_FILES = ("lr_find.csv", "lr_find.png", "lr_find.json")  # per step: lr, loss; the plot; the suggestion
+# diagnostics.csv's columns; a row fills those of its kind (a layer with parameters, an activation, the code,
+# the reconstruction check) and leaves the others empty
+DIAGNOSTICS_COLUMNS = ("step", "epoch", "layer", "kind", "grad_norm", "weight_norm", "update_ratio", "dead_share",
+                       "saturated_share", "code_mean_abs", "code_unit_var", "data_error", "noise_error", "hf_ratio")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -77,6 +86,32 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if "epoch" not in columns:
         raise ValueError(f"{path}: not an aetrain metrics table (no 'epoch' column)")
     return [{k: number(v) for k, v in row.items() if k is not None} for row in rows]
+
+
+def read_diagnostics(path: Path) -> list[dict[str, Any]]:
+    """diagnostics.csv's rows with numeric cells (`code_unit_var`: a list of floats); a missing file: no rows.
+    Raises ValueError for a file that is not a diagnostics table."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except FileNotFoundError:
+        return []
+    if not {"step", "layer"} <= set(columns):
+        raise ValueError(f"{path}: not an aetrain diagnostics table (no 'step' and 'layer' columns)")
+    out = []
+    for row in rows:
+        parsed: dict[str, Any] = {}
+        for key, text in row.items():
+            if key in ("layer", "kind"):
+                parsed[key] = text or ""
+            elif key == "code_unit_var":
+                parsed[key] = [float(v) for v in text.split()] if text else []
+            elif key is not None:
+                parsed[key] = number(text)
+        out.append(parsed)
+    return out
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from aetrain.models import FAMILIES
 from aetrain.rundir import LAST, METRICS, checkpoint_dir, read_metrics, run_dir_of
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping
+from aetrain.train.diagnostics import build_probe
 from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
 from aetrain.train.optim import build_optimizer, build_schedule
 from aetrain.train.outputs import build_outputs
@@ -83,8 +84,9 @@ def build_parts(cfg: Config) -> Parts:
     windows = accumulation_windows(data.train.plan.sizes, t.accumulate_grad_batches)
     schedule = build_schedule(cfg.scheduler, optimizer, total_steps=len(windows) * t.max_epochs)
     net = torch.compile(model) if t.compile else model  # compiled lazily, at the first batch
+    probe = build_probe(cfg.diagnostics, model, latent_dim=cfg.model.latent_dim)  # a no-op probe when off
     step = TrainStep(net, objective, optimizer, precision, build_clip(t.gradient_clip_val, t.gradient_clip_algorithm),
-                     trainable(model.parameters()), admit=ADMIT.get(t.on_nonfinite))
+                     trainable(model.parameters()), admit=ADMIT.get(t.on_nonfinite), probe=probe)
     return Parts(cfg, model, net, objective, val_objective, optimizer, schedule, precision, step, data, windows,
                  family.galleries)
 
@@ -111,7 +113,8 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = ()) -> di
     engine = Engine(parts, [
         Checkpointer(out_dir, every_n_steps=t.checkpoint_every_n_steps, top_k=t.save_top_k),
         EarlyStopping(t.early_stopping_patience or math.inf),
-        *build_outputs(cfg.outputs, out_dir),  # metrics.csv, console, pictures, tensorboard, summary.json
+        *build_outputs(cfg.outputs, out_dir, diagnostics=cfg.diagnostics),  # metrics.csv, console, pictures,
+        # tensorboard, diagnostics.csv, summary.json
         *callbacks,
     ], nonfinite=NONFINITE.get(t.on_nonfinite)(), history=history)
     if ckpt is not None:
