@@ -16,6 +16,8 @@ import sys
 
 COMMANDS = {  # name -> module of this package
     "train": "aetrain.cli.train",
+    "doctor": "aetrain.cli.doctor",
+    "lr_find": "aetrain.cli.lr_find",
 }
 
 
