@@ -30,7 +30,8 @@ LR_FIND_FILES = ("lr_find.csv", "lr_find.png", "lr_find.json")  # per step: lr, 
 # diagnostics.csv's columns; a row fills those of its kind (a layer with parameters, an activation, the code,
 # the reconstruction check) and leaves the others empty
 DIAGNOSTICS_COLUMNS = ("step", "epoch", "layer", "kind", "grad_norm", "weight_norm", "update_ratio", "dead_share",
-                       "saturated_share", "code_mean_abs", "code_unit_var", "data_error", "noise_error", "hf_ratio")
+                       "saturated_share", "code_mean_abs", "code_unit_var", "data_error", "noise_error", "hf_ratio",
+                       "code_unit_effect")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -89,8 +90,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def read_diagnostics(path: Path) -> list[dict[str, Any]]:
-    """diagnostics.csv's rows with numeric cells (`code_unit_var`: a list of floats); a missing file: no rows.
-    Raises ValueError for a file that is not a diagnostics table."""
+    """diagnostics.csv's rows with numeric cells (`code_unit_var`, `code_unit_effect`: lists of floats), empty
+    cells left out; a missing file: no rows. Raises ValueError for a file that is not a diagnostics table."""
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -104,11 +105,13 @@ def read_diagnostics(path: Path) -> list[dict[str, Any]]:
     for row in rows:
         parsed: dict[str, Any] = {}
         for key, text in row.items():
+            if key is None or text in (None, ""):
+                continue
             if key in ("layer", "kind"):
                 parsed[key] = text or ""
-            elif key == "code_unit_var":
-                parsed[key] = [float(v) for v in text.split()] if text else []
-            elif key is not None:
+            elif key in ("code_unit_var", "code_unit_effect"):
+                parsed[key] = [float(v) for v in text.split()]
+            else:
                 parsed[key] = number(text)
         out.append(parsed)
     return out

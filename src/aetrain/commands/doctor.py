@@ -178,11 +178,10 @@ def layer_summary(trace: Trace, findings: list[Finding]) -> list[dict[str, Any]]
             a, b = _median(first, layer, stat), _median(last, layer, stat)
             if math.isfinite(a) or math.isfinite(b):
                 entry[stat] = [_rounded(a), _rounded(b)]
-        if layer == "code":
-            variances = [p["code"].get("code_unit_var") for p in last if "code" in p and p["code"].get("code_unit_var")]
-            if variances:
-                entry["unused_units"] = unused_units(variances[-1], _num(last[-1]["code"].get("code_mean_abs")))[0]
-                entry["latent_dim"] = len(variances[-1])
+        effects = trace.checks[max(trace.checks)].get("code_unit_effect") if trace.checks else None
+        if layer == "code" and effects:
+            entry["unused_units"] = len(unused_units(effects))
+            entry["latent_dim"] = len(effects)
         entry["findings"] = flagged.get(layer, [])
         out.append(entry)
     return out

@@ -202,12 +202,17 @@ class ReconstructionCheck:
     - `hf_ratio` (images): the high-frequency energy of the reconstructions over that of the
       originals; "high" is every spatial frequency above half the Nyquist limit (radius > 0.25
       cycles per pixel of the 2-D FFT). 1 = as sharp as the data; blurry reconstructions score low.
+    - `code_unit_effect`: for each code unit, how much the reconstructions of the first
+      `num_effect` samples change when that unit alone is shuffled across them (mean squared
+      change, relative to the same data variance as above). A unit the decoder ignores scores 0,
+      whatever the scale of the code: a code shrunk by a sparsity penalty and rescaled by the
+      decoder, or a VAE's collapsed posterior, is judged by what it does, not by its variance.
 
-    The samples and the shuffle come from private generators; the model runs in eval mode under
+    The samples and the shuffles come from private generators; the model runs in eval mode under
     inference mode, so the run's random streams and numbers are untouched.
     """
 
-    def __init__(self, data: Data, *, num: int = 256, seed: int = 0) -> None:
+    def __init__(self, data: Data, *, num: int = 256, num_effect: int = 64, seed: int = 0) -> None:
         generator = torch.Generator().manual_seed(seed)
         n = min(num, data.num_val)
         idx = torch.randperm(data.num_val, generator=generator)[:n].sort().values
@@ -221,6 +226,9 @@ class ReconstructionCheck:
         self.samples = x
         self.noise = flat.gather(0, shuffle).reshape(x.shape).to(x.device, memory_format=_format_of(x))
         self.image = data.spec.is_image
+        m = min(num_effect, n)
+        self.effect_order = torch.randperm(m, generator=generator).to(x.device)  # how a unit is shuffled
+        self.num_effect = m
 
     @torch.inference_mode()
     def measure(self, model: nn.Module) -> dict[str, float]:
@@ -230,6 +238,7 @@ class ReconstructionCheck:
         try:
             x_hat = model(self.samples)[1].float()  # (n, *shape) -> (n, *shape)
             noise_hat = model(self.noise)[1].float()
+            change = self._unit_change(model)  # (latent,)
         finally:
             model.train(was_training)
         x, noise = self.samples.float(), self.noise.float()
@@ -238,8 +247,19 @@ class ReconstructionCheck:
                   "noise_error": (noise_hat - noise).square().mean() / baseline}
         if self.image:
             values["hf_ratio"] = high_frequency_energy(x_hat) / high_frequency_energy(x).clamp_min(1e-30)
-        numbers = torch.stack(list(values.values())).tolist()
-        return dict(zip(values, numbers))
+        numbers = torch.cat([torch.stack(list(values.values())), change / baseline]).tolist()  # one read
+        return {**dict(zip(values, numbers)), "code_unit_effect": numbers[len(values):]}
+
+    def _unit_change(self, model: nn.Module) -> torch.Tensor:
+        """Per code unit: the mean squared change of the reconstructions when that unit alone is shuffled."""
+        z = model.code(self.samples[: self.num_effect]).float()  # (m, latent); a VAE's mean
+        m, width = z.shape
+        base = model.generate(z).float().reshape(m, -1)  # (m, D)
+        shuffled = z.expand(width, m, width).clone()  # (latent, m, latent): block u has unit u shuffled
+        units = torch.arange(width, device=z.device)
+        shuffled[units, :, units] = z[self.effect_order].T  # (latent, m)
+        out = model.generate(shuffled.reshape(width * m, width)).float().reshape(width, m, -1)  # (latent, m, D)
+        return (out - base).square().mean(dim=(1, 2))
 
 
 def high_frequency_energy(x: torch.Tensor) -> torch.Tensor:

@@ -140,21 +140,22 @@ class Diagnostics(Callback):
     # --- TensorBoard -------------------------------------------------------------------------------
 
     def _scalars(self, rows: list[dict[str, Any]]) -> None:
-        """diag/<layer>/<statistic> at each row's step (code: mean_abs, unused_units; reconstruction: hf_ratio,
-        data_error, noise_error), one event per step, in an event file of its own next to the run's."""
+        """diag/<layer>/<statistic> at each row's step, one event per step, in an event file of its own next to
+        the run's: per layer grad_norm, weight_norm, update_ratio, dead_share or saturated_share; the code's
+        mean_abs and (from the reconstruction check) unused_units; the check's data_error, noise_error, hf_ratio."""
         if self.writer is None:
             self._open()
         by_step: dict[int, list[Any]] = {}
         for row in rows:
             values = by_step.setdefault(row["step"], [])
             for key, value in row.items():
-                if key in ("step", "epoch", "layer", "kind") or value is None:
+                if key in ("step", "epoch", "layer", "kind", "code_unit_var"):
                     continue
-                if key == "code_unit_var":
-                    key, value = "unused_units", float(doctor.unused_units(value)[0])
+                tag = f"diag/{row['layer']}/{key.removeprefix('code_')}"
+                if key == "code_unit_effect":
+                    tag, value = "diag/code/unused_units", float(len(doctor.unused_units(value)))
                 if isinstance(value, float) and math.isfinite(value):
-                    values.append(self.Summary.Value(tag=f"diag/{row['layer']}/{key.removeprefix('code_')}",
-                                                     simple_value=value))
+                    values.append(self.Summary.Value(tag=tag, simple_value=value))
         for step, values in by_step.items():
             self.writer.add_event(self.Event(step=int(step), wall_time=time.time(), summary=self.Summary(value=values)))
 
@@ -172,7 +173,7 @@ class Diagnostics(Callback):
 def _formatted(row: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in row.items():
-        if key == "code_unit_var":
+        if isinstance(value, list):  # code_unit_var, code_unit_effect: one number per code unit
             out[key] = " ".join(f"{v:.4g}" for v in value)
         elif isinstance(value, float):
             out[key] = f"{value:.6g}"
