@@ -24,6 +24,12 @@ channels, latent 32, mirrored), both exactly as aetrain builds them (conv in cha
     python benchmarks/throughput.py                         # both workloads on the CPU
     python benchmarks/throughput.py --device cuda --compile # GPU, plus torch.compile
     python benchmarks/throughput.py --smoke                 # seconds; what CI runs
+    python benchmarks/throughput.py --diagnostics off       # aetrain without the training doctor's sampling
+
+The training doctor's cost is the difference of aetrain's "x limit" between a run with
+`--diagnostics on` (the default: aetrain's defaults) and one with `--diagnostics off`
+(diagnostics.enabled=false); each is interleaved with the limit loop, so the ratio is comparable
+across the two runs although the machine's speed drifts between them.
 
 Prints a table and writes JSON (--json PATH, default stdout's last line).
 """
@@ -46,7 +52,8 @@ import numpy as np
 import torch
 
 from aetrain.commands.train import build_parts, resolve_device, run
-from aetrain.config import AdamConfig, Config, ConvAEConfig, DenseAEConfig, TensorFileDataConfig, TrainerConfig
+from aetrain.config import (AdamConfig, Config, ConvAEConfig, DenseAEConfig, DiagnosticsConfig, TensorFileDataConfig,
+                            TrainerConfig)
 from aetrain.errors import ConfigError
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.optim import build_optimizer
@@ -92,6 +99,7 @@ def aetrain_config(workload: str, data_path: Path, args: argparse.Namespace) -> 
         optimizer=AdamConfig(lr=1e-3),
         trainer=TrainerConfig(max_epochs=args.warmup + args.epochs, device=args.device, compile=args.compile,
                               channels_last=args.channels_last and workload == "conv"),
+        diagnostics=DiagnosticsConfig(enabled=args.diagnostics == "on"),
     )
 
 
@@ -262,6 +270,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="epochs run before measuring")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (aetrain: trainer.compile)")
     parser.add_argument("--channels-last", action="store_true", help="conv workload in channels_last memory format")
+    parser.add_argument("--diagnostics", choices=["on", "off"], default="on",
+                        help="aetrain with the training doctor's per-layer sampling (its default) or without")
     parser.add_argument("--skip", default="", help="comma-separated entries to leave out, e.g. lightning")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -303,7 +313,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     header = (f"aetrain throughput, {time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, {args.samples} samples, batch {BATCH}"
-              + (", compiled" if args.compile else ""))
+              + (", compiled" if args.compile else "") + f", diagnostics {args.diagnostics}")
     print(header)
     print(f"{'workload':8s} {'entry':10s} {'samples/s':>10s} {'epoch s':>8s} {'x limit':>8s} {'x lightning':>11s} "
           f"{'peak MB':>8s}")

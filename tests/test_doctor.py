@@ -37,10 +37,6 @@ def doctor_json(run_dir: Path) -> dict:
     return json.loads((run_dir / "doctor.json").read_text())
 
 
-def codes(run_dir: Path) -> set[str]:
-    return {f["code"] for f in doctor_json(run_dir)["findings"]}
-
-
 def live_findings(run_dir: Path) -> list[str]:
     """The findings announced during training, as train.log kept them."""
     return [line.split("doctor: ", 1)[1] for line in (run_dir / "train.log").read_text().splitlines()
@@ -162,3 +158,187 @@ def test_rules_are_torch_free() -> None:
     code = "import sys, aetrain.doctor; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# --- acceptance: the real CLI on the bundled digits --------------------------------------------------
+
+def train_and_diagnose(cli, *overrides: str) -> tuple[object, dict]:
+    """`aetrain ...` then `aetrain doctor <run dir>`; returns the training result and doctor.json."""
+    trained = cli(*CPU, *overrides)
+    report = cli.command("doctor", str(trained.run_dir))
+    assert report.returncode == 0, report.output
+    assert "verdict:" in report.out
+    return trained, doctor_json(trained.run_dir)
+
+
+def finding(report: dict, code: str) -> dict:
+    found = [f for f in report["findings"] if f["code"] == code]
+    assert found, f"no {code} in {[f['code'] for f in report['findings']]}"
+    return found[0]
+
+
+def test_deep_sigmoid_mlp_is_reported_as_vanishing_gradients_in_its_early_layers(cli) -> None:
+    trained, report = train_and_diagnose(cli, "model.hidden_dims=[256,256,256,256,256,256]", "model.activation=sigmoid",
+                                         "trainer.max_epochs=2")
+    assert trained.returncode == 0
+    found = finding(report, "vanishing_gradients")
+    assert found["layers"][:3] == ["encoder.1", "encoder.3", "encoder.5"]  # the input side, in network order
+    assert found["evidence"]["share_of_largest"]["encoder.1"] < 1e-6
+    assert "model.activation=relu model.init=kaiming_normal" in found["suggestion"]
+    assert any(line.startswith("vanishing_gradients in encoder.1") for line in live_findings(trained.run_dir))
+    assert report["verdict"] == "not learning"
+
+
+def test_diverging_run_is_reported_as_lr_too_high_at_the_divergence_and_by_the_doctor(cli) -> None:
+    # SGD at lr 5 trains the default models on the digits (their sigmoid output bounds every gradient);
+    # with an unbounded output it diverges within the first epoch
+    trained, report = train_and_diagnose(cli, "model=conv_ae", "model.output_activation=identity", "optimizer=sgd",
+                                         "optimizer.lr=5", "trainer.max_epochs=2")
+    assert trained.returncode == 1 and "non-finite loss" in trained.err
+    live = live_findings(trained.run_dir)
+    assert any(line.startswith("lr_too_high") for line in live)
+    assert any(line.startswith("exploding_gradients") for line in live)
+    assert report["verdict"] == "diverged" and report["status"].startswith("diverged")
+    assert finding(report, "lr_too_high")["evidence"]["diverged_in_epoch"] == 1
+    assert "optimizer.lr=0.5" in finding(report, "lr_too_high")["suggestion"]
+    assert "inf" in str(finding(report, "exploding_gradients")["evidence"])
+
+
+def test_relus_killed_by_a_high_learning_rate_are_reported_as_dead_units(cli) -> None:
+    trained, report = train_and_diagnose(cli, "optimizer.lr=0.05", "trainer.max_epochs=11")
+    found = finding(report, "dead_units")
+    assert "decoder.3" in found["layers"]
+    assert all(0.65 <= share <= 1 for share in found["evidence"]["dead_share"].values())
+    assert found["suggestion"][0] == "model.activation=leaky_relu"
+    lines = [line for line in live_findings(trained.run_dir) if line.startswith("dead_units")]
+    assert len(lines) == 1 and "(epoch 10)" in lines[0]  # announced once, when it first held
+
+
+def test_code_as_wide_as_the_input_is_reported_as_identity_mapping(cli) -> None:
+    trained, report = train_and_diagnose(cli, "model.latent_dim=64", "trainer.max_epochs=1")
+    found = finding(report, "identity_mapping")
+    assert found["evidence"] == {"latent_dim": 64, "input_size": 64}
+    assert "model=denoising_ae" in found["suggestion"]
+    assert any(line.startswith("identity_mapping") for line in live_findings(trained.run_dir))
+
+
+def test_denoising_code_as_wide_as_the_input_is_not_identity_mapping(cli) -> None:
+    _, report = train_and_diagnose(cli, "model=denoising_ae", "model.latent_dim=64", "trainer.max_epochs=1")
+    assert "identity_mapping" not in codes_of(report)
+
+
+def test_tiny_learning_rate_is_reported_as_lr_too_low(cli) -> None:
+    trained, report = train_and_diagnose(cli, "optimizer.lr=1e-7", "trainer.max_epochs=3")
+    found = finding(report, "lr_too_low")
+    assert found["epochs"] == [3] and found["evidence"]["update_ratio"] < 1e-5
+    assert found["suggestion"][0] == "optimizer.lr=0.001"
+    assert report["verdict"] == "not learning"
+
+
+def codes_of(report: dict) -> set[str]:
+    return {f["code"] for f in report["findings"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["dense_ae", "conv_ae", "denoising_ae", "sparse_ae", "vae"])
+def test_every_model_preset_at_its_defaults_gets_no_finding(cli, model: str) -> None:
+    """A doctor that cries wolf is worse than none: 200 epochs at the defaults, nothing to report."""
+    trained, report = train_and_diagnose(cli, f"model={model}")
+    assert trained.returncode == 0
+    assert report["findings"] == [] and report["verdict"] == "healthy"
+    assert live_findings(trained.run_dir) == []
+
+
+# --- aetrain doctor on what runs leave behind --------------------------------------------------------
+
+def test_doctor_judges_a_run_without_diagnostics_from_metrics_alone(cli) -> None:
+    trained, report = train_and_diagnose(cli, "optimizer.lr=1e-7", "trainer.max_epochs=3", "diagnostics.enabled=false")
+    assert not (trained.run_dir / "diagnostics.csv").exists()
+    assert codes_of(report) == {"lr_too_low"} and report["diagnostics"] is False
+    assert not (trained.run_dir / "diagnostics.png").exists()
+    assert any("metrics.csv alone" in note for note in report["notes"])
+    assert live_findings(trained.run_dir) == []  # diagnostics off: nothing announced either
+
+
+def test_doctor_reads_an_interrupted_run(tmp_path: Path, cli) -> None:
+    from test_resume import StopAt
+
+    from aetrain.errors import Interrupted
+
+    cfg = digits_config(diagnostics=DiagnosticsConfig(every_n_steps=2))
+    cfg.trainer.max_epochs = 4
+    with pytest.raises(Interrupted):
+        run(cfg, tmp_path / "run", callbacks=[StopAt(mid_epoch=2)])
+    result = cli.command("doctor", str(tmp_path / "run"))
+    assert result.returncode == 0, result.output
+    report = doctor_json(tmp_path / "run")
+    assert report["status"].startswith("interrupted after 1 of 4 epochs")
+    assert (tmp_path / "run" / "diagnostics.png").is_file()
+    assert "no .hydra/config.yaml" in " ".join(report["notes"])  # made through the API: no composed config
+
+
+def test_doctor_writes_a_readable_per_layer_picture(cli) -> None:
+    from PIL import Image
+
+    trained, report = train_and_diagnose(cli, "trainer.max_epochs=2", "diagnostics.every_n_steps=2")
+    with Image.open(trained.run_dir / "diagnostics.png") as image:
+        assert image.format == "PNG" and image.width >= 800 and image.height >= 400
+    layers = [entry["layer"] for entry in report["layers"]]
+    assert layers[:2] == ["encoder.1", "encoder.3"] and "code" in layers
+    out = cli.command("doctor", str(trained.run_dir)).out
+    assert "encoder.1" in out and "Linear" in out and "per layer" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/no/such/run"], "/no/such/run: no such run dir"),
+    ([], "aetrain doctor takes one run dir; got none"),
+    (["a", "b"], "aetrain doctor takes one run dir; got 2"),
+    (["run", "model=vae"], "takes a run dir and no overrides"),
+    (["run", "--verbose"], "takes a run dir, not --verbose"),
+])
+def test_doctor_usage_errors_are_one_line(cli, args: list[str], message: str) -> None:
+    result = cli.command("doctor", *args)
+    assert result.returncode == 2
+    assert result.err.startswith("aetrain: error: ") and message in result.err and result.err.count("\n") == 1
+
+
+def test_doctor_refuses_a_directory_that_holds_no_run(cli, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = cli.command("doctor", str(tmp_path / "empty"))
+    assert result.returncode == 2 and "not an aetrain run dir" in result.err
+    assert list((tmp_path / "empty").iterdir()) == []  # nothing written
+
+
+def test_doctor_help_names_every_finding(cli) -> None:
+    out = cli.command("doctor", "--help").out
+    assert all(code in out for code in doctor.CODES)
+
+
+# --- the rules, on numbers made up for them ---------------------------------------------------------
+
+def test_overfitting_needs_a_sustained_rise_while_training_loss_falls() -> None:
+    falling = [0.1 / (1 + e) for e in range(40)]
+    rising = [0.05] * 15 + [0.05 * (1 + 0.02 * e) for e in range(25)]  # best at epoch 1..15, then +2% an epoch
+    trace = trace_of(list(zip(falling, rising)))
+    found = doctor.diagnose(trace, doctor.Facts())
+    assert [f.code for f in found] == ["overfitting"]
+    assert found[0].epochs[0] == 23  # the first epoch whose last 5 val/loss have a median 10% above the best
+    spike = [0.05] * 30 + [0.07] + [0.05] * 9  # one bad epoch is not a trend
+    assert doctor.diagnose(trace_of(list(zip(falling, spike))), doctor.Facts()) == []
+
+
+def test_a_climbing_loss_is_lr_too_high_but_adam_noise_near_zero_is_not() -> None:
+    climbing = trace_of([(0.17, 0.2), (0.24, 0.25), (0.25, 0.25)])
+    assert [f.code for f in doctor.diagnose(climbing, doctor.Facts(lr=50))] == ["lr_too_high"]
+    noisy = trace_of([(0.99, 1.0), (0.01, 0.3), (0.0019, 0.3), (0.003, 0.3)])
+    assert doctor.diagnose(noisy, doctor.Facts(lr=1e-3)) == []
+
+
+def test_verdicts() -> None:
+    healthy = trace_of([(0.1, 0.1), (0.05, 0.05), (0.02, 0.02)])
+    assert doctor.verdict(healthy, []) == "healthy"
+    flat = trace_of([(0.1, 0.1), (0.099, 0.099), (0.098, 0.098)])
+    assert doctor.verdict(flat, []) == "not learning"
+    diverged = trace_of([(0.1, 0.1)])
+    diverged.status = "diverged"
+    assert doctor.verdict(diverged, []) == "diverged"

@@ -77,7 +77,7 @@ class Facts:
     max_epochs: int | None = None
 
     @classmethod
-    def of(cls, cfg: Config, shape: tuple[int, ...] | None = None, **_: Any) -> Facts:
+    def of(cls, cfg: Config, shape: tuple[int, ...] | None = None) -> Facts:
         m = cfg.model
         regulariser = None
         if isinstance(m, DenoisingAEConfig) and m.noise.level > 0:
@@ -163,6 +163,10 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
+def _lower_lr(facts: Facts) -> str:
+    return f"optimizer.lr={facts.lr / 10:g}" if math.isfinite(facts.lr) else "optimizer.lr=<a tenth of it>"
+
+
 def _fmt(x: float) -> str:
     return f"{x:.2g}" if math.isfinite(x) and x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e4) else f"{x:.3g}"
 
@@ -239,7 +243,7 @@ def exploding_gradients(trace: Trace, facts: Facts, epoch: int) -> Finding | Non
     history = [trace.medians(e, "grad_norm") for e in sorted(trace.steps) if e < epoch]
     for point in trace.points(epoch):
         for layer, row in point.items():
-            if math.isinf(_num(row.get("grad_norm"))):
+            if "grad_norm" in row and not math.isfinite(_num(row.get("grad_norm"))):
                 growth[layer] = math.inf
     for layer, value in now_layers.items():
         past = [h[layer] for h in history if h.get(layer, 0) > 0]
@@ -251,22 +255,25 @@ def exploding_gradients(trace: Trace, facts: Facts, epoch: int) -> Finding | Non
         evidence["layer_growth"] = {layer: _json_number(growth[layer]) for layer in layers}
     key = next(iter(evidence))
     value, base = evidence[key][f"epoch_{epoch}"], evidence[key]["earlier_median"]
-    message = (f"the gradient norm became infinite in epoch {epoch}" if value == "inf" else
+    message = (f"the gradient norm stopped being finite (inf or NaN) in epoch {epoch}" if value == "inf" else
                f"the gradient norm rose to {_fmt(value)} from a median of {_fmt(base)} in the epochs before")
     if layers:
         message += f" (most in {layers[0]})"
     return Finding("exploding_gradients", layers, [epoch], {**evidence, "threshold": EXPLODING_GROWTH},
-                   ["trainer.gradient_clip_val=1.0", f"optimizer.lr={facts.lr / 10:g}", "model.batch_norm=true"],
+                   ["trainer.gradient_clip_val=1.0", _lower_lr(facts), "model.batch_norm=true"],
                    message)
 
 
 def _total_grad(trace: Trace, epoch: int) -> float:
-    """The median over `epoch`'s sampled steps of the whole model's gradient norm."""
+    """The median over `epoch`'s sampled steps of the whole model's gradient norm; inf when any sampled
+    step's gradient was not finite (NaN or inf: it overflowed, or the weights already had)."""
     totals = []
     for point in trace.points(epoch):
         grads = [_num(row.get("grad_norm")) for row in point.values() if "grad_norm" in row]
         if grads:
             totals.append(math.sqrt(sum(g * g for g in grads)))
+    if any(not math.isfinite(t) for t in totals):
+        return math.inf
     return statistics.median(totals) if totals else math.nan
 
 
@@ -274,36 +281,40 @@ def _json_number(x: float) -> float | str:
     return float(f"{x:.4g}") if math.isfinite(x) else ("inf" if x > 0 else "nan")
 
 
-# Dead and saturated units are judged over the last SUSTAINED_EPOCHS sampled epochs: a unit that
-# is dead for a while and comes back was not dead. In every healthy reference the decoder's ReLUs
-# start with half their units silent (the code is still tiny) and recover within a few epochs.
-SUSTAINED_EPOCHS = 5
+# Dead and saturated units are judged over the last SUSTAINED_EPOCHS sampled epochs (the layer's
+# epoch median at or above the threshold in each): a unit that is silent for a while and comes back
+# was not dead. In every healthy reference the decoder's ReLUs start with half their units silent
+# (the code is still tiny) and recover within a few epochs.
+SUSTAINED_EPOCHS = 10
 
-# A ReLU layer with at least this share of units that output zero for every sample of the batch.
-# Healthy: epoch medians up to 0.61 (conv_ae decoder.4 in epoch 2, falling to 0.42 by epoch 10 and
-# 0.25 at the end; the default run: 0.51 and 0.48 in encoder.4 for the whole run), never 0.6 for
-# five epochs in a row. Bad: Adam at optimizer.lr=0.05 kills 0.70 of three layers within 10 steps
-# and the loss never moves again; SGD at optimizer.lr=20 and 50: 0.94-0.98.
-DEAD_SHARE = 0.6
+# A ReLU layer with at least DEAD_SHARE of its units zero for every sample of the batch (measured on
+# the training batch: with a smaller batch a rarely active unit is more often counted). Healthy:
+# over any 10 epochs, at most 0.6 (sparse_ae at its defaults, encoder.4, whose L1 penalty leaves
+# few units busy; 0.68 in one epoch), the default run 0.48. Bad: Adam at lr 0.01 kills 0.71 of
+# encoder.2 for the whole run (and ends 25% worse than at lr 1e-3), at lr 0.05 and 0.1 0.68-0.70 of
+# three layers within 10 steps; SGD at lr 20 and 50: 0.93-0.98.
+DEAD_SHARE = 0.65
 
 
 def dead_units(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
     return _share_rule(trace, facts, epoch, "dead_share", DEAD_SHARE, "dead_units",
                        "of the units output zero for every sample",
-                       ["model.activation=leaky_relu", f"optimizer.lr={facts.lr / 10:g}",
+                       ["model.activation=leaky_relu", _lower_lr(facts),
                         "model.init=kaiming_normal model.batch_norm=true"])
 
 
-# A sigmoid/tanh layer with at least this share of outputs in the flat tails (slope < 5% of its peak).
-# Healthy: TBD. Bad: TBD.
-SATURATED_SHARE = 0.5
+# A hidden sigmoid/tanh layer with at least SATURATED_SHARE of its outputs in the flat tails (slope
+# below 5% of its peak). Healthy: model.activation=tanh at its defaults, which trains as well as
+# ReLU, reaches 0.46 (decoder.3, late in training); a sigmoid MLP 0.63. Bad: tanh with Adam at lr
+# 0.03: 0.86-1.0 in every layer from the first epoch on, and the loss never improves again.
+SATURATED_SHARE = 0.75
 
 
 def saturated_units(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
     return _share_rule(trace, facts, epoch, "saturated_share", SATURATED_SHARE, "saturated_units",
                        "of the outputs sit where the slope is below 5% of its peak",
                        ["model.activation=leaky_relu model.init=kaiming_normal", "model.batch_norm=true",
-                        f"optimizer.lr={facts.lr / 10:g}"])
+                        _lower_lr(facts)])
 
 
 def _share_rule(trace: Trace, facts: Facts, epoch: int, stat: str, threshold: float, code: str, what: str,
@@ -329,9 +340,17 @@ def _share_rule(trace: Trace, facts: Facts, epoch: int, stat: str, threshold: fl
 
 
 # A code unit carries nothing when shuffling it alone across samples changes the reconstructions by
-# less than this share of the data's variance (the reconstruction check's code_unit_effect). Judged
-# over the last SUSTAINED_EPOCHS epochs. Healthy: TBD. Bad: TBD.
-UNUSED_EFFECT = 1e-3
+# less than UNUSED_EFFECT of the data's variance (the reconstruction check's code_unit_effect), in
+# every check of the last UNUSED_SHARE_OF_RUN of the run's epochs (at least SUSTAINED_EPOCHS): early
+# in training every unit is still near zero. Healthy: the least effective unit of any healthy
+# reference from epoch 20 on moves 6.5e-4 of the variance (a 64-unit code; the default run 3.1e-3).
+# Bad: a VAE with model.beta=8 and a sparse_ae with model.sparsity.weight=0.05 switch the whole code
+# off (every unit below 1e-8 from epoch 10 on, the reconstructions are the mean image). The code's
+# per-unit variance and mean |z| (the code rows) are not used for this: a sparsity penalty shrinks
+# every unit alike while the decoder scales them back up, so no variance threshold tells a small
+# code from a dead one. A VAE is judged only on the whole code: its KL term switches off the units it
+# does not need (the default VAE keeps 2-4 of its 16 units busy), which is what it is for.
+UNUSED_EFFECT = 1e-4
 UNUSED_SHARE_OF_RUN = 0.1  # a unit must carry nothing this share of the run's epochs (at least SUSTAINED_EPOCHS)
 
 
@@ -369,16 +388,23 @@ def unused_code_units(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
                        f"less than {UNUSED_EFFECT:g} of the data's variance, so the decoder draws the same picture "
                        f"for every input" + (f" ({facts.regulariser} switched the code off)" if facts.regulariser
                                              else ""))
+    if facts.model == "vae":  # its KL term switches off the units it does not need: by design (active units)
+        return None
     return Finding("unused_code_units", ["code"], [epoch], evidence, [f"model.latent_dim={width - len(units_)}"],
                    f"{len(units_)} of {width} code units carry nothing (shuffling one changes the reconstructions by "
                    f"less than {UNUSED_EFFECT:g} of the data's variance): unit{'s' if len(units_) > 1 else ''} "
                    f"{', '.join(map(str, units_[:8]))}{' ...' if len(units_) > 8 else ''}")
 
 
-# Without a regulariser, a code at least as wide as the input can copy it; or the model reconstructs
-# structure-free noise (the data with each feature shuffled across samples) almost as well as data:
-# noise_error below this, while a model that learned the data scores TBD.
-IDENTITY_NOISE_ERROR = 0.3
+# Without a regulariser (input noise, a sparsity penalty, a VAE's KL term), a code at least as wide
+# as the input can copy it; so can a model that reconstructs structure-free noise (the check's
+# samples with every pixel shuffled across samples) so well that it reproduces more than half of
+# its variance: noise_error below IDENTITY_NOISE_ERROR in each of the last SUSTAINED_EPOCHS checks.
+# Healthy: every preset stays at 0.66 or above from epoch 5 on (the default run 0.75; a
+# latent_dim=64 MLP too: 0.68, it models the digits). Bad: a linear autoencoder
+# (model.hidden_dims=[]) with a 64-unit code falls to 0.26 by epoch 100 (below 0.5 from epoch 45),
+# with 48 units to 0.35.
+IDENTITY_NOISE_ERROR = 0.5
 
 
 def identity_mapping(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
@@ -391,36 +417,52 @@ def identity_mapping(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
                        {"latent_dim": facts.latent_dim, "input_size": facts.input_size}, suggestion,
                        f"the code (model.latent_dim={facts.latent_dim}) is as wide as the input ({facts.input_size} "
                        "values) and nothing (input noise, sparsity) stops the model from copying it")
-    check = trace.checks.get(epoch)
-    noise = _num(check.get("noise_error")) if check else math.nan
-    if noise < IDENTITY_NOISE_ERROR:
-        return Finding("identity_mapping", ["code"], [epoch],
-                       {"noise_error": round(noise, 4), "data_error": round(_num(check.get("data_error")), 4),
-                        "threshold": IDENTITY_NOISE_ERROR}, suggestion,
-                       f"it reconstructs noise (the data with each feature shuffled) nearly as well as data: "
-                       f"relative error {noise:.3g} against {_num(check.get('data_error')):.3g}")
-    return None
+    checks = [e for e in sorted(trace.checks) if e <= epoch][-SUSTAINED_EPOCHS:]
+    if len(checks) < SUSTAINED_EPOCHS or checks[-1] != epoch:
+        return None
+    noise = [_num(trace.checks[e].get("noise_error")) for e in checks]
+    data = _num(trace.checks[epoch].get("data_error"))
+    if not (all(n < IDENTITY_NOISE_ERROR for n in noise) and data < noise[-1]):
+        return None
+    return Finding("identity_mapping", ["code"], [epoch],
+                   {"noise_error": round(noise[-1], 4), "data_error": round(data, 4), "threshold": IDENTITY_NOISE_ERROR},
+                   suggestion,
+                   f"it reproduces {1 - noise[-1]:.0%} of the variance of noise (the data with each pixel shuffled "
+                   f"across samples; data: {1 - data:.0%}): it copies its input rather than modelling the data")
 
 
-# Images: the reconstructions keep less than this share of the originals' high-frequency energy,
-# judged in the second half of the run (every model is blurry while it learns) and only once it
-# reconstructs at least half of the data's variance (data_error < 0.5; else the problem is another).
-# Healthy: TBD. Bad: TBD.
-BLURRY_HF_RATIO = 0.5
+# Images: the reconstructions keep less than BLURRY_HF_RATIO of the originals' high-frequency energy
+# (the median of the last SUSTAINED_EPOCHS checks), once training has levelled off (val/loss improved
+# less than PLATEAU over the last PLATEAU_EPOCHS epochs: every model is blurry while it learns) and
+# only when the model reconstructs at least half of the data's variance (data_error < 0.5; below
+# that the problem is another). Healthy: every preset keeps at least 0.84 by the time it levels off
+# (the default run 0.92 at the end). Bad: a 2-unit code (model.latent_dim=2) levels off at 0.63-0.69
+# (its reconstructions are averages of similar digits). Not judged for a VAE: its reconstructions are
+# blurry by design (the default VAE keeps 0.60, its beta weighs sharpness against the KL term).
+BLURRY_HF_RATIO = 0.7
+PLATEAU = 0.02
+PLATEAU_EPOCHS = 20
 
 
 def blurry_reconstructions(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
-    check = trace.checks.get(epoch)
-    if not facts.image or check is None or (facts.max_epochs and 2 * epoch < facts.max_epochs):
+    checks = [e for e in sorted(trace.checks) if e <= epoch][-SUSTAINED_EPOCHS:]
+    if not facts.image or facts.model == "vae" or len(checks) < SUSTAINED_EPOCHS or checks[-1] != epoch \
+            or epoch <= PLATEAU_EPOCHS:
         return None
-    hf, err = _num(check.get("hf_ratio")), _num(check.get("data_error"))
-    if not (hf < BLURRY_HF_RATIO and err < 0.5):
+    hf = statistics.median(_num(trace.checks[e].get("hf_ratio")) for e in checks)
+    err = _num(trace.checks[epoch].get("data_error"))
+    earlier = [v for v in (trace.metric(e, "val/loss") for e in range(1, epoch - PLATEAU_EPOCHS + 1)) if math.isfinite(v)]
+    now = trace.metric(epoch, "val/loss")
+    levelled = bool(earlier) and now >= (1 - PLATEAU) * min(earlier)
+    if not (hf < BLURRY_HF_RATIO and err < 0.5 and levelled):
         return None
     suggestion = [f"model.latent_dim={2 * (facts.latent_dim or 8)}", "model=conv_ae"]
-    if facts.loss in ("mse", "auto", "smooth_l1"):
+    if facts.loss in ("mse", "smooth_l1"):
         suggestion.insert(1, "model.loss=l1")
-    return Finding("blurry_reconstructions", [], [epoch], {"hf_ratio": round(hf, 3), "threshold": BLURRY_HF_RATIO},
-                   suggestion, f"the reconstructions keep {hf:.0%} of the originals' high-frequency energy")
+    return Finding("blurry_reconstructions", [], [epoch],
+                   {"hf_ratio": round(hf, 3), "data_error": round(err, 3), "threshold": BLURRY_HF_RATIO}, suggestion,
+                   f"the reconstructions keep {hf:.0%} of the originals' high-frequency energy (fine detail), and "
+                   f"val/loss has levelled off")
 
 
 # Overfitting: over the last OVERFIT_WINDOW epochs, the median val/loss is at least OVERFIT_RISE above
@@ -492,7 +534,7 @@ def lr_too_high(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
     if not reasons:
         return None
     return Finding("lr_too_high", [], [epoch], {**evidence, "lr": facts.lr},
-                   [f"optimizer.lr={facts.lr / 10:g}", "trainer.gradient_clip_val=1.0", "aetrain lr_find"],
+                   [_lower_lr(facts), "trainer.gradient_clip_val=1.0", "aetrain lr_find"],
                    f"optimizer.lr={facts.lr:g}: " + "; ".join(reasons))
 
 
@@ -540,8 +582,8 @@ def lr_too_low(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
             return None  # the weights do move, or the gradient does not reach them: another finding
         evidence["update_ratio"] = float(f"{ratio:.3g}")
     better = facts.default_lr if facts.lr < facts.default_lr / 10 else facts.lr * 10
-    return Finding("lr_too_low", [], [epoch], {**evidence, "lr": facts.lr},
-                   [f"optimizer.lr={better:g}", "aetrain lr_find"],
+    higher = f"optimizer.lr={better:g}" if math.isfinite(better) else "optimizer.lr=<ten times it>"
+    return Finding("lr_too_low", [], [epoch], {**evidence, "lr": facts.lr}, [higher, "aetrain lr_find"],
                    f"optimizer.lr={facts.lr:g}: train/loss moved {abs(progress):.2%} from epoch {since} to {epoch}"
                    + (f"; each step changes the weights by {evidence['update_ratio']:.2g} of their norm"
                       if "update_ratio" in evidence else ""))

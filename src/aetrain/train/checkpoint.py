@@ -120,7 +120,7 @@ def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
 RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.device", "trainer.compile",
                      "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps", "trainer.save_top_k",
                      "trainer.early_stopping_patience", "trainer.on_nonfinite", "data.root", "data.path",
-                     "data.download", "data.num_workers", "outputs.")
+                     "data.download", "data.num_workers", "outputs.", "diagnostics.")
 
 
 def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_step_schedule: bool) -> None:

@@ -42,6 +42,7 @@ DEAD_KINDS = (nn.ReLU, nn.ReLU6)
 # tanh' = 1 - t^2 < 0.05 for |t| > 0.9747
 SIGMOID_MARGIN = 0.0127
 TANH_MARGIN = 0.0253
+MAX_PENDING = 10_000  # sampled steps kept on the device until read; older ones are dropped beyond this
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,8 @@ class LayerProbe(GradientProbe):
 
     def after_update(self, step: TrainStep) -> None:
         if self.sampling:
+            if len(self.pending) >= MAX_PENDING:  # nobody reads them (an engine without the diagnostics output)
+                del self.pending[: MAX_PENDING // 2]
             self.pending.append((self.next_step + 1, self._row()))
             self.before, self.captured = [], {}
         self.next_step += 1

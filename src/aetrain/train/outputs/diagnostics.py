@@ -50,7 +50,7 @@ class Diagnostics(Callback):
         self.probe.start(st.step)
         self.steps_per_epoch = len(p.windows)
         self.check = ReconstructionCheck(p.data)
-        self.facts = doctor.Facts.of(p.cfg, p.data.spec.shape, steps_per_epoch=self.steps_per_epoch)
+        self.facts = doctor.Facts.of(p.cfg, p.data.spec.shape)
         self.trace = doctor.Trace()
         earlier = self._earlier_rows(engine)
         text = io.StringIO()
