@@ -45,8 +45,10 @@ def live_findings(run_dir: Path) -> list[str]:
 
 # --- measuring does not change the run --------------------------------------------------------------
 
-@pytest.mark.parametrize("model", [DenseAEConfig(dropout=0.1, batch_norm=True), default_choice("model", "vae")],
-                         ids=["dense_dropout_bn", "vae"])
+@pytest.mark.parametrize("model", [
+    pytest.param(DenseAEConfig(dropout=0.1, batch_norm=True), id="dense_dropout_bn", marks=pytest.mark.slow),
+    pytest.param(default_choice("model", "vae"), id="vae"),
+])
 def test_diagnostics_leave_the_run_bit_identical(tmp_path: Path, model) -> None:
     on = digits_config(model=model, diagnostics=DiagnosticsConfig(every_n_steps=1))
     off = digits_config(model=model, diagnostics=DiagnosticsConfig(enabled=False))
@@ -117,6 +119,31 @@ def test_sampled_statistics_are_the_models_own_numbers(tmp_path: Path) -> None:
         assert math.isclose(got[(layer, "update_ratio")], float((after - before).norm() / before.norm()), rel_tol=1e-4)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_dead_and_saturated_shares_are_right_in_either_memory_format(memory_format) -> None:
+    """Conv models run in channels_last by default; the shares must count the same units as in NCHW."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3), torch.nn.ReLU(), torch.nn.Conv2d(6, 4, 3), torch.nn.Tanh())
+    with torch.no_grad():
+        model[0].bias.fill_(-2.0)  # some units dead for every sample
+        model[2].weight.mul_(10)  # some outputs saturated
+    model = model.to(memory_format=memory_format)
+    x = (4 * torch.randn(16, 1, 9, 9)).contiguous(memory_format=memory_format)
+    probe = LayerProbe(model, 1, latent_dim=0)
+    probe.start(0)
+    model(x).sum().backward()
+    probe.before_update(None)
+    probe.after_update(None)
+    (_, values), = probe.read()
+    got = {c.stat: v for c, v in zip(probe.columns, values) if c.stat in ("dead_share", "saturated_share")}
+    with torch.no_grad():
+        relu = model[1](model[0](x)).flatten(1)  # (B, C*H*W) in NCHW order, whatever the layout
+        tanh = model(x).flatten(1)
+    assert 0 < got["dead_share"] < 1 and 0 < got["saturated_share"] < 1  # the check has something to count
+    assert got["dead_share"] == pytest.approx(float((relu > 0).any(dim=0).logical_not().float().mean()), abs=1e-6)
+    assert got["saturated_share"] == pytest.approx(float((tanh.abs() > 1 - 0.0253).float().mean()), abs=1e-6)
+
+
 def test_resumed_run_writes_the_diagnostics_of_an_uninterrupted_one(tmp_path: Path) -> None:
     from test_resume import StopAt, interrupted_then_resumed
 
@@ -177,6 +204,7 @@ def finding(report: dict, code: str) -> dict:
     return found[0]
 
 
+@pytest.mark.slow
 def test_deep_sigmoid_mlp_is_reported_as_vanishing_gradients_in_its_early_layers(cli) -> None:
     trained, report = train_and_diagnose(cli, "model.hidden_dims=[256,256,256,256,256,256]", "model.activation=sigmoid",
                                          "trainer.max_epochs=2")
@@ -204,6 +232,7 @@ def test_diverging_run_is_reported_as_lr_too_high_at_the_divergence_and_by_the_d
     assert "inf" in str(finding(report, "exploding_gradients")["evidence"])
 
 
+@pytest.mark.slow
 def test_relus_killed_by_a_high_learning_rate_are_reported_as_dead_units(cli) -> None:
     trained, report = train_and_diagnose(cli, "optimizer.lr=0.05", "trainer.max_epochs=11")
     found = finding(report, "dead_units")
