@@ -313,7 +313,8 @@ def test_doctor_writes_a_readable_per_layer_picture(cli) -> None:
     with Image.open(trained.run_dir / "diagnostics.png") as image:
         assert image.format == "PNG" and image.width >= 800 and image.height >= 400
     layers = [entry["layer"] for entry in report["layers"]]
-    assert layers[:2] == ["encoder.1", "encoder.3"] and "code" in layers
+    assert layers[:3] == ["encoder.1", "encoder.2", "encoder.3"]  # network order: Linear, ReLU, Linear
+    assert layers[layers.index("code") - 1].startswith("encoder.") and layers[-1].startswith("decoder.")
     out = cli.command("doctor", str(trained.run_dir)).out
     assert "encoder.1" in out and "Linear" in out and "per layer" in out
 
@@ -336,6 +337,22 @@ def test_doctor_refuses_a_directory_that_holds_no_run(cli, tmp_path: Path) -> No
     result = cli.command("doctor", str(tmp_path / "empty"))
     assert result.returncode == 2 and "not an aetrain run dir" in result.err
     assert list((tmp_path / "empty").iterdir()) == []  # nothing written
+
+
+def test_doctor_given_a_file_says_it_wants_the_run_dir(cli, tmp_path: Path) -> None:
+    (tmp_path / "metrics.csv").write_text("epoch,step\n")
+    result = cli.command("doctor", str(tmp_path / "metrics.csv"))
+    assert result.returncode == 2 and result.err.count("\n") == 1
+    assert result.err.startswith("aetrain: error: ") and "not a directory; give the run dir" in result.err
+
+
+def test_doctor_prints_its_report_when_it_cannot_write_into_the_run_dir(cli) -> None:
+    trained = cli(*CPU, "trainer.max_epochs=1")
+    (trained.run_dir / "doctor.json").mkdir()  # unwritable as a file, even for root (a read-only dir is not)
+    result = cli.command("doctor", str(trained.run_dir))
+    assert result.returncode == 0, result.output
+    assert "verdict:" in result.out and f"could not write {trained.run_dir / 'doctor.json'}" in result.out
+    assert (trained.run_dir / "diagnostics.png").is_file()  # what can be written still is
 
 
 def test_doctor_help_names_every_finding(cli) -> None:

@@ -74,7 +74,7 @@ def epoch_ranges(epochs: list[int]) -> str:
 def run(run_dir: Path, cfg: Config | None) -> Report:
     """Diagnose `run_dir` (its config `cfg`, None when it has none); writes doctor.json and diagnostics.png."""
     if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such run dir")
+        raise ConfigError(f"{run_dir}: {'not a directory; give the run dir' if run_dir.exists() else 'no such run dir'}")
     try:
         metrics = read_metrics(run_dir / METRICS)
         rows = read_diagnostics(run_dir / DIAGNOSTICS)
@@ -106,15 +106,20 @@ def run(run_dir: Path, cfg: Config | None) -> Report:
     status = _status(summary, metrics)
     layers = layer_summary(trace, findings)
     report = Report(run_dir, status, verdict(trace, findings), findings, layers, bool(rows), notes=notes)
-    write_atomic(run_dir / DOCTOR, json.dumps({
+    files = {DOCTOR: lambda: json.dumps({
         "verdict": report.verdict, "status": status,
         "findings": [f.to_json() for f in findings], "layers": layers,
         "diagnostics": bool(rows), "notes": notes,
-    }, indent=2, default=_json_default) + "\n")
-    report.written.append(run_dir / DOCTOR)
+    }, indent=2, default=_json_default) + "\n"}
     if rows:
-        write_atomic(run_dir / DIAGNOSTICS_PLOT, plot(trace, findings, title=_title(cfg, status, report.verdict)))
-        report.written.append(run_dir / DIAGNOSTICS_PLOT)
+        files[DIAGNOSTICS_PLOT] = lambda: plot(trace, findings, title=_title(cfg, status, report.verdict))
+    for name, content in files.items():
+        try:
+            write_atomic(run_dir / name, content())
+        except OSError as e:  # a read-only run dir (someone else's, an archive): the report is still printed
+            report.notes.append(f"could not write {run_dir / name}: {e.strerror or e}")
+            continue
+        report.written.append(run_dir / name)
     return report
 
 

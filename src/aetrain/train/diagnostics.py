@@ -77,6 +77,12 @@ class LayerProbe(GradientProbe):
             for name, m in model.named_modules()
             if isinstance(m, (*DEAD_KINDS, nn.Sigmoid, nn.Tanh)) and name != "output"]  # output: the data's range
         self.encoder: nn.Module | None = getattr(model, "encoder", None)
+        names = [name for name, _ in model.named_modules()]
+        encoder_end = max((i for i, n in enumerate(names) if n == "encoder" or n.startswith("encoder.")),
+                          default=len(names))
+        # network order for the rows of a sampled step: each layer as named_modules() lists it, the code after
+        # the encoder's last module
+        self.order: dict[str, float] = {**{n: float(i) for i, n in enumerate(names)}, "code": encoder_end + 0.5}
         self.columns = self._columns()
         self.next_step = 0  # 0-based index of the next optimizer step
         self.sampling = False

@@ -118,7 +118,7 @@ class Diagnostics(Callback):
                     row.setdefault("code_unit_var", []).append(value)
                 else:
                     row[STAT_COLUMNS[column.stat]] = value
-            rows.extend(by_layer.values())
+            rows.extend(sorted(by_layer.values(), key=lambda row: self.probe.order[row["layer"]]))
         return rows
 
     def _append(self, rows: list[dict[str, Any]]) -> None:
