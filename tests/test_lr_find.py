@@ -70,13 +70,14 @@ def test_lr_find_mistakes_are_one_line_errors_that_leave_nothing(cli, tmp_path: 
     assert not (tmp_path / "find").exists()
 
 
-def test_lr_find_refuses_a_directory_that_holds_a_range_test(cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("held", ["lr_find.csv", ".hydra/config.yaml"], ids=["range_test", "training_run"])
+def test_lr_find_refuses_a_directory_that_holds_a_run_or_a_range_test(cli, tmp_path: Path, held: str) -> None:
     out_dir = tmp_path / "find"
-    out_dir.mkdir()
-    (out_dir / "lr_find.csv").write_text("keep me\n")
+    (out_dir / held).parent.mkdir(parents=True)
+    (out_dir / held).write_text("keep me\n")
     result = cli.command("lr_find", CPU, f"hydra.run.dir={out_dir}", "lr_find.num_steps=20")
-    assert result.returncode == 2 and "already holds a range test" in result.err
-    assert (out_dir / "lr_find.csv").read_text() == "keep me\n"
+    assert result.returncode == 2 and f"already holds a run or a range test ({held})" in result.err
+    assert (out_dir / held).read_text() == "keep me\n"
 
 
 def test_the_suggestion_is_where_the_smoothed_loss_falls_fastest() -> None:

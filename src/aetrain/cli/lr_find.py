@@ -89,10 +89,11 @@ def main(args: list[str]) -> None:
         with open_dict(composed):
             del composed["hydra"]
         cfg = to_config(composed)
-        taken = [name for name in LR_FIND_FILES if (out_dir / name).exists()]
+        # a training run's dir has a .hydra/config.yaml too, which the test would overwrite with its own
+        taken = [name for name in (*LR_FIND_FILES, f"{HYDRA}/config.yaml") if (out_dir / name).exists()]
         if taken:
-            raise ConfigError(f"hydra.run.dir={out_dir} already holds a range test ({taken[0]}); choose another "
-                              "hydra.run.dir")
+            raise ConfigError(f"hydra.run.dir={out_dir} already holds a run or a range test ({taken[0]}); choose "
+                              "another hydra.run.dir")
         _log_to_console()
         result = run(cfg, find, out_dir)
     except (AetrainError, HydraException, OmegaConfBaseException) as ex:
