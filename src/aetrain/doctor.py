@@ -103,6 +103,9 @@ class Trace:
     failed_epoch: int | None = None  # the epoch under way when it diverged or failed
     first_grads: dict[str, float] = field(default_factory=dict)  # each layer's gradient norm in the first sampled epoch
     first_epoch_sampled: int | None = None
+    # epoch -> (what, stat) -> value: per-epoch summaries the rules ask for at every later epoch; an epoch's
+    # entries are dropped when rows of it arrive. Without it the live rules cost O(epochs) each epoch.
+    memo: dict[int, dict[tuple[str, str], Any]] = field(default_factory=dict, repr=False)
 
     def add_epoch(self, record: dict[str, Any]) -> None:
         self.epochs.append(record)
@@ -116,6 +119,7 @@ class Trace:
                 self.checks[epoch] = row
             else:
                 self.steps.setdefault(epoch, {}).setdefault(step, {})[row["layer"]] = row
+            self.memo.pop(epoch, None)
         if self.first_epoch_sampled is None and self.steps:
             self.first_epoch_sampled = min(self.steps)
         if self.first_epoch_sampled is not None and not self.first_grads:
@@ -137,6 +141,12 @@ class Trace:
 
     def medians(self, epoch: int, stat: str) -> dict[str, float]:
         """layer -> the median of `stat` over `epoch`'s sampled steps (layers that have it)."""
+        memo = self.memo.setdefault(epoch, {})
+        if ("medians", stat) not in memo:
+            memo["medians", stat] = self._medians(epoch, stat)
+        return memo["medians", stat]
+
+    def _medians(self, epoch: int, stat: str) -> dict[str, float]:
         values: dict[str, list[float]] = {}
         for point in self.points(epoch):
             for layer, row in point.items():
@@ -267,6 +277,13 @@ def exploding_gradients(trace: Trace, facts: Facts, epoch: int) -> Finding | Non
 def _total_grad(trace: Trace, epoch: int) -> float:
     """The median over `epoch`'s sampled steps of the whole model's gradient norm; inf when any sampled
     step's gradient was not finite (NaN or inf: it overflowed, or the weights already had)."""
+    memo = trace.memo.setdefault(epoch, {})
+    if ("total", "grad_norm") not in memo:
+        memo["total", "grad_norm"] = _total_grad_of(trace, epoch)
+    return memo["total", "grad_norm"]
+
+
+def _total_grad_of(trace: Trace, epoch: int) -> float:
     totals = []
     for point in trace.points(epoch):
         grads = [_num(row.get("grad_norm")) for row in point.values() if "grad_norm" in row]
