@@ -25,6 +25,9 @@ LAST, BEST = "last.pt", "best.pt"
 DIAGNOSTICS = "diagnostics.csv"  # the training doctor's per-layer statistics, one row per layer per sampled step
 DOCTOR = "doctor.json"  # `aetrain doctor`'s findings
 DIAGNOSTICS_PLOT = "diagnostics.png"  # `aetrain doctor`'s per-layer picture
+# tensorboard/diag/: the doctor's diag/ scalars, a TensorBoard run of their own (in the run's own directory, the
+# resume marker of one writer would make TensorBoard drop the other's later points)
+DIAG_TENSORBOARD = "diag"
 LR_FIND = "lr_find"  # `aetrain lr_find`'s run dirs: outputs/lr_find/<date>/<time>/
 LR_FIND_FILES = ("lr_find.csv", "lr_find.png", "lr_find.json")  # per step: lr, loss; the plot; the suggestion
 # diagnostics.csv's columns; a row fills those of its kind (a layer with parameters, an activation, the code,

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aetrain.config import DiagnosticsConfig, OutputsConfig
-from aetrain.rundir import METRICS, TENSORBOARD
+from aetrain.rundir import DIAG_TENSORBOARD, METRICS, TENSORBOARD
 from aetrain.train.engine import Callback
 from aetrain.train.outputs.diagnostics import Diagnostics
 from aetrain.train.outputs.console import EpochLog, EpochProgress, Header, is_terminal
@@ -35,7 +35,7 @@ __all__ = ["build_outputs"]
 def build_outputs(cfg: OutputsConfig, run_dir: Path, *, diagnostics: DiagnosticsConfig | None = None) -> list[Callback]:
     """Every output callback `cfg` (and `diagnostics`) asks for; one that is off is simply not in the list."""
     tensorboard = [TensorBoard(run_dir / TENSORBOARD)] if cfg.tensorboard else []
-    doctor = [Diagnostics(run_dir, tensorboard=run_dir / TENSORBOARD if cfg.tensorboard else None)] \
+    doctor = [Diagnostics(run_dir, tensorboard=run_dir / TENSORBOARD / DIAG_TENSORBOARD if cfg.tensorboard else None)] \
         if diagnostics is not None and diagnostics.enabled else []
     pictures = [Pictures(cfg, run_dir, tensorboard[0] if tensorboard else ImageSink())] if cfg.plot_every else []
     progress = [EpochProgress()] if cfg.progress and is_terminal() else []
