@@ -34,6 +34,12 @@ channels, latent 32, mirrored), both exactly as aetrain builds them (conv in cha
     python benchmarks/throughput.py --device cuda --cuda-graphs false    # aetrain's eager steps on a GPU
     python benchmarks/throughput.py --device cuda --compile --compile-mode default  # plus torch.compile
     python benchmarks/throughput.py --smoke                         # seconds; what CI runs
+    python benchmarks/throughput.py --diagnostics off               # aetrain without the doctor's sampling
+
+The training doctor's cost is the difference of aetrain's "x limit" between a run with
+`--diagnostics on` (the default: aetrain's defaults) and one with `--diagnostics off`
+(diagnostics.enabled=false); each is interleaved with the limit loop, so the ratio is comparable
+across the two runs although the machine's speed drifts between them.
 
 Prints a table and writes JSON (--json PATH, default stdout's last line).
 """
@@ -56,8 +62,8 @@ import numpy as np
 import torch
 
 from aetrain.commands.train import build_parts, resolve_device, run
-from aetrain.config import (AdamConfig, Config, ConvAEConfig, DenseAEConfig, TensorFileDataConfig, TrainerConfig,
-                            validate)
+from aetrain.config import (AdamConfig, Config, ConvAEConfig, DenseAEConfig, DiagnosticsConfig, TensorFileDataConfig,
+                            TrainerConfig, validate)
 from aetrain.errors import ConfigError
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.graphs import COMPILE_MODES, graphs_policy
@@ -105,6 +111,7 @@ def aetrain_config(workload: str, data_path: Path, batch: int, args: argparse.Na
         trainer=TrainerConfig(max_epochs=args.warmup + args.epochs, device=args.device, compile=args.compile,
                               compile_mode=args.compile_mode, cuda_graphs=args.cuda_graphs,
                               channels_last=args.channels_last and workload == "conv"),
+        diagnostics=DiagnosticsConfig(enabled=args.diagnostics == "on"),
     )
 
 
@@ -327,6 +334,8 @@ def main() -> None:
                         help="torch.compile's mode (aetrain: trainer.compile_mode)")
     parser.add_argument("--cuda-graphs", default="auto", help="aetrain's trainer.cuda_graphs: auto, true or false")
     parser.add_argument("--channels-last", action="store_true", help="conv workload in channels_last memory format")
+    parser.add_argument("--diagnostics", choices=["on", "off"], default="on",
+                        help="aetrain with the training doctor's per-layer sampling (its default) or without")
     parser.add_argument("--skip", default="", help="comma-separated entries to leave out, e.g. lightning,graph")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -383,7 +392,8 @@ def report(results: list[Result], args: argparse.Namespace, note: str) -> None:
     header = (f"aetrain throughput, {time.strftime('%Y-%m-%d')}, {device}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, {args.samples} samples, batch {','.join(map(str, args.batch))}"
               + (f", compiled ({args.compile_mode})" if args.compile else "")
-              + (f", trainer.cuda_graphs={args.cuda_graphs}" if args.device.startswith("cuda") else ""))
+              + (f", trainer.cuda_graphs={args.cuda_graphs}" if args.device.startswith("cuda") else "")
+              + f", diagnostics {args.diagnostics}")
     print(header)
     print(f"{'workload':8s} {'batch':>6s} {'entry':13s} {'samples/s':>10s} {'epoch s':>8s} {'x limit':>8s} "
           f"{'x graph':>8s} {'x lightning':>11s} {'peak MB':>8s}")

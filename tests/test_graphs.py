@@ -149,9 +149,9 @@ def test_blockers_name_every_reason_a_cuda_run_stays_eager() -> None:
         "trainer.compile_mode=reduce-overhead captures CUDA graphs of its own"]
 
     class Diagnostics(GradientProbe):
-        pass
+        sampling = True
 
-    assert blockers(probe=Diagnostics()) == ["per-layer gradient diagnostics run on eager steps only"]
+    assert blockers(probe=Diagnostics()) == []  # the doctor's sampled steps run eagerly, the others replay
     assert blockers(sizes=[128, 128, 30], trainer=TrainerConfig(device="cpu", accumulate_grad_batches=3)) == [
         "no optimizer step of an epoch has 3 full batches of data.batch_size=128"]
 
@@ -163,8 +163,11 @@ def test_a_graphed_run_gives_the_eager_run_bit_for_bit_and_replays_the_regular_s
     graphed = Graphed()
     run(small(), tmp_path / "graphed", callbacks=[graphed])
     assert_same_run(tmp_path / "eager", tmp_path / "graphed")
-    # digits at batch 128: 11 full batches and a short one per epoch; one capture, the full ones replayed
-    assert graphed.backend.captures == 1 and graphed.step.replays == 2 * 11 and graphed.step.off is None
+    # the training doctor (on by default) sampled the same steps and measured the same numbers
+    assert (tmp_path / "graphed" / "diagnostics.csv").read_text() == (tmp_path / "eager" / "diagnostics.csv").read_text()
+    # digits at batch 128: 11 full batches and a short one per epoch; one capture, the full ones replayed but for
+    # the doctor's sampled steps 0, 10 and 20, which run eagerly
+    assert graphed.backend.captures == 1 and graphed.step.replays == 2 * 11 - 3 and graphed.step.off is None
 
 
 @pytest.mark.slow
@@ -191,7 +194,7 @@ def test_every_optimizer_graphs_exactly_from_a_fresh_state(tmp_path: Path, optim
     graphed = Graphed()
     run(cfg(), tmp_path / "graphed", callbacks=[graphed])
     assert_same_run(tmp_path / "eager", tmp_path / "graphed")
-    assert graphed.step.replays == 11
+    assert graphed.step.replays == 11 - 2  # steps 0 and 10: the doctor's, eager
 
 
 def test_a_resumed_graphed_run_is_bit_identical_to_the_uninterrupted_one(tmp_path: Path) -> None:
@@ -259,22 +262,32 @@ def test_a_capture_that_fails_halfway_leaves_one_logged_line_and_eager_numbers(
     assert graphed.step.replays == 0
 
 
-def test_attaching_gradient_diagnostics_turns_the_graph_off_with_one_logged_line(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    seen = []
+def test_a_probe_attached_to_a_graphed_step_sees_its_sampled_steps_and_counts_every_step(tmp_path: Path) -> None:
+    measured = []
 
-    class Diagnostics(GradientProbe):
-        def before_update(self, step: TrainStep) -> None:
-            seen.append(step.optimizer.param_groups[0]["lr"])
+    class EveryFourth(GradientProbe):
+        def __init__(self) -> None:
+            self.steps = 0
+
+        @property
+        def sampling(self) -> bool:
+            return self.steps % 4 == 0
+
+        def before_update(self, step: TrainStep) -> None:  # eager steps only: the graph runs no Python
+            if self.sampling:
+                measured.append(self.steps)
+
+        def after_update(self, step: TrainStep) -> None:
+            self.steps += 1
+
+    probe = EveryFourth()
 
     class Attach(Callback):
         def on_fit_start(self, engine: Engine) -> None:
-            engine.parts.step.probe = Diagnostics()
+            engine.parts.step.probe = probe
 
-    graphed = Graphed(strict=False)
-    with caplog.at_level(logging.INFO, logger="aetrain.train.graphs"):
-        run(small(max_epochs=1), tmp_path / "run", callbacks=[graphed, Attach()])
-    assert [r.getMessage() for r in caplog.records if r.name == "aetrain.train.graphs"] == [
-        "CUDA graphs off: per-layer gradient diagnostics run on eager steps only; training eagerly"]
-    assert graphed.step.replays == 0 and len(seen) == 12  # the probe saw every step
+    graphed = Graphed(strict=True)
+    run(small(max_epochs=1), tmp_path / "run", callbacks=[graphed, Attach()])
+    assert measured == [0, 4, 8] and probe.steps == 12  # 12 optimizer steps, the warm-up and capture not among them
+    assert graphed.step.replays == 11 - 3 and graphed.step.off is None  # the short 12th step is eager anyway
     assert graphed.step.optimizer is graphed.step.eager.optimizer  # the eager step's parts read through

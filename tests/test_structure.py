@@ -21,10 +21,11 @@ LAYERS = [
     {"aetrain.checkpoint"},  # reading checkpoints: the model a checkpoint holds
     {"aetrain.models"},
     {"aetrain.data"},
+    {"aetrain.doctor"},  # the training doctor's rules: torch-free, used by train (live) and commands (doctor)
     {"aetrain.config", "aetrain.rundir", "aetrain.registry", "aetrain.atomic", "aetrain.errors"},
 ]
 HYDRA_FREE = ["aetrain.commands", "aetrain.train", "aetrain.checkpoint", "aetrain.models", "aetrain.data",
-              "aetrain.config", "aetrain.rundir"]
+              "aetrain.config", "aetrain.rundir", "aetrain.doctor"]
 
 
 def module_name(path: Path) -> str:

@@ -336,6 +336,19 @@ class OutputsConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """The training doctor's measurements (README "Training doctor"): per-layer statistics on sampled
+    steps, a check of the reconstructions every epoch, and a one-line message when a finding first holds.
+
+    Sampling reads nothing back in the step: the statistics stay on the device and are read with
+    the engine's own metric reads, and the run's numbers are the same with diagnostics on or off.
+    """
+
+    enabled: bool = True  # false = no statistics, no diagnostics.csv, no diag/ scalars, no live findings
+    every_n_steps: int = 10  # optimizer steps between sampled steps (the run's first step is always sampled)
+
+
+@dataclass
 class Config:
     """One training run. The default of each group is its default choice."""
 
@@ -345,6 +358,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
 
 GROUPS = tuple(CHOICES)  # the sections whose shape depends on their choice
@@ -491,6 +505,8 @@ def validate(cfg: Config) -> None:
     _require(1 <= u.num_samples <= 64, "outputs.num_samples", "in 1..64", u.num_samples)
     _require(_seed(u.sample_seed), "outputs.sample_seed", "an integer in [-2**63, 2**64 - 1]", u.sample_seed)
     _require(u.grid_zoom_to >= 0, "outputs.grid_zoom_to", ">= 0 (0 = native size)", u.grid_zoom_to)
+    _require(cfg.diagnostics.every_n_steps >= 1, "diagnostics.every_n_steps", ">= 1 (diagnostics.enabled=false "
+             "turns sampling off)", cfg.diagnostics.every_n_steps)
 
 
 def _check_cycled_momentum(o: OptimizerConfig) -> None:

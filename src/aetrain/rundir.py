@@ -47,6 +47,19 @@ EXPORT = "export"  # aetrain export: <part>.onnx | <part>.torchscript.pt | <part
 EXPORT_PARTS = ("model", "encoder", "decoder")
 EXPORT_INFO = "export.json"  # inputs, outputs, units and the check's differences
 LOCK = ".aetrain.lock"  # held by the process training into the run dir (see `claimed`); removed when it ends
+DIAGNOSTICS = "diagnostics.csv"  # the training doctor's per-layer statistics, one row per layer per sampled step
+DOCTOR = "doctor.json"  # `aetrain doctor`'s findings
+DIAGNOSTICS_PLOT = "diagnostics.png"  # `aetrain doctor`'s per-layer picture
+# tensorboard/diag/: the doctor's diag/ scalars, a TensorBoard run of their own (in the run's own directory, the
+# resume marker of one writer would make TensorBoard drop the other's later points)
+DIAG_TENSORBOARD = "diag"
+LR_FIND = "lr_find"  # `aetrain lr_find`'s run dirs: outputs/lr_find/<date>/<time>/
+LR_FIND_FILES = ("lr_find.csv", "lr_find.png", "lr_find.json")  # per step: lr, loss; the plot; the suggestion
+# diagnostics.csv's columns; a row fills those of its kind (a layer with parameters, an activation, the code,
+# the reconstruction check) and leaves the others empty
+DIAGNOSTICS_COLUMNS = ("step", "epoch", "layer", "kind", "grad_norm", "weight_norm", "update_ratio", "dead_share",
+                       "saturated_share", "code_mean_abs", "code_unit_var", "data_error", "noise_error", "hf_ratio",
+                       "code_unit_effect")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -135,6 +148,34 @@ def read_split(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and all(k in data for k in ("num_samples", "train", "val", "test")) else None
+
+
+def read_diagnostics(path: Path) -> list[dict[str, Any]]:
+    """diagnostics.csv's rows with numeric cells (`code_unit_var`, `code_unit_effect`: lists of floats), empty
+    cells left out; a missing file: no rows. Raises ValueError for a file that is not a diagnostics table."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except FileNotFoundError:
+        return []
+    if not {"step", "layer"} <= set(columns):
+        raise ValueError(f"{path}: not an aetrain diagnostics table (no 'step' and 'layer' columns)")
+    out = []
+    for row in rows:
+        parsed: dict[str, Any] = {}
+        for key, text in row.items():
+            if key is None or text in (None, ""):
+                continue
+            if key in ("layer", "kind"):
+                parsed[key] = text or ""
+            elif key in ("code_unit_var", "code_unit_effect"):
+                parsed[key] = [float(v) for v in text.split()]
+            else:
+                parsed[key] = number(text)
+        out.append(parsed)
+    return out
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

@@ -24,6 +24,8 @@ COMMANDS = {  # name -> module of this package
     "encode": "aetrain.cli.encode",
     "score": "aetrain.cli.score",
     "export": "aetrain.cli.export",
+    "doctor": "aetrain.cli.doctor",
+    "lr_find": "aetrain.cli.lr_find",
 }
 
 

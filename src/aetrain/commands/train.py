@@ -34,6 +34,7 @@ from aetrain.rundir import (CHECKPOINTS, HYDRA, LAST, METRICS, SPLIT, SUMMARY, R
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping, ReplicaCheck
 from aetrain.train.distributed import World
+from aetrain.train.diagnostics import build_probe
 from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
 from aetrain.train.graphs import COMPILE_MODES, build_step, graphs_policy
 from aetrain.train.memory import check_fits
@@ -42,7 +43,7 @@ from aetrain.train.outputs import build_outputs
 from aetrain.train.outputs.console import final_table
 from aetrain.train.precision import Precision, build_clip, trainable
 from aetrain.train.signals import Interrupt
-from aetrain.train.step import ADMIT, TrainStep
+from aetrain.train.step import ADMIT, GradientProbe, TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,11 @@ def build_parts(cfg: Config, world: World | None = None) -> Parts:
     schedule = build_schedule(cfg.scheduler, optimizer, total_steps=len(windows) * t.max_epochs)
     net = torch.compile(model, mode=t.compile_mode) if t.compile else model  # compiled lazily, at the first batch
     train_net = world.wrap(net)  # DDP: gradients averaged across processes in the backward pass
+    # the training doctor's per-layer sampling (a no-op probe when off), on the process that writes diagnostics.csv
+    probe = build_probe(cfg.diagnostics, model, latent_dim=cfg.model.latent_dim) if world.is_main else GradientProbe()
     step = TrainStep(train_net, objective, optimizer, precision,
                      build_clip(t.gradient_clip_val, t.gradient_clip_algorithm), trainable(model.parameters()),
-                     admit=ADMIT.get(t.on_nonfinite), accumulating=world.accumulating(train_net))
+                     admit=ADMIT.get(t.on_nonfinite), accumulating=world.accumulating(train_net), probe=probe)
     step = build_step(cfg, step, device, plan.sizes, eager_only=world.eager_only())  # a CUDA graph when it can be
     world.seed(t.seed)  # each process its own noise and dropout from here; rank 0 keeps the single process's
     return Parts(cfg, model, net, objective, val_objective, optimizer, schedule, precision, step, data, windows,
@@ -172,12 +175,12 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
 
     # Steering on every process (their decisions agree); what writes, on the main process alone.
     replicas = [ReplicaCheck(t.replica_check_every_n_steps)] if world.size > 1 and t.replica_check_every_n_steps else []
-    outputs = [*build_outputs(cfg.outputs, out_dir), *callbacks] if world.is_main else []
+    outputs = [*build_outputs(cfg.outputs, out_dir, diagnostics=cfg.diagnostics), *callbacks] if world.is_main else []
     engine = Engine(parts, [
         EarlyStopping(t.early_stopping_patience or math.inf),  # first: the Checkpointer must know an epoch is the last
         *replicas,
         Checkpointer(out_dir, every_n_steps=t.checkpoint_every_n_steps, top_k=t.save_top_k, writes=world.is_main),
-        *outputs,  # metrics.csv, console, pictures, tensorboard, summary.json
+        *outputs,  # metrics.csv, console, pictures, tensorboard, diagnostics.csv, summary.json
     ], nonfinite=NONFINITE.get(t.on_nonfinite)(), history=history, world=world, interrupt=interrupt or Interrupt())
     if ckpt is not None:
         checkpoint.restore(engine, ckpt)

@@ -145,7 +145,7 @@ RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.init_from"
                      "trainer.cuda_graphs", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
                      "trainer.save_top_k", "trainer.early_stopping_patience", "trainer.on_nonfinite", "trainer.devices",
                      "trainer.replica_check_every_n_steps", "trainer.ddp_timeout_s", "data.root", "data.path",
-                     "data.download", "data.num_workers", "outputs.")
+                     "data.download", "data.num_workers", "outputs.", "diagnostics.")
 
 
 def init_weights(model: torch.nn.Module, spec: DataSpec, source: str) -> dict[str, Any]:

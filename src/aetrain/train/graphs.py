@@ -45,8 +45,12 @@ tensor learning rate is float32), not bit for bit.
 What keeps a run eager (see `graph_blockers`): a device other than CUDA; an optimizer not checked
 under capture; fp16 with an unfused optimizer (the GradScaler reads its inf check on the host);
 `trainer.on_nonfinite=skip` (reads each gradient norm on the host); a torch.compile mode that
-captures CUDA graphs of its own; per-layer gradient diagnostics (a `GradientProbe` runs on eager
-steps only); no regular window in an epoch.
+captures CUDA graphs of its own; no regular window in an epoch.
+
+The training doctor's per-layer sampling (`diagnostics.*`) does not: the one step in
+`diagnostics.every_n_steps` that its `GradientProbe` measures runs eagerly (its hooks and reads
+are Python), the others replay the graph; the probe is told of every replayed step, so it samples
+the same steps as in an eager run. The warm-up and capture run without it.
 """
 
 from __future__ import annotations
@@ -118,7 +122,6 @@ def graph_blockers(cfg: Config, device: torch.device, step: TrainStep, batch_siz
         (step.admit is admit_always, "trainer.on_nonfinite=skip reads every step's gradient norm on the host"),
         (not (t.compile and COMPILE_MODES.get(t.compile_mode).own_cuda_graphs),
          f"trainer.compile_mode={t.compile_mode} captures CUDA graphs of its own"),
-        (type(step.probe) is GradientProbe, "per-layer gradient diagnostics run on eager steps only"),
         (full >= t.accumulate_grad_batches, f"no optimizer step of an epoch has {t.accumulate_grad_batches} full "
                                             f"batches of data.batch_size={max(batch_sizes)}"),
         (eager_only is None, eager_only or ""),
@@ -332,11 +335,8 @@ class GraphedTrainStep:
 
     @probe.setter
     def probe(self, probe: GradientProbe) -> None:
-        """Per-layer diagnostics see eager steps only: a probe attached after the step was built turns
-        the graph off for the run (logged; an error with trainer.cuda_graphs=true)."""
+        """Per-layer diagnostics: the steps the probe samples run eagerly, the others replay the graph."""
         self.eager.probe = probe
-        if type(probe) is not GradientProbe and self.off is None:
-            self._give_up("per-layer gradient diagnostics run on eager steps only")
 
     def begin(self, epochs: float, micro_batches: int = 1) -> None:
         self.eager.begin(epochs, micro_batches)
@@ -354,12 +354,16 @@ class GraphedTrainStep:
     def update(self) -> torch.Tensor:
         """The staged window as one replay (or eagerly); returns the gradient norm before clipping."""
         window, self.window = tuple(self.window), []
+        probe = self.eager.probe
+        if probe.sampling:  # the training doctor measures this step: it runs eagerly, where the probe sees it
+            return self._eager(window)
         if self.graph is None and self.off is None and tuple(n for n, _ in window) == self.regular:
             self.graph = self._capture(window)
         if self.graph is not None and window == self.captured:
             self._load_rates()
             self.graph.replay()
             self.replays += 1
+            probe.after_update(self.eager)  # counts the step (not sampled: it reads nothing)
             return self.grad_norm
         return self._eager(window)
 
@@ -373,9 +377,19 @@ class GraphedTrainStep:
         return self.eager.update()
 
     def _body(self, window: tuple[tuple[int, float], ...]) -> None:
-        """What the graph holds: the eager window, the optimizer reading its rates from device tensors."""
-        with rates_from(self.eager.optimizer, self.rates):
+        """What the graph holds: the eager window, the optimizer reading its rates from device tensors; no
+        probe (`update` tells it of each replay)."""
+        with rates_from(self.eager.optimizer, self.rates), self._unprobed():
             self.grad_norm.copy_(self._eager(window))
+
+    @contextlib.contextmanager
+    def _unprobed(self) -> Iterator[None]:
+        """The eager step without the diagnostics probe: steps that are not the run's own."""
+        probe, self.eager.probe = self.eager.probe, GradientProbe()
+        try:
+            yield
+        finally:
+            self.eager.probe = probe
 
     def _add_slot(self, x: torch.Tensor) -> None:
         # the layout of x (channels_last images stay channels_last), room for a full batch
@@ -404,7 +418,7 @@ class GraphedTrainStep:
         self.loaded = [group["lr"] for group in groups]
         before = Snapshot(step, backend)
         try:
-            with backend.side_stream():
+            with backend.side_stream(), self._unprobed():  # the warm-up steps are not steps of the run
                 start = [p.detach().clone() for p in step.params]
                 reference = None
                 for _ in range(WARMUP_STEPS):

@@ -33,7 +33,12 @@ from aetrain.train.precision import Clip, Precision
 
 
 class GradientProbe:
-    """Watches the gradients and updates of a step. This one does nothing (diagnostics off)."""
+    """Watches the gradients and updates of a step. This one does nothing (diagnostics off).
+
+    `sampling`: the next optimizer step is one the probe measures. A graphed step runs such a step
+    eagerly (Python has to run for the probe to see it) and replays its graph for the others."""
+
+    sampling = False
 
     def before_update(self, step: TrainStep) -> None:
         """The gradients are complete and unscaled (true units), not yet clipped or applied."""

@@ -4,6 +4,7 @@
 - loss_curve.png, reconstructions/, a family's galleries (`pictures`);
 - tensorboard/ (`tensorboard`);
 - summary.json (`summary`);
+- diagnostics.csv, diag/ TensorBoard scalars and the live findings of the training doctor (`diagnostics`);
 - the console: header, epoch lines, a progress bar on a terminal (`console`), and the final
   table that the train command prints from summary.json.
 
@@ -18,9 +19,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aetrain.config import OutputsConfig
-from aetrain.rundir import METRICS, TENSORBOARD
+from aetrain.config import DiagnosticsConfig, OutputsConfig
+from aetrain.rundir import DIAG_TENSORBOARD, METRICS, TENSORBOARD
 from aetrain.train.engine import Callback
+from aetrain.train.outputs.diagnostics import Diagnostics
 from aetrain.train.outputs.console import EpochLog, EpochProgress, Header, is_terminal
 from aetrain.train.outputs.metrics import MetricsCSV
 from aetrain.train.outputs.pictures import Pictures
@@ -30,10 +32,12 @@ from aetrain.train.outputs.tensorboard import ImageSink, TensorBoard
 __all__ = ["build_outputs"]
 
 
-def build_outputs(cfg: OutputsConfig, run_dir: Path) -> list[Callback]:
-    """Every output callback `cfg` asks for; one that is off is simply not in the list."""
+def build_outputs(cfg: OutputsConfig, run_dir: Path, *, diagnostics: DiagnosticsConfig | None = None) -> list[Callback]:
+    """Every output callback `cfg` (and `diagnostics`) asks for; one that is off is simply not in the list."""
     tensorboard = [TensorBoard(run_dir / TENSORBOARD)] if cfg.tensorboard else []
+    doctor = [Diagnostics(run_dir, tensorboard=run_dir / TENSORBOARD / DIAG_TENSORBOARD if cfg.tensorboard else None)] \
+        if diagnostics is not None and diagnostics.enabled else []
     pictures = [Pictures(cfg, run_dir, tensorboard[0] if tensorboard else ImageSink())] if cfg.plot_every else []
     progress = [EpochProgress()] if cfg.progress and is_terminal() else []
-    return [MetricsCSV(run_dir / METRICS), Header(run_dir), EpochLog(), *tensorboard, *pictures, Summary(run_dir),
-            *progress]
+    return [MetricsCSV(run_dir / METRICS), Header(run_dir), EpochLog(), *tensorboard, *pictures, *doctor,
+            Summary(run_dir), *progress]

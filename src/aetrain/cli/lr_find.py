@@ -1,0 +1,134 @@
+"""`aetrain lr_find [overrides]`: the learning-rate range test, composed from the same config as training.
+
+Every training override works (`model=conv_ae data=mnist optimizer=sgd ...`); `lr_find.<key>=...`
+sets the test's own keys (`aetrain.commands.lr_find.LRFindConfig`). The files go to
+`outputs/lr_find/<date>/<time>/` unless `hydra.run.dir=...` says otherwise; the composed config
+is saved there as `.hydra/config.yaml`, with the overrides typed in `.hydra/overrides.yaml`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from aetrain.errors import AetrainError, ConfigError
+
+from aetrain.cli.report import exit_with, usage_error
+
+SUMMARY = "learning-rate range test: suggests optimizer.lr for the configured model and data"
+
+DEFAULT_DIR = "outputs/lr_find/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+
+HELP = f"""\
+aetrain lr_find: the learning-rate range test (as Lightning's and fastai's lr finders run it).
+
+Usage:
+  aetrain lr_find [group=choice ...] [key=value ...] [lr_find.<key>=value ...]
+
+Trains the configured model on the configured data for lr_find.num_steps optimizer steps while
+the learning rate rises exponentially from lr_find.min_lr to lr_find.max_lr, and suggests the rate
+where the smoothed loss falls fastest (Lightning's rule). It takes every override training takes
+(aetrain --help lists them); the configured scheduler is not used.
+
+Keys of the test:
+  lr_find.min_lr=1e-7      learning rate of the first step
+  lr_find.max_lr=1.0       learning rate of the last step
+  lr_find.num_steps=100    optimizer steps
+  lr_find.divergence=4.0   stop once the smoothed loss exceeds this multiple of its minimum
+
+Writes, into {DEFAULT_DIR.replace('${now:%Y-%m-%d}', '<date>').replace('${now:%H-%M-%S}', '<time>')}/ (or hydra.run.dir=...):
+  lr_find.csv    step, lr, loss, smoothed_loss
+  lr_find.png    the smoothed loss against the learning rate, the suggestion marked
+  lr_find.json   the suggested optimizer.lr and the test's settings
+  .hydra/        the composed config and the overrides typed
+
+Examples:
+  aetrain lr_find
+  aetrain lr_find model=conv_ae optimizer=sgd
+  aetrain lr_find model=vae lr_find.num_steps=200 hydra.run.dir=lr_test
+"""
+
+
+def main(args: list[str]) -> None:
+    if {"--help", "-h"} & set(args):
+        sys.stdout.write(HELP)
+        return
+    flags = [a for a in args if a.startswith("-")]
+    if flags:
+        usage_error(f"aetrain lr_find takes overrides (key=value), not {flags[0]}", "lr_find")
+    positional = [a for a in args if "=" not in a]
+    if positional:
+        usage_error(f"aetrain lr_find takes overrides (key=value); '{positional[0]}' is not one", "lr_find")
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    from aetrain.commands.lr_find import LRFindConfig, run
+    from aetrain.rundir import HYDRA, LR_FIND_FILES
+
+    from aetrain.cli.command import parse
+    from aetrain.cli.schema import register_configs, to_config
+    from aetrain.cli.train import check_overrides
+
+    own = [a for a in args if a.startswith("lr_find.")]
+    overrides = [a for a in args if a not in own]
+    if not any(a.partition("=")[0] == "hydra.run.dir" for a in overrides):
+        overrides.append(f"hydra.run.dir={DEFAULT_DIR}")
+    out_dir: Path | None = None
+    existed = True
+    try:
+        find = parse("lr_find", own, {"lr_find": LRFindConfig()}, own="lr_find").sections["lr_find"]
+        check_overrides(overrides)
+        register_configs()
+        with initialize_config_module("aetrain.configs", version_base="1.3"):
+            composed = compose("train", overrides=overrides, return_hydra_config=True)
+        out_dir = Path(composed.hydra.run.dir)
+        existed = out_dir.exists()
+        with open_dict(composed):
+            del composed["hydra"]
+        cfg = to_config(composed)
+        # a training run's dir has a .hydra/config.yaml too, which the test would overwrite with its own
+        taken = [name for name in (*LR_FIND_FILES, f"{HYDRA}/config.yaml") if (out_dir / name).exists()]
+        if taken:
+            raise ConfigError(f"hydra.run.dir={out_dir} already holds a run or a range test ({taken[0]}); choose "
+                              "another hydra.run.dir")
+        _log_to_console()
+        result = run(cfg, find, out_dir)
+    except (AetrainError, HydraException, OmegaConfBaseException) as ex:
+        if out_dir is not None and not existed:  # a rejected command leaves no dir behind
+            _remove_if_empty(out_dir)
+        exit_with(ex)
+    (out_dir / HYDRA).mkdir(exist_ok=True)
+    OmegaConf.save(composed, out_dir / HYDRA / "config.yaml")
+    OmegaConf.save(OmegaConf.create([a for a in args]), out_dir / HYDRA / "overrides.yaml")
+    table, picture, summary = (out_dir / name for name in LR_FIND_FILES)
+    if result.suggestion is None:
+        print(f"no suggestion: only {len(result.lrs)} steps before the loss diverged; lower lr_find.min_lr "
+              f"(see {picture})")
+        sys.exit(1)
+    note = " (the loss diverged before lr_find.max_lr)" if result.stopped_early else ""
+    print(f"suggested optimizer.lr={result.suggestion:.2g}  (steepest descent of the smoothed loss over "
+          f"{len(result.lrs)} steps{note}; configured: {cfg.optimizer.lr:g})")
+    print(f"  plot: {picture}")
+    print(f"  loss per step: {table}; suggestion and settings: {summary}")
+
+
+def _log_to_console() -> None:
+    """aetrain's log lines (data loading, warnings) on stdout, as training shows them."""
+    from aetrain.train.outputs.console import console_handler
+
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = console_handler(show_time=False, show_path=False, show_level=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,104 @@
+"""`aetrain lr_find`: the learning-rate range test, with the same overrides as training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aetrain.commands.lr_find import SKIP_BEGIN, suggest
+
+from conftest import metrics_rows, run_subprocess
+
+CPU = "trainer.device=cpu"
+
+
+def suggested(out: str) -> float:
+    found = re.search(r"suggested optimizer\.lr=([0-9.e-]+)", out)
+    assert found, out
+    return float(found.group(1))
+
+
+def test_lr_find_on_the_default_model_suggests_a_rate_near_the_default(tmp_path: Path) -> None:
+    """Run as a user would, without hydra.run.dir: the files go to outputs/lr_find/<date>/<time>/."""
+    result = run_subprocess(CPU, cwd=tmp_path, command=("lr_find",))
+    assert result.returncode == 0, result.err
+    lr = suggested(result.out)
+    assert 1e-4 <= lr <= 1e-2  # within 10x of the default 1e-3
+    (out_dir,) = tmp_path.glob("outputs/lr_find/*/*")
+    saved = json.loads((out_dir / "lr_find.json").read_text())
+    assert math.isclose(saved["suggested_lr"], lr, rel_tol=0.05) and saved["model"] == "dense_ae"
+    with open(out_dir / "lr_find.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(1e-7) and all(b > a for a, b in zip(lrs, lrs[1:]))  # rising exponentially
+    assert len(rows) <= 100 and saved["steps"] == len(rows)
+    assert (out_dir / "lr_find.png").stat().st_size > 10_000
+    assert (out_dir / ".hydra" / "config.yaml").is_file()
+    assert str(out_dir.relative_to(tmp_path) / "lr_find.png") in result.out  # where the plot is, as typed
+
+
+def test_lr_find_takes_the_training_overrides_and_its_own_keys(cli, tmp_path: Path) -> None:
+    out_dir = tmp_path / "find"
+    result = cli.command("lr_find", CPU, "model=conv_ae", "optimizer=sgd", "data.batch_size=32",
+                         "lr_find.num_steps=30", "lr_find.max_lr=10", f"hydra.run.dir={out_dir}")
+    assert result.returncode == 0, result.output
+    saved = json.loads((out_dir / "lr_find.json").read_text())
+    assert (saved["model"], saved["optimizer"], saved["settings"]["num_steps"]) == ("conv_ae", "sgd", 30)
+    assert saved["steps"] <= 30
+
+
+@pytest.mark.parametrize("args, message", [
+    (["lr_find.num_steps=5"], "lr_find.num_steps=5 is out of range: must be >= 20"),
+    (["lr_find.max_lr=1e-9"], "lr_find.max_lr=1e-09 is out of range"),
+    (["lr_find.warmup=3"], "lr_find.warmup: unknown key"),
+    (["model=foo"], "model=foo is not one of"),
+    (["optimizer.lr=-1"], "optimizer.lr=-1.0 is out of range"),
+    (["-m"], "takes overrides (key=value), not -m"),
+    (["outputs/run"], "'outputs/run' is not one"),
+])
+def test_lr_find_mistakes_are_one_line_errors_that_leave_nothing(cli, tmp_path: Path, args: list[str],
+                                                                 message: str) -> None:
+    result = cli.command("lr_find", CPU, f"hydra.run.dir={tmp_path / 'find'}", *args)
+    assert result.returncode == 2, result.output
+    assert result.err.startswith("aetrain: error: ") and message in result.err and result.err.count("\n") == 1
+    assert not (tmp_path / "find").exists()
+
+
+@pytest.mark.parametrize("held", ["lr_find.csv", ".hydra/config.yaml"], ids=["range_test", "training_run"])
+def test_lr_find_refuses_a_directory_that_holds_a_run_or_a_range_test(cli, tmp_path: Path, held: str) -> None:
+    out_dir = tmp_path / "find"
+    (out_dir / held).parent.mkdir(parents=True)
+    (out_dir / held).write_text("keep me\n")
+    result = cli.command("lr_find", CPU, f"hydra.run.dir={out_dir}", "lr_find.num_steps=20")
+    assert result.returncode == 2 and f"already holds a run or a range test ({held})" in result.err
+    assert (out_dir / held).read_text() == "keep me\n"
+
+
+def test_the_suggestion_is_where_the_smoothed_loss_falls_fastest() -> None:
+    lrs = np.geomspace(1e-6, 1.0, 100)
+    # a loss that is flat, falls fastest around 1e-3, flattens and then blows up
+    loss = 1.0 - 0.8 / (1 + np.exp(-3 * (np.log10(lrs) + 3))) + np.where(lrs > 0.3, (lrs - 0.3) * 10, 0)
+    found = suggest(lrs.tolist(), loss.tolist())
+    assert found == pytest.approx(1e-3, rel=0.15)
+    assert suggest(lrs[: SKIP_BEGIN + 2].tolist(), loss[: SKIP_BEGIN + 2].tolist()) is None  # too few steps
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 13 acceptance not met yet: the suggested 0.0017 reaches best val/loss "
+                   "0.00704 in 200 epochs, the default 1e-3 0.00666 (measured 2026-11-23)")
+def test_the_suggested_rate_trains_the_default_model_at_least_as_well_as_the_default(cli, tmp_path: Path) -> None:
+    found = cli.command("lr_find", CPU, f"hydra.run.dir={tmp_path / 'find'}")
+    assert found.returncode == 0, found.output
+    lr = suggested(found.out)
+    assert 1e-4 <= lr <= 1e-2
+    default = cli(CPU, "outputs.plot_every=0", run_dir=tmp_path / "default")
+    tuned = cli(CPU, "outputs.plot_every=0", f"optimizer.lr={lr}", run_dir=tmp_path / "tuned")
+    assert default.returncode == tuned.returncode == 0
+    best = {name: min(float(r["val/loss"]) for r in metrics_rows(tmp_path / name)) for name in ("default", "tuned")}
+    assert best["tuned"] <= best["default"], best
