@@ -22,6 +22,12 @@ import torch
 
 from aetrain.config import Config, DataConfig, OutputsConfig, TrainerConfig
 
+# Under pytest-xdist (`-n N`) each worker gets one core's worth of threads, and so do the CLI processes it
+# starts: N workers with torch's default of one thread per core each would fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # Tiny, fast runs: a couple of epochs on the embedded digits; every test that means the CPU says so
 # (trainer.device=auto is CUDA on a GPU machine).
 FAST = ["trainer.max_epochs=2", "data.batch_size=128", "trainer.device=cpu"]

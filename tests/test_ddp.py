@@ -185,9 +185,9 @@ def aetrain_lines(stderr: str) -> list[str]:
 
 
 def files(run_dir: Path) -> list[str]:
-    """The run dir's files; TensorBoard's event files (named by time and process id) as `events`."""
-    names = (p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
-    return sorted("tensorboard/events" if n.startswith("tensorboard/events.") else n for n in names)
+    """The run dir's files; TensorBoard's event files (named by time and process id) as `<dir>/events`."""
+    names = (p.relative_to(run_dir) for p in run_dir.rglob("*") if p.is_file())
+    return sorted((p.parent / "events").as_posix() if p.name.startswith("events.") else p.as_posix() for p in names)
 
 
 @pytest.fixture(scope="module")

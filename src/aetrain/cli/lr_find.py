@@ -105,8 +105,8 @@ def main(args: list[str]) -> None:
     OmegaConf.save(OmegaConf.create([a for a in args]), out_dir / HYDRA / "overrides.yaml")
     table, picture, summary = (out_dir / name for name in LR_FIND_FILES)
     if result.suggestion is None:
-        print(f"no suggestion: only {len(result.lrs)} steps before the loss diverged; lower lr_find.min_lr "
-              f"(see {picture})")
+        sys.stderr.write(f"aetrain: lr_find: no suggestion: the loss diverged after {len(result.lrs)} steps; lower "
+                         f"lr_find.min_lr or lr_find.max_lr (see {picture})\n")
         sys.exit(1)
     note = " (the loss diverged before lr_find.max_lr)" if result.stopped_early else ""
     print(f"suggested optimizer.lr={result.suggestion:.2g}  (steepest descent of the smoothed loss over "

@@ -55,7 +55,9 @@ class Column:
 
 
 class LayerProbe(GradientProbe):
-    """Samples per-layer statistics every `every_n_steps` optimizer steps (see the module docstring)."""
+    """Samples per-layer statistics every `every_n_steps` optimizer steps (see the module docstring), from
+    `start` on: an engine without the diagnostics output to read them (the Python API's own callbacks)
+    measures nothing and keeps nothing."""
 
     def __init__(self, model: nn.Module, every_n_steps: int, *, latent_dim: int) -> None:
         self.every = every_n_steps
@@ -85,6 +87,7 @@ class LayerProbe(GradientProbe):
         self.order: dict[str, float] = {**{n: float(i) for i, n in enumerate(names)}, "code": encoder_end + 0.5}
         self.columns = self._columns()
         self.next_step = 0  # 0-based index of the next optimizer step
+        self.started = False  # measuring only once the diagnostics output reads it (`start`)
         self.sampling = False
         self.pending: list[tuple[int, torch.Tensor]] = []  # (steps taken after the sampled step, its numbers)
         self.captured: dict[str, torch.Tensor] = {}
@@ -105,6 +108,7 @@ class LayerProbe(GradientProbe):
     def start(self, step: int) -> None:
         """Training starts (or resumes) with `step` optimizer steps already taken."""
         self.next_step = step
+        self.started = True
         self.pending.clear()
         self._arm(step % self.every == 0)
 
@@ -123,7 +127,7 @@ class LayerProbe(GradientProbe):
             self.pending.append((self.next_step + 1, self._row()))
             self.before, self.captured = [], {}
         self.next_step += 1
-        self._arm(self.next_step % self.every == 0)
+        self._arm(self.started and self.next_step % self.every == 0)
 
     # --- measuring ----------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from aetrain.atomic import write_atomic
 from aetrain.rundir import DIAGNOSTICS, DIAGNOSTICS_COLUMNS, read_diagnostics, run_dir_of
 from aetrain.train.diagnostics import LayerProbe, ReconstructionCheck
 from aetrain.train.engine import Callback, Engine
+from aetrain.train.outputs.tensorboard import NoWriter
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,11 @@ class Diagnostics(Callback):
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self.Event, self.Summary = event_pb2.Event, summary_pb2.Summary
-        self.writer = EventFileWriter(str(self.tensorboard_dir), filename_suffix=".diag")
+        try:
+            self.writer = EventFileWriter(str(self.tensorboard_dir), filename_suffix=".diag")
+        except UnicodeError:  # a path tensorboard cannot name in this locale: the run's TensorBoard said so
+            self.writer = NoWriter()
+            return
         if self.resumed_at:  # resuming: TensorBoard hides what an earlier session logged after this step
             self.writer.add_event(self.Event(step=self.resumed_at + 1, wall_time=time.time(),
                                              session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))

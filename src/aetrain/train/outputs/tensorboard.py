@@ -53,7 +53,7 @@ class TensorBoard(Callback, ImageSink):
         except UnicodeError:  # tensorboard names files in UTF-8: a path undecodable in this locale (LC_ALL=C)
             log.warning("TensorBoard is off for this run: it cannot name files under %s in this locale (run with "
                         "PYTHONUTF8=1 or a UTF-8 locale such as LC_ALL=C.UTF-8)", self.log_dir)
-            self.writer = _NoWriter()
+            self.writer = NoWriter()
             return
         if self.resumed_at:  # resuming: TensorBoard hides what an earlier session logged after this step
             # (SummaryWriter's purge_step; the epoch that ended at this very step belongs to the history)
@@ -91,7 +91,7 @@ def _scalars(tags: dict[str, str], values: dict[str, Any]) -> list[tuple[str, fl
     return [(tag, float(values[key])) for key, tag in tags.items() if key in values]
 
 
-class _NoWriter:
+class NoWriter:
     """An event writer that writes nothing: TensorBoard off after its file could not be opened."""
 
     def add_event(self, event: Any) -> None:
