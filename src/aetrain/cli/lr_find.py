@@ -28,18 +28,18 @@ Usage:
 
 Trains the configured model on the configured data for lr_find.num_steps optimizer steps while
 the learning rate rises exponentially from lr_find.min_lr to lr_find.max_lr, and suggests the rate
-where the smoothed loss falls fastest (Lightning's rule). It takes every override training takes
+where the loss (a centered average over a tenth of the steps) falls fastest before its lowest point. It takes every override training takes
 (aetrain --help lists them); the configured scheduler is not used.
 
 Keys of the test:
   lr_find.min_lr=1e-7      learning rate of the first step
   lr_find.max_lr=1.0       learning rate of the last step
   lr_find.num_steps=100    optimizer steps
-  lr_find.divergence=4.0   stop once the smoothed loss exceeds this multiple of its minimum
+  lr_find.divergence=4.0   stop once the loss's moving average exceeds this multiple of its minimum
 
 Writes, into {DEFAULT_DIR.replace('${now:%Y-%m-%d}', '<date>').replace('${now:%H-%M-%S}', '<time>')}/ (or hydra.run.dir=...):
   lr_find.csv    step, lr, loss, smoothed_loss
-  lr_find.png    the smoothed loss against the learning rate, the suggestion marked
+  lr_find.png    the loss against the learning rate, the suggestion marked
   lr_find.json   the suggested optimizer.lr and the test's settings
   .hydra/        the composed config and the overrides typed
 
@@ -105,11 +105,11 @@ def main(args: list[str]) -> None:
     OmegaConf.save(OmegaConf.create([a for a in args]), out_dir / HYDRA / "overrides.yaml")
     table, picture, summary = (out_dir / name for name in LR_FIND_FILES)
     if result.suggestion is None:
-        sys.stderr.write(f"aetrain: lr_find: no suggestion: the loss diverged after {len(result.lrs)} steps; lower "
-                         f"lr_find.min_lr or lr_find.max_lr (see {picture})\n")
+        sys.stderr.write(f"aetrain: lr_find: no suggestion: {result.why_none} over {len(result.lrs)} steps from "
+                         f"lr_find.min_lr={find.min_lr:g} to {result.lrs[-1]:.2g}; try a wider range (see {picture})\n")
         sys.exit(1)
     note = " (the loss diverged before lr_find.max_lr)" if result.stopped_early else ""
-    print(f"suggested optimizer.lr={result.suggestion:.2g}  (steepest descent of the smoothed loss over "
+    print(f"suggested optimizer.lr={result.suggestion:.2g}  (steepest descent of the averaged loss over "
           f"{len(result.lrs)} steps{note}; configured: {cfg.optimizer.lr:g})")
     print(f"  plot: {picture}")
     print(f"  loss per step: {table}; suggestion and settings: {summary}")
