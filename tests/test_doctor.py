@@ -390,3 +390,13 @@ def test_verdicts() -> None:
     diverged = trace_of([(0.1, 0.1)])
     diverged.status = "diverged"
     assert doctor.verdict(diverged, []) == "diverged"
+
+
+def test_the_auto_interval_samples_twice_an_epoch_and_at_most_every_10_steps() -> None:
+    from aetrain.train.diagnostics import sampling_interval
+
+    auto = DiagnosticsConfig()
+    assert auto.every_n_steps == 0  # the default
+    assert sampling_interval(auto, 12) == 10  # the digits at batch 128: what the rules were calibrated with
+    assert sampling_interval(auto, 469) == 234  # MNIST at batch 128
+    assert sampling_interval(DiagnosticsConfig(every_n_steps=3), 469) == 3  # a number given is used as given

@@ -11,7 +11,7 @@ so the live messages and the report agree. A rule over sampled steps judges the 
 statistic over that epoch's sampled steps (one odd batch proves nothing).
 
 Every threshold sits next to its rule with the runs it was chosen from (bundled digits, 2-core
-CPU, `diagnostics.every_n_steps=10`): the healthy references are the default run and every model
+CPU, sampling every 10 steps: what `diagnostics.every_n_steps=0`, auto, gives there): the healthy references are the default run and every model
 preset at its defaults (dense_ae, conv_ae, denoising_ae, sparse_ae, vae, 200 epochs); the bad
 references are the runs named in each rule. README "Training doctor" lists the same numbers.
 """

@@ -111,7 +111,8 @@ def build_parts(cfg: Config, world: World | None = None) -> Parts:
     net = torch.compile(model, mode=t.compile_mode) if t.compile else model  # compiled lazily, at the first batch
     train_net = world.wrap(net)  # DDP: gradients averaged across processes in the backward pass
     # the training doctor's per-layer sampling (a no-op probe when off), on the process that writes diagnostics.csv
-    probe = build_probe(cfg.diagnostics, model, latent_dim=cfg.model.latent_dim) if world.is_main else GradientProbe()
+    probe = build_probe(cfg.diagnostics, model, latent_dim=cfg.model.latent_dim, steps_per_epoch=len(windows)) \
+        if world.is_main else GradientProbe()
     step = TrainStep(train_net, objective, optimizer, precision,
                      build_clip(t.gradient_clip_val, t.gradient_clip_algorithm), trainable(model.parameters()),
                      admit=ADMIT.get(t.on_nonfinite), accumulating=world.accumulating(train_net), probe=probe)
