@@ -1,8 +1,8 @@
 """Shared fixtures and helpers: run the real `aetrain` CLI (in-process or as a subprocess), build
 configs for the engine, and compare runs.
 
-Tiers: `python -m pytest -q` runs everything (what CI runs); `python -m pytest -q -m "not slow"`
-is the fast tier for development (under two minutes on two cores). Tests that train long, start
+Tiers: `python -m pytest -q -n 2` runs everything (what CI runs); `-m "not slow"` is the fast tier
+for development. Tests that train long, start
 many processes or wait on real signals are marked `slow`.
 """
 
