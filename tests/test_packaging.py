@@ -26,5 +26,5 @@ def test_ci_runs_the_test_command_the_readme_gives() -> None:
     commands = re.findall(r"^(python -m pytest[^\n#]*?)\s*(?:#.*)?$", readme, flags=re.M)
     assert commands, "the README names no test command"
     ci = (ROOT / ".ci/run").read_text().splitlines()
-    assert commands[0].strip() == "python -m pytest -q" and commands[0].strip() in ci  # the whole suite, as CI runs it
-    assert all(c.startswith("python -m pytest -q") for c in commands)  # the others are parts of it (tiers)
+    assert commands[0].strip() == "python -m pytest -q -n 2" and commands[0].strip() in ci  # the whole suite, as CI
+    assert all(c.startswith("python -m pytest -q -n 2") for c in commands)  # the others are parts of it (tiers)

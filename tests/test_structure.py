@@ -22,10 +22,10 @@ LAYERS = [
     {"aetrain.models"},
     {"aetrain.data"},
     {"aetrain.doctor"},  # the training doctor's rules: torch-free, used by train (live) and commands (doctor)
-    {"aetrain.config", "aetrain.rundir", "aetrain.registry", "aetrain.atomic", "aetrain.errors"},
+    {"aetrain.config", "aetrain.rundir", "aetrain.registry", "aetrain.atomic", "aetrain.errors", "aetrain.launch"},
 ]
 HYDRA_FREE = ["aetrain.commands", "aetrain.train", "aetrain.checkpoint", "aetrain.models", "aetrain.data",
-              "aetrain.config", "aetrain.rundir", "aetrain.doctor"]
+              "aetrain.config", "aetrain.rundir", "aetrain.doctor", "aetrain.launch"]
 
 
 def module_name(path: Path) -> str:

@@ -43,6 +43,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.config import CHOICES
 from aetrain.errors import AetrainError, ConfigError, Interrupted
+from aetrain.launch import env_rank, launched
 from aetrain.rundir import HYDRA, RunDirTaken, claimed, own_run_dir, read_summary
 
 from aetrain.cli import sweep
@@ -103,12 +104,12 @@ def _task(cfg: DictConfig) -> float | None:
             return _launch(cfg, config, hc, out_dir, processes)  # its processes claim the run dir
         _join_job_tasks()
         interrupt = None
-        if distributed.launched():  # from now until this process exits (see aetrain.train.signals)
+        if launched():  # from now until this process exits (see aetrain.train.signals)
             from aetrain.train.signals import Interrupt
 
             interrupt = Interrupt()
             interrupt.install()
-            if distributed.env_rank() > 0:
+            if env_rank() > 0:
                 _quiet_secondary_process()
         world = distributed.connect(config.trainer)
         own, out_dir = out_dir, Path(world.broadcast(str(out_dir)))  # rank 0's run dir is everyone's
@@ -125,15 +126,14 @@ def _task(cfg: DictConfig) -> float | None:
             log.error("job %s failed: %s", hc.job.num, describe(ex))
             return None
         if hc.mode == RunMode.MULTIRUN:  # one failed job must not sink the sweep, whatever the cause
-            if "RANK" in os.environ and "WORLD_SIZE" in os.environ and os.environ["RANK"] != "0":
+            if env_rank() != 0:
                 return None  # a SLURM job's other tasks: its rank 0 records the failure
             return _job_failed(cfg, hc, ex)
-        launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # distributed.launched(), without torch
-        if not launched:
+        if not launched():
             _remove_if_empty(out_dir)
         if not isinstance(ex, AetrainError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise  # a bug, or a user who asked for the traceback behind an error
-        if not launched:
+        if not launched():
             exit_with(ex)  # here rather than raising: Hydra would add its own lines around it
         _leave_launched_process(ex, out_dir)
     if world is not None:
@@ -148,7 +148,7 @@ def _leave_launched_process(ex: AetrainError, out_dir: Path) -> typing.NoReturn:
     shutting down, that signal would end this one as killed instead of with its code."""
     from aetrain.train import distributed
 
-    rank = distributed.env_rank()
+    rank = env_rank()
     if rank == 0:
         _remove_if_empty(out_dir)
     if distributed.reported_here(ex):  # not what every process raised alike: rank 0 says that once
@@ -388,16 +388,14 @@ def launched_process_arguments(args: list[str]) -> tuple[list[str], Path | None]
     """In a process started by a launcher (torchrun): refuse a sweep, and give ranks other than 0 a
     scratch dir for Hydra's run dir (returned, to remove at the end), so that only rank 0 makes the
     run dir: each process would otherwise resolve its own `outputs/<date>/<time>`."""
-    from aetrain.train import distributed
-
-    if not distributed.launched():
+    if not launched():
         return args, None
     if {"-m", "--multirun"} & set(args):
         raise AetrainError("-m under a launcher: every process would run the whole sweep; let each job start its "
                            "own processes instead: aetrain -m trainer.devices=N ...")
-    if distributed.env_rank() == 0:
+    if env_rank() == 0:
         return args, None
-    scratch = Path(tempfile.mkdtemp(prefix=f"aetrain-rank{distributed.env_rank()}-"))
+    scratch = Path(tempfile.mkdtemp(prefix=f"aetrain-rank{env_rank()}-"))
     return [*(a for a in args if _override_key(a) != "hydra.run.dir"), f"hydra.run.dir={scratch}"], scratch
 
 

@@ -45,22 +45,13 @@ import numpy as np
 import torch
 
 from aetrain.config import Config, TrainerConfig
+from aetrain.launch import env_rank, launched  # noqa: F401 - part of this module's interface
 from aetrain.errors import AetrainError, ConfigError, DivergenceError, Interrupted, ProcessLost, ReplicaMismatch
 
 log = logging.getLogger(__name__)
 
 _OFF = contextlib.nullcontext()  # reusable: the single process's "no context" costs nothing per micro-batch
 MAIN_FIRST_TIMEOUT_S = 3600.0  # rank 0 prepares the data (downloads) while the others wait this long at most
-
-
-def launched() -> bool:
-    """True in a process started by a launcher that set the torch.distributed environment (RANK, WORLD_SIZE)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def env_rank() -> int:
-    """This process's rank as its launcher set it; 0 when it was not launched as one of several."""
-    return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
 def _device_kind(name: str) -> str:
