@@ -51,13 +51,23 @@ def error_histogram(series: Sequence[tuple[str, np.ndarray, str]], title: str, u
     ax = fig.subplots()
     edges, log_x = _bins(*(e for _, e, _ in series))
     for label, errors, colour in series:
-        ax.hist(errors, bins=edges, color=colour, alpha=0.45, label=f"{label} (mean {errors.mean():.4g})")
-        ax.hist(errors, bins=edges, color=colour, histtype="step", linewidth=1.2)
+        _filled_histogram(ax, errors, edges, colour, f"{label} (mean {errors.mean():.4g})", density=False)
         ax.axvline(errors.mean(), color=colour, linestyle="--", linewidth=1.2)
+    return _finish_histogram(fig, ax, log_x, f"per-sample mean squared error ({unit})", "samples", title)
+
+
+def _filled_histogram(ax: Any, values: np.ndarray, edges: np.ndarray, colour: str, label: str, *,
+                      density: bool) -> None:
+    """A translucent histogram with a solid outline, so overlapping groups stay readable."""
+    ax.hist(values, bins=edges, color=colour, alpha=0.45, density=density, label=label)
+    ax.hist(values, bins=edges, color=colour, histtype="step", density=density, linewidth=1.2)
+
+
+def _finish_histogram(fig: Any, ax: Any, log_x: bool, xlabel: str, ylabel: str, title: str) -> bytes:
     if log_x:
         ax.set_xscale("log")
-    ax.set_xlabel(f"per-sample mean squared error ({unit})")
-    ax.set_ylabel("samples")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=9)
     ax.grid(True, alpha=0.3)
@@ -136,17 +146,10 @@ def score_histograms(scores: np.ndarray, anomaly: np.ndarray | None, threshold: 
     edges, log_x = _bins(*(s for _, s, _ in groups), np.array([threshold]))
     for label, values, colour in groups:
         # density: the two groups differ in size by orders of magnitude; each histogram integrates to 1
-        ax.hist(values, bins=edges, color=colour, alpha=0.45, density=True, label=f"{label} ({len(values)})")
-        ax.hist(values, bins=edges, color=colour, histtype="step", density=True, linewidth=1.2)
+        _filled_histogram(ax, values, edges, colour, f"{label} ({len(values)})", density=True)
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.4g}")
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlabel(f"anomaly score: per-sample mean squared error ({unit})")
-    ax.set_ylabel("density (each group sums to 1)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=9)
-    ax.grid(True, alpha=0.3)
-    return _png(fig)
+    return _finish_histogram(fig, ax, log_x, f"anomaly score: per-sample mean squared error ({unit})",
+                             "density (each group sums to 1)", title)
 
 
 def code_map(points: np.ndarray, groups: np.ndarray | None, group_title: str, title: str, axes: tuple[str, str]
