@@ -18,7 +18,8 @@ from aetrain.cli.report import exit_with, usage_error
 
 SUMMARY = "learning-rate range test: suggests optimizer.lr for the configured model and data"
 
-DEFAULT_DIR = "outputs/lr_find/${now:%Y-%m-%d}/${now:%H-%M-%S}"
+# a dir of its own even for two tests started in the same second (see aetrain.cli.train.new_dir)
+DEFAULT_DIR = "${aetrain.new_dir:outputs/lr_find/${now:%Y-%m-%d}/${now:%H-%M-%S}}"
 
 HELP = f"""\
 aetrain lr_find: the learning-rate range test (as Lightning's and fastai's lr finders run it).
@@ -37,7 +38,7 @@ Keys of the test:
   lr_find.num_steps=100    optimizer steps
   lr_find.divergence=4.0   stop once the loss's moving average exceeds this multiple of its minimum
 
-Writes, into {DEFAULT_DIR.replace('${now:%Y-%m-%d}', '<date>').replace('${now:%H-%M-%S}', '<time>')}/ (or hydra.run.dir=...):
+Writes, into outputs/lr_find/<date>/<time>/ (or hydra.run.dir=...):
   lr_find.csv    step, lr, loss, smoothed_loss
   lr_find.png    the loss against the learning rate, the suggestion marked
   lr_find.json   the suggested optimizer.lr and the test's settings
@@ -65,27 +66,29 @@ def main(args: list[str]) -> None:
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    from aetrain.commands.lr_find import LRFindConfig, run
+    from aetrain.commands.lr_find import LRFindConfig, run, validate
     from aetrain.rundir import HYDRA, LR_FIND_FILES
 
     from aetrain.cli.command import parse
     from aetrain.cli.schema import register_configs, to_config
-    from aetrain.cli.train import check_overrides
+    from aetrain.cli.train import check_overrides, made_here
+    from aetrain.rundir import claimed
 
     own = [a for a in args if a.startswith("lr_find.")]
     overrides = [a for a in args if a not in own]
     if not any(a.partition("=")[0] == "hydra.run.dir" for a in overrides):
-        overrides.append(f"hydra.run.dir={DEFAULT_DIR}")
+        overrides.append(f"hydra.run.dir='{DEFAULT_DIR}'")  # quoted: the override grammar takes no nested ${}
     out_dir: Path | None = None
     existed = True
     try:
         find = parse("lr_find", own, {"lr_find": LRFindConfig()}, own="lr_find").sections["lr_find"]
+        validate(find)  # before the default dir is made
         check_overrides(overrides)
         register_configs()
         with initialize_config_module("aetrain.configs", version_base="1.3"):
             composed = compose("train", overrides=overrides, return_hydra_config=True)
         out_dir = Path(composed.hydra.run.dir)
-        existed = out_dir.exists()
+        existed = out_dir.exists() and not made_here(out_dir)
         with open_dict(composed):
             del composed["hydra"]
         cfg = to_config(composed)
@@ -95,10 +98,14 @@ def main(args: list[str]) -> None:
             raise ConfigError(f"hydra.run.dir={out_dir} already holds a run or a range test ({taken[0]}); choose "
                               "another hydra.run.dir")
         _log_to_console()
-        result = run(cfg, find, out_dir)
+        with claimed(out_dir):  # a second test (or a run) into this dir meanwhile is refused
+            result = run(cfg, find, out_dir)
     except (AetrainError, HydraException, OmegaConfBaseException) as ex:
         if out_dir is not None and not existed:  # a rejected command leaves no dir behind
             _remove_if_empty(out_dir)
+            if made_here(out_dir):  # and none of the default dir's parents it made: outputs/lr_find/<date>
+                for parent in out_dir.parents[:3]:
+                    _remove_if_empty(parent)
         exit_with(ex)
     (out_dir / HYDRA).mkdir(exist_ok=True)
     OmegaConf.save(composed, out_dir / HYDRA / "config.yaml")

@@ -86,6 +86,11 @@ def _cannot_create(error: OSError, setting: str) -> str:
 _made: list[Path] = []  # the dirs new_dir made in this process
 
 
+def made_here(path: Path) -> bool:
+    """Whether `new_dir` made `path` in this process (a default dir: remove it again if nothing was written)."""
+    return any(path.resolve() == made.resolve() for made in _made)
+
+
 # At import: a sweep's worker processes (joblib, submitit) resolve job configs after unpickling this module.
 OmegaConf.register_new_resolver("aetrain.new_dir", new_dir, use_cache=True, replace=True)
 
