@@ -400,3 +400,15 @@ def test_the_auto_interval_samples_twice_an_epoch_and_at_most_every_10_steps() -
     assert sampling_interval(auto, 12) == 10  # the digits at batch 128: what the rules were calibrated with
     assert sampling_interval(auto, 469) == 234  # MNIST at batch 128
     assert sampling_interval(DiagnosticsConfig(every_n_steps=3), 469) == 3  # a number given is used as given
+
+
+def test_a_diagnostics_table_without_statistics_gets_a_report_and_a_note_not_a_traceback(cli, tmp_path: Path) -> None:
+    run_dir = tmp_path / "hand_made"
+    run_dir.mkdir()
+    (run_dir / "metrics.csv").write_text("epoch,step,train/loss,val/loss\n1,5,0.1,0.2\n")
+    (run_dir / "diagnostics.csv").write_text("step,layer\n1,x\n")  # rows, but no statistic to draw
+    result = cli.command("doctor", str(run_dir))
+    assert result.returncode == 0 and "Traceback" not in result.output, result.output
+    assert "1 epoch in metrics.csv" in result.out
+    assert "note: no diagnostics.png: diagnostics.csv holds no per-layer statistics to draw" in result.out
+    assert (run_dir / "doctor.json").is_file() and not (run_dir / "diagnostics.png").exists()

@@ -114,8 +114,12 @@ def run(run_dir: Path, cfg: Config | None) -> Report:
     if rows:
         files[DIAGNOSTICS_PLOT] = lambda: plot(trace, findings, title=_title(cfg, status, report.verdict))
     for name, content in files.items():
+        data = content()
+        if data is None:
+            report.notes.append(f"no {name}: {DIAGNOSTICS} holds no per-layer statistics to draw")
+            continue
         try:
-            write_atomic(run_dir / name, content())
+            write_atomic(run_dir / name, data)
         except OSError as e:  # a read-only run dir (someone else's, an archive): the report is still printed
             report.notes.append(f"could not write {run_dir / name}: {e.strerror or e}")
             continue
@@ -130,7 +134,7 @@ def _json_default(value: Any) -> Any:
 def _status(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
     ended, epochs = summary.get("ended"), summary.get("epochs", len(metrics))
     of = summary.get("max_epochs")
-    count = f"{epochs} of {of} epochs" if of else f"{epochs} epochs"
+    count = f"{epochs} of {of} epoch{'s' if of != 1 else ''}" if of else f"{epochs} epoch{'s' if epochs != 1 else ''}"
     if ended in ("ok", "stopped_early"):
         reason = f", {summary['stop_reason']}" if summary.get("stop_reason") else ""
         return f"finished ({ended}{reason}), {count}"
@@ -139,7 +143,7 @@ def _status(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
         return f"{ended} after {count}{error}"
     if summary.get("status") == "running":
         return f"running, or killed without a word ({count} so far)"
-    return f"unknown (no {SUMMARY}), {len(metrics)} epochs in {METRICS}"
+    return f"unknown (no {SUMMARY}), {len(metrics)} epoch{'s' if len(metrics) != 1 else ''} in {METRICS}"
 
 
 def _title(cfg: Config | None, status: str, verdict_: str) -> str:
@@ -227,10 +231,10 @@ def layer_table(layers: list[dict[str, Any]]) -> list[str]:
 
 # --- diagnostics.png -----------------------------------------------------------------------------
 
-def plot(trace: Trace, findings: list[Finding], *, title: str) -> bytes:
+def plot(trace: Trace, findings: list[Finding], *, title: str) -> bytes | None:
     """Heatmaps over the run, one row per layer in the network's order: gradient norm and update-to-weight
     ratio (log10) for the layers with parameters, dead or saturated share for the activations. Layers a
-    finding names are labelled in red with its code."""
+    finding names are labelled in red with its code. None when diagnostics.csv holds none of these."""
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm, Normalize
 
@@ -269,6 +273,8 @@ def plot(trace: Trace, findings: list[Finding], *, title: str) -> bytes:
     if acts:
         panels.append(("dead (ReLU) or saturated (sigmoid, tanh) share", acts,
                        grid(acts, ("dead_share", "saturated_share")), "share", "magma"))
+    if not panels:
+        return None
     heights = [max(len(p[1]), 2) for p in panels]
     labels = {r: f"{r}  [{', '.join(flagged[r])}]" if r in flagged else r for r in layers}
     width = 7.5 + 0.068 * max(map(len, labels.values()))  # room for the longest label at 8 pt
