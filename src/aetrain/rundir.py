@@ -121,16 +121,23 @@ def number(text: str | None) -> float | int:
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.csv's rows with numeric cells (a missing file: no rows). Raises ValueError for a file
-    that is not a metrics table (no `epoch` column)."""
+def _read_table(path: Path) -> tuple[list[dict[str, str]], list[str]] | None:
+    """A CSV file's rows (as dicts) and columns; None when there is no such file."""
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            rows = list(reader)
-            columns = reader.fieldnames or []
+            return list(reader), list(reader.fieldnames or [])
     except FileNotFoundError:
+        return None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.csv's rows with numeric cells (a missing file: no rows). Raises ValueError for a file
+    that is not a metrics table (no `epoch` column)."""
+    table = _read_table(path)
+    if table is None:
         return []
+    rows, columns = table
     if "epoch" not in columns:
         raise ValueError(f"{path}: not an aetrain metrics table (no 'epoch' column)")
     return [{k: number(v) for k, v in row.items() if k is not None} for row in rows]
@@ -153,13 +160,10 @@ def read_split(run_dir: Path) -> dict[str, Any] | None:
 def read_diagnostics(path: Path) -> list[dict[str, Any]]:
     """diagnostics.csv's rows with numeric cells (`code_unit_var`, `code_unit_effect`: lists of floats), empty
     cells left out; a missing file: no rows. Raises ValueError for a file that is not a diagnostics table."""
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            columns = reader.fieldnames or []
-    except FileNotFoundError:
+    table = _read_table(path)
+    if table is None:
         return []
+    rows, columns = table
     if not {"step", "layer"} <= set(columns):
         raise ValueError(f"{path}: not an aetrain diagnostics table (no 'step' and 'layer' columns)")
     out = []

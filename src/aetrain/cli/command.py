@@ -173,3 +173,18 @@ def _typed(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ",".join(map(_typed, value)) + "]"
     return str(value)
+
+
+def answered_help(command: str, args: list[str], help_text: str, takes: str) -> bool:
+    """For a command with a help text of its own: print it for --help/-h (True: nothing else to do), and
+    refuse any other flag with a usage error naming what the command takes."""
+    from aetrain.cli.report import usage_error
+
+    if {"--help", "-h"} & set(args):
+        sys.stdout.write(help_text)
+        return True
+    flags = [a for a in args if a.startswith("-")]
+    if flags:
+        usage_error(f"aetrain {command} takes {takes}, not {flags[0]}", command)
+    return False
+

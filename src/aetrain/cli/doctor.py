@@ -35,12 +35,10 @@ Example:
 
 
 def main(args: list[str]) -> None:
-    if {"--help", "-h"} & set(args):
-        sys.stdout.write(HELP)
+    from aetrain.cli.command import answered_help
+
+    if answered_help("doctor", args, HELP, "a run dir"):
         return
-    flags = [a for a in args if a.startswith("-")]
-    if flags:
-        usage_error(f"aetrain doctor takes a run dir, not {flags[0]}", "doctor")
     overrides = [a for a in args if "=" in a]
     if overrides:
         usage_error(f"aetrain doctor takes a run dir and no overrides; got {overrides[0]}", "doctor")

@@ -21,7 +21,7 @@ SUMMARY = "learning-rate range test: suggests optimizer.lr for the configured mo
 # a dir of its own even for two tests started in the same second (see aetrain.cli.train.new_dir)
 DEFAULT_DIR = "${aetrain.new_dir:outputs/lr_find/${now:%Y-%m-%d}/${now:%H-%M-%S}}"
 
-HELP = f"""\
+HELP = """\
 aetrain lr_find: the learning-rate range test (as Lightning's and fastai's lr finders run it).
 
 Usage:
@@ -52,12 +52,10 @@ Examples:
 
 
 def main(args: list[str]) -> None:
-    if {"--help", "-h"} & set(args):
-        sys.stdout.write(HELP)
+    from aetrain.cli.command import answered_help
+
+    if answered_help("lr_find", args, HELP, "overrides (key=value)"):
         return
-    flags = [a for a in args if a.startswith("-")]
-    if flags:
-        usage_error(f"aetrain lr_find takes overrides (key=value), not {flags[0]}", "lr_find")
     positional = [a for a in args if "=" not in a]
     if positional:
         usage_error(f"aetrain lr_find takes overrides (key=value); '{positional[0]}' is not one", "lr_find")
