@@ -5,6 +5,7 @@ is tests/test_graphs.py."""
 from __future__ import annotations
 
 import copy
+import csv
 import logging
 import warnings
 from pathlib import Path
@@ -14,8 +15,8 @@ import pytest
 import torch
 
 from aetrain.commands.train import build_parts, run
-from aetrain.config import (AdamConfig, Config, ConvAEConfig, DataConfig, DenseAEConfig, ModelConfig, OutputsConfig,
-                            TrainerConfig)
+from aetrain.config import (AdamConfig, Config, ConvAEConfig, DataConfig, DenseAEConfig, DiagnosticsConfig, ModelConfig,
+                            OutputsConfig, TrainerConfig)
 from aetrain.errors import ConfigError
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.graphs import GraphedTrainStep
@@ -97,17 +98,31 @@ def test_precisions_train_on_cuda_with_device_resident_data(precision: str) -> N
     assert_graphed(parts.step)
 
 
+class NoSyncWindow(Callback):
+    """Between steps 2 and 10 any synchronizing call raises (the capture itself is at step 1)."""
+
+    def on_step(self, engine: Engine) -> None:
+        if engine.state.step == 2:
+            torch.cuda.set_sync_debug_mode("error")
+        if engine.state.step == 10:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("graphs", ["true", "false"])
+def test_the_doctors_sampled_steps_never_wait_on_the_host(tmp_path: Path, graphs: str) -> None:
+    cfg = cuda_config(max_epochs=1, log_every_n_steps=1000, cuda_graphs=graphs)
+    cfg.diagnostics = DiagnosticsConfig(every_n_steps=2)  # steps 2, 4, ... sampled eagerly; 3, 5, ... replayed
+    cfg.outputs = OutputsConfig(plot_every=0, tensorboard=False, progress=False)
+    try:
+        run(cfg, tmp_path / "run", callbacks=[NoSyncWindow()])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    rows = list(csv.DictReader(open(tmp_path / "run" / "diagnostics.csv", newline="")))
+    assert sorted({int(r["step"]) for r in rows if r["grad_norm"]}) == [1, 3, 5, 7, 9, 11]  # steps taken after each
+
+
 @pytest.mark.parametrize("graphs", ["true", "false"])
 def test_training_steps_never_wait_on_the_host(graphs: str) -> None:
-    class NoSyncWindow(Callback):
-        """Between steps 2 and 10 any synchronizing call raises (the capture itself is at step 1)."""
-
-        def on_step(self, engine: Engine) -> None:
-            if engine.state.step == 2:
-                torch.cuda.set_sync_debug_mode("error")
-            if engine.state.step == 10:
-                torch.cuda.set_sync_debug_mode("default")
-
     try:
         Engine(build_parts(cuda_config(precision="16-mixed", max_epochs=1, log_every_n_steps=1000,
                                        gradient_clip_val=1.0, cuda_graphs=graphs)), [NoSyncWindow()]).fit()
