@@ -18,13 +18,14 @@ LAYERS = [
     {"aetrain.cli"},
     {"aetrain.commands"},
     {"aetrain.train"},
+    {"aetrain.report"},  # report.html: read from a run's files; train's end-of-run callback and commands call it
     {"aetrain.checkpoint"},  # reading checkpoints: the model a checkpoint holds
     {"aetrain.models"},
     {"aetrain.data"},
     {"aetrain.doctor"},  # the training doctor's rules: torch-free, used by train (live) and commands (doctor)
     {"aetrain.config", "aetrain.rundir", "aetrain.registry", "aetrain.atomic", "aetrain.errors", "aetrain.launch"},
 ]
-HYDRA_FREE = ["aetrain.commands", "aetrain.train", "aetrain.checkpoint", "aetrain.models", "aetrain.data",
+HYDRA_FREE = ["aetrain.commands", "aetrain.train", "aetrain.report", "aetrain.checkpoint", "aetrain.models", "aetrain.data",
               "aetrain.config", "aetrain.rundir", "aetrain.doctor", "aetrain.launch"]
 
 

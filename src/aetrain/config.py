@@ -333,6 +333,7 @@ class OutputsConfig:
     grid_zoom_to: int = 32  # pixels: smaller images are enlarged by a whole factor (nearest); 0 = native size
     tensorboard: bool = True  # tensorboard/: scalars every epoch and log interval, pictures when drawn; false = none
     progress: bool = True  # a live progress bar per epoch when stdout is a terminal; false = epoch lines only
+    report: bool = True  # report.html (one self-contained page: aetrain report) at the run's end, and at a sweep's end in the sweep dir; false = none
 
 
 @dataclass

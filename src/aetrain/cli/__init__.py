@@ -26,6 +26,7 @@ COMMANDS = {  # name -> module of this package
     "export": "aetrain.cli.export",
     "doctor": "aetrain.cli.doctor",
     "lr_find": "aetrain.cli.lr_find",
+    "report": "aetrain.cli.report_html",
 }
 
 

@@ -169,8 +169,9 @@ def collect(sweep_dir: Path) -> list[JobResult]:
     return sorted(results, key=lambda r: (not r.ranked, r.best_val_loss if r.ranked else 0.0, r.job))
 
 
-def summarize(sweep_dir: Path) -> list[JobResult]:
-    """Write sweep_summary.csv and sweep_objective.png into `sweep_dir` and print the table."""
+def summarize(sweep_dir: Path, *, report: bool = True) -> list[JobResult]:
+    """Write sweep_summary.csv and sweep_objective.png into `sweep_dir` and print the table; then
+    report.html (`report`: outputs.report)."""
     results = collect(sweep_dir)
     if not results:
         return results  # the sweep stopped before any job ran (a composition error): nothing to say
@@ -178,7 +179,24 @@ def summarize(sweep_dir: Path) -> list[JobResult]:
     plot_objective(results, sweep_dir / OBJECTIVE_PNG)
     plot_curves(results, sweep_dir / CURVES_PNG)
     print_table(results, sweep_dir)
+    if report:
+        write_report(sweep_dir)
     return results
+
+
+def write_report(sweep_dir: Path) -> None:
+    """The sweep's report.html (aetrain.commands.report); a page that cannot be written is one line, never
+    the sweep's exit code."""
+    from aetrain.commands.report import report
+
+    try:
+        path = report(sweep_dir)
+    except Exception as e:
+        sys.stderr.write(f"aetrain: could not write {sweep_dir / 'report.html'} (aetrain report {sweep_dir} tries "
+                         f"again): {type(e).__name__}: {e}\n")
+        return
+    sys.stdout.write(f"report: {path}\n")
+    sys.stdout.flush()
 
 
 def write_csv(results: list[JobResult], path: Path) -> None:
@@ -417,6 +435,7 @@ class _Sweep:
 
     dir: Path | None = None
     results: list[JobResult] | None = None
+    report: bool = True  # outputs.report: write report.html after the summary
 
 
 _current = _Sweep()
@@ -428,10 +447,10 @@ def finish() -> list[JobResult] | None:
     Summarises the sweep first when its end was never reached (a sweeper that stopped early,
     Ctrl-C), so the jobs that ran are still in the table. Forgets the sweep: call it once.
     """
-    sweep, _current.dir, _current.results = _Sweep(_current.dir, _current.results), None, None
+    sweep, _current.dir, _current.results = _Sweep(_current.dir, _current.results, _current.report), None, None
     if sweep.dir is None:
         return None
-    return sweep.results if sweep.results is not None else summarize(sweep.dir)
+    return sweep.results if sweep.results is not None else summarize(sweep.dir, report=sweep.report)
 
 
 def previous_sweep(sweep_dir: Path) -> str | None:
@@ -463,12 +482,13 @@ class SweepSummary(Callback):
                              f"choose another hydra.sweep.dir\n")
             sys.exit(2)
         _current.dir, _current.results = sweep_dir, None
+        _current.report = OmegaConf.select(config, "outputs.report", default=True) is not False
         if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
             _route_optuna_logs()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if _current.dir is not None:
-            _current.results = summarize(_current.dir)
+            _current.results = summarize(_current.dir, report=_current.report)
 
 
 def _claim(sweep_dir: Path) -> str | None:

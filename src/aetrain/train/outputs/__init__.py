@@ -6,10 +6,13 @@
 - summary.json (`summary`);
 - diagnostics.csv, diag/ TensorBoard scalars and the live findings of the training doctor (`diagnostics`);
 - the console: header, epoch lines, a progress bar on a terminal (`console`), and the final
-  table that the train command prints from summary.json.
+  table that the train command prints from summary.json;
+- report.html (`report`), the run's page, written at the fit's end from the files the others wrote
+  (last in the list: it reads their final files).
 
 Each callback takes what it needs from the engine (its parts, state and `history`) or its
-constructor; none reads another's attributes, so their order in the list does not matter.
+constructor; none reads another's attributes, so their order in the list does not matter, except
+that the report comes last: it reads the files the others finish in their on_fit_end.
 Resume: the history comes from the earlier metrics.csv (the train command puts it in
 engine.history), TensorBoard purges events past the resumed step, pictures keep their epoch
 numbers, and summary.json adds the earlier sessions' wall time.
@@ -26,6 +29,7 @@ from aetrain.train.outputs.diagnostics import Diagnostics
 from aetrain.train.outputs.console import EpochLog, EpochProgress, Header, is_terminal
 from aetrain.train.outputs.metrics import MetricsCSV
 from aetrain.train.outputs.pictures import Pictures
+from aetrain.train.outputs.report import Report
 from aetrain.train.outputs.summary import Summary
 from aetrain.train.outputs.tensorboard import ImageSink, TensorBoard
 
@@ -39,5 +43,6 @@ def build_outputs(cfg: OutputsConfig, run_dir: Path, *, diagnostics: Diagnostics
         if diagnostics is not None and diagnostics.enabled else []
     pictures = [Pictures(cfg, run_dir, tensorboard[0] if tensorboard else ImageSink())] if cfg.plot_every else []
     progress = [EpochProgress()] if cfg.progress and is_terminal() else []
+    report = [Report(run_dir)] if cfg.report else []  # last: it reads what the others wrote at the fit's end
     return [MetricsCSV(run_dir / METRICS), Header(run_dir), EpochLog(), *tensorboard, *pictures, *doctor,
-            Summary(run_dir), *progress]
+            Summary(run_dir), *progress, *report]

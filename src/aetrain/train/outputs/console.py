@@ -192,6 +192,8 @@ def final_table(run_dir: Path) -> list[str]:
         rows.append(("tensorboard", f"tensorboard --logdir {run_dir / s['tensorboard']}"))
     if s.get("best_checkpoint"):
         rows.append(("best checkpoint", s["best_checkpoint"]))
+    if (run_dir / "report.html").is_file():
+        rows.append(("report", "report.html (all of it on one page: open it in a browser)"))
     rows.append(("also", "summary.json, metrics.csv, train.log, .hydra/config.yaml"))
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     for key, value in rows:  # escaped as the console will show it, so the table's columns line up

@@ -1,8 +1,12 @@
-"""tensorboard/: scalars at each epoch's end and each log interval, pictures when drawn; x axis = optimizer step."""
+"""tensorboard/: scalars at each epoch's end and each log interval, pictures when drawn; x axis = optimizer step.
+At the fit's end, tensorboard/hparams/: the run's hyperparameters and results for TensorBoard's HParams
+dashboard (what `SummaryWriter.add_hparams` writes), so `tensorboard --logdir <sweep dir>` compares a sweep's jobs."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +18,13 @@ log = logging.getLogger(__name__)
 
 PERF = {"samples_per_s": "perf/samples_per_s", "epoch_time_s": "perf/epoch_time_s", "memory_mb": "perf/memory_mb"}
 LOG_TAGS = {"train/loss": "step/train_loss", "train/grad_norm": "step/grad_norm", "lr": "step/lr"}
+HPARAMS = "hparams"  # tensorboard/hparams/: the HParams dashboard's session of this run
+# the config keys the HParams dashboard gets: the sections that shape the model and its training, the
+# trainer's keys that change the numbers; not where files are, devices, logging or outputs
+HPARAM_SECTIONS = ("model", "data", "optimizer", "scheduler")
+HPARAM_TRAINER = ("max_epochs", "precision", "gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches",
+                  "seed", "early_stopping_patience", "on_nonfinite")
+NOT_HPARAMS = ("data.root", "data.download", "data.num_workers", "data.path", "data.labels", "data.layout")
 
 
 class ImageSink:
@@ -73,6 +84,8 @@ class TensorBoard(Callback, ImageSink):
     def on_fit_end(self, engine: Engine) -> None:
         if self.writer is not None:
             self.writer.close()
+        if not isinstance(self.writer, NoWriter):
+            write_hparams(self.log_dir / HPARAMS, engine)
 
     def _write(self, step: int, *, scalars: Sequence[tuple[str, float]] = (),
                image: tuple[str, bytes, tuple[int, ...]] | None = None) -> None:
@@ -85,6 +98,61 @@ class TensorBoard(Callback, ImageSink):
             values.append(self.Summary.Value(tag=tag, image=self.Summary.Image(
                 height=shape[0], width=shape[1], colorspace=3, encoded_image_string=png)))
         self.writer.add_event(self.Event(step=int(step), wall_time=time.time(), summary=self.Summary(value=values)))
+
+
+def hparams_of(cfg: Any) -> dict[str, bool | int | float | str]:
+    """The run's hyperparameters for TensorBoard: `model.latent_dim` -> 16, ...; None as "null", lists as text."""
+    sections = {name: dataclasses.asdict(getattr(cfg, name)) for name in HPARAM_SECTIONS}
+    sections["trainer"] = {k: getattr(cfg.trainer, k) for k in HPARAM_TRAINER}
+    out: dict[str, bool | int | float | str] = {}
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                add(f"{prefix}.{k}", v)
+        elif prefix not in NOT_HPARAMS:
+            out[prefix] = value if isinstance(value, (bool, int, float, str)) else \
+                "null" if value is None else str(value)
+
+    for name, values in sections.items():
+        add(name, values)
+    return out
+
+
+def write_hparams(log_dir: Path, engine: Engine) -> None:
+    """tensorboard/hparams/: the run's HParams session (start with the hyperparameters, end with how it ended)
+    and its results as scalars (hparams/best_val_loss, hparams/final_val_loss, hparams/epochs), as
+    `SummaryWriter.add_hparams` writes them. No experiment summary: TensorBoard then gathers the hyperparameters
+    of every job under its logdir, whatever each job's family. Rewritten whole at every fit's end (a resumed
+    run has one session)."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    state, history = engine.state, engine.history
+    results = {"hparams/best_val_loss": state.best_val_loss,
+               "hparams/final_val_loss": history[-1].get("val/loss", math.nan) if history else math.nan,
+               "hparams/epochs": state.epoch}
+    _, start, end = hparams(hparams_of(engine.parts.cfg), {k: 0.0 for k in results})
+    if engine.status not in ("ok", "stopped_early"):  # failed, diverged, interrupted: the dashboard says so
+        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+        status = api_pb2.STATUS_ABORTED if engine.status == "interrupted" else api_pb2.STATUS_FAILURE
+        content = plugin_data_pb2.HParamsPluginData(session_end_info=plugin_data_pb2.SessionEndInfo(status=status),
+                                                    version=metadata.PLUGIN_DATA_VERSION).SerializeToString()
+        end = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=(
+            summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(
+                plugin_name=metadata.PLUGIN_NAME, content=content))))])
+    if log_dir.is_dir():
+        for old in log_dir.glob("events.out.tfevents.*"):
+            old.unlink()
+    writer = EventFileWriter(str(log_dir))
+    now, step = time.time(), int(state.step)
+    scalars = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+                                         for k, v in results.items()])
+    for summary in (start, scalars, end):
+        writer.add_event(event_pb2.Event(step=step, wall_time=now, summary=summary))
+    writer.close()
 
 
 def _scalars(tags: dict[str, str], values: dict[str, Any]) -> list[tuple[str, float]]:
