@@ -1,5 +1,4 @@
-"""Pictures for the pages: the sweep's matplotlib figures, a loss curve for a run that drew none, and the
-PNG handling that keeps a page small (palette or grey PNGs, a reconstruction grid cut into its rows).
+"""Pictures for the pages: the sweep's matplotlib figures, and the PNG handling that keeps a page small (palette or grey PNGs, a reconstruction grid cut into its rows).
 
 Every figure is a deterministic function of its numbers (Agg, fixed size and dpi, no dates in the
 files), so the same dir always gives the same bytes. Matplotlib is used through its object API.
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from aetrain.report.sweeps import SEED, Job, Sweep, label, number, short
+from aetrain.report.sweeps import SEED, Sweep, number, short
 
 PAD = 2  # pixels between the tiles of a reconstruction grid (aetrain.train.outputs.plots.PAD, README's geometry)
 BEST, OTHER, FAILED = "#2ca02c", "#1f77b4", "#d62728"
@@ -27,8 +26,8 @@ def data_uri(png: bytes) -> str:
 
 def compact_png(data: bytes, *, lossy: bool = False) -> bytes:
     """The same picture in fewer bytes: grey when every pixel is grey, a palette when it has at most 256
-    colours (exact), else (`lossy`, for charts: flat colours and anti-aliased edges) 256 colours chosen by
-    median cut, without dithering; the original when none of these is smaller."""
+    colours (exact), else (`lossy`, for charts: flat colours and anti-aliased edges) 256 colours from an
+    octree, without dithering; the original when none of these is smaller. Deterministic."""
     from PIL import Image
 
     try:
@@ -36,25 +35,25 @@ def compact_png(data: bytes, *, lossy: bool = False) -> bytes:
         image.load()
     except Exception:  # not a picture PIL can read: inline it as it is
         return data
-    if image.mode in ("RGBA", "LA") and np.asarray(image.getchannel("A")).min() < 255:
+    if image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema()[0] < 255:
         return data  # transparency: keep it
-    rgb = np.asarray(image.convert("RGB"))
-    h, w, _ = rgb.shape
-    if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
-        out = Image.fromarray(rgb[..., 0], "L")
+    rgb = image.convert("RGB")
+    colours = rgb.getcolors(256)  # [(count, (r, g, b))], None when there are more than 256
+    if colours is not None and all(r == g == b for _, (r, g, b) in colours):
+        out = rgb.convert("L")
+    elif colours is not None:
+        palette = np.array(sorted((r << 16) | (g << 8) | b for _, (r, g, b) in colours), dtype=np.uint32)
+        pixels = np.asarray(rgb).astype(np.uint32)
+        packed = (pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2]
+        out = Image.fromarray(np.searchsorted(palette, packed).astype(np.uint8), "P")
+        out.putpalette(np.stack([palette >> 16, (palette >> 8) & 255, palette & 255], 1).astype(np.uint8)
+                       .ravel().tolist())
+    elif lossy:
+        out = rgb.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
     else:
-        packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
-        colours, index = np.unique(packed.ravel(), return_inverse=True)
-        if len(colours) <= 256:
-            out = Image.fromarray(index.reshape(h, w).astype(np.uint8), "P")
-            out.putpalette(np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], 1).astype(np.uint8)
-                           .ravel().tolist())
-        elif lossy:
-            out = Image.fromarray(rgb, "RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-        else:
-            out = Image.fromarray(rgb, "RGB")
+        return data
     buffer = io.BytesIO()
-    out.save(buffer, format="png", optimize=True)
+    out.save(buffer, format="png")
     return min(buffer.getvalue(), data, key=len)
 
 
@@ -209,39 +208,3 @@ def best_so_far(sweep: Sweep) -> bytes | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     return _png(fig)
-
-
-def loss_curves(metrics: list[dict[str, Any]]) -> bytes | None:
-    """For a run that drew no loss_curve.png (outputs.plot_every=0): train and validation loss per epoch and
-    the learning rate, from metrics.csv."""
-    rows = [r for r in metrics if isinstance(r.get("epoch"), int)]
-    if not rows:
-        return None
-    epochs = [r["epoch"] for r in rows]
-    column = lambda key: [float(r.get(key, math.nan)) for r in rows]  # noqa: E731
-    fig = _figure(7.0, 4.6)
-    loss_ax, lr_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    marker = "o" if len(rows) <= 30 else ""
-    for key, colour, name in (("train/loss", "#1f77b4", "train loss"), ("val/loss", "#d62728", "validation loss")):
-        loss_ax.plot(epochs, column(key), color=colour, marker=marker, markersize=3, label=name)
-    val = column("val/loss")
-    if any(math.isfinite(v) for v in val):
-        i = min(range(len(val)), key=lambda k: val[k] if math.isfinite(val[k]) else math.inf)
-        loss_ax.plot([epochs[i]], [val[i]], "*", color="#d62728", markersize=11, markeredgecolor="black",
-                     markeredgewidth=0.6, label=f"best validation {val[i]:.4g} (epoch {epochs[i]})")
-    if _spans(column("train/loss") + val):
-        loss_ax.set_yscale("log")
-        _plain(loss_ax)
-    lr_ax.plot(epochs, column("lr"), color="#2ca02c", marker=marker, markersize=3)
-    loss_ax.set_ylabel("loss")
-    lr_ax.set_ylabel("learning rate")
-    lr_ax.set_xlabel("epoch")
-    loss_ax.legend(fontsize=8)
-    for ax in (loss_ax, lr_ax):
-        ax.grid(alpha=0.3)
-    fig.suptitle("from metrics.csv (the run drew no loss_curve.png)", fontsize=10)
-    return _png(fig)
-
-
-def job_label(job: Job) -> str:
-    return f"job {job.num}: {label(job.values)}"

@@ -15,6 +15,7 @@ same bytes.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -28,8 +29,8 @@ from aetrain.errors import ConfigError, WriteError
 from aetrain.report import figures
 from aetrain.report.runs import (AFTER_PICTURES, DOCTOR_PICTURE, REPORT, Run, command, config_differences, doctor,
                                  epoch_ranges, is_run_dir, latest_grid, picture_folders, pictures, read_run, typed)
-from aetrain.report.sweeps import (SEED, Job, Sweep, follow_ups, group_time_saved, is_sweep_dir, label, number,
-                                   read_sweep, settings, short, typed_command)
+from aetrain.report.sweeps import (SEED, Job, Sweep, follow_ups, group_time_saved, is_overrides, is_sweep_dir,
+                                   label, number, read_sweep, settings, short, typed_command)
 from aetrain.rundir import ENCODE, EVAL, EXPORT, LOSS_CURVE, METRICS, SCORE, TENSORBOARD, TRAIN_LOG
 
 EPOCH_PICTURE_BYTES = 200_000  # a run page's per-epoch pictures (reconstructions, samples) together, before base64
@@ -68,17 +69,21 @@ def render(path: Path) -> str:
                       f".hydra/config.yaml; a sweep dir has multirun.yaml)")
 
 
-def _render(template: str, context: dict[str, Any]) -> str:
+@functools.cache
+def _environment() -> Any:
+    """The templates, compiled once per process (a sweep's jobs and its page share them)."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("aetrain.report", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
-    env.filters["num"] = fmt
-    env.filters["seconds"] = seconds
     static = resources.files("aetrain.report") / "static"
-    return env.get_template(template).render(css=(static / "report.css").read_text(),
-                                             js=(static / "report.js").read_text(), **context)
+    env.globals.update(css=(static / "report.css").read_text(), js=(static / "report.js").read_text())
+    return env
+
+
+def _render(template: str, context: dict[str, Any]) -> str:
+    return _environment().get_template(template).render(**context)
 
 
 # --- formatting --------------------------------------------------------------------------------------------
@@ -199,10 +204,19 @@ def _what_was_run(run: Run) -> dict[str, Any]:
 
 
 def _curves(run: Run) -> dict[str, Any] | None:
+    """loss_curve.png as the run drew it; without one (outputs.plot_every=0, a run that drew none), the train
+    and validation loss from metrics.csv for the page's script to draw."""
     if (run.path / LOSS_CURVE).is_file():
-        return {"uri": _picture(run.path / LOSS_CURVE, lossy=True), "caption": LOSS_CURVE}
-    png = figures.loss_curves(run.metrics)
-    return {"uri": figures.data_uri(png), "caption": f"drawn from {METRICS}"} if png else None
+        return {"uri": _picture(run.path / LOSS_CURVE, lossy=True), "caption": LOSS_CURVE, "data": None}
+    rows = [r for r in run.metrics if isinstance(r.get("epoch"), int)]
+    if not rows:
+        return None
+    val = [rounded(r.get("val/loss")) for r in rows]
+    finite = [i for i, v in enumerate(val) if v is not None]
+    return {"uri": None, "caption": f"train/loss and val/loss from {METRICS}: the run drew no {LOSS_CURVE} "
+                                    f"(outputs.plot_every=0)",
+            "data": _data({"epochs": [r["epoch"] for r in rows], "train": [rounded(r.get("train/loss")) for r in rows],
+                           "val": val, "best_index": min(finite, key=lambda i: val[i]) if finite else None})}
 
 
 def _metrics_table(run: Run) -> dict[str, Any] | None:
@@ -263,9 +277,13 @@ def _doctor(run: Run) -> dict[str, Any] | None:
     for f in found.findings:
         tries = []
         for alternative in f.suggestion:
-            keys = {o.partition("=")[0] for o in shlex.split(alternative)}
+            words = shlex.split(alternative)
+            if not is_overrides(alternative):  # a command of its own (aetrain lr_find): with the run's overrides
+                tries.append({"override": alternative, "command": " ".join([alternative, *map(shlex.quote, base)])})
+                continue
+            keys = {o.partition("=")[0] for o in words}
             kept = [o for o in base if o.partition("=")[0] not in keys]
-            tries.append({"override": alternative, "command": command(kept, *shlex.split(alternative))})
+            tries.append({"override": alternative, "command": command(kept, *words)})
         findings.append({"code": f.code, "layers": f.layers, "epochs": epoch_ranges(f.epochs), "message": f.message,
                          "tries": tries})
     picture = _picture(run.path / DOCTOR_PICTURE, lossy=True) if (run.path / DOCTOR_PICTURE).is_file() else None

@@ -144,7 +144,7 @@ def read_config(path: Path) -> Config | None:
 
 def _yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml's when built
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None
 

@@ -266,7 +266,7 @@ def follow_ups(sweep: Sweep, *, least: int = 2) -> list[FollowUp]:
         if len(found) < least:
             continue
         jobs = [j for j, _ in found]
-        first = [f.suggestion[0] for _, f in found if f.suggestion]
+        first = [next(s for s in f.suggestion if is_overrides(s)) for _, f in found if any(map(is_overrides, f.suggestion))]
         if not first:
             continue
         suggested: dict[str, list[str]] = {}
@@ -282,6 +282,13 @@ def follow_ups(sweep: Sweep, *, least: int = 2) -> list[FollowUp]:
         out.append(FollowUp(code, jobs, example.message, " ".join(f"{k}={','.join(v)}" for k, v in suggested.items()),
                             command, alternatives))
     return sorted(out, key=lambda f: (-len(f.jobs), f.code))
+
+
+def is_overrides(suggestion: str) -> bool:
+    """Whether a suggestion of the doctor is overrides to add (`optimizer.lr=0.003 model.init=...`), not a
+    command of its own (`aetrain lr_find`)."""
+    words = shlex.split(suggestion)
+    return bool(words) and all("=" in w for w in words)
 
 
 def sweep_command(sweep: Sweep, jobs: list[Job], suggested: dict[str, list[str]]) -> str:
@@ -311,7 +318,7 @@ def typed_command(sweep: Sweep) -> str | None:
 
 def _yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml's when built
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None
 

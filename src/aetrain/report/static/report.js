@@ -47,6 +47,143 @@
     });
   });
 
+  /* --- scales and a line chart, for both pages ------------------------------------------------------ */
+  function niceTicks(lo, hi, count) {
+    var span = hi - lo;
+    if (!(span > 0)) return [lo];
+    var step = Math.pow(10, Math.floor(Math.log10(span / count))), err = span / count / step;
+    step *= err >= 7.5 ? 10 : err >= 3.5 ? 5 : err >= 1.5 ? 2 : 1;
+    var out = [];
+    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(parseFloat(v.toPrecision(12)));
+    return out;
+  }
+  function logTicks(lo, hi) {
+    var out = [], a = Math.floor(Math.log10(lo)), b = Math.ceil(Math.log10(hi));
+    var mult = b - a <= 2 ? [1, 2, 5] : [1];
+    for (var e = a; e <= b; e++) mult.forEach(function (m) {
+      var v = m * Math.pow(10, e);
+      if (v >= lo * 0.999 && v <= hi * 1.001) out.push(parseFloat(v.toPrecision(6)));
+    });
+    return out.length >= 2 ? out : [lo, hi];
+  }
+  // a scale maps a value to a fraction of the axis (0 = bottom, 1 = top)
+  // few distinct values (a grid's): ticks at those values
+  function numericScale(values, log, atValues) {
+    var v = values.filter(function (x) { return x !== null && isFinite(x) && (!log || x > 0); });
+    var distinct = v.filter(function (x, i) { return v.indexOf(x) === i; }).sort(function (a, b) { return a - b; });
+    var lo = Math.min.apply(null, v), hi = Math.max.apply(null, v);
+    var t = log ? Math.log : function (x) { return x; };
+    if (!(hi > lo)) { lo = lo - (Math.abs(lo) || 1) * 0.1; hi = hi + (Math.abs(hi) || 1) * 0.1; }
+    var a = t(lo), b = t(hi), pad = (b - a) * 0.06;
+    a -= pad; b += pad;
+    return {
+      at: function (x) { return x === null || !isFinite(x) || (log && x <= 0) ? null : (t(x) - a) / (b - a); },
+      ticks: atValues && distinct.length <= 8 ? distinct : log ? logTicks(lo, hi) : niceTicks(lo, hi, 5),
+      label: fmt
+    };
+  }
+  function categoryScale(categories) {
+    var n = categories.length;
+    return {
+      at: function (x) { var i = categories.indexOf(x); return i < 0 ? null : n === 1 ? 0.5 : 0.08 + 0.84 * i / (n - 1); },
+      ticks: categories,
+      label: function (x) { return String(x); }
+    };
+  }
+
+  /* a line chart: series of (x, y) points; log y when the values that set the scale span a decade */
+  function lineChart(box, spec) {
+    box.innerHTML = "";
+    var H = spec.height || 360, top = 16, bottom = 40, left = 64, right = spec.right || 170;
+    var W = Math.max(520, box.clientWidth), plotW = W - left - right, plotH = H - top - bottom;
+    var series = spec.series.filter(function (s) { return s.xs.length; });
+    if (!series.length) { box.textContent = spec.empty || "Nothing to draw."; return; }
+    var basis = series.filter(function (s) { return !spec.basis || spec.basis(s); });
+    if (!basis.length) basis = series;
+    var values = [], xsAll = [];
+    basis.forEach(function (s) { s.ys.forEach(function (v) { if (v !== null && isFinite(v) && v > 0) values.push(v); }); });
+    series.forEach(function (s) { xsAll = xsAll.concat(s.xs); });
+    if (!values.length) { box.textContent = spec.empty || "Nothing to draw."; return; }
+    var lo = Math.min.apply(null, values), hi = Math.max.apply(null, values), log = hi / lo >= 10;
+    var ys = numericScale(values, log), xs = numericScale([Math.min.apply(null, xsAll), Math.max.apply(null, xsAll)], false);
+    var svg = el("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H }, box);
+    function X(x) { return left + plotW * xs.at(x); }
+    function Y(v) { var f = ys.at(v); return f === null ? null : top + plotH * (1 - f); }
+    var grid = el("g", { "class": "grid" }, svg), axis = el("g", { "class": "axis" }, svg);
+    ys.ticks.forEach(function (t) {
+      var yy = Y(t);
+      if (yy === null || yy < top - 1 || yy > top + plotH + 1) return;
+      el("line", { x1: left, x2: left + plotW, y1: yy, y2: yy }, grid);
+      el("text", { x: left - 6, y: yy + 3.5, "text-anchor": "end" }, axis, fmt(t));
+    });
+    xs.ticks.filter(function (t) { return Math.round(t) === t; }).forEach(function (t) {
+      var xx = X(t);
+      el("line", { x1: xx, x2: xx, y1: top + plotH, y2: top + plotH + 4 }, axis);
+      el("text", { x: xx, y: top + plotH + 16, "text-anchor": "middle" }, axis, String(t));
+    });
+    el("line", { x1: left, x2: left + plotW, y1: top + plotH, y2: top + plotH }, axis);
+    el("line", { x1: left, x2: left, y1: top, y2: top + plotH }, axis);
+    el("text", { x: left + plotW / 2, y: H - 6, "text-anchor": "middle", "class": "title" }, svg, spec.xLabel);
+    el("text", { x: 14, y: top + plotH / 2, transform: "rotate(-90 14 " + (top + plotH / 2) + ")",
+                 "text-anchor": "middle", "class": "title" }, svg, spec.yLabel + (log ? " (log scale)" : ""));
+    var clip = el("clipPath", { id: box.id + "-clip" }, el("defs", {}, svg));
+    el("rect", { x: left, y: top - 2, width: plotW, height: plotH + 4 }, clip);
+    var lines = el("g", { "clip-path": "url(#" + box.id + "-clip)" }, svg);
+    series.forEach(function (s) {
+      var d = "", pen = false;
+      s.xs.forEach(function (x, k) {
+        var v = s.ys[k], yy = v === null ? null : Y(v);
+        if (yy === null) { pen = false; return; }
+        d += (pen ? "L" : "M") + X(x).toFixed(1) + "," + Math.max(-1000, Math.min(H + 1000, yy)).toFixed(1);
+        pen = true;
+      });
+      var p = el("path", { d: d, "class": "job " + (s.cls || ""), stroke: s.colour }, lines);
+      if (s.id !== undefined) p.setAttribute("data-job", s.id);
+      if (s.points) {
+        s.xs.forEach(function (x, k) {
+          var yy = s.ys[k] === null ? null : Y(s.ys[k]);
+          if (yy !== null) el("circle", { cx: X(x), cy: yy, r: 2.5, fill: s.colour }, lines);
+        });
+      }
+      if (spec.hover) {
+        p.addEventListener("mousemove", function (e) { spec.hover(s, true, e); });
+        p.addEventListener("mouseleave", function () { spec.hover(s, false); });
+      }
+    });
+    (spec.marks || []).forEach(function (m) {
+      var mx = X(m.x), my = Y(m.y);
+      if (my === null) return;
+      el("path", { d: "M" + mx + "," + (my - 7) + "l2,5h5l-4,3l2,6l-5,-4l-5,4l2,-6l-4,-3h5z", fill: m.colour,
+                   stroke: "#000", "stroke-width": 0.6 }, svg).appendChild(el("title", {}, null, m.title));
+    });
+    var used = [];
+    (spec.names || []).forEach(function (n) {
+      var yy = Y(n.y);
+      if (yy === null) return;
+      yy = Math.max(top + 8, Math.min(top + plotH, yy)) + 4;
+      while (used.some(function (u) { return Math.abs(u - yy) < 13; })) yy += 13;
+      used.push(yy);
+      el("text", { x: left + plotW + 8, y: yy, style: "fill:" + n.colour, "font-weight": 600 }, svg, n.text);
+    });
+    if (spec.note) el("text", { x: left + plotW + 8, y: top + plotH, style: "fill:#636c76" }, svg, spec.note(hi));
+  }
+
+  /* --- the run page: loss curves from metrics.csv when the run drew no loss_curve.png ---------------- */
+  var runData = document.getElementById("run-data");
+  if (runData) {
+    var m = JSON.parse(runData.textContent), names = [];
+    var series = [{ xs: m.epochs, ys: m.train, colour: "#1f77b4", points: m.epochs.length <= 30 },
+                  { xs: m.epochs, ys: m.val, colour: "#d62728", points: m.epochs.length <= 30 }];
+    [["train loss", m.train, "#1f77b4"], ["validation loss", m.val, "#d62728"]].forEach(function (t) {
+      var last = t[1].filter(function (v) { return v !== null; }).pop();
+      if (last !== undefined) names.push({ y: last, text: t[0], colour: t[2] });
+    });
+    var k = m.best_index, marks = k === null ? [] : [{ x: m.epochs[k], y: m.val[k], colour: "#d62728",
+                                                      title: "best validation loss, epoch " + m.epochs[k] }];
+    lineChart(document.getElementById("loss-chart"), { series: series, xLabel: "epoch", yLabel: "loss",
+                                                      names: names, marks: marks, right: 130 });
+  }
+
   /* --- the run page: pick an epoch ------------------------------------------------------------------- */
   document.querySelectorAll(".picker").forEach(function (picker) {
     var epochs = picker.getAttribute("data-epochs").split(",").map(Number);
@@ -106,6 +243,7 @@
   ranked.forEach(function (j, i) { rankOf[j.num] = ranked.length > 1 ? i / (ranked.length - 1) : 0; });
   var stops = [[26, 127, 55], [31, 119, 180], [165, 180, 196]];
   function colour(job) {
+    if (job.status === "running") return "#bf8700";
     if (job.objective === null) return "#d62728";
     var t = rankOf[job.num] * 2, i = Math.min(1, Math.floor(t)), f = t - i;
     var c = stops[i].map(function (v, k) { return Math.round(v + (stops[i + 1][k] - v) * f); });
@@ -208,50 +346,6 @@
     r.addEventListener("mouseleave", function () { hover(num, false); });
   });
 
-  /* scales */
-  function niceTicks(lo, hi, count) {
-    var span = hi - lo;
-    if (!(span > 0)) return [lo];
-    var step = Math.pow(10, Math.floor(Math.log10(span / count))), err = span / count / step;
-    step *= err >= 7.5 ? 10 : err >= 3.5 ? 5 : err >= 1.5 ? 2 : 1;
-    var out = [];
-    for (var v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(parseFloat(v.toPrecision(12)));
-    return out;
-  }
-  function logTicks(lo, hi) {
-    var out = [], a = Math.floor(Math.log10(lo)), b = Math.ceil(Math.log10(hi));
-    var mult = b - a <= 2 ? [1, 2, 5] : [1];
-    for (var e = a; e <= b; e++) mult.forEach(function (m) {
-      var v = m * Math.pow(10, e);
-      if (v >= lo * 0.999 && v <= hi * 1.001) out.push(parseFloat(v.toPrecision(6)));
-    });
-    return out.length >= 2 ? out : [lo, hi];
-  }
-  // a scale maps a value to a fraction of the axis (0 = bottom, 1 = top)
-  // few distinct values (a grid's): ticks at those values
-  function numericScale(values, log, atValues) {
-    var v = values.filter(function (x) { return x !== null && isFinite(x) && (!log || x > 0); });
-    var distinct = v.filter(function (x, i) { return v.indexOf(x) === i; }).sort(function (a, b) { return a - b; });
-    var lo = Math.min.apply(null, v), hi = Math.max.apply(null, v);
-    var t = log ? Math.log : function (x) { return x; };
-    if (!(hi > lo)) { lo = lo - (Math.abs(lo) || 1) * 0.1; hi = hi + (Math.abs(hi) || 1) * 0.1; }
-    var a = t(lo), b = t(hi), pad = (b - a) * 0.06;
-    a -= pad; b += pad;
-    return {
-      at: function (x) { return x === null || !isFinite(x) || (log && x <= 0) ? null : (t(x) - a) / (b - a); },
-      ticks: atValues && distinct.length <= 8 ? distinct : log ? logTicks(lo, hi) : niceTicks(lo, hi, 5),
-      label: fmt
-    };
-  }
-  function categoryScale(categories) {
-    var n = categories.length;
-    return {
-      at: function (x) { var i = categories.indexOf(x); return i < 0 ? null : n === 1 ? 0.5 : 0.08 + 0.84 * i / (n - 1); },
-      ticks: categories,
-      label: function (x) { return String(x); }
-    };
-  }
-
   /* parallel coordinates */
   var parcoords = (function () {
     var box = document.getElementById("parcoords");
@@ -276,12 +370,12 @@
         var d = "", pen = false;
         axes.forEach(function (a, i) {
           var f = fraction(job, i);
-          if (f === null && i === axes.length - 1 && job.objective === null) f = 1.09;  // failed: above the scale
+          if (f === null && i === axes.length - 1 && job.status === "failed") f = 1.09;  // failed: above the scale
           if (f === null) { pen = false; return; }
           d += (pen ? "L" : "M") + xs[i].toFixed(1) + "," + y(f).toFixed(1);
           pen = true;
         });
-        var cls = "job" + (job.num === data.best ? " best" : "") + (job.objective === null ? " failed" : "");
+        var cls = "job" + (job.num === data.best ? " best" : "") + (job.status !== "ok" ? " failed" : "");
         var p = el("path", { d: d, "class": cls, "data-job": job.num, stroke: colour(job) }, lines);
         p.addEventListener("mousemove", function (e) { hover(job.num, true, e); });
         p.addEventListener("mouseleave", function () { hover(job.num, false); });
@@ -300,8 +394,8 @@
           el("line", { x1: xs[i] + 4 * side, x2: xs[i], y1: y(f), y2: y(f) }, g);
           el("text", { x: xs[i] + 7 * side, y: y(f) + 3.5, "text-anchor": last ? "start" : "end" }, g, a.scale.label(t));
         });
-        if (i === axes.length - 1 && jobs.some(function (j) { return j.objective === null; })) {
-          el("text", { x: xs[i] + 7, y: y(1.09) + 3.5, fill: "#d62728" }, g, "failed");
+        if (i === axes.length - 1 && jobs.some(function (j) { return j.status === "failed"; })) {
+          el("text", { x: xs[i] + 7, y: y(1.09) + 3.5, style: "fill:#d62728" }, g, "failed");
           el("line", { x1: xs[i] - 4, x2: xs[i] + 4, y1: y(1.09), y2: y(1.09), stroke: "#d62728" }, g);
         }
         var b = state.brushes[i];
@@ -340,84 +434,38 @@
   })();
 
   /* validation curves */
-  var curves = (function () {
-    var box = document.getElementById("curves-chart");
-    var H = 380, top = 16, bottom = 40, left = 64;
-    function draw() {
-      box.innerHTML = "";
-      var W = Math.max(560, box.clientWidth), right = 170, plotW = W - left - right, plotH = H - top - bottom;
-      var withCurves = jobs.filter(function (j) { return j.epochs.length; });
-      if (!withCurves.length) { box.textContent = "No job finished an epoch."; return; }
-      var finished = withCurves.filter(function (j) { return j.status === "ok"; });
-      var basis = finished.length ? finished : withCurves;
-      var values = [], epochs = [];
-      basis.forEach(function (j) { j.val.forEach(function (v) { if (v !== null && v > 0) values.push(v); }); });
-      withCurves.forEach(function (j) { epochs = epochs.concat(j.epochs); });
-      var lo = Math.min.apply(null, values), hi = Math.max.apply(null, values);
-      var log = hi / lo >= 10;
-      var ys = numericScale(values, log), xs = numericScale([Math.min.apply(null, epochs), Math.max.apply(null, epochs)], false);
-      var svg = el("svg", { width: W, height: H, viewBox: "0 0 " + W + " " + H }, box);
-      function X(e) { return left + plotW * xs.at(e); }
-      function Y(v) { var f = ys.at(v); return f === null ? null : top + plotH * (1 - f); }
-      var grid = el("g", { "class": "grid" }, svg), axis = el("g", { "class": "axis" }, svg);
-      ys.ticks.forEach(function (t) {
-        var yy = Y(t);
-        if (yy === null || yy < top - 1 || yy > top + plotH + 1) return;
-        el("line", { x1: left, x2: left + plotW, y1: yy, y2: yy }, grid);
-        el("text", { x: left - 6, y: yy + 3.5, "text-anchor": "end" }, axis, fmt(t));
-      });
-      xs.ticks.filter(function (t) { return Math.round(t) === t; }).forEach(function (t) {
-        var xx = X(t);
-        el("line", { x1: xx, x2: xx, y1: top + plotH, y2: top + plotH + 4 }, axis);
-        el("text", { x: xx, y: top + plotH + 16, "text-anchor": "middle" }, axis, String(t));
-      });
-      el("line", { x1: left, x2: left + plotW, y1: top + plotH, y2: top + plotH }, axis);
-      el("line", { x1: left, x2: left, y1: top, y2: top + plotH }, axis);
-      el("text", { x: left + plotW / 2, y: H - 6, "text-anchor": "middle", "class": "title" }, svg, "epoch");
-      el("text", { x: 14, y: top + plotH / 2, transform: "rotate(-90 14 " + (top + plotH / 2) + ")",
-                   "text-anchor": "middle", "class": "title" }, svg, "val/loss" + (log ? " (log)" : ""));
-      var clip = el("clipPath", { id: "curves-clip" }, el("defs", {}, svg));
-      el("rect", { x: left, y: top - 2, width: plotW, height: plotH + 4 }, clip);
-      var lines = el("g", { "clip-path": "url(#curves-clip)" }, svg);
-      withCurves.slice().reverse().forEach(function (job) {  // the best drawn last, on top
-        var d = "", pen = false;
-        job.epochs.forEach(function (e, k) {
-          var v = job.val[k], yy = v === null ? null : Y(v);
-          if (yy === null) { pen = false; return; }
-          d += (pen ? "L" : "M") + X(e).toFixed(1) + "," + Math.max(-1000, Math.min(H + 1000, yy)).toFixed(1);
-          pen = true;
-        });
-        var cls = "job" + (job.num === data.best ? " best" : "") + (job.status === "failed" ? " failed" : "");
-        var p = el("path", { d: d, "class": cls, "data-job": job.num, stroke: colour(job) }, lines);
-        p.addEventListener("mousemove", function (e) { hover(job.num, true, e); });
-        p.addEventListener("mouseleave", function () { hover(job.num, false); });
-      });
-      var best = jobs.filter(function (j) { return j.num === data.best; })[0];
-      if (best && best.epochs.length) {
-        var k = best.val.indexOf(best.objective);
-        if (k < 0) k = best.val.length - 1;
-        var bx = X(best.epochs[k]), by = Y(best.val[k]);
-        if (by !== null) {
-          el("path", { d: "M" + bx + "," + (by - 7) + "l2,5h5l-4,3l2,6l-5,-4l-5,4l2,-6l-4,-3h5z", fill: "#2ca02c",
-                       stroke: "#000", "stroke-width": 0.6 }, svg);
-        }
-        var last = best.val.length - 1, ly = Y(best.val[last]);
-        if (ly !== null) {
-          el("text", { x: left + plotW + 8, y: Math.max(top + 8, Math.min(top + plotH, ly)) + 4, fill: "#1a7f37",
-                       "font-weight": 600 }, svg, "best: job " + best.num);
-        }
-      }
-      var notes = [withCurves.length + " job" + (withCurves.length === 1 ? "" : "s")];
-      var above = withCurves.filter(function (j) { return j.status !== "ok" && j.val.every(function (v) { return v === null || v > hi * 1.2; }); });
-      if (above.length) notes.push(above.length + " failed above the scale");
-      el("text", { x: left + plotW + 8, y: top + plotH, fill: "#636c76" }, svg, notes.join(", "));
+  function drawCurves() {
+    var withCurves = jobs.filter(function (j) { return j.epochs.length; });
+    var best = jobs.filter(function (j) { return j.num === data.best; })[0];
+    var series = withCurves.slice().reverse().map(function (j) {  // the best drawn last, on top
+      return { id: j.num, xs: j.epochs, ys: j.val, colour: colour(j), job: j,
+               cls: (j.num === data.best ? "best" : "") + (j.status !== "ok" ? " failed" : "") };
+    });
+    var marks = [], names = [];
+    if (best && best.epochs.length) {
+      var k = best.val.indexOf(best.objective);
+      if (k < 0) k = best.val.length - 1;
+      marks.push({ x: best.epochs[k], y: best.val[k], colour: "#2ca02c", title: "best: job " + best.num + ", epoch " + best.epochs[k] });
+      names.push({ y: best.val[best.val.length - 1], text: "best: job " + best.num, colour: "#1a7f37" });
     }
-    return { draw: draw };
-  })();
+    lineChart(document.getElementById("curves-chart"), {
+      series: series, xLabel: "epoch", yLabel: "val/loss", marks: marks, names: names, height: 380,
+      empty: "No job finished an epoch.",
+      basis: function (s) { return s.job.status === "ok"; },  // a failed job's blow-up must not flatten the rest
+      hover: function (s, on, e) { hover(s.id, on, e); },
+      note: function (hi) {
+        var above = withCurves.filter(function (j) {
+          return j.status !== "ok" && j.val.every(function (v) { return v === null || v > hi * 1.2; });
+        });
+        return withCurves.length + " job" + (withCurves.length === 1 ? "" : "s") +
+          (above.length ? ", " + above.length + " failed above the scale" : "");
+      }
+    });
+  }
 
   function drawAll() {
     parcoords.draw();
-    curves.draw();
+    drawCurves();
     update();
   }
   drawAll();
