@@ -417,7 +417,7 @@ def sweep_page(sweep: Sweep) -> dict[str, Any]:
         "follow_ups": [{"code": f.code, "jobs": ", ".join(str(j.num) for j in sorted(f.jobs, key=lambda j: j.num)),
                         "count": len(f.jobs), "message": f.message, "suggestion": f.suggestion,
                         "command": f.command, "alternatives": f.alternatives} for f in follow_ups(sweep)],
-        "failures": [{"num": j.num, "rel": j.rel, "values": label(j.values), "error": j.error,
+        "failures": [{"num": j.num, "rel": j.rel, "setting": label(j.values), "error": j.error,
                       "log": (j.run.path / TRAIN_LOG).is_file()} for j in sorted(failed, key=lambda j: j.num)],
         "optuna": _optuna(sweep) if sweep.optuna else None,
         "groups": _groups(sweep) if sweep.grouped else None,

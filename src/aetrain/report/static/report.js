@@ -227,8 +227,8 @@
   var data = JSON.parse(blob.textContent);
   var table = document.getElementById("jobs-table");
   var rows = Array.prototype.slice.call(table.tBodies[0].rows);
-  var rowOf = {};
-  rows.forEach(function (r) { rowOf[r.getAttribute("data-job")] = r; });
+  var rowOf = {}, initial = {};  // ties keep the page's own order (best first, failed jobs by number)
+  rows.forEach(function (r, i) { rowOf[r.getAttribute("data-job")] = r; initial[r.getAttribute("data-job")] = i; });
   var jobs = data.jobs;
   var state = { words: [], brushes: {}, hover: null };
   var tip = document.createElement("div");
@@ -310,10 +310,11 @@
       var asc = !th.classList.contains("sorted-asc");
       heads.forEach(function (h) { h.classList.remove("sorted-asc", "sorted-desc"); });
       th.classList.add(asc ? "sorted-asc" : "sorted-desc");
-      var keyed = rows.map(function (r, i) {
+      var keyed = rows.map(function (r) {
         var cell = r.cells[column], raw = cell.hasAttribute("data-sort") ? cell.getAttribute("data-sort") : cell.textContent.trim();
         var n = raw === "" ? NaN : Number(raw);
-        return { row: r, i: i, num: isNaN(n) ? null : n, text: raw.toLowerCase(), empty: raw === "" || raw === "-" };
+        return { row: r, i: initial[r.getAttribute("data-job")], num: isNaN(n) ? null : n, text: raw.toLowerCase(),
+                 empty: raw === "" || raw === "-" };
       });
       keyed.sort(function (a, b) {
         if (a.empty !== b.empty) return a.empty ? 1 : -1;  // empty cells last, either way
