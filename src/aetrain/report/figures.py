@@ -135,7 +135,7 @@ def objective_by_key(sweep: Sweep) -> bytes | None:
             if _spans(order) and min(order) > 0:
                 ax.set_xscale("log")
                 _plain(ax, "x")
-            if len(order) <= 8:  # a grid's few values: ticks at them
+            if len(order) <= 8 and len(order) < len(xs):  # a grid's few, repeated values: ticks at them
                 from matplotlib.ticker import NullLocator
 
                 ax.set_xticks(order, [f"{x:.4g}" for x in order], fontsize=8)

@@ -7,10 +7,10 @@ Content-Security-Policy allows no request at all (only inline scripts, styles an
 works from file:// without a network, and a browser fetches nothing even if some text in it looks like
 an address.
 
-Size: pictures are shrunk losslessly (palette or grey PNGs) and the charts quantized to 256 colours; a
-run's per-epoch pictures share `EPOCH_PICTURE_BYTES`, spread evenly over the epochs drawn (first, best
-and last always kept). Reproducible: no clock, no random ids, sorted listings: the same dir gives the
-same bytes.
+Size: pictures are shrunk losslessly (palette or grey PNGs; only the sweep page's own charts are
+quantized to 256 colours); a run's per-epoch pictures share `EPOCH_PICTURE_BYTES`, spread evenly over
+the epochs drawn (first, best and last always kept). Reproducible: no clock, no random ids, sorted
+listings: the same dir gives the same bytes.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from aetrain.report.sweeps import (SEED, Job, Sweep, follow_ups, group_time_save
                                    label, number, read_sweep, settings, short, typed_command)
 from aetrain.rundir import ENCODE, EVAL, EXPORT, LOSS_CURVE, METRICS, SCORE, TENSORBOARD, TRAIN_LOG
 
-EPOCH_PICTURE_BYTES = 200_000  # a run page's per-epoch pictures (reconstructions, samples) together, before base64
-AFTER_PICTURE_BYTES = 60_000  # each picture of eval/score/encode larger than this is left out, with a link
+EPOCH_PICTURE_BYTES = 120_000  # a run page's per-epoch pictures (reconstructions, samples) together, before base64
+AFTER_PICTURE_BYTES = 80_000  # each picture of eval/score/encode larger than this is left out, with a link
 TOP_JOBS = 6  # jobs whose reconstructions a sweep page shows side by side
-PIXEL_WIDTH = 1080  # pixels a reconstruction grid may be enlarged to (by a whole factor)
+PIXEL_WIDTH = 1100  # pixels a reconstruction grid may be enlarged to (by a whole factor)
 STRIP_WIDTH = 860  # the same, for a row of the sweep page's side-by-side reconstructions
 CURVE_DIGITS = 5  # significant digits of the values the sweep page's charts get
 
@@ -207,7 +207,7 @@ def _curves(run: Run) -> dict[str, Any] | None:
     """loss_curve.png as the run drew it; without one (outputs.plot_every=0, a run that drew none), the train
     and validation loss from metrics.csv for the page's script to draw."""
     if (run.path / LOSS_CURVE).is_file():
-        return {"uri": _picture(run.path / LOSS_CURVE, lossy=True), "caption": LOSS_CURVE, "data": None}
+        return {"uri": _picture(run.path / LOSS_CURVE), "caption": LOSS_CURVE, "data": None}
     rows = [r for r in run.metrics if isinstance(r.get("epoch"), int)]
     if not rows:
         return None
@@ -286,7 +286,7 @@ def _doctor(run: Run) -> dict[str, Any] | None:
             tries.append({"override": alternative, "command": command(kept, *words)})
         findings.append({"code": f.code, "layers": f.layers, "epochs": epoch_ranges(f.epochs), "message": f.message,
                          "tries": tries})
-    picture = _picture(run.path / DOCTOR_PICTURE, lossy=True) if (run.path / DOCTOR_PICTURE).is_file() else None
+    picture = _picture(run.path / DOCTOR_PICTURE) if (run.path / DOCTOR_PICTURE).is_file() else None
     return {"verdict": found.verdict, "findings": findings, "notes": found.notes, "picture": picture,
             "command": f"aetrain doctor {shlex.quote(str(run.path))}"}
 
@@ -307,7 +307,7 @@ def _after(run: Run) -> dict[str, Any]:
             path = run.path / folder / name
             if not path.is_file():
                 continue
-            uri = _picture(path, lossy=True)
+            uri = _picture(path)
             if uri is not None and len(uri) * 3 // 4 <= AFTER_PICTURE_BYTES:
                 shown.append((f"{folder}/{name}", uri))
             else:
@@ -321,7 +321,7 @@ def _after(run: Run) -> dict[str, Any]:
 
 def _eval(data: dict[str, Any]) -> dict[str, Any]:
     ae, pca = data.get("autoencoder") or {}, data.get("pca") or {}
-    names = [("mse", "MSE (lower is better)"), ("mae", "MAE"), ("psnr", "PSNR (dB, higher is better)"),
+    names = [("mse", "MSE (lower is better)"), ("mae", "MAE"), ("psnr_db", "PSNR (dB, higher is better)"),
              ("ssim", "SSIM (higher is better)")]
     rows = [(title, fmt(ae.get(key)), fmt(pca.get(key))) for key, title in names if key in ae or key in pca]
     probe = data.get("probe") if isinstance(data.get("probe"), dict) else {}
@@ -334,8 +334,9 @@ def _eval(data: dict[str, Any]) -> dict[str, Any]:
         notes.append(f"probes skipped: {probe['skipped']}")
     if ae.get("mse") and pca.get("mse"):
         notes.insert(0, f"the autoencoder's MSE is {ae['mse'] / pca['mse']:.2f}× PCA's at the same size")
-    samples = data.get("samples") if isinstance(data.get("samples"), str) else data.get("data", {}).get("evaluated") \
-        if isinstance(data.get("data"), dict) else None
+    d = data.get("data") if isinstance(data.get("data"), dict) else {}
+    samples = f"{d['num_samples']} samples ({d.get('split', '?')} split{'' if d.get('own', True) else ', other data'})" \
+        if "num_samples" in d else None
     return {"rows": rows, "pca": f"PCA-{pca.get('components', '?')}", "notes": notes, "samples": samples,
             "units": data.get("units") if isinstance(data.get("units"), str) else None}
 
@@ -361,12 +362,14 @@ def _score(data: dict[str, Any]) -> dict[str, Any]:
 
 def _export(data: dict[str, Any]) -> dict[str, Any]:
     parts = data.get("parts") if isinstance(data.get("parts"), dict) else {}
-    rows = []
-    for name, part in parts.items():
-        if isinstance(part, dict):
-            rows.append((name, str(part.get("file", "")), fmt(part.get("max_abs_difference",
-                                                                        part.get("max_difference")), 2)))
-    return {"format": data.get("format"), "rows": rows}
+    check = data.get("check") if isinstance(data.get("check"), dict) else {}
+    differences = check.get("max_difference_model_units") if isinstance(check.get("max_difference_model_units"),
+                                                                         dict) else {}
+    rows = [(name, str(part.get("file", "")), fmt(differences.get(name), 2)) for name, part in parts.items()
+            if isinstance(part, dict)]
+    note = f"checked in {check.get('runtime')} on {check.get('samples')}; tolerance {fmt(check.get('tolerance'))}" \
+        if check else None
+    return {"format": data.get("format"), "rows": rows, "note": note}
 
 
 def _details(run: Run) -> list[tuple[str, str]]:

@@ -133,6 +133,14 @@ def read_sweep(path: Path) -> Sweep:
         job.values = {k: given[k] for k in keys if k in given}
     jobs.sort(key=lambda j: (not j.ranked, j.objective if j.ranked else 0.0, j.num))
     multirun = _yaml(path / MULTIRUN)
+    if multirun is None and jobs:  # Optuna's sweeper writes no multirun.yaml: the first job's hydra.yaml says as much
+        multirun = _yaml(min(jobs, key=lambda j: j.num).run.path / HYDRA / "hydra.yaml")
+        found = _get(multirun, "hydra", "overrides")
+        if isinstance(found, dict):  # its task overrides are its own values: the sweep's are the shared ones
+            values = {k: list(dict.fromkeys(j.values[k] for j in sorted(jobs, key=lambda j: j.num) if k in j.values))
+                      for k in keys}
+            sampled = "optuna" in str(_get(multirun, "hydra", "sweeper", "_target_") or "")
+            found["task"] = [*shared, *([] if sampled else [f"{k}={','.join(v)}" for k, v in values.items()])]
     overrides = _get(multirun, "hydra", "overrides") or {}
     typed = [str(o) for o in (overrides.get("hydra") or []) + (overrides.get("task") or [])] \
         if isinstance(overrides, dict) else []

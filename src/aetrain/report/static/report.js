@@ -78,7 +78,8 @@
     a -= pad; b += pad;
     return {
       at: function (x) { return x === null || !isFinite(x) || (log && x <= 0) ? null : (t(x) - a) / (b - a); },
-      ticks: atValues && distinct.length <= 8 ? distinct : log ? logTicks(lo, hi) : niceTicks(lo, hi, 5),
+      ticks: atValues && distinct.length <= 8 && distinct.length < v.length ? distinct  // a grid's repeated values
+        : log ? logTicks(lo, hi) : niceTicks(lo, hi, 5),
       label: fmt
     };
   }
