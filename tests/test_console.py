@@ -78,5 +78,6 @@ def test_help_lists_the_output_settings(cli) -> None:
     result = cli("--help")
     assert result.returncode == 0
     section = result.out[result.out.index("outputs:"):]
-    for key in ("plot_every", "render_budget", "num_samples", "sample_seed", "grid_zoom_to", "tensorboard", "progress"):
+    for key in ("plot_every", "render_budget", "num_samples", "sample_seed", "grid_zoom_to", "tensorboard", "progress",
+                "report"):
         assert f"  {key}:" in section, key

@@ -152,6 +152,15 @@ def test_a_run_dir_from_before_summary_and_diagnostics_still_gets_a_page(run_dir
     assert "judged from metrics.csv alone" in words
 
 
+def test_report_has_its_own_help_and_is_listed_among_the_commands(cli) -> None:
+    result = cli.command("report", "--help")
+    assert result.returncode == 0 and result.err == ""
+    assert result.out.startswith("aetrain report: one page for a run or a sweep") and "Usage:" in result.out
+    assert "aetrain report   one page for a run or a sweep" in cli("--help").out
+    flag = cli.command("report", "--open", "x")
+    assert flag.returncode == 2 and flag.err.startswith("aetrain: error: aetrain report takes a run dir or a sweep dir")
+
+
 @pytest.mark.parametrize("case", ["empty", "foreign", "missing", "a file", "no dir", "two dirs", "an override"])
 def test_what_is_not_a_run_or_sweep_dir_is_one_line_and_exit_2(case: str, tmp_path: Path,
                                                                capfd: pytest.CaptureFixture[str]) -> None:
