@@ -27,8 +27,8 @@ from typing import Any
 from aetrain.atomic import write_atomic
 from aetrain.errors import ConfigError, WriteError
 from aetrain.report import figures
-from aetrain.report.runs import (AFTER_PICTURES, DOCTOR_PICTURE, REPORT, Run, command, config_differences, doctor,
-                                 epoch_ranges, is_run_dir, latest_grid, picture_folders, pictures, read_run, typed)
+from aetrain.report.runs import (AFTER_PICTURES, DOCTOR_PICTURE, REPORT, Run, after_training, command,
+                                 config_differences, doctor, epoch_ranges, is_run_dir, latest_grid, picture_folders, pictures, read_run, typed)
 from aetrain.report.sweeps import (SEED, Job, Sweep, follow_ups, group_time_saved, is_overrides, is_sweep_dir,
                                    label, number, read_sweep, settings, short, typed_command)
 from aetrain.rundir import ENCODE, EVAL, EXPORT, LOSS_CURVE, METRICS, SCORE, TENSORBOARD, TRAIN_LOG
@@ -293,8 +293,6 @@ def _doctor(run: Run) -> dict[str, Any] | None:
 
 def _after(run: Run) -> dict[str, Any]:
     """eval/score/export/encode results, when those commands ran into their default folders."""
-    from aetrain.report.runs import after_training
-
     results = after_training(run.path)
     out: dict[str, Any] = {
         "eval": _eval(results[EVAL]) if EVAL in results else None,
@@ -566,5 +564,3 @@ def _groups(sweep: Sweep) -> list[dict[str, Any]]:
                     "saved": seconds(saved) if saved is not None else None})
     return out
 
-
-__all__ = ["write_report", "render", "SEED"]

@@ -29,7 +29,7 @@ from aetrain.config import CHOICES, Config, default_choice, from_json
 from aetrain.doctor import Facts, Finding, Trace, diagnose, verdict
 from aetrain.errors import ConfigError
 from aetrain.rundir import (BEST, DIAGNOSTICS, DIAGNOSTICS_PLOT, ENCODE, EVAL, EXPORT, EXPORT_INFO, HYDRA, LAST, LOCK,
-                            LOSS_CURVE, METRICS, RECONSTRUCTIONS, SCORE, SUMMARY, checkpoint_dir, picture_epoch,
+                            METRICS, RECONSTRUCTIONS, SCORE, SUMMARY, checkpoint_dir, picture_epoch,
                             read_diagnostics, read_metrics, read_summary)
 
 REPORT = "report.html"  # the page, in the run dir (or sweep dir) it describes
@@ -357,7 +357,6 @@ AFTER_PICTURES = {  # the pictures of the commands after training, in the order 
     ENCODE: ("codes.png",),
 }
 DOCTOR_PICTURE = DIAGNOSTICS_PLOT  # aetrain doctor's per-layer heatmaps, when it was run
-CURVE_PICTURE = LOSS_CURVE
 
 
 def _float(value: Any) -> float:
