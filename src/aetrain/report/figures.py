@@ -1,4 +1,5 @@
-"""Pictures for the pages: the sweep's matplotlib figures, and the PNG handling that keeps a page small (palette or grey PNGs, a reconstruction grid cut into its rows).
+"""Pictures for the pages: the sweep's matplotlib figures, and the PNG handling that keeps a page small
+(palette or grey PNGs, a reconstruction grid cut into its rows).
 
 Every figure is a deterministic function of its numbers (Agg, fixed size and dpi, no dates in the
 files), so the same dir always gives the same bytes. Matplotlib is used through its object API.

@@ -28,7 +28,8 @@ from aetrain.atomic import write_atomic
 from aetrain.errors import ConfigError, WriteError
 from aetrain.report import figures
 from aetrain.report.runs import (AFTER_PICTURES, DOCTOR_PICTURE, REPORT, Run, after_training, command,
-                                 config_differences, doctor, epoch_ranges, is_run_dir, latest_grid, picture_folders, pictures, read_run, typed)
+                                 config_differences, doctor, epoch_ranges, is_run_dir, latest_grid, picture_folders,
+                                 pictures, read_run, typed)
 from aetrain.report.sweeps import (SEED, Job, Sweep, follow_ups, group_time_saved, is_overrides, is_sweep_dir,
                                    label, number, read_sweep, settings, short, typed_command)
 from aetrain.rundir import ENCODE, EVAL, EXPORT, LOSS_CURVE, METRICS, SCORE, TENSORBOARD, TRAIN_LOG
@@ -57,7 +58,8 @@ def render(path: Path) -> str:
     """The page of `path` (a run dir or a sweep dir) as HTML text."""
     path = Path(path)
     if not path.is_dir():
-        raise ConfigError(f"{path}: {'not a directory; give a run dir or a sweep dir' if path.exists() else 'no such directory'}")
+        what = "not a directory; give a run dir or a sweep dir" if path.exists() else "no such directory"
+        raise ConfigError(f"{path}: {what}")
     if is_run_dir(path):
         return _render("run.html.j2", run_page(read_run(path)))
     if is_sweep_dir(path):
@@ -165,7 +167,8 @@ def _tiles(run: Run) -> list[tuple[str, str, str]]:
     epochs = run.epochs
     tiles = [("best val/loss", fmt(best), f"epoch {best_epoch}" if best_epoch else ""),
              ("final val/loss", fmt(s.get("final_val_loss") if s else _last(run, "val/loss")), ""),
-             ("epochs", f"{epochs if epochs is not None else '-'}" + (f" of {s['max_epochs']}" if s.get("max_epochs") else ""),
+             ("epochs", f"{epochs if epochs is not None else '-'}"
+              + (f" of {s['max_epochs']}" if s.get("max_epochs") else ""),
               f"{fmt(s['steps'])} steps" if isinstance(s.get("steps"), int) else ""),
              ("wall time", seconds(run.wall_time_s), ""),
              ("throughput", f"{fmt(s.get('samples_per_s'), 3)} samples/s" if s.get("samples_per_s") else "-",
@@ -333,7 +336,8 @@ def _eval(data: dict[str, Any]) -> dict[str, Any]:
     if ae.get("mse") and pca.get("mse"):
         notes.insert(0, f"the autoencoder's MSE is {ae['mse'] / pca['mse']:.2f}× PCA's at the same size")
     d = data.get("data") if isinstance(data.get("data"), dict) else {}
-    samples = f"{d['num_samples']} samples ({d.get('split', '?')} split{'' if d.get('own', True) else ', other data'})" \
+    other = "" if d.get("own", True) else ", other data"
+    samples = f"{d['num_samples']} samples ({d.get('split', '?')} split{other})" \
         if "num_samples" in d else None
     return {"rows": rows, "pca": f"PCA-{pca.get('components', '?')}", "notes": notes, "samples": samples,
             "units": data.get("units") if isinstance(data.get("units"), str) else None}
@@ -492,7 +496,8 @@ def _seeds(found: list[Any]) -> dict[str, Any] | None:
         gap = s.mean - best.mean
         rows.append({"label": label(s.values), "seeds": s.seeds, "jobs": ", ".join(str(j.num) for j in s.jobs),
                      "mean": fmt(s.mean), "sd": fmt(s.sd, 2), "best": s is best,
-                     "gap": "" if s is best else f"+{fmt(gap, 2)}" + (f" ({gap / best.sd:.1f} sd)" if best.sd > 0 else ""),
+                     "gap": "" if s is best else f"+{fmt(gap, 2)}" + (f" ({gap / best.sd:.1f} sd)"
+                                                                       if best.sd > 0 else ""),
                      "within": s.within})
     return {"rows": rows, "best": label(best.values),
             "within": [r["label"] for r in rows if r["within"]]}

@@ -274,7 +274,8 @@ def follow_ups(sweep: Sweep, *, least: int = 2) -> list[FollowUp]:
         if len(found) < least:
             continue
         jobs = [j for j, _ in found]
-        first = [next(s for s in f.suggestion if is_overrides(s)) for _, f in found if any(map(is_overrides, f.suggestion))]
+        first = [next(s for s in f.suggestion if is_overrides(s)) for _, f in found
+                 if any(map(is_overrides, f.suggestion))]
         if not first:
             continue
         suggested: dict[str, list[str]] = {}
