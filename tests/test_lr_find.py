@@ -117,10 +117,10 @@ def test_the_suggested_rate_trains_the_default_model_at_least_as_well_as_the_def
 
 
 def test_lr_find_into_a_dir_another_process_is_using_is_refused(cli, tmp_path: Path) -> None:
-    from aetrain.rundir import claimed
+    from aetrain.rundir import RunDir
 
     out_dir = tmp_path / "find"
-    with claimed(out_dir):  # what a training run or a range test holds while it writes there
+    with RunDir(out_dir).claimed():  # what a training run or a range test holds while it writes there
         result = cli.command("lr_find", CPU, f"hydra.run.dir={out_dir}", "lr_find.num_steps=20")
     assert result.returncode == 2 and "is in use by another aetrain process" in result.err, result.output
     assert result.err.count("\n") == 1 and not out_dir.exists()  # the holder's dir, left as the holder leaves it

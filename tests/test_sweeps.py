@@ -13,6 +13,7 @@ from matplotlib.image import imread
 from omegaconf import OmegaConf
 
 from aetrain.cli import sweep
+from aetrain.rundir import RunDir
 from conftest import run_subprocess
 
 # A second or so per job on the digits; pictures and TensorBoard (slow to import) are tested elsewhere.
@@ -247,7 +248,7 @@ def test_summary_ranks_by_objective_puts_failures_last_and_reads_old_runs(tmp_pa
 
 def test_record_failure_keeps_what_the_run_wrote(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text(json.dumps({"status": "running", "epochs": 4, "best_val_loss": 0.2}))
-    sweep.record_failure(tmp_path, "DivergenceError: loss is nan")
+    RunDir(tmp_path).record_failure("DivergenceError: loss is nan")
     data = json.loads((tmp_path / "summary.json").read_text())
     assert data == {"status": "failed", "error": "DivergenceError: loss is nan", "epochs": 4, "best_val_loss": 0.2}
     result = sweep.read_job(tmp_path)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aetrain.config import Config, DenoisingAEConfig, SparseAEConfig, VAEConfig, default_choice
+from aetrain.rundir import Status
 
 # --- findings --------------------------------------------------------------------------------------
 
@@ -99,7 +100,7 @@ class Trace:
     epochs: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch, in order
     steps: dict[int, dict[int, dict[str, dict[str, Any]]]] = field(default_factory=dict)  # epoch -> step -> layer -> row
     checks: dict[int, dict[str, Any]] = field(default_factory=dict)  # epoch -> the reconstruction check's row
-    status: str | None = None  # how the run ended: ok | stopped_early | interrupted | diverged | failed; None = running
+    status: Status | None = None  # how the run ended; None = running
     failed_epoch: int | None = None  # the epoch under way when it diverged or failed
     first_grads: dict[str, float] = field(default_factory=dict)  # each layer's gradient norm in the first sampled epoch
     first_epoch_sampled: int | None = None

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from aetrain.errors import AetrainError, ConfigError
+from aetrain.errors import AetrainError
 
 from aetrain.cli.report import exit_with, usage_error
 
@@ -65,12 +65,12 @@ def main(args: list[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     from aetrain.commands.lr_find import LRFindConfig, run, validate
-    from aetrain.rundir import HYDRA, LR_FIND_FILES
+    from aetrain.rundir import LR_FIND_FILES
 
     from aetrain.cli.command import parse
     from aetrain.cli.schema import register_configs, to_config
     from aetrain.cli.train import check_overrides, made_here
-    from aetrain.rundir import claimed
+    from aetrain.rundir import Invocation, RunDir
 
     own = [a for a in args if a.startswith("lr_find.")]
     overrides = [a for a in args if a not in own]
@@ -90,13 +90,10 @@ def main(args: list[str]) -> None:
         with open_dict(composed):
             del composed["hydra"]
         cfg = to_config(composed)
-        # a training run's dir has a .hydra/config.yaml too, which the test would overwrite with its own
-        taken = [name for name in (*LR_FIND_FILES, f"{HYDRA}/config.yaml") if (out_dir / name).exists()]
-        if taken:
-            raise ConfigError(f"hydra.run.dir={out_dir} already holds a run or a range test ({taken[0]}); choose "
-                              "another hydra.run.dir")
+        run_dir = RunDir(out_dir)
+        run_dir.refuse_taken(what="a run or a range test", resumable=False)
         _log_to_console()
-        with claimed(out_dir):  # a second test (or a run) into this dir meanwhile is refused
+        with run_dir.claimed():  # a second test (or a run) into this dir meanwhile is refused
             result = run(cfg, find, out_dir)
     except (AetrainError, HydraException, OmegaConfBaseException) as ex:
         if out_dir is not None and not existed:  # a rejected command leaves no dir behind
@@ -105,9 +102,7 @@ def main(args: list[str]) -> None:
                 for parent in out_dir.parents[:3]:
                     _remove_if_empty(parent)
         exit_with(ex)
-    (out_dir / HYDRA).mkdir(exist_ok=True)
-    OmegaConf.save(composed, out_dir / HYDRA / "config.yaml")
-    OmegaConf.save(OmegaConf.create([a for a in args]), out_dir / HYDRA / "overrides.yaml")
+    run_dir.record(Invocation(OmegaConf.to_yaml(composed), tuple(args)))
     table, picture, summary = (out_dir / name for name in LR_FIND_FILES)
     if result.suggestion is None:
         sys.stderr.write(f"aetrain: lr_find: no suggestion: {result.why_none} over {len(result.lrs)} steps from "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -34,7 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.atomic import write_atomic
-from aetrain.rundir import HYDRA, METRICS, SUMMARY, read_metrics, read_summary
+from aetrain.errors import ConfigError
+from aetrain.rundir import METRICS, RunDir, Status, read_metrics
 
 SUMMARY_CSV = "sweep_summary.csv"
 CURVES_PNG = "sweep_curves.png"
@@ -82,21 +82,17 @@ class Stopped(BaseException):
 
 # --- one job ---------------------------------------------------------------------------------
 
-def record_failure(run_dir: Path, error: str) -> None:
-    """Mark the job in `run_dir` failed in its summary.json, keeping whatever the run wrote there."""
-    path = run_dir / SUMMARY
-    summary = read_summary(run_dir)
-    summary.update(status="failed", error=error)
-    write_atomic(path, json.dumps(summary, indent=2, default=str) + "\n")
-
-
 def read_job(run_dir: Path) -> JobResult:
     """What one job's run dir says about it (see the module docstring for the sources)."""
-    hydra_dir = run_dir / HYDRA
-    result = JobResult(job=_job_num(hydra_dir, run_dir), run_dir=run_dir.resolve())
-    if (hydra_dir / "overrides.yaml").is_file():
-        result.overrides = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
-    summary = read_summary(run_dir)
+    job = RunDir(run_dir)
+    num = job.job_num()
+    result = JobResult(job=num if num is not None else int(run_dir.name) if run_dir.name.isdigit() else -1,
+                       run_dir=run_dir.resolve())
+    try:
+        result.overrides = job.saved_overrides(latest=False)
+    except ConfigError:  # a damaged overrides.yaml: the job's row goes without them
+        pass
+    summary = job.summary()
     metrics = _read_metrics(run_dir / METRICS)
     if metrics:
         losses = [v for v in (_float(r.get("val/loss")) for r in metrics) if math.isfinite(v)]
@@ -110,10 +106,10 @@ def read_job(run_dir: Path) -> JobResult:
     if summary.get("wall_time_s") is not None:
         result.wall_time_s = _float(summary["wall_time_s"])
 
-    status = summary.get("status")
-    if status in ("ok", "failed"):
-        result.status, result.error = status, _one_line(summary.get("error") or "")
-    elif status == "running":
+    status = Status.of(summary)
+    if status is not None and status is not Status.RUNNING:
+        result.status, result.error = status.outcome, _one_line(summary.get("error") or "")
+    elif status is Status.RUNNING:
         result.error = "did not finish: its process ended during training (killed, or out of memory?)"
     elif metrics:
         result.status = "ok"  # a run from before summary.json: metrics.csv is all there is
@@ -122,14 +118,6 @@ def read_job(run_dir: Path) -> JobResult:
     if result.status == "failed" and not result.error:
         result.error = "failed (no reason recorded)"
     return result
-
-
-def _job_num(hydra_dir: Path, run_dir: Path) -> int:
-    if (hydra_dir / "hydra.yaml").is_file():
-        num = OmegaConf.select(OmegaConf.load(hydra_dir / "hydra.yaml"), "hydra.job.num")
-        if isinstance(num, int):
-            return num
-    return int(run_dir.name) if run_dir.name.isdigit() else -1
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -44,7 +44,7 @@ from omegaconf.errors import OmegaConfBaseException
 from aetrain.config import CHOICES
 from aetrain.errors import AetrainError, ConfigError, Interrupted
 from aetrain.launch import env_rank, launched
-from aetrain.rundir import HYDRA, RunDirTaken, claimed, own_run_dir, read_summary
+from aetrain.rundir import Invocation, RunDir, RunDirTaken, own_run_dir, read_summary
 
 from aetrain.cli import sweep
 from aetrain.cli.report import EXIT_JOB_FAILED, describe, error_line, exit_with, usage_error
@@ -121,7 +121,7 @@ def _task(cfg: DictConfig) -> float | None:
         if own != out_dir:
             _remove_if_empty(own)  # the default dir this process's config resolved to
         callbacks = [_hydra_files_callback(cfg, hc)] if world.is_main else []  # .hydra/ from rank 0 alone
-        with claimed(out_dir) if world.is_main else contextlib.nullcontext():  # one run per dir: a second is refused
+        with RunDir(out_dir).claimed() if world.is_main else contextlib.nullcontext():  # one run per dir: a second is refused
             result = run(config, out_dir, callbacks=callbacks, world=world, interrupt=interrupt)
     except KeyboardInterrupt:  # before training started (once it has, the run saves and raises Interrupted)
         _remove_if_empty(out_dir)
@@ -253,7 +253,7 @@ def _job_failed(cfg: DictConfig, hc: Any, ex: Exception) -> None:
     error = f"{type(ex).__name__}: {describe(ex)}"
     bug = not isinstance(ex, AetrainError)
     log.error("job %s failed: %s", hc.job.num, error, exc_info=bug)  # a bug's traceback goes into train.log
-    sweep.record_failure(out_dir, error)
+    RunDir(out_dir).record_failure(error)
     if isinstance(ex, Interrupted):
         raise sweep.Stopped(ex) from ex  # the user stopped the sweep, not just this job
     return None
@@ -265,16 +265,15 @@ def _hydra_files_callback(cfg: DictConfig, hc: Any) -> Any:
 
     class HydraFiles(Callback):
         def on_fit_start(self, engine: Any) -> None:
-            out = Path(hc.runtime.output_dir) / HYDRA
-            if (out / "config.yaml").exists():  # a resumed run: keep the original, add this invocation's
-                done = _resumes(out)
-                out = out / f"resume-{int(done[-1].name[7:]) + 1 if done else 1}"
-            out.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(cfg, out / "config.yaml")
-            OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc)}), out / "hydra.yaml")
-            OmegaConf.save(OmegaConf.create(list(hc.overrides.task)), out / "overrides.yaml")
+            RunDir(Path(hc.runtime.output_dir)).record(_invocation(cfg, hc))
 
     return HydraFiles()
+
+
+def _invocation(cfg: DictConfig, hc: Any) -> Invocation:
+    """What this job runs, as the text of its .hydra/ files."""
+    return Invocation(OmegaConf.to_yaml(cfg), tuple(hc.overrides.task),
+                      OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hc)})))
 
 
 def _remove_if_empty(path: Path) -> None:
@@ -441,10 +440,8 @@ def resume_arguments(args: list[str]) -> list[str]:
     run_dir = own_run_dir(resume, load(resume).get("run_id"))
     if run_dir is None:  # kept outside its run dir: a new run dir, composed from this command line
         return args
-    saved_files = [p / "overrides.yaml" for p in _resumes(run_dir / HYDRA) if (p / "overrides.yaml").is_file()]
-    saved_file = (saved_files or [run_dir / HYDRA / "overrides.yaml"])[-1]
     given = {_override_key(a) for a in args}
-    saved = _read_overrides(saved_file) if saved_file.is_file() else []
+    saved = RunDir(run_dir).saved_overrides()
     kept = [o for o in saved if _override_key(o) not in given and not _override_key(o).startswith("hydra.")
             and _override_key(o) != "trainer.resume"]
     here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
@@ -489,26 +486,6 @@ def hydra_quoted(value: str) -> str:
     body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
     body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
     return "'" + body.replace("${", "\\${") + "'"
-
-
-def _resumes(hydra_dir: Path) -> list[Path]:
-    """A run's `.hydra/resume-N/` folders in order of N; folders named otherwise (a user's `resume-old/`)
-    are not among them."""
-    found = [(int(p.name[7:]), p) for p in hydra_dir.glob("resume-*") if p.is_dir() and p.name[7:].isdigit()]
-    return [p for _, p in sorted(found)]
-
-
-def _read_overrides(path: Path) -> list[str]:
-    """The overrides a run was started (or last resumed) with, as Hydra saved them: a YAML list of strings."""
-    try:
-        loaded = OmegaConf.to_container(OmegaConf.load(path))
-    except Exception:  # YAML's and OmegaConf's many parse errors: the file is damaged, whichever it is
-        loaded = None
-    if not isinstance(loaded, list) or not all(isinstance(o, str) for o in loaded):
-        raise ConfigError(f"{path}: not a list of overrides (key=value lines, as Hydra writes them); a resume "
-                          "composes the run's config from it: repair it, or delete it and give the run's "
-                          "overrides on the command line")
-    return loaded
 
 
 def _override_key(override: str) -> str:
