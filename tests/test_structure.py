@@ -21,6 +21,7 @@ LAYERS = [
     {"aetrain.checkpoint"},  # reading checkpoints: the model a checkpoint holds
     {"aetrain.models"},
     {"aetrain.data"},
+    {"aetrain.device", "aetrain.drawing"},  # where a command runs, and the drawing every picture shares
     {"aetrain.doctor"},  # the training doctor's rules: torch-free, used by train (live) and commands (doctor)
     {"aetrain.config", "aetrain.rundir", "aetrain.registry", "aetrain.atomic", "aetrain.errors", "aetrain.launch"},
 ]
@@ -112,3 +113,16 @@ def test_load_model_imports_no_trainer_and_no_hydra(tmp_path: Path) -> None:
             "'hydra', 'omegaconf', 'matplotlib', 'tensorboard'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_the_commands_after_training_import_no_trainer(trained) -> None:
+    """`aetrain eval|encode|score|export` use a trained model: they resolve devices and draw pictures without the
+    trainer (aetrain.device, aetrain.drawing), so none of them imports an aetrain.train module."""
+    run = trained(*__import__("conftest").FAST)
+    code = ("import sys\nfrom aetrain.cli import main\n"
+            "for args in (['eval', RUN, 'device=cpu', 'probe_samples=0'], ['encode', RUN, 'device=cpu'],\n"
+            "             ['score', RUN, 'device=cpu'], ['export', RUN, 'format=torchscript']):\n"
+            "    try:\n        main(args)\n    except SystemExit as e:\n        assert not e.code, (args, e.code)\n"
+            "print(sorted(n for n in sys.modules if n.startswith('aetrain.train')))\n").replace("RUN", repr(str(run)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out

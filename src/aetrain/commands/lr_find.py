@@ -178,7 +178,7 @@ def _write(result: LRFindResult, cfg: Config, find: LRFindConfig, out_dir: Path)
         "configured_lr": cfg.optimizer.lr, "steps": len(result.lrs), "stopped_early": result.stopped_early,
         "settings": asdict(find),
     }, indent=2) + "\n")
-    from aetrain.train.outputs.plots import encode_png
+    from aetrain.drawing import encode_png
 
     write_atomic(out_dir / plot_name, encode_png(plot(result, cfg)))
 
@@ -186,9 +186,9 @@ def _write(result: LRFindResult, cfg: Config, find: LRFindConfig, out_dir: Path)
 def plot(result: LRFindResult, cfg: Config) -> np.ndarray:
     """lr_find.png: the centered average of the loss (and each step's loss, faint) against the learning rate,
     log x axis."""
-    from aetrain.train.outputs.plots import TRAIN, VAL, _canvas, _figure
+    from aetrain.drawing import TRAIN, VAL, canvas, figure
 
-    fig = _figure(6.4, 4.2)
+    fig = figure(6.4, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     fig.subplots_adjust(left=0.13, right=0.97, top=0.88, bottom=0.13)
     lrs, smoothed = np.asarray(result.lrs), np.asarray(result.smoothed)
@@ -211,4 +211,4 @@ def plot(result: LRFindResult, cfg: Config) -> np.ndarray:
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower left", fontsize=9, frameon=False)
     fig.suptitle(f"LR range test: {cfg.model.name} on {cfg.data.name}, {cfg.optimizer.name}", fontsize=11)
-    return _canvas(fig)
+    return canvas(fig)

@@ -27,10 +27,10 @@ from aetrain import checkpoint as checkpoints
 from aetrain.atomic import write_atomic
 from aetrain.config import Config, ModelConfig, validate
 from aetrain.data import build_data
-from aetrain.errors import CheckpointError, ConfigError, Interrupted, ProcessLost, WriteError
+from aetrain.device import resolve_device
+from aetrain.errors import CheckpointError, Interrupted, ProcessLost, WriteError
 from aetrain.models import FAMILIES
-from aetrain.rundir import (CHECKPOINTS, HYDRA, LAST, METRICS, SPLIT, SUMMARY, RunDirTaken, checkpoint_dir,
-                             own_run_dir, read_metrics)
+from aetrain.rundir import LAST, METRICS, SPLIT, RunDir, checkpoint_dir, own_run_dir, read_metrics
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping, ReplicaCheck
 from aetrain.train.distributed import World
@@ -46,27 +46,6 @@ from aetrain.train.signals import Interrupt
 from aetrain.train.step import ADMIT, GradientProbe, TrainStep
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto | cpu | cuda | cuda:N | mps -> a device this machine has."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"trainer.device={name!r} is not one of: auto, cpu, cuda, cuda:N, mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.device={name}: CUDA is not available on this machine "
-                              f"(torch {torch.__version__}); use trainer.device=cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"trainer.device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"trainer.device={name}: MPS is not available on this machine; use cpu or auto")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"trainer.device={name!r} is not one of: auto, cpu, cuda, cuda:N, mps")
-    return device
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -159,7 +138,7 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
         previous = own_run_dir(t.resume, ckpt.get("run_id")) if ckpt is not None else None
         in_place = previous is not None and previous.resolve() == out_dir.resolve()
         if not in_place:
-            _refuse_existing_run(out_dir)
+            RunDir(out_dir).refuse_taken()  # a fresh run (or a continuation elsewhere) never writes over another
         history = _earlier_epochs(previous, ckpt) if ckpt is not None else []
         if ckpt is None and t.init_from:  # weights only: the optimizer, schedule and counters were built fresh
             source = checkpoint.init_weights(parts.model, parts.data.spec, t.init_from)
@@ -249,13 +228,3 @@ def long_lived_objects_frozen() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-def _refuse_existing_run(out_dir: Path) -> None:
-    """A fresh run (or a continuation into another dir) never writes over what a run left in `out_dir`."""
-    ckpts = checkpoint_dir(out_dir)
-    found = [name for name in (METRICS, SUMMARY, f"{HYDRA}/config.yaml") if (out_dir / name).exists()]
-    found += [f"{CHECKPOINTS}/{p.name}" for p in sorted(ckpts.iterdir())[:1]] if ckpts.is_dir() else []
-    if found:
-        raise RunDirTaken(f"hydra.run.dir={out_dir} already holds a run ({found[0]}); continue it with "
-                          f"trainer.resume={out_dir} or choose another hydra.run.dir")
