@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         if args and args[0] in COMMANDS:
             name, args = args[0], args[1:]
         elif args and "=" not in args[0] and not args[0].startswith("-"):
-            from aetrain.cli.report import usage_error
+            from aetrain.cli.errors import usage_error
 
             usage_error(f"'{args[0]}' is neither a command nor an override (key=value); commands: "
                         f"{', '.join(COMMANDS)}")

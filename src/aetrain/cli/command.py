@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from aetrain.config import default_choice
 from aetrain.errors import AetrainError, ConfigError
 
-from aetrain.cli.report import describe, exit_with, unknown_key_message, usage_error
+from aetrain.cli.errors import describe, exit_with, unknown_key_message, usage_error
 
 
 @dataclasses.dataclass
@@ -178,7 +178,7 @@ def _typed(value: Any) -> str:
 def answered_help(command: str, args: list[str], help_text: str, takes: str) -> bool:
     """For a command with a help text of its own: print it for --help/-h (True: nothing else to do), and
     refuse any other flag with a usage error naming what the command takes."""
-    from aetrain.cli.report import usage_error
+    from aetrain.cli.errors import usage_error
 
     if {"--help", "-h"} & set(args):
         sys.stdout.write(help_text)

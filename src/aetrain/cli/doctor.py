@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aetrain.errors import AetrainError, ConfigError
 
-from aetrain.cli.report import exit_with, usage_error
+from aetrain.cli.errors import exit_with, usage_error
 
 SUMMARY = "diagnose a run: findings per layer, with the overrides to try (doctor.json, diagnostics.png)"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from aetrain.cli.report import exit_with
+from aetrain.cli.errors import exit_with
 
 
 def commands_text() -> str:

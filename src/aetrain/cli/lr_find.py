@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aetrain.errors import AetrainError
 
-from aetrain.cli.report import exit_with, usage_error
+from aetrain.cli.errors import exit_with, usage_error
 
 SUMMARY = "learning-rate range test: suggests optimizer.lr for the configured model and data"
 

@@ -16,7 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from aetrain.config import CHOICES, Config
 from aetrain.errors import AetrainError
 
-from aetrain.cli.report import unknown_key_message
+from aetrain.cli.errors import unknown_key_message
 
 
 def register_configs() -> None:

@@ -439,7 +439,7 @@ class SweepSummary(Callback):
         try:
             sweep_dir = Path(config.hydra.sweep.dir)  # resolving it claims the default dir (aetrain.new_dir)
         except OmegaConfBaseException as e:
-            from aetrain.cli.report import describe
+            from aetrain.cli.errors import describe
 
             sys.stderr.write(f"aetrain: error: {describe(e)}\n")
             sys.exit(2)

@@ -47,7 +47,7 @@ from aetrain.launch import env_rank, launched
 from aetrain.rundir import Invocation, RunDir, RunDirTaken, own_run_dir, read_summary
 
 from aetrain.cli import sweep
-from aetrain.cli.report import EXIT_JOB_FAILED, describe, error_line, exit_with, usage_error
+from aetrain.cli.errors import EXIT_JOB_FAILED, describe, error_line, exit_with, usage_error
 from aetrain.cli.schema import register_configs, to_config
 
 log = logging.getLogger("aetrain")
