@@ -42,6 +42,17 @@ def choice(group: str, name: str, **defaults: Any) -> Callable[[type], type]:
 
 # --- model ---------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class CodeConstraint:
+    """What keeps a family's code from copying its input (input noise, a sparsity penalty, a KL term): said by the
+    family's config (`ModelConfig.code_constraint`), read by the training doctor and the wide-code warning."""
+
+    what: str  # in words, with its setting: "gaussian input noise (model.noise.level=0.2)"
+    loosen: tuple[str, ...] = ()  # overrides that weaken it, for a run where it switched the whole code off
+    prunes_units: bool = False  # it switches off the code units it does not need by design (a VAE's KL term)
+    blurs: bool = False  # its reconstructions are blurry by design (a VAE's sampled code)
+
+
 @dataclass
 class ModelConfig:
     """What every model family has. Families: configs/model/, `aetrain.models.FAMILIES`."""
@@ -54,6 +65,11 @@ class ModelConfig:
     batch_norm: bool = False  # BatchNorm after each hidden layer; False = none
     dropout: float = 0.0  # dropout probability after each hidden layer; 0 = off
     loss: str = "mse"  # reconstruction loss: mse | l1 | bce | smooth_l1 (mean over elements)
+
+    def code_constraint(self) -> CodeConstraint | None:
+        """What keeps this model's code from copying its input; None: nothing (a plain autoencoder, or a family
+        whose constraint is switched off), so a code as wide as the input can copy it."""
+        return None
 
 
 @choice("model", "dense_ae")
@@ -104,6 +120,11 @@ class DenoisingAEConfig(BackboneModelConfig):
 
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
+    def code_constraint(self) -> CodeConstraint | None:
+        if self.noise.level <= 0:
+            return None
+        return CodeConstraint(f"{self.noise.kind} input noise (model.noise.level={self.noise.level:g})")
+
 
 @dataclass
 class SparsityConfig:
@@ -123,6 +144,12 @@ class SparseAEConfig(BackboneModelConfig):
 
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
 
+    def code_constraint(self) -> CodeConstraint | None:
+        if self.sparsity.weight <= 0:
+            return None
+        return CodeConstraint(f"a {self.sparsity.kind} sparsity penalty (model.sparsity.weight={self.sparsity.weight:g})",
+                              loosen=("model.sparsity.weight=1e-4",))
+
 
 @choice("model", "vae")
 @dataclass
@@ -134,6 +161,12 @@ class VAEConfig(BackboneModelConfig):
     loss: str = "auto"  # auto = bce for data in [0, 1] (a Bernoulli decoder), mse otherwise; or mse | l1 | bce | smooth_l1
     beta: float = 1.0  # weight of the KL term; 1 = the ELBO, > 1 = beta-VAE, 0 = a plain autoencoder with a noisy code
     kl_warmup_epochs: float = 10.0  # the KL weight rises linearly from 0 to beta over this many epochs; 0 = from the start
+
+    def code_constraint(self) -> CodeConstraint | None:
+        if self.beta <= 0:  # no KL term: the encoder can make its code exact, a plain autoencoder's
+            return None
+        return CodeConstraint("a sampled code and its KL term", loosen=("model.beta=0.25", "model.kl_warmup_epochs=50"),
+                              prunes_units=True, blurs=True)
 
 
 # --- data ----------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from aetrain.train.outputs import build_outputs
 from aetrain.train.outputs.console import final_table
 from aetrain.train.precision import Precision, build_clip, trainable
 from aetrain.train.signals import Interrupt
-from aetrain.train.step import ADMIT, GradientProbe, TrainStep
+from aetrain.train.step import GradientProbe, TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def build_parts(cfg: Config, world: World | None = None) -> Parts:
         if world.is_main else GradientProbe()
     step = TrainStep(train_net, objective, optimizer, precision,
                      build_clip(t.gradient_clip_val, t.gradient_clip_algorithm), trainable(model.parameters()),
-                     admit=ADMIT.get(t.on_nonfinite), accumulating=world.accumulating(train_net), probe=probe)
+                     admit=NONFINITE.get(t.on_nonfinite).admit, accumulating=world.accumulating(train_net), probe=probe)
     step = build_step(cfg, step, device, plan.sizes, eager_only=world.eager_only())  # a CUDA graph when it can be
     world.seed(t.seed)  # each process its own noise and dropout from here; rank 0 keeps the single process's
     return Parts(cfg, model, net, objective, val_objective, optimizer, schedule, precision, step, data, windows,
@@ -106,10 +106,7 @@ def _warn_if_code_is_as_wide_as_the_input(model: ModelConfig, shape: tuple[int, 
     says nothing of what the code captured. Not said of families that constrain the code (input noise, a
     sparsity penalty, a KL term), where a wide, overcomplete code is a design choice."""
     size = math.prod(shape)
-    constrained = any(level > 0 for level in (getattr(getattr(model, "noise", None), "level", 0.0),
-                                              getattr(getattr(model, "sparsity", None), "weight", 0.0),
-                                              getattr(model, "beta", 0.0)))
-    if model.latent_dim >= size and not constrained:
+    if model.latent_dim >= size and model.code_constraint() is None:
         log.warning("model.latent_dim=%d is %s the input (%d values a sample): the model can learn to copy its input, "
                     "so a low reconstruction loss says little; choose a narrower code", model.latent_dim,
                     "as wide as" if model.latent_dim == size else "wider than", size)

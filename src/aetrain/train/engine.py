@@ -37,7 +37,7 @@ from aetrain.train.distributed import World
 from aetrain.train.optim import Schedule
 from aetrain.train.precision import Precision
 from aetrain.train.signals import Interrupt
-from aetrain.train.step import Step
+from aetrain.train.step import Step, admit_always, admit_if_finite
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,14 @@ class Meter:
 
 
 class StopOnNonFinite:
-    """trainer.on_nonfinite=stop: the run ends at the next read with a message naming the step."""
+    """trainer.on_nonfinite=stop: the run ends at the next read with a message naming the step.
+
+    A policy for non-finite losses (`NONFINITE`) is one object: which updates the step applies (`admit`,
+    given to the `TrainStep`), whether that reads the host every step (`reads_host`: then no CUDA graph),
+    and what the engine does at each metric read (`on_read`)."""
+
+    admit = staticmethod(admit_always)  # every update is applied; the run stops at the next read
+    reads_host = False
 
     def on_read(self, engine: Engine, first_bad: int | None, n_bad: int) -> None:
         if first_bad is not None:
@@ -176,7 +183,11 @@ class StopOnNonFinite:
 
 
 class SkipNonFinite(StopOnNonFinite):
-    """trainer.on_nonfinite=skip: updates with non-finite gradients are dropped (see `step.ADMIT`)."""
+    """trainer.on_nonfinite=skip: updates with non-finite gradients are dropped. fp16's GradScaler already skips
+    steps with inf/NaN gradients on its own; this extends that to every precision, at one host read a step."""
+
+    admit = staticmethod(admit_if_finite)
+    reads_host = True
 
     def __init__(self) -> None:
         self.reported = 0

@@ -68,13 +68,13 @@ from aetrain.config import Config
 from aetrain.errors import ConfigError
 from aetrain.models import Terms
 from aetrain.registry import Registry
+from aetrain.train.engine import NONFINITE
 from aetrain.train.optim import OPTIMIZERS
-from aetrain.train.step import GradientProbe, Step, TrainStep, admit_always
+from aetrain.train.step import GradientProbe, Step, TrainStep
 
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # eager steps before the capture, as torch.cuda.make_graphed_callables takes
-CAPTURABLE = {"adam", "adamw", "sgd", "rmsprop"}  # optimizers whose capturable step was checked (see Snapshot)
 
 
 @dataclass(frozen=True)
@@ -115,11 +115,12 @@ def graph_blockers(cfg: Config, device: torch.device, step: TrainStep, batch_siz
     full = sum(1 for n in batch_sizes if n == max(batch_sizes))
     checks = [
         (device.type == "cuda", f"it trains on {device.type} (CUDA graphs need trainer.device=cuda)"),
-        (name in CAPTURABLE, f"optimizer={name} has not been checked under capture"),
+        (OPTIMIZERS.get(name).capturable, f"optimizer={name} has not been checked under capture"),
         (t.precision != "16-mixed" or OPTIMIZERS.get(name).fused,
          f"trainer.precision=16-mixed with optimizer={name}, which has no fused kernel: its GradScaler step reads "
          "the inf check on the host (use bf16-mixed, or adam, adamw or sgd)"),
-        (step.admit is admit_always, "trainer.on_nonfinite=skip reads every step's gradient norm on the host"),
+        (not NONFINITE.get(t.on_nonfinite).reads_host,
+         f"trainer.on_nonfinite={t.on_nonfinite} reads every step's gradient norm on the host"),
         (not (t.compile and COMPILE_MODES.get(t.compile_mode).own_cuda_graphs),
          f"trainer.compile_mode={t.compile_mode} captures CUDA graphs of its own"),
         (full >= t.accumulate_grad_batches, f"no optimizer step of an epoch has {t.accumulate_grad_batches} full "
