@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from aetrain.cli.schema import register_configs
-from aetrain.config import (CHOICES, Config, ConfigError, ConvAEConfig, DenoisingAEConfig, SGDConfig, from_json, to_json,
-                            validate)
+from aetrain.config import (CHOICES, Config, ConfigError, ConvAEConfig, DenoisingAEConfig, SGDConfig, check_ranges,
+                            field_comments, from_json, ranges_of, to_json, validate)
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 GROUPS = ["model", "data", "optimizer", "scheduler", "trainer"]
@@ -76,15 +77,82 @@ def test_out_of_range_values_name_the_key(section: str, key: str, value: object,
     assert needle in str(info.value)
 
 
-def test_every_field_has_a_default() -> None:
+def config_dataclasses() -> list[type]:
+    """Every config dataclass a user sets keys of: the training config, every choice of every group (and the
+    sections nested in them), and each command's own section."""
+    from aetrain.config import EncodeConfig, EvalConfig, ExportConfig, LRFindConfig, ScoreConfig
+
+    roots = [Config, *(type(make()) for choices in CHOICES.values() for make in choices.values()),
+             EvalConfig, EncodeConfig, ScoreConfig, ExportConfig, LRFindConfig]
+    found: list[type] = []
+
     def walk(cls: type) -> None:
-        for f in dataclasses.fields(cls):
-            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f.name
-            if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None):
-                walk(f.type)
+        if cls in found:
+            return
+        found.append(cls)
+        for hint in typing.get_type_hints(cls).values():  # the annotations are strings (postponed): resolve them
+            if dataclasses.is_dataclass(hint):
+                walk(hint)
 
-    walk(Config)
+    for cls in roots:
+        walk(cls)
+    return found
 
+
+def undocumented(cls: type) -> list[str]:
+    """The fields of `cls` without a default or without a comment."""
+    comments = field_comments(cls)
+    return [f.name for f in dataclasses.fields(cls)
+            if (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING) or not comments.get(f.name)]
+
+
+def test_the_walk_reaches_every_section_and_choice() -> None:
+    names = {cls.__name__ for cls in config_dataclasses()}
+    assert {"Config", "TrainerConfig", "OutputsConfig", "DiagnosticsConfig", "NoiseConfig", "SparsityConfig",
+            "VAEConfig", "RMSpropConfig", "PlateauSchedulerConfig", "ImageFolderDataConfig", "EvalConfig",
+            "LRFindConfig"} <= names
+
+
+@pytest.mark.parametrize("cls", config_dataclasses(), ids=lambda cls: cls.__name__)
+def test_every_field_has_a_default_and_a_comment(cls: type) -> None:
+    assert undocumented(cls) == []
+
+
+@dataclasses.dataclass
+class _Undocumented:
+    """A config section as a careless edit would leave it."""
+
+    no_default: int  # a key every run would have to give
+    documented: int = 1  # a key with a default and a comment
+    no_comment: int = 2
+
+
+def test_the_check_finds_a_field_without_a_default_or_a_comment() -> None:
+    assert undocumented(_Undocumented) == ["no_default", "no_comment"]
+
+
+@pytest.mark.parametrize("cls", config_dataclasses(), ids=lambda cls: cls.__name__)
+def test_every_number_has_its_range_next_to_it(cls: type) -> None:
+    """A numeric key without a range would accept anything (inf, a negative count): each declares its own in its
+    class's RANGES, never borrowing another key's of the same name."""
+    hints = typing.get_type_hints(cls)
+    numbers = [f.name for f in dataclasses.fields(cls)
+               if {int, float} & {hints[f.name], *typing.get_args(hints[f.name]),
+                                  *(a for arg in typing.get_args(hints[f.name]) for a in typing.get_args(arg))}
+               and hints[f.name] is not bool]
+    assert [name for name in numbers if name not in ranges_of(cls)] == []
+
+
+def test_a_range_is_the_fields_own_not_one_of_the_same_name_elsewhere() -> None:
+    """scheduler.patience has a range; trainer.early_stopping_patience its own; a key named alike in another
+    section borrows nothing."""
+
+    @dataclasses.dataclass
+    class Section:
+        patience: int = 3  # a key named like scheduler=plateau's
+
+    assert ranges_of(Section) == {}
+    check_ranges(Section(patience=-5), "section")  # no range declared: nothing to check
 
 def test_presets_state_nothing_the_dataclass_does_not_and_name_their_schema() -> None:
     """One home for defaults: each preset is the defaults list naming its schema, no values."""

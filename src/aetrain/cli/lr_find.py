@@ -64,7 +64,8 @@ def main(args: list[str]) -> None:
     from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    from aetrain.commands.lr_find import LRFindConfig, run, validate
+    from aetrain.commands.lr_find import run
+    from aetrain.config import LRFindConfig, validate_command
     from aetrain.rundir import LR_FIND_FILES
 
     from aetrain.cli.command import parse
@@ -80,7 +81,7 @@ def main(args: list[str]) -> None:
     existed = True
     try:
         find = parse("lr_find", own, {"lr_find": LRFindConfig()}, own="lr_find").sections["lr_find"]
-        validate(find)  # before the default dir is made
+        validate_command("lr_find", find)  # before the default dir is made
         check_overrides(overrides)
         register_configs()
         with initialize_config_module("aetrain.configs", version_base="1.3"):

@@ -37,8 +37,7 @@ import numpy as np
 import torch
 
 from aetrain.atomic import write_atomic
-from aetrain.config import Config
-from aetrain.errors import ConfigError
+from aetrain.config import Config, LRFindConfig, validate_command
 from aetrain.rundir import LR_FIND_FILES
 from aetrain.commands.train import build_parts
 
@@ -47,16 +46,6 @@ log = logging.getLogger(__name__)
 SMOOTHING = 0.98  # weight of the running average that decides when to stop (fastai's and Lightning's)
 SKIP_BEGIN = 10  # steps left out of the suggestion at the start, where the loss is noise (Lightning's default)
 MIN_FALL = 0.05  # no suggestion unless the averaged loss falls by this share of where it started
-
-
-@dataclass
-class LRFindConfig:
-    """The range test's own settings: `aetrain lr_find lr_find.num_steps=200 ...`."""
-
-    min_lr: float = 1e-7  # the learning rate of the first step, > 0
-    max_lr: float = 1.0  # the learning rate of the last step, > min_lr
-    num_steps: int = 100  # optimizer steps over which the rate rises exponentially, >= 20
-    divergence: float = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum, > 1
 
 
 @dataclass
@@ -69,21 +58,9 @@ class LRFindResult:
     stopped_early: bool
 
 
-def validate(find: LRFindConfig) -> None:
-    def require(ok: bool, key: str, allowed: str, value: object) -> None:
-        if not ok:
-            raise ConfigError(f"lr_find.{key}={value!r} is out of range: must be {allowed}")
-
-    require(math.isfinite(find.min_lr) and find.min_lr > 0, "min_lr", "a finite number > 0", find.min_lr)
-    require(math.isfinite(find.max_lr) and find.max_lr > find.min_lr, "max_lr",
-            f"a finite number > lr_find.min_lr={find.min_lr:g}", find.max_lr)
-    require(find.num_steps >= SKIP_BEGIN + 10, "num_steps", f">= {SKIP_BEGIN + 10}", find.num_steps)
-    require(math.isfinite(find.divergence) and find.divergence > 1, "divergence", "a finite number > 1", find.divergence)
-
-
 def run(cfg: Config, find: LRFindConfig, out_dir: Path) -> LRFindResult:
     """The range test on `cfg`'s model and data; writes its files into `out_dir` and returns the result."""
-    validate(find)
+    validate_command("lr_find", find)
     cfg = replace(cfg, diagnostics=replace(cfg.diagnostics, enabled=False))  # nothing to diagnose in 100 steps
     parts = build_parts(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
