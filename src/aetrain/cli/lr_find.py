@@ -18,8 +18,8 @@ from aetrain.cli.errors import exit_with, usage_error
 
 SUMMARY = "learning-rate range test: suggests optimizer.lr for the configured model and data"
 
-# a dir of its own even for two tests started in the same second (see aetrain.cli.train.new_dir)
-DEFAULT_DIR = "${aetrain.new_dir:outputs/lr_find/${now:%Y-%m-%d}/${now:%H-%M-%S}}"
+# a dir of its own even for two tests started in the same second (aetrain.rundir.RunDir.allocate)
+DEFAULT_DIR = "outputs/lr_find/${now:%Y-%m-%d}/${now:%H-%M-%S}"
 
 HELP = """\
 aetrain lr_find: the learning-rate range test (as Lightning's and fastai's lr finders run it).
@@ -66,19 +66,18 @@ def main(args: list[str]) -> None:
 
     from aetrain.commands.lr_find import run
     from aetrain.config import LRFindConfig, validate_command
-    from aetrain.rundir import LR_FIND_FILES
+    from aetrain.rundir import LR_FIND_FILES, Invocation, RunDir
 
     from aetrain.cli.command import parse
+    from aetrain.cli.overrides import check_overrides, given
     from aetrain.cli.schema import register_configs, to_config
-    from aetrain.cli.train import check_overrides, made_here
-    from aetrain.rundir import Invocation, RunDir
 
     own = [a for a in args if a.startswith("lr_find.")]
     overrides = [a for a in args if a not in own]
-    if not any(a.partition("=")[0] == "hydra.run.dir" for a in overrides):
+    default = not given(overrides, "hydra.run.dir")
+    if default:
         overrides.append(f"hydra.run.dir='{DEFAULT_DIR}'")  # quoted: the override grammar takes no nested ${}
-    out_dir: Path | None = None
-    existed = True
+    run_dir: RunDir | None = None
     try:
         find = parse("lr_find", own, {"lr_find": LRFindConfig()}, own="lr_find").sections["lr_find"]
         validate_command("lr_find", find)  # before the default dir is made
@@ -86,24 +85,21 @@ def main(args: list[str]) -> None:
         register_configs()
         with initialize_config_module("aetrain.configs", version_base="1.3"):
             composed = compose("train", overrides=overrides, return_hydra_config=True)
-        out_dir = Path(composed.hydra.run.dir)
-        existed = out_dir.exists() and not made_here(out_dir)
+        path = Path(composed.hydra.run.dir)
         with open_dict(composed):
             del composed["hydra"]
         cfg = to_config(composed)
-        run_dir = RunDir(out_dir)
+        run_dir = RunDir.allocate(path) if default else RunDir(path)
         run_dir.refuse_taken(what="a run or a range test", resumable=False)
         _log_to_console()
         with run_dir.claimed():  # a second test (or a run) into this dir meanwhile is refused
-            result = run(cfg, find, out_dir)
+            result = run(cfg, find, run_dir.path)
     except (AetrainError, HydraException, OmegaConfBaseException) as ex:
-        if out_dir is not None and not existed:  # a rejected command leaves no dir behind
-            _remove_if_empty(out_dir)
-            if made_here(out_dir):  # and none of the default dir's parents it made: outputs/lr_find/<date>
-                for parent in out_dir.parents[:3]:
-                    _remove_if_empty(parent)
+        if run_dir is not None:  # a rejected command leaves no dir behind
+            run_dir.release()
         exit_with(ex)
     run_dir.record(Invocation(OmegaConf.to_yaml(composed), tuple(args)))
+    out_dir = run_dir.path
     table, picture, summary = (out_dir / name for name in LR_FIND_FILES)
     if result.suggestion is None:
         sys.stderr.write(f"aetrain: lr_find: no suggestion: {result.why_none} over {len(result.lrs)} steps from "
@@ -126,10 +122,3 @@ def _log_to_console() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
     root.setLevel(logging.INFO)
-
-
-def _remove_if_empty(path: Path) -> None:
-    try:
-        path.rmdir()
-    except OSError:
-        pass

@@ -12,11 +12,12 @@ import dataclasses
 import typing
 
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.config import CHOICES, Config
-from aetrain.errors import AetrainError
+from aetrain.errors import AetrainError, ConfigError
 
-from aetrain.cli.errors import unknown_key_message
+from aetrain.cli.errors import describe, unknown_key_message
 
 
 def register_configs() -> None:
@@ -45,5 +46,9 @@ def check_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
 
 
 def to_config(cfg: DictConfig) -> Config:
+    """The composed config as the typed `Config`; ConfigError (one line) for a key or value the schema refuses."""
     check_keys(cfg, Config)
-    return OmegaConf.to_object(cfg)
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(describe(e)) from e

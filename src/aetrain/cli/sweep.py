@@ -29,12 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.atomic import write_atomic
-from aetrain.errors import ConfigError
+from aetrain.errors import AetrainError, ConfigError
 from aetrain.rundir import METRICS, RunDir, Status, read_metrics
+
+from aetrain.cli.errors import exit_with
+from aetrain.cli.overrides import given, hydra_quoted
 
 SUMMARY_CSV = "sweep_summary.csv"
 CURVES_PNG = "sweep_curves.png"
@@ -436,15 +439,12 @@ class SweepSummary(Callback):
     sweep, whichever launcher ran the jobs."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        try:
-            sweep_dir = Path(config.hydra.sweep.dir)  # resolving it claims the default dir (aetrain.new_dir)
-        except OmegaConfBaseException as e:
-            from aetrain.cli.errors import describe
-
-            sys.stderr.write(f"aetrain: error: {describe(e)}\n")
-            sys.exit(2)
         # Jobs of a second sweep would be refused by the runs already there, and the summary would
         # mix both. Hydra turns a callback's exception into a warning, hence the exits here.
+        try:
+            sweep_dir = _sweep_dir(config)
+        except (AetrainError, OmegaConfBaseException) as e:
+            exit_with(e)
         used = previous_sweep(sweep_dir) or _claim(sweep_dir)
         if used:
             sys.stderr.write(f"aetrain: error: hydra.sweep.dir={sweep_dir} already holds a sweep ({used}); "
@@ -457,6 +457,18 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if _current.dir is not None:
             _current.results = summarize(_current.dir)
+
+
+def _sweep_dir(config: DictConfig) -> Path:
+    """The sweep's dir: the one the user named, or the default (`outputs/multirun/<date>/<time>`) allocated now
+    (`<time>_2` when a sweep started in the same second took it), which every job's config then names."""
+    if given(list(config.hydra.overrides.hydra), "hydra.sweep.dir"):
+        return Path(config.hydra.sweep.dir)
+    sweep_dir = RunDir.allocate(config.hydra.sweep.dir, key="hydra.sweep.dir").path
+    with read_write(config.hydra):  # the launcher composes each job's config from these overrides
+        config.hydra.sweep.dir = str(sweep_dir)
+        config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quoted(str(sweep_dir))}")
+    return sweep_dir
 
 
 def _claim(sweep_dir: Path) -> str | None:
