@@ -751,7 +751,7 @@ def _curve_colours(path: Path) -> set[tuple[int, int, int]]:
 
 
 def test_a_sweep_draws_every_jobs_validation_curve_in_one_picture_named_by_what_varies(tmp_path: Path) -> None:
-    from aetrain.cli import sweep
+    from aetrain.commands import sweep
 
     for job, lr in enumerate((1e-3, 3e-4, 1e-4)):
         _job(tmp_path, job, [f"optimizer.lr={lr}", "trainer.max_epochs=20"],
@@ -766,7 +766,7 @@ def test_a_sweep_draws_every_jobs_validation_curve_in_one_picture_named_by_what_
 def test_the_sweep_curves_of_many_jobs_stay_readable(tmp_path: Path) -> None:
     import math
 
-    from aetrain.cli import sweep
+    from aetrain.commands import sweep
 
     for job in range(40):
         lr, dim = 10 ** (-4 + 2 * (job % 8) / 7), [4, 8, 16, 32, 64][job // 8]

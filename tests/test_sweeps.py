@@ -12,7 +12,7 @@ import pytest
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
-from aetrain.cli import sweep
+from aetrain.commands import sweep
 from aetrain.rundir import RunDir
 from conftest import run_subprocess
 

@@ -1,15 +1,14 @@
-"""Sweeps (`aetrain -m ...`): a failed job is recorded instead of sinking the sweep, and every
-multirun ends with a summary of its jobs.
+"""A sweep's report, as a library: every job's result read from its run dir, the table, sweep_summary.csv and
+the two pictures. Hydra-free: `aetrain -m` writes it when its sweeper is done (`aetrain.cli.sweep`'s callback),
+`aetrain sweep <dir>` writes it again for any sweep dir (also one whose sweeper was killed), and other tools
+call it.
 
-This is CLI-side code (it imports Hydra). Its pieces:
-- `SweepSummary`, the Hydra callback named in configs/train.yaml (`hydra.callbacks`): it refuses
-  a sweep dir that already holds a sweep and, once the sweeper is done, summarises the sweep;
-- `summarize(sweep_dir)` reads every job dir and writes `sweep_summary.csv` (one row per job,
-  best objective first, failed jobs last) and `sweep_objective.png`, and prints the table;
-- `record_failure` marks a failed job in its summary.json; `finish` hands the jobs' results to the
-  CLI for its exit code, and summarises a sweep whose sweeper stopped before its end;
-- `Stopped` carries a user's interrupt out of a job through Hydra's sweepers, which would
-  otherwise count it as one more failed job and go on.
+- `read_job(run_dir)`: what one job's run dir says (`JobResult`);
+- `collect(sweep_dir)`: every job, best objective first, failed jobs last; `summarize(sweep_dir)` also
+  writes `sweep_summary.csv`, `sweep_objective.png` and `sweep_curves.png`;
+- `table(results, sweep_dir)`: the console table, as text;
+- `claim(sweep_dir)`: a sweep's dir, held by its marker (two sweeps never share a dir);
+- `summarize_dir(sweep_dir)`: the `aetrain sweep` command.
 
 A job's results come from its run dir: `summary.json` when the run wrote one, else `metrics.csv`
 (best = lowest val/loss, epochs = rows, wall time = the epochs' summed time).
@@ -28,16 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, read_write
-from omegaconf.errors import OmegaConfBaseException
-
 from aetrain.atomic import write_atomic
-from aetrain.errors import AetrainError, ConfigError
+from aetrain.errors import ConfigError
 from aetrain.rundir import METRICS, RunDir, Status, read_metrics
 
-from aetrain.cli.errors import exit_with
-from aetrain.cli.overrides import given, hydra_quoted
+log = logging.getLogger(__name__)
 
 SUMMARY_CSV = "sweep_summary.csv"
 CURVES_PNG = "sweep_curves.png"
@@ -69,18 +63,6 @@ class JobResult:
     def ranked(self) -> bool:
         """Whether the job has an objective to rank by."""
         return self.ok and math.isfinite(self.best_val_loss)
-
-
-class Stopped(BaseException):
-    """A job was interrupted (Ctrl-C, SIGTERM): the whole sweep stops.
-
-    A BaseException, so that Hydra's job runner and sweepers, which catch Exception, let it
-    through instead of recording one more failed job and starting the next.
-    """
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 # --- one job ---------------------------------------------------------------------------------
@@ -161,14 +143,28 @@ def collect(sweep_dir: Path) -> list[JobResult]:
 
 
 def summarize(sweep_dir: Path) -> list[JobResult]:
-    """Write sweep_summary.csv and sweep_objective.png into `sweep_dir` and print the table."""
+    """Every job of the sweep (see `collect`), written into `sweep_dir` as sweep_summary.csv, sweep_objective.png and
+    sweep_curves.png; nothing is written for a dir without jobs."""
     results = collect(sweep_dir)
     if not results:
         return results  # the sweep stopped before any job ran (a composition error): nothing to say
     write_csv(results, sweep_dir / SUMMARY_CSV)
     plot_objective(results, sweep_dir / OBJECTIVE_PNG)
     plot_curves(results, sweep_dir / CURVES_PNG)
-    print_table(results, sweep_dir)
+    return results
+
+
+def summarize_dir(sweep_dir: Path) -> list[JobResult]:
+    """`aetrain sweep <dir>`: summarise a sweep dir again (also one whose sweeper was killed: its unfinished jobs
+    are failed, "did not finish") and log the table. ConfigError for a dir that holds no sweep."""
+    if not sweep_dir.is_dir():
+        what = "not a directory; give the sweep dir" if sweep_dir.exists() else "no such sweep dir"
+        raise ConfigError(f"{sweep_dir}: {what}")
+    results = summarize(sweep_dir)
+    if not results:
+        raise ConfigError(f"{sweep_dir}: not a sweep dir (no job dirs: numbered dirs, or dirs with "
+                          ".hydra/overrides.yaml, up to three levels down)")
+    log.info("%s", table(results, sweep_dir, terminal=sys.stdout.isatty()).rstrip("\n"))
     return results
 
 
@@ -218,32 +214,31 @@ def _plain_head() -> Any:
     return Box("    \n    \n -- \n    \n    \n    \n    \n    \n", ascii=True)  # box.SIMPLE_HEAD in ASCII
 
 
-def print_table(results: list[JobResult], sweep_dir: Path) -> None:
-    """The summary as a rich table on stdout: colours on a terminal, plain text otherwise."""
+def table(results: list[JobResult], sweep_dir: Path, *, terminal: bool = False) -> str:
+    """The summary as a table for the console, ending in a newline: a header line, the jobs, what is the same in
+    every job, the files written. `terminal`: rich's colours and box, fitted to the terminal; otherwise plain
+    text (rich assumes 80 columns off a terminal and would fold the table; logs have room)."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    interactive = sys.stdout.isatty()
-    # Off a terminal rich assumes 80 columns and would fold the table; logs have room.
-    console = Console(highlight=False, width=None if interactive else 200)
     varying, shared = varying_overrides(results)
     failed = sum(not r.ok for r in results)
-    table = Table(
+    rows = Table(
         caption=f"same in every job: {' '.join(shared)}" if shared else None,
-        box=box.SIMPLE_HEAD if interactive else _plain_head(), caption_justify="left",
+        box=box.SIMPLE_HEAD if terminal else _plain_head(), caption_justify="left",
     )
-    table.add_column("job", justify="right")
-    table.add_column("status")
-    table.add_column("best val/loss", justify="right")
-    table.add_column("epochs", justify="right")
-    table.add_column("time", justify="right")
-    table.add_column("overrides", overflow="fold")  # wrapped on a narrow terminal, never cut
+    rows.add_column("job", justify="right")
+    rows.add_column("status")
+    rows.add_column("best val/loss", justify="right")
+    rows.add_column("epochs", justify="right")
+    rows.add_column("time", justify="right")
+    rows.add_column("overrides", overflow="fold")  # wrapped on a narrow terminal, never cut
     if failed:
-        table.add_column("error", overflow="fold")
+        rows.add_column("error", overflow="fold")
     best = results[0] if results[0].ranked else None
     for r, overrides in zip(results, varying):
-        table.add_row(
+        rows.add_row(
             str(r.job), r.status,
             f"{r.best_val_loss:.5g}" if math.isfinite(r.best_val_loss) else "-",
             "-" if r.epochs is None else str(r.epochs),
@@ -251,18 +246,17 @@ def print_table(results: list[JobResult], sweep_dir: Path) -> None:
             " ".join(_short(o) for o in overrides), *([r.error] if failed else []),
             style="bold green" if r is best else ("red" if not r.ok else None),
         )
-    header = f"sweep {sweep_dir}: {len(results) - failed} ok, {failed} failed"  # not the table's title: rich would fold a long path
+    header = f"sweep {sweep_dir}: {len(results) - failed} ok, {failed} failed"  # not a title: rich would fold a path
     footer = f"written: {sweep_dir / SUMMARY_CSV}, {sweep_dir / OBJECTIVE_PNG}, {sweep_dir / CURVES_PNG}"
-    if interactive:
+    console = Console(file=io.StringIO(), highlight=False, force_terminal=terminal, width=None if terminal else 200)
+    if terminal:
         console.print(header, style="bold", soft_wrap=True)
-        console.print(table)
+        console.print(rows)
         console.print(footer, soft_wrap=True)
-    else:  # rich pads every line to the table's width; logs are better without the trailing blanks
-        with console.capture() as captured:
-            console.print(table)
-        text = "\n".join(line.rstrip() for line in captured.get().splitlines())
-        sys.stdout.write(f"{header}\n{text}\n{footer}\n")
-        sys.stdout.flush()
+        return console.file.getvalue()
+    console.print(rows)  # rich pads every line to the table's width; logs are better without the trailing blanks
+    text = "\n".join(line.rstrip() for line in console.file.getvalue().splitlines())
+    return f"{header}\n{text}\n{footer}\n"
 
 
 def plot_objective(results: list[JobResult], path: Path) -> None:
@@ -400,30 +394,7 @@ def plot_curves(results: list[JobResult], path: Path) -> None:
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
-# --- Hydra's callback and the CLI's view of the sweep ----------------------------------------
-
-@dataclass
-class _Sweep:
-    """The multirun this process is running: its dir once it starts, its results once summarised."""
-
-    dir: Path | None = None
-    results: list[JobResult] | None = None
-
-
-_current = _Sweep()
-
-
-def finish() -> list[JobResult] | None:
-    """The results of the multirun this process ran, or None after a single run.
-
-    Summarises the sweep first when its end was never reached (a sweeper that stopped early,
-    Ctrl-C), so the jobs that ran are still in the table. Forgets the sweep: call it once.
-    """
-    sweep, _current.dir, _current.results = _Sweep(_current.dir, _current.results), None, None
-    if sweep.dir is None:
-        return None
-    return sweep.results if sweep.results is not None else summarize(sweep.dir)
-
+# --- a sweep's dir ------------------------------------------------------------------------------
 
 def previous_sweep(sweep_dir: Path) -> str | None:
     """What in `sweep_dir` shows an earlier (or a running) sweep: its marker, a summary or a job dir; or None."""
@@ -434,64 +405,21 @@ def previous_sweep(sweep_dir: Path) -> str | None:
     return f"{dirs[0].relative_to(sweep_dir)}/" if dirs else None
 
 
-class SweepSummary(Callback):
-    """Hydra callback (configs/train.yaml: hydra.callbacks). Runs in the process that launched the
-    sweep, whichever launcher ran the jobs."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # Jobs of a second sweep would be refused by the runs already there, and the summary would
-        # mix both. Hydra turns a callback's exception into a warning, hence the exits here.
+def claim(sweep_dir: Path) -> None:
+    """Make `sweep_dir` this sweep's: refused (ConfigError, naming what is there) when it holds an earlier or a
+    running sweep, else marked by creating its marker exclusively, so of two sweeps given one dir at once the
+    second is refused. A dir that cannot be made is a ConfigError too."""
+    used = previous_sweep(sweep_dir)
+    if used is None:
         try:
-            sweep_dir = _sweep_dir(config)
-        except (AetrainError, OmegaConfBaseException) as e:
-            exit_with(e)
-        used = previous_sweep(sweep_dir) or _claim(sweep_dir)
-        if used:
-            sys.stderr.write(f"aetrain: error: hydra.sweep.dir={sweep_dir} already holds a sweep ({used}); "
-                             f"choose another hydra.sweep.dir\n")
-            sys.exit(2)
-        _current.dir, _current.results = sweep_dir, None
-        if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
-            _route_optuna_logs()
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if _current.dir is not None:
-            _current.results = summarize(_current.dir)
-
-
-def _sweep_dir(config: DictConfig) -> Path:
-    """The sweep's dir: the one the user named, or the default (`outputs/multirun/<date>/<time>`) allocated now
-    (`<time>_2` when a sweep started in the same second took it), which every job's config then names."""
-    if given(list(config.hydra.overrides.hydra), "hydra.sweep.dir"):
-        return Path(config.hydra.sweep.dir)
-    sweep_dir = RunDir.allocate(config.hydra.sweep.dir, key="hydra.sweep.dir").path
-    with read_write(config.hydra):  # the launcher composes each job's config from these overrides
-        config.hydra.sweep.dir = str(sweep_dir)
-        config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quoted(str(sweep_dir))}")
-    return sweep_dir
-
-
-def _claim(sweep_dir: Path) -> str | None:
-    """Mark `sweep_dir` as this sweep's by creating its marker exclusively; the marker's name when another
-    sweep got there first. A dir that cannot be made is a one-line error."""
-    try:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(sweep_dir / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return MARKER
-    except OSError as e:
-        sys.stderr.write(f"aetrain: error: hydra.sweep.dir={sweep_dir}: cannot create it: {e.strerror}\n")
-        sys.exit(2)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"a sweep started by pid {os.getpid()}\n")
-    return None
-
-
-def _route_optuna_logs() -> None:
-    """Send Optuna's messages through Hydra's console handler: Optuna's own one colours them even off
-    a terminal. Optuna imports alembic, which announces its plugins at INFO level: quiet."""
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    import optuna
-
-    optuna.logging.disable_default_handler()
-    optuna.logging.enable_propagation()
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(sweep_dir / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            used = MARKER
+        except OSError as e:
+            raise ConfigError(f"hydra.sweep.dir={sweep_dir}: cannot create it: {e.strerror}") from None
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(f"a sweep started by pid {os.getpid()}\n")
+            return
+    raise ConfigError(f"hydra.sweep.dir={sweep_dir} already holds a sweep ({used}); choose another hydra.sweep.dir")

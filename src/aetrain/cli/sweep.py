@@ -1,0 +1,116 @@
+"""Sweeps (`aetrain -m ...`), the Hydra side: the callback that claims the sweep dir and summarises the sweep at
+its end, and how a user's interrupt leaves a sweep. The report itself is `aetrain.commands.sweep`.
+
+- `SweepSummary`, the Hydra callback named in configs/train.yaml (`hydra.callbacks`): it allocates the
+  default sweep dir (`<time>_2` when a sweep started in the same second took it), refuses a dir that
+  already holds a sweep, and, once the sweeper is done, writes the summary and prints its table;
+- `finish` hands the jobs' results to the CLI for its exit code, and summarises a sweep whose sweeper
+  stopped before its end;
+- `Stopped` carries a user's interrupt out of a job through Hydra's sweepers, which would otherwise
+  count it as one more failed job and go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf.errors import OmegaConfBaseException
+
+from aetrain.cli.errors import exit_with
+from aetrain.cli.overrides import given, hydra_quoted
+from aetrain.commands.sweep import JobResult, claim, summarize, table
+from aetrain.errors import AetrainError
+from aetrain.rundir import RunDir
+
+
+class Stopped(BaseException):
+    """A job was interrupted (Ctrl-C, SIGTERM): the whole sweep stops.
+
+    A BaseException, so that Hydra's job runner and sweepers, which catch Exception, let it
+    through instead of recording one more failed job and starting the next.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class _Sweep:
+    """The multirun this process is running: its dir once it starts, its results once summarised."""
+
+    dir: Path | None = None
+    results: list[JobResult] | None = None
+
+
+_current = _Sweep()
+
+
+def _summarize(sweep_dir: Path) -> list[JobResult]:
+    """Write the sweep's summary and print its table (nothing for a sweep whose jobs never started)."""
+    results = summarize(sweep_dir)
+    if results:
+        sys.stdout.write(table(results, sweep_dir, terminal=sys.stdout.isatty()))
+        sys.stdout.flush()
+    return results
+
+
+def finish() -> list[JobResult] | None:
+    """The results of the multirun this process ran, or None after a single run.
+
+    Summarises the sweep first when its end was never reached (a sweeper that stopped early,
+    Ctrl-C), so the jobs that ran are still in the table. Forgets the sweep: call it once.
+    """
+    sweep, _current.dir, _current.results = _Sweep(_current.dir, _current.results), None, None
+    if sweep.dir is None:
+        return None
+    return sweep.results if sweep.results is not None else _summarize(sweep.dir)
+
+
+class SweepSummary(Callback):
+    """Hydra callback (configs/train.yaml: hydra.callbacks). Runs in the process that launched the
+    sweep, whichever launcher ran the jobs."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Jobs of a second sweep would be refused by the runs already there, and the summary would
+        # mix both. Hydra turns a callback's exception into a warning, hence the exits here.
+        try:
+            sweep_dir = _sweep_dir(config)
+            claim(sweep_dir)
+        except (AetrainError, OmegaConfBaseException) as e:
+            exit_with(e)
+        _current.dir, _current.results = sweep_dir, None
+        if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+            _route_optuna_logs()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if _current.dir is not None:
+            _current.results = _summarize(_current.dir)
+
+
+def _sweep_dir(config: DictConfig) -> Path:
+    """The sweep's dir: the one the user named, or the default (`outputs/multirun/<date>/<time>`) allocated now
+    (`<time>_2` when a sweep started in the same second took it), which every job's config then names."""
+    if given(list(config.hydra.overrides.hydra), "hydra.sweep.dir"):
+        return Path(config.hydra.sweep.dir)
+    sweep_dir = RunDir.allocate(config.hydra.sweep.dir, key="hydra.sweep.dir").path
+    with read_write(config.hydra):  # the launcher composes each job's config from these overrides
+        config.hydra.sweep.dir = str(sweep_dir)
+        config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quoted(str(sweep_dir))}")
+    return sweep_dir
+
+
+def _route_optuna_logs() -> None:
+    """Send Optuna's messages through Hydra's console handler: Optuna's own one colours them even off
+    a terminal. Optuna imports alembic, which announces its plugins at INFO level: quiet."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
