@@ -268,3 +268,36 @@ def test_a_sweep_across_model_families_runs_each_through_the_same_engine(cli, tm
     assert set(rows) == {"dense_ae", "vae"} and all(r["status"] == "ok" for r in rows.values())
     vae_columns = (Path(rows["vae"]["run_dir"]) / "metrics.csv").read_text().splitlines()[0]
     assert "train/kl" in vae_columns and "val/kl" in vae_columns
+
+
+# --- aetrain sweep <dir>: the summary again, also of a sweep whose sweeper was killed -------------------
+
+def test_aetrain_sweep_summarises_a_sweep_whose_sweeper_was_killed(cli, tmp_path: Path) -> None:
+    d = tmp_path / "sweep"
+    d.mkdir()
+    (d / ".aetrain-sweep").write_text("a sweep started by pid 4242\n")  # the killed sweeper's marker, no summary
+    make_job(d, 0, overrides=("optimizer.lr=0.1",),
+             summary={"status": "ok", "ended": "ok", "best_val_loss": 0.5, "epochs": 3, "wall_time_s": 2.0})
+    make_job(d, 1, overrides=("optimizer.lr=0.01",), summary={"status": "running", "best_val_loss": 0.2, "epochs": 1},
+             metrics=[(0.2, 1.0)])  # its process was killed with the sweeper
+    result = cli.command("sweep", str(d))
+    assert result.returncode == 0, result.output
+    rows = summary_rows(d)
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "failed")]
+    assert rows[1]["error"].startswith("did not finish")
+    assert f"sweep {d}: 1 ok, 1 failed" in result.out and "did not finish" in result.out
+    assert_is_png(d / sweep.OBJECTIVE_PNG) and (d / sweep.CURVES_PNG).is_file()
+
+
+@pytest.mark.parametrize("where, message", [("missing", "no such sweep dir"), ("empty", "not a sweep dir"),
+                                            ("a file", "not a directory; give the sweep dir")])
+def test_aetrain_sweep_on_no_sweep_is_one_line_and_writes_nothing(cli, tmp_path: Path, where: str,
+                                                                   message: str) -> None:
+    target = tmp_path / where
+    if where == "empty":
+        target.mkdir()
+    elif where == "a file":
+        target.write_text("not a sweep\n")
+    result = cli.command("sweep", str(target))
+    assert result.returncode == 2 and result.err.count("\n") == 1 and message in result.err, result.err
+    assert not (tmp_path / where / sweep.SUMMARY_CSV).exists() if target.is_dir() else True

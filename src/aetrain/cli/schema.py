@@ -52,3 +52,14 @@ def to_config(cfg: DictConfig) -> Config:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(describe(e)) from e
+
+
+def compose_training(overrides: list[str], *, hydra: bool = False) -> DictConfig:
+    """The training config composed from configs/train.yaml and `overrides` with Hydra's compose API, outside
+    Hydra's app (for --help, and the commands that train once into a dir of their own); `hydra`: with Hydra's
+    own config (its run dir) under `hydra`."""
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    with initialize_config_module("aetrain.configs", version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=hydra)

@@ -1,5 +1,6 @@
-"""`aetrain [train]` and `aetrain -m`: the Hydra app. Hydra composes the config; `aetrain.commands.train.run_job`
-trains it. What is here is Hydra glue and the command line:
+"""`aetrain [train]` and `aetrain -m`: the Hydra app; and the commands that train once into a dir of their own
+(`aetrain lr_find`, `run_composed`). Hydra composes the config; the command's function (`train`: each job,
+`aetrain.commands.train.run_job`) trains it. What is here is Hydra glue and the command line:
 
 - every user error (unknown group choice or key, wrong type, bad value, missing data, unusable
   checkpoint) becomes one line on stderr and its exit code, with no traceback (Hydra's reporter and
@@ -32,10 +33,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from aetrain import launch
+from aetrain.commands import Command
 from aetrain.errors import AetrainError, ConfigError, Interrupted
 from aetrain.rundir import Invocation, RunDir, cannot_create
 
@@ -44,8 +46,6 @@ from aetrain.cli.errors import EXIT_JOB_FAILED, error_line, exit_with, usage_err
 from aetrain.cli.overrides import (MULTIRUN, check_overrides, given, hydra_quoted, override_key, quote_paths,
                                    resume_arguments)
 from aetrain.cli.schema import register_configs, to_config
-
-SUMMARY = "train a model into a new run dir (the default command)"
 
 _allocated: list[RunDir] = []  # the default run dirs this process allocated: released on a Ctrl-C during start-up
 
@@ -174,14 +174,9 @@ def _app(cfg: DictConfig) -> float | None:
 
 
 def main(args: list[str]) -> None:
-    """`aetrain [train] [overrides...]`, `aetrain -m ...`, `aetrain --help`."""
+    """`aetrain [train] [overrides...]`, `aetrain -m ...`: the Hydra app."""
     register_configs()
     _install_one_line_errors()
-    if {"--help", "-h"} & set(args):
-        from aetrain.cli.help import print_train_help
-
-        print_train_help([a for a in args if not a.startswith("-")])
-        return
     try:
         check_overrides(args)
         args = resume_arguments(quote_paths(args))
@@ -224,3 +219,43 @@ def launched_process_arguments(args: list[str]) -> tuple[list[str], Path | None]
         return args, None
     scratch = Path(tempfile.mkdtemp(prefix=f"aetrain-rank{launch.env_rank()}-"))
     return [*(a for a in args if override_key(a) != "hydra.run.dir"), f"hydra.run.dir={scratch}"], scratch
+
+
+def run_composed(command: Command, args: list[str]) -> None:
+    """`aetrain <command> [overrides] [<command>.<key>=value ...]` of a command that takes the training config
+    composed once (`aetrain lr_find`): its own keys checked, the config composed and checked, then its run dir:
+    `hydra.run.dir`, or `outputs/<command>/<date>/<time>` allocated (`_2` when another took it), refused when it
+    holds a run, claimed while the command runs. A rejected command leaves no dir behind."""
+    from hydra.errors import HydraException
+
+    from aetrain.config import validate_command
+
+    from aetrain.cli.command import console_logging, parse
+    from aetrain.cli.schema import compose_training
+
+    positional = [a for a in args if "=" not in a]
+    if positional:
+        usage_error(f"aetrain {command.name} takes overrides (key=value); '{positional[0]}' is not one", command.name)
+    own = [a for a in args if a.startswith(f"{command.name}.")]
+    overrides = [a for a in args if a not in own]
+    default = not given(overrides, "hydra.run.dir")
+    if default:  # quoted: the override grammar takes no nested ${}
+        overrides.append(f"hydra.run.dir='outputs/{command.name}/${{now:%Y-%m-%d}}/${{now:%H-%M-%S}}'")
+    run_dir: RunDir | None = None
+    try:
+        section = parse(command.name, own, {command.name: command.config()}, own=command.name).sections[command.name]
+        validate_command(command.name, section)  # before the default dir is made
+        check_overrides(overrides)
+        composed = compose_training(overrides, hydra=True)
+        path = Path(composed.hydra.run.dir)
+        with open_dict(composed):
+            del composed["hydra"]
+        config = to_config(composed)
+        run_dir = RunDir.allocate(path) if default else RunDir(path)
+        run_dir.refuse_taken(what=f"a run or {command.makes}", resumable=False)
+        with console_logging(), run_dir.claimed():  # a second command (or a run) into this dir meanwhile is refused
+            command.function(config, section, run_dir, Invocation(OmegaConf.to_yaml(composed), tuple(args)))
+    except (AetrainError, HydraException, OmegaConfBaseException) as ex:
+        if run_dir is not None:
+            run_dir.release()  # the dir, when nothing was written into it
+        exit_with(ex)

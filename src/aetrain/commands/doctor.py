@@ -9,12 +9,13 @@ The rules are `aetrain.doctor`'s, the same ones that announce findings during tr
 Writes doctor.json ({"verdict", "status", "findings": [{"code", "layers", "epochs", "evidence",
 "suggestion", "message"}], "layers": [...]}) and, when the run has diagnostics, diagnostics.png
 (per-layer gradient norm, update-to-weight ratio and dead/saturated share over the run, one row
-per layer) into the run dir, and returns the report's lines for the command line to print.
+per layer) into the run dir, and logs the report's lines (`doctor`, the command's function).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -27,8 +28,10 @@ from aetrain.atomic import write_atomic
 from aetrain.config import Config
 from aetrain.doctor import Facts, Finding, Trace, diagnose, unused_units, verdict
 from aetrain.errors import ConfigError
-from aetrain.rundir import (BEST, DIAGNOSTICS, DIAGNOSTICS_PLOT, DOCTOR, LAST, METRICS, SUMMARY, Status, checkpoint_dir,
-                            read_diagnostics, read_metrics, read_summary)
+from aetrain.rundir import (BEST, DIAGNOSTICS, DIAGNOSTICS_PLOT, DOCTOR, LAST, METRICS, SUMMARY, RunDir, Status,
+                            checkpoint_dir, read_diagnostics, read_metrics, read_summary)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +72,15 @@ def epoch_ranges(epochs: list[int]) -> str:
         else:
             spans.append([e, e])
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def doctor(run_dir: Path) -> Report:
+    """`aetrain doctor <run dir>`: diagnose the run, write doctor.json and diagnostics.png into it, and log the
+    report's lines."""
+    report = run(run_dir, RunDir(run_dir).config())
+    for line in report.lines():
+        log.info("%s", line)
+    return report
 
 
 def run(run_dir: Path, cfg: Config | None) -> Report:
