@@ -80,10 +80,10 @@ def test_out_of_range_values_name_the_key(section: str, key: str, value: object,
 def config_dataclasses() -> list[type]:
     """Every config dataclass a user sets keys of: the training config, every choice of every group (and the
     sections nested in them), and each command's own section."""
-    from aetrain.config import EncodeConfig, EvalConfig, ExportConfig, LRFindConfig, ScoreConfig
+    from aetrain.commands import COMMANDS
 
     roots = [Config, *(type(make()) for choices in CHOICES.values() for make in choices.values()),
-             EvalConfig, EncodeConfig, ScoreConfig, ExportConfig, LRFindConfig]
+             *(c.config for c in COMMANDS.values() if c.config is not None)]
     found: list[type] = []
 
     def walk(cls: type) -> None:
