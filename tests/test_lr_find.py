@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aetrain.commands.lr_find import SKIP_BEGIN, suggest
+from aetrain.commands.lr_find import SKIP_BEGIN, centered_average, suggest
 
 from conftest import metrics_rows, run_subprocess
 
@@ -124,3 +124,21 @@ def test_lr_find_into_a_dir_another_process_is_using_is_refused(cli, tmp_path: P
         result = cli.command("lr_find", CPU, f"hydra.run.dir={out_dir}", "lr_find.num_steps=20")
     assert result.returncode == 2 and "is in use by another aetrain process" in result.err, result.output
     assert result.err.count("\n") == 1 and not out_dir.exists()  # the holder's dir, left as the holder leaves it
+
+
+def test_the_range_test_runs_on_the_engine_and_ends_mid_epoch_after_its_steps(tmp_path: Path) -> None:
+    """The digits at batch 128 take 9 steps an epoch: 20 steps end in the third epoch, at the 20th rate."""
+    from aetrain.commands.lr_find import run
+    from aetrain.config import LRFindConfig
+    from conftest import digits_config
+
+    result = run(digits_config(), LRFindConfig(num_steps=20), tmp_path)
+    assert len(result.losses) == 20 and not result.stopped_early and all(math.isfinite(v) for v in result.losses)
+    assert result.lrs == np.geomspace(1e-7, 1.0, 20).tolist()
+    assert {p.name for p in tmp_path.iterdir()} == {"lr_find.csv", "lr_find.png", "lr_find.json"}  # no checkpoints
+
+
+def test_the_average_and_the_suggestion_take_fewer_steps_than_the_window() -> None:
+    assert centered_average([], 9) == []
+    assert centered_average([1.0, 2.0, 3.0], 9) == [2.0, 2.0, 2.0]
+    assert suggest([1e-3, 1e-2], [1.0, 0.5]) == (None, "only 2 steps with a finite loss")
