@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -266,6 +267,13 @@ class Invocation:
     overrides: tuple[str, ...] = ()
     hydra_yaml: str | None = None
 
+    @classmethod
+    def of(cls, cfg: Config, overrides: tuple[str, ...] = ()) -> Invocation:
+        """What was run, from a typed config (a run started from Python, not composed by Hydra)."""
+        import yaml
+
+        return cls(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True), tuple(overrides))
+
 
 class RunDirTaken(ConfigError):
     """The run dir holds another run, or another live process is training into it: nothing may be written there."""
@@ -371,6 +379,21 @@ class RunDir:
                 pass
             os.close(fd)  # its holder removed the file between our open and our lock: lock the file there now
 
+    def mark(self, name: str, text: str) -> bool:
+        """Create the file `name` in the dir (made when missing) exclusively, holding `text`: True when this call
+        created it, False when it was there already (of two processes marking one dir at once, one gets True). A
+        sweep marks its dir so. ConfigError (naming the key) when the dir cannot be made."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise ConfigError(cannot_create(e, self.key)) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+
     def holding(self) -> str | None:
         """What in the dir shows that a run (or a range test) wrote there: the first such file, or None."""
         found = [name for name in (METRICS, SUMMARY, f"{HYDRA}/config.yaml", *LR_FIND_FILES)
@@ -433,7 +456,7 @@ class RunDir:
         if not path.is_file():
             return []
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
         except (yaml.YAMLError, OSError, UnicodeDecodeError):  # the file is damaged, whichever way
             loaded = None
         if not isinstance(loaded, list) or not all(isinstance(o, str) for o in loaded):
@@ -453,7 +476,7 @@ class RunDir:
         if not path.is_file():
             return None
         try:
-            return from_json(json.dumps(yaml.safe_load(path.read_text(encoding="utf-8"))))
+            return from_json(json.dumps(yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())))
         except (yaml.YAMLError, OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError, ConfigError) as e:
             raise ConfigError(f"{path}: not a readable aetrain config ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
@@ -463,7 +486,7 @@ class RunDir:
         import yaml
 
         try:
-            hydra = yaml.safe_load((self.path / HYDRA / "hydra.yaml").read_text(encoding="utf-8"))
+            hydra = yaml.load((self.path / HYDRA / "hydra.yaml").read_text(encoding="utf-8"), Loader=_yaml_loader())
             num = hydra["hydra"]["job"]["num"]
         except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
             return None
@@ -499,6 +522,24 @@ class RunDir:
         summary = self.summary()
         summary.update(status=Status.FAILED.outcome, error=error)
         self.write_summary(summary, final=True)
+
+
+def _yaml_loader() -> type:
+    """PyYAML's safe loader reading numbers as YAML 1.2 and OmegaConf do: `1e-08` is a float, not a string."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
+        [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+    return Loader
 
 
 def _holder(path: Path) -> str:

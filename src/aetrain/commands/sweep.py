@@ -407,19 +407,12 @@ def previous_sweep(sweep_dir: Path) -> str | None:
 
 def claim(sweep_dir: Path) -> None:
     """Make `sweep_dir` this sweep's: refused (ConfigError, naming what is there) when it holds an earlier or a
-    running sweep, else marked by creating its marker exclusively, so of two sweeps given one dir at once the
-    second is refused. A dir that cannot be made is a ConfigError too."""
+    running sweep, else marked by creating its marker exclusively (`RunDir.mark`), so of two sweeps given one dir
+    at once the second is refused. A dir that cannot be made is a ConfigError too."""
     used = previous_sweep(sweep_dir)
-    if used is None:
-        try:
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(sweep_dir / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            used = MARKER
-        except OSError as e:
-            raise ConfigError(f"hydra.sweep.dir={sweep_dir}: cannot create it: {e.strerror}") from None
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(f"a sweep started by pid {os.getpid()}\n")
-            return
-    raise ConfigError(f"hydra.sweep.dir={sweep_dir} already holds a sweep ({used}); choose another hydra.sweep.dir")
+    if used is None and not RunDir(sweep_dir, key="hydra.sweep.dir").mark(MARKER, f"a sweep started by pid "
+                                                                                    f"{os.getpid()}\n"):
+        used = MARKER
+    if used is not None:
+        raise ConfigError(f"hydra.sweep.dir={sweep_dir} already holds a sweep ({used}); choose another "
+                          "hydra.sweep.dir")
