@@ -135,6 +135,33 @@ def test_the_check_finds_a_field_without_a_default_or_a_comment() -> None:
     assert undocumented(_Undocumented) == ["no_default", "no_comment"]
 
 
+@dataclasses.dataclass
+class _Commented:
+    """How --help reads a field's comment."""
+
+    on_its_line: int = 1  # on its line
+    continued: list[int] = dataclasses.field(default_factory=lambda: [1])  # on its line,
+    # and on the lines below it
+
+    # when a field has no comment of its own, the lines above it are its comment
+    above: str = "x # not a comment"
+    # a block of comment lines right above a field without a comment of its own is that field's, not the one above
+    below: int = 0
+
+
+@dataclasses.dataclass
+class _Redeclared(_Commented):
+    on_its_line: int = 5
+
+
+def test_field_comments_are_read_from_the_line_below_and_above() -> None:
+    assert field_comments(_Redeclared) == {
+        "on_its_line": "on its line", "continued": "on its line, and on the lines below it",
+        "above": "when a field has no comment of its own, the lines above it are its comment",
+        "below": "a block of comment lines right above a field without a comment of its own is that field's, not the "
+                 "one above"}
+
+
 @pytest.mark.parametrize("cls", config_dataclasses(), ids=lambda cls: cls.__name__)
 def test_every_number_has_its_range_next_to_it(cls: type) -> None:
     """A numeric key without a range would accept anything (inf, a negative count): each declares its own in its

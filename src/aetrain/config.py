@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
-import io
 import json
 import math
-import textwrap
-import tokenize
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -763,41 +762,63 @@ def validate_command(name: str, section: Any) -> None:
 
 def field_comments(cls: type) -> dict[str, str]:
     """Each field's comment, from the source of the dataclass that declares it (a subclass's own first): the
-    comment on the field's line, continued by comment lines right below it; or, for a field whose line has
-    none, the comment lines right above it. A field redeclared without a comment keeps its base's. Fields
-    without any are missing from the result (tests keep every field documented)."""
+    comment on the field's line, continued by the comment lines right below it (unless they stand right above a
+    field without a comment of its own: then they are that field's); or, for a field whose line has none, the
+    comment lines right above it. A field redeclared without a comment keeps its base's. Fields without any are
+    missing from the result (tests keep every field documented)."""
     found: dict[str, str] = {}
     for klass in cls.__mro__:
-        if not dataclasses.is_dataclass(klass):
-            continue
-        try:
-            source = textwrap.dedent(inspect.getsource(klass))
-        except (OSError, TypeError):  # no source shipped
-            continue
-        lines = source.splitlines()
-        comments = {tok.start[0] - 1: tok.string.lstrip("#").strip()
-                    for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
-        fields = [node for node in ast.parse(source).body[0].body
-                  if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)]
-        starts = {node.lineno - 1 for node in fields}
-        for node in fields:
-            name, first, last = node.target.id, node.lineno - 1, node.end_lineno - 1
-            if name in found:
-                continue
-            text = []
-            if last in comments and lines[last].lstrip()[:1] != "#":  # on the field's line: and the lines below
-                text.append(comments[last])
-                below = last + 1
-                while below in comments and lines[below].lstrip().startswith("#"):
-                    below += 1
-                owner = below in starts and below not in comments  # a field without a comment of its own below
-                if not owner:
-                    text += [comments[i] for i in range(last + 1, below)]
-            else:  # above the field
-                above = first - 1
-                while above in comments and lines[above].lstrip().startswith("#"):
-                    above -= 1
-                text = [comments[i] for i in range(above + 1, first)]
-            if text:
-                found[name] = " ".join(text)
+        if dataclasses.is_dataclass(klass):
+            for name, comment in _module_comments(klass.__module__).get(klass.__qualname__, {}).items():
+                found.setdefault(name, comment)
+    return found
+
+
+@functools.cache
+def _module_comments(module: str) -> dict[str, dict[str, str]]:
+    """class qualname -> field -> comment, for every class of `module` (its source read and tokenized once)."""
+    try:
+        source = inspect.getsource(sys.modules[module])
+    except (KeyError, OSError, TypeError):  # no source shipped: keys and defaults only
+        return {}
+    lines = source.splitlines()
+    out: dict[str, dict[str, str]] = {}
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                out[prefix + node.name] = _field_comments(node, lines)
+                visit(node.body, f"{prefix}{node.name}.")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                visit(node.body, f"{prefix}{node.name}.<locals>.")
+
+    visit(ast.parse(source).body, "")
+    return out
+
+
+def _field_comments(cls: ast.ClassDef, lines: list[str]) -> dict[str, str]:
+    def comment(i: int) -> str | None:  # the text of line i when it is a comment line
+        text = lines[i].strip() if 0 <= i < len(lines) else ""
+        return text.lstrip("#").strip() if text.startswith("#") else None
+
+    fields = [node for node in cls.body if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)]
+    trailing = {node.end_lineno - 1: lines[node.end_lineno - 1][node.end_col_offset:].strip() for node in fields}
+    found = {}
+    for node in fields:
+        first, last = node.lineno - 1, node.end_lineno - 1
+        text = []
+        if trailing[last].startswith("#"):  # on the field's line (after its code), and the comment lines below
+            text.append(trailing[last].lstrip("#").strip())
+            below = last + 1
+            while comment(below) is not None:
+                below += 1
+            if not (below in trailing and not trailing[below].startswith("#")):  # unless they are above (and so
+                text += [comment(i) for i in range(last + 1, below)]  # belong to) a field without a comment of its own
+        else:  # above the field
+            above = first - 1
+            while comment(above) is not None:
+                above -= 1
+            text = [comment(i) for i in range(above + 1, first)]
+        if text:
+            found[node.target.id] = " ".join(text)
     return found
