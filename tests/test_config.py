@@ -107,7 +107,8 @@ def undocumented(cls: type) -> list[str]:
     """The fields of `cls` without a default or without a comment."""
     comments = field_comments(cls)
     return [f.name for f in dataclasses.fields(cls)
-            if (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING) or not comments.get(f.name)]
+            if (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+            or not comments.get(f.name)]
 
 
 def test_the_walk_reaches_every_section_and_choice() -> None:
