@@ -106,7 +106,7 @@ class PythonGraphs:
     def headroom(self) -> tuple[int, int] | None:
         return self.room
 
-    def draw(self) -> None:
+    def check_generator(self) -> None:
         self.draws += 1
         if self.stuck_generator:
             raise RuntimeError("Offset increment outside graph capture encountered unexpectedly.")
@@ -494,8 +494,7 @@ def test_a_failed_capture_that_leaves_the_generator_unusable_stops_the_run_in_on
     assert message == ("trainer.cuda_graphs: capturing the training step failed (RuntimeError: CUDA error: operation not "
                        "permitted when stream is capturing), and after it cpu cannot draw random numbers any more "
                        "(RuntimeError: Offset increment outside graph capture encountered unexpectedly.), so this run "
-                       "cannot go on (torch releases whose CUDA generator keeps a capture flag leave it set after a "
-                       "failed capture). Run with trainer.cuda_graphs=false")
+                       "cannot go on. Run with trainer.cuda_graphs=false")
 
 
 def test_an_error_surfacing_in_the_self_checks_reads_falls_back_like_a_failed_capture(

@@ -266,8 +266,8 @@ class GraphBackend(Protocol):
         measured."""
         ...
 
-    def draw(self) -> None:
-        """One random number on the device, from its default generator, waited for."""
+    def check_generator(self) -> None:
+        """After a failed capture: the device's default generator draws a random number (raises when it cannot)."""
         ...
 
     def lr_tensor(self, value: float) -> torch.Tensor: ...
@@ -360,7 +360,18 @@ class CudaGraphs:
         free, _ = torch.cuda.mem_get_info(self.device)
         return self.pool_bytes, free
 
-    def draw(self) -> None:
+    def check_generator(self) -> None:
+        """torch before 2.13 keeps a capture flag on the CUDA generator that capture_end clears only after a capture
+        that succeeded: after a failed one every draw outside a capture fails ("Offset increment outside graph
+        capture encountered unexpectedly"). A capture of one draw, which sets the flag and clears it, puts it right
+        (its numbers are never drawn: it is not replayed). Raises when the device still cannot draw."""
+        try:
+            self._draw()
+        except RuntimeError:
+            self.release(self.capture(lambda: torch.empty(1, device=self.device).uniform_()))
+            self._draw()
+
+    def _draw(self) -> None:
         torch.empty(1, device=self.device).uniform_()
         torch.cuda.synchronize(self.device)
 
@@ -511,7 +522,8 @@ class GraphedTrainStep:
         self.loaded: list[float] = []  # the floats `rates` hold
         self.off: str | None = None  # why steps run eagerly after all (a failed capture or self-check)
         self.replays = 0  # optimizer steps taken by replaying the graph
-        self.capture_s = 0.0  # wall time of the warm-up, capture and self-check
+        self.capture_s = 0.0  # wall time of the warm-up and the capture, once per run
+        self.check_s = 0.0  # wall time of the self-check (two replays against the warm-up's steps)
 
     def __getattr__(self, name: str) -> Any:
         """The eager step's parts (optimizer, objective, params, precision, net...) read through."""
@@ -631,6 +643,7 @@ class GraphedTrainStep:
                 for group, flag in zip(optimizer.param_groups, flags):
                     if flag is not None:
                         group["capturable"] = flag
+            captured = time.perf_counter()
             problem = self._too_big() or self._self_check(graph, references)
         except Exception as e:  # noqa: BLE001 - whatever broke the capture, the run goes on eagerly
             reason = f"capturing the training step failed ({describe(root_cause(e))})"
@@ -643,15 +656,15 @@ class GraphedTrainStep:
             return self._give_up(reason)
         before.restore()
         self._load_rates()  # the schedule's rates again (the check ran the second replay at another)
-        self.capture_s = time.perf_counter() - tic
+        self.capture_s, self.check_s = captured - tic, time.perf_counter() - captured
         if problem is not None:
             backend.release(graph)
             return self._give_up(problem)
         self.captured = window
         self.settings = host_settings(optimizer)
         log.info("CUDA graphs on: each optimizer step of %d micro-batch(es) of %d replays one captured graph; "
-                 "shorter steps run eagerly (captured and checked in %.2f s)", len(window), window[0][0],
-                 self.capture_s)
+                 "shorter steps run eagerly (warm-up and capture %.2f s, self-check %.2f s)", len(window), window[0][0],
+                 self.capture_s, self.check_s)
         return graph
 
     def _warm_up(self, window: tuple[tuple[int, float], ...]) -> list[Outcome]:
@@ -667,8 +680,8 @@ class GraphedTrainStep:
         return references
 
     def _self_check(self, graph: Replayable, references: list[Outcome]) -> str | None:
-        """Two consecutive replays against the two eager reference steps (the state restored in between is the
-        state both start from); what differs, or None."""
+        """Two consecutive replays from the state the warm-up started from, against its first two eager steps (the
+        second at CHECK_RATE times the learning rate, replayed at the same); what differs, or None."""
         for i, reference in enumerate(references):
             start = self._weights()
             with rates_scaled(self.eager.optimizer, CHECK_RATE if i == 1 else 1.0):
@@ -711,14 +724,14 @@ class GraphedTrainStep:
     def _check_generator(self, reason: str) -> None:
         """After a failed capture, one random number on the device. torch releases whose CUDA generator keeps a
         capture flag leave it set when a capture fails (capture_end raises before it clears it), and every later
-        draw (noise, dropout, the VAE's) then fails with "Offset increment outside graph capture": stop here, in
-        one line, rather than at some later step. The draw is undone with the rest of the warm-up."""
+        draw (noise, dropout, the VAE's) would then fail with "Offset increment outside graph capture"; the backend
+        puts that right where it can. Where it cannot, the run stops here, in one line, rather than at some later
+        step. The draw is undone with the rest of the warm-up."""
         try:
-            self.backend.draw()
+            self.backend.check_generator()
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"trainer.cuda_graphs: {reason}, and after it {self.backend.device} cannot draw random "
-                              f"numbers any more ({describe(e)}), so this run cannot go on (torch releases whose CUDA "
-                              "generator keeps a capture flag leave it set after a failed capture). Run with "
+                              f"numbers any more ({describe(e)}), so this run cannot go on. Run with "
                               "trainer.cuda_graphs=false") from None
 
     def _give_up(self, reason: str) -> None:
