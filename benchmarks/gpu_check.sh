@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every CUDA check of aetrain on one GPU, in short steps with a one-line outcome each, then the README's GPU
-# command and the throughput table: about 8 minutes on an H100 or H200. From the project's root:
+# command and the throughput table, sized to take under 10 minutes on an H100 or H200 (each step's limit is its
+# budget; the steps' times are in the summary). From the project's root:
 #
 #     bash benchmarks/gpu_check.sh                            # aetrain installed with its [dev] extras
 #     source .gpu/setup.sh && bash benchmarks/gpu_check.sh    # the project's lent GPU machines (no network)

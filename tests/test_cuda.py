@@ -330,8 +330,9 @@ def test_a_capture_says_so_once_in_the_log(caplog: pytest.LogCaptureFixture) -> 
     with caplog.at_level(logging.INFO, logger="aetrain.train.graphs"):
         Engine(build_parts(cuda_config(max_epochs=2))).fit()
     (line,) = graph_lines(caplog)
-    assert re.fullmatch(r"CUDA graphs on: each optimizer step of 1 micro-batch\(es\) of 128 replays one captured graph; "
-                        r"shorter steps run eagerly \(warm-up and capture \d+\.\d\d s, self-check \d+\.\d\d s\)", line), line
+    assert re.fullmatch(r"CUDA graphs on: each optimizer step of 1 micro-batch\(es\) of 128 replays one captured "
+                        r"graph; shorter steps run eagerly \(warm-up and capture \d+\.\d\d s, self-check "
+                        r"\d+\.\d\d s\)", line), line
 
 
 # --- what a capture keeps, a failed capture, checkpoints, memory ----------------------------------------

@@ -379,6 +379,35 @@ def graph_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "aetrain.train.graphs"]
 
 
+def one_epoch() -> Config:
+    return small(max_epochs=1)
+
+
+def dense_cosine() -> Config:  # a per-step schedule of the learning rate alone
+    return cfg_for(FAMILIES["dense"], "cosine", max_epochs=1, deterministic=False)
+
+
+def denoising_cosine() -> Config:  # the same, with noise drawn at every step
+    return cfg_for(FAMILIES["denoising"], "cosine", max_epochs=1, deterministic=False)
+
+
+Eager = Callable[[Callable[[], Config]], Path]  # the `eager` fixture
+
+
+@pytest.fixture(scope="module")
+def eager(tmp_path_factory: pytest.TempPathFactory) -> Eager:
+    """`eager(config)`: the run dir of an eager run of `config()`, trained once per module (per xdist worker)."""
+    runs: dict[str, Path] = {}
+
+    def trained(config: Callable[[], Config]) -> Path:
+        if config.__name__ not in runs:
+            runs[config.__name__] = tmp_path_factory.mktemp("eager") / config.__name__
+            run(config(), runs[config.__name__])
+        return runs[config.__name__]
+
+    return trained
+
+
 def test_onecycles_cycled_momentum_ends_a_graph_that_keeps_its_host_values_in_one_line(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # OneCycleLR rewrites Adam's beta1 every step; a captured fused kernel keeps the float it read at the capture,
@@ -411,7 +440,7 @@ class SetWeightDecay(Callback):
 
 
 def test_any_optimizer_setting_changed_after_the_capture_ends_the_graph_and_a_learning_rate_schedule_does_not(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, eager: Eager) -> None:
     run(small(max_epochs=1), tmp_path / "eager", callbacks=[SetWeightDecay(5, 1e-2)])
     graphed = Graphed(PythonGraphs(recorded=True), strict=False)
     with caplog.at_level(logging.WARNING, logger="aetrain.train.graphs"):
@@ -422,13 +451,9 @@ def test_any_optimizer_setting_changed_after_the_capture_ends_the_graph_and_a_le
     assert graphed.step.replays == 5 - 1  # steps 1 to 4; step 0 is the doctor's
 
     # a schedule of the learning rate alone (cosine, per step) reaches the graph through its device tensor
-    def cosine() -> Config:
-        return cfg_for(FAMILIES["dense"], "cosine", max_epochs=1, deterministic=False)
-
-    run(cosine(), tmp_path / "cosine_eager")
     graphed = Graphed(PythonGraphs(recorded=True))
-    run(cosine(), tmp_path / "cosine_graphed", callbacks=[graphed])
-    assert_same_run(tmp_path / "cosine_eager", tmp_path / "cosine_graphed")
+    run(dense_cosine(), tmp_path / "cosine_graphed", callbacks=[graphed])
+    assert_same_run(eager(dense_cosine), tmp_path / "cosine_graphed")
     assert graphed.step.off is None and graphed.step.replays == 11 - 2
 
 
@@ -442,43 +467,36 @@ def test_any_optimizer_setting_changed_after_the_capture_ends_the_graph_and_a_le
                                            "generator is not where the eager step leaves it"),
 ], ids=["stale_rate", "frozen_noise"])
 def test_the_self_check_catches_what_one_replay_from_one_state_cannot(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, backend: dict, model: str, says: str) -> None:
-    def cfg() -> Config:  # a per-step schedule: a stale rate would train at the capture's
-        return cfg_for(FAMILIES[model], "cosine", max_epochs=1, deterministic=False)
-
-    run(cfg(), tmp_path / "eager")
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, eager: Eager,
+        backend: dict, model: str, says: str) -> None:
+    cfg = dense_cosine if model == "dense" else denoising_cosine  # per step: a stale rate would train at the capture's
     graphed = Graphed(PythonGraphs(**backend), strict=False)
     with caplog.at_level(logging.WARNING, logger="aetrain.train.graphs"):
         run(cfg(), tmp_path / "graphed", callbacks=[graphed])
-    assert_same_run(tmp_path / "eager", tmp_path / "graphed")
+    assert_same_run(eager(cfg), tmp_path / "graphed")
     (line,) = graph_lines(caplog)
     assert line.startswith(f"CUDA graphs off: the captured step does not reproduce the eager step {says}"), line
     assert graphed.step.replays == 0 and graphed.backend.released == 1
 
 
-def test_a_model_that_draws_random_numbers_draws_fresh_ones_at_every_replay(tmp_path: Path) -> None:
+def test_a_model_that_draws_random_numbers_draws_fresh_ones_at_every_replay(tmp_path: Path, eager: Eager) -> None:
     # the denoising model's noise comes from the generator the replays advance as eager steps do
-    def cfg() -> Config:
-        return cfg_for(FAMILIES["denoising"], "none", max_epochs=1, deterministic=False)
-
-    run(cfg(), tmp_path / "eager")
     graphed = Graphed()
-    run(cfg(), tmp_path / "graphed", callbacks=[graphed])
-    assert_same_run(tmp_path / "eager", tmp_path / "graphed")
+    run(denoising_cosine(), tmp_path / "graphed", callbacks=[graphed])
+    assert_same_run(eager(denoising_cosine), tmp_path / "graphed")
     assert graphed.step.off is None and graphed.step.replays == 11 - 2
 
 
 # --- a failed capture -----------------------------------------------------------------------------------
 
 def test_a_failed_capture_logs_the_error_that_broke_it_and_trains_on_with_eager_numbers(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    run(small(max_epochs=1), tmp_path / "eager")
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, eager: Eager) -> None:
     broken = RuntimeError("CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors might be "
                           "asynchronously reported at some other API call")
     graphed = Graphed(PythonGraphs(fail_capture=broken), strict=False)
     with caplog.at_level(logging.WARNING, logger="aetrain.train.graphs"):
-        run(small(max_epochs=1), tmp_path / "graphed", callbacks=[graphed])
-    assert_same_run(tmp_path / "eager", tmp_path / "graphed")  # the generator check's draw was undone too
+        run(one_epoch(), tmp_path / "graphed", callbacks=[graphed])
+    assert_same_run(eager(one_epoch), tmp_path / "graphed")  # the generator check's draw was undone too
     assert graph_lines(caplog) == ["CUDA graphs off: capturing the training step failed (RuntimeError: CUDA error: "
                                    "operation not permitted when stream is capturing); training eagerly"]
     assert graphed.backend.draws == 1 and graphed.step.replays == 0
@@ -491,14 +509,14 @@ def test_a_failed_capture_that_leaves_the_generator_unusable_stops_the_run_in_on
     with pytest.raises(ConfigError) as error:
         run(small(max_epochs=1), tmp_path / "graphed", callbacks=[Graphed(backend, strict=False)])
     message = str(error.value)
-    assert message == ("trainer.cuda_graphs: capturing the training step failed (RuntimeError: CUDA error: operation not "
-                       "permitted when stream is capturing), and after it cpu cannot draw random numbers any more "
-                       "(RuntimeError: Offset increment outside graph capture encountered unexpectedly.), so this run "
-                       "cannot go on. Run with trainer.cuda_graphs=false")
+    assert message == ("trainer.cuda_graphs: capturing the training step failed (RuntimeError: CUDA error: operation "
+                       "not permitted when stream is capturing), and after it cpu cannot draw random numbers any more "
+                       "(RuntimeError: Offset increment outside graph capture encountered unexpectedly.), so this "
+                       "run cannot go on. Run with trainer.cuda_graphs=false")
 
 
 def test_an_error_surfacing_in_the_self_checks_reads_falls_back_like_a_failed_capture(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, eager: Eager, monkeypatch: pytest.MonkeyPatch) -> None:
     # a replay's device error is reported at the next host read: the self-check's comparison
     from aetrain.train import graphs
 
@@ -506,11 +524,10 @@ def test_an_error_surfacing_in_the_self_checks_reads_falls_back_like_a_failed_ca
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(graphs.Outcome, "mismatch", fail)
-    run(small(max_epochs=1), tmp_path / "eager")
     graphed = Graphed(strict=False)
     with caplog.at_level(logging.WARNING, logger="aetrain.train.graphs"):
-        run(small(max_epochs=1), tmp_path / "graphed", callbacks=[graphed])
-    assert_same_run(tmp_path / "eager", tmp_path / "graphed")
+        run(one_epoch(), tmp_path / "graphed", callbacks=[graphed])
+    assert_same_run(eager(one_epoch), tmp_path / "graphed")
     assert graph_lines(caplog) == ["CUDA graphs off: capturing the training step failed (RuntimeError: CUDA error: an "
                                    "illegal memory access was encountered); training eagerly"]
     assert graphed.backend.released == 1 and graphed.step.replays == 0
@@ -519,12 +536,11 @@ def test_an_error_surfacing_in_the_self_checks_reads_falls_back_like_a_failed_ca
 # --- memory, checkpoints --------------------------------------------------------------------------------
 
 def test_a_graph_whose_pool_leaves_too_little_for_the_eager_steps_is_given_back_in_one_line(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    run(small(max_epochs=1), tmp_path / "eager")
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, eager: Eager) -> None:
     graphed = Graphed(PythonGraphs(headroom=(3 * 10**9, 2 * 10**9)), strict=False)
     with caplog.at_level(logging.WARNING, logger="aetrain.train.graphs"):
-        run(small(max_epochs=1), tmp_path / "graphed", callbacks=[graphed])
-    assert_same_run(tmp_path / "eager", tmp_path / "graphed")
+        run(one_epoch(), tmp_path / "graphed", callbacks=[graphed])
+    assert_same_run(eager(one_epoch), tmp_path / "graphed")
     assert graph_lines(caplog) == [
         "CUDA graphs off: the captured step's private memory pool holds 3.00 GB and leaves 2.00 GB free on cpu, less "
         "than the steps that run eagerly beside it (the doctor's samples, an epoch's short last step) need; training "
