@@ -34,7 +34,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from aetrain.atomic import write_atomic
 from aetrain.config import Config
@@ -100,11 +99,10 @@ def run(cfg: Config, find: LRFindConfig, out_dir: Path) -> LRFindResult:
         window = parts.windows[i % steps_per_epoch]
         for group in parts.optimizer.param_groups:
             group["lr"] = lr
-        parts.step.begin(epoch + (i % steps_per_epoch + 1) / steps_per_epoch)
-        loss = torch.zeros(())
-        for weight in window:
-            loss = loss + parts.step.forward_backward(next(batches), weight)["loss"].detach().float().cpu() * weight
-        parts.step.update()
+        parts.step.begin(epoch + (i % steps_per_epoch + 1) / steps_per_epoch, len(window))
+        terms = [parts.step.forward_backward(next(batches), weight) for weight in window]
+        parts.step.update()  # the window's terms are final from here (a graphed step computes them now)
+        loss = sum(t["loss"].detach().float() * weight for t, weight in zip(terms, window))
         value = float(loss)  # one host read a step: the test needs each step's loss to decide when to stop
         losses.append(value)
         average = SMOOTHING * average + (1 - SMOOTHING) * value
@@ -130,10 +128,15 @@ def centered_average(losses: list[float], window: int) -> list[float]:
     """Each step's loss averaged with the window // 2 steps on either side (fewer at the ends, where the
     window is cut short); a non-finite loss stays as it is and is left out of its neighbours' averages."""
     values = np.asarray(losses, dtype=float)
+    if not values.size:
+        return []
     finite = np.isfinite(values)
     kernel = np.ones(window)
-    sums = np.convolve(np.where(finite, values, 0.0), kernel, mode="same")
-    counts = np.convolve(finite.astype(float), kernel, mode="same")
+    # the full convolution cut to the steps: what mode="same" gives, also for fewer steps than the window
+    # (a test that stopped early), where "same" returns the window's length instead
+    centred = slice((window - 1) // 2, (window - 1) // 2 + len(values))
+    sums = np.convolve(np.where(finite, values, 0.0), kernel)[centred]
+    counts = np.convolve(finite.astype(float), kernel)[centred]
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(finite, sums / counts, values)
     return out.tolist()
@@ -149,7 +152,8 @@ def suggest(lrs: list[float], losses: list[float], window: int = 9) -> tuple[flo
     finite = np.isfinite(smoothed)
     loss, rates = smoothed[finite][SKIP_BEGIN:], rates[finite][SKIP_BEGIN:]
     if len(loss) < 3:
-        return None, f"only {int(finite.sum())} steps with a finite loss"
+        return None, (f"only {int(finite.sum())} step{'' if finite.sum() == 1 else 's'} with a finite loss, too few "
+                      f"to read a slope from (it takes {SKIP_BEGIN + 3})")
     climbed = np.nonzero(loss > 2 * np.minimum.accumulate(loss))[0]
     loss, rates = (loss[: climbed[0]], rates[: climbed[0]]) if climbed.size else (loss, rates)
     end = int(loss.argmin()) + 1
