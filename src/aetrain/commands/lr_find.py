@@ -195,7 +195,8 @@ def suggest(lrs: list[float], losses: list[float], window: int = 9) -> tuple[flo
     finite = np.isfinite(smoothed)
     loss, rates = smoothed[finite][SKIP_BEGIN:], rates[finite][SKIP_BEGIN:]
     if len(loss) < 3:
-        return None, f"only {int(finite.sum())} steps with a finite loss"
+        return None, (f"only {int(finite.sum())} step{'' if finite.sum() == 1 else 's'} with a finite loss, too few "
+                      f"to read a slope from (it takes {SKIP_BEGIN + 3})")
     climbed = np.nonzero(loss > 2 * np.minimum.accumulate(loss))[0]
     loss, rates = (loss[: climbed[0]], rates[: climbed[0]]) if climbed.size else (loss, rates)
     end = int(loss.argmin()) + 1
