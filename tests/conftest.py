@@ -165,3 +165,68 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
         return runs[args]
 
     return train
+
+
+@pytest.fixture(scope="session")
+def finished(trained) -> Path:
+    """A finished two-epoch run on the digits (dense_ae, batch 128, CPU), to copy from; never written to."""
+    return trained(*FAST)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` and its bytes: compare before and after to show nothing was written."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line_error(result: Result, code: int = 2) -> str:
+    """The one line `aetrain: ...` a refused command printed, with exit code `code` and no traceback."""
+    assert result.returncode == code, result.output
+    assert "Traceback" not in result.output, result.output
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aetrain: "), result.err
+    return lines[0]
+
+
+def assert_one_line_error(result: Result, message: str) -> None:
+    """Exit 2, one line `aetrain: error: ...` holding `message`, no traceback, no run dir."""
+    assert result.returncode == 2, result.output
+    assert result.err.startswith("aetrain: error: ") and result.err.count("\n") == 1, result.err
+    assert message in result.err, result.err
+    assert "Traceback" not in result.output
+    assert not result.run_dir.exists()
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen:
+    """`python -m aetrain *args` started in the background, its output captured."""
+    return subprocess.Popen([sys.executable, "-m", "aetrain", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def read_only(path: Path, on: bool) -> None:
+    """Make a dir read-only, for root too (chattr +i: no entry may be added, removed or renamed)."""
+    if os.geteuid() != 0:
+        path.chmod(0o555 if on else 0o755)
+    elif subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a dir read-only for root here (no chattr)")
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` pixels and holds none: all Pillow sees of a huge image before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def save_pngs(folder: Path, n: int, size: int = 12) -> None:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")

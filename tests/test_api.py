@@ -13,6 +13,8 @@ from aetrain.config import DataConfig
 from aetrain.data import build_data
 from aetrain.errors import CheckpointError
 from conftest import FAST
+import subprocess
+import sys
 
 
 def test_load_model_from_a_run_dir_or_file_encodes_and_decodes_images(cli) -> None:
@@ -112,3 +114,11 @@ def test_a_model_of_a_uint8_file_takes_and_gives_the_files_0_to_255_values(cli, 
     torch.testing.assert_close(model.reconstruct(x.float()), x_hat)
     with pytest.warns(UserWarning, match=r"every value is within \[0, 1\], but this model takes values in \[0, 255\]"):
         model.reconstruct(x.float() / 255)  # [0, 1] pixels given to a 0-255 model: most likely a mistake
+
+
+# --- the package exposes its API only -------------------------------------------------------------------------------
+
+def test_import_aetrain_exposes_its_api_and_nothing_else() -> None:
+    out = subprocess.run([sys.executable, "-c", "import aetrain; print(sorted(n for n in dir(aetrain) if "
+                          "not n.startswith('__')))"], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['load_model']"

@@ -25,6 +25,9 @@ from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer
 from aetrain.train.engine import Callback, Engine
 from conftest import FAST
+import json
+import shutil
+from conftest import metrics_rows, one_line_error, snapshot
 
 
 class Evil:
@@ -248,3 +251,163 @@ def test_checkpoint_every_n_steps_writes_mid_epoch(tmp_path: Path) -> None:
 
     run(tiny(checkpoint_every_n_steps=5, max_epochs=2), tmp_path, callbacks=[Peek()])
     assert seen[0]["step"] == 10 and seen[0]["step_in_epoch"] == 10
+
+
+# --- a failed checkpoint write stops the run at once, says which file, and the summary tells the truth --------------
+
+def test_a_checkpoint_write_over_the_file_size_limit_stops_the_run_at_once(tmp_path: Path) -> None:
+    import resource
+
+    def limit_files() -> None:  # `ulimit -f 256`: the 1.2 MB checkpoint cannot be written, the small files can
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "aetrain", f"hydra.run.dir={run_dir}", "trainer.max_epochs=4",
+                           "data.batch_size=32", "trainer.device=cpu", "outputs.tensorboard=false"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, preexec_fn=limit_files)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert line.startswith(f"aetrain: error: could not write {run_dir / 'checkpoints' / 'last.pt'}: File too large")
+    assert "no checkpoint reached disk" in line
+    assert len(metrics_rows(run_dir)) == 1  # it stopped inside epoch 2, not after more epochs
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "could not write" in summary["error"]
+    assert summary["best_checkpoint"] is None and summary["best_epoch"] is None
+    assert "best checkpoint" not in proc.stdout and not (run_dir / "checkpoints" / "best.pt").exists()
+
+
+def test_after_a_failed_checkpoint_write_the_summary_names_the_best_checkpoint_on_disk(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    from aetrain import checkpoint as checkpoints
+    from aetrain.atomic import write_atomic
+    from aetrain.commands.train import run
+    from aetrain.errors import AetrainError
+    from conftest import digits_config
+
+    writes = []
+
+    def disk_full_after_the_first(path: Path, data, *, durable: bool = False) -> None:
+        writes.append(path)
+        if len(writes) > 1:
+            raise OSError(28, "No space left on device", str(path.with_name(f".{path.name}.tmp")))
+        write_atomic(path, data, durable=durable)
+
+    monkeypatch.setattr("aetrain.train.callbacks.write_atomic", disk_full_after_the_first)
+    cfg = digits_config()
+    cfg.trainer.max_epochs, cfg.data.batch_size = 4, 32
+    with pytest.raises(AetrainError) as info:
+        run(cfg, tmp_path)
+    assert info.value.exit_code == 1
+    assert str(info.value).startswith(f"could not write {tmp_path / 'checkpoints' / 'last.pt'}: No space left on "
+                                      "device (the checkpoint of epoch 2)")
+    assert "last.pt holds epoch 1, best.pt epoch 1" in str(info.value)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["epochs"] == 2  # stopped in epoch 3, not after epoch 4
+    assert summary["best_epoch"] == 1 and summary["best_checkpoint"] == "checkpoints/best.pt"
+    assert checkpoints.load(tmp_path, prefer=("best.pt",))["state"]["epoch"] == 1
+    assert summary["best_val_loss"] == pytest.approx(float(metrics_rows(tmp_path)[0]["val/loss"]), rel=1e-6)
+
+
+# --- damaged checkpoints: one line on resume, a CheckpointError in the API ------------------------------------------
+
+def _other_architecture(ckpt: dict) -> None:
+    ckpt["model"] = {k: torch.zeros(3, *v.shape[1:]) if v.ndim else v for k, v in ckpt["model"].items()}
+
+
+DAMAGE = {
+    "no config": lambda c: c.pop("config"),
+    "config not JSON": lambda c: c.update(config="{model: dense_ae"),
+    "config JSON of a list": lambda c: c.update(config="[1, 2]"),
+    "weights of another architecture": _other_architecture,
+    "no weights": lambda c: c.pop("model"),
+    "format_version as a string": lambda c: c.update(format_version="1"),
+    "no training state": lambda c: c.pop("state"),
+    "no data description": lambda c: c.pop("data_spec"),
+    "a sample shape of text": lambda c: c["data_spec"].update(shape="1x8x8"),
+    "a data scaling of text": lambda c: c["data_spec"].update(scale="1/16"),
+    "a training state of another shape": lambda c: c.update(state={"epoch": "two"}),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_a_damaged_checkpoint_is_one_line_on_resume_and_a_checkpoint_error_in_the_api(
+        finished: Path, tmp_path: Path, cli, damage: str) -> None:
+    import aetrain
+    from aetrain.errors import CheckpointError
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    DAMAGE[damage](ckpt)
+    torch.save(ckpt, last)
+    before = snapshot(run_dir)
+    line = one_line_error(cli(f"trainer.resume={last}", "trainer.max_epochs=3", run_dir=run_dir))
+    assert str(last) in line and "damaged" in line or "do not fit" in line or "format_version" in line, line
+    assert snapshot(run_dir) == before
+    needs_all = damage in ("no training state", "a training state of another shape")  # a model loads without it
+    if not needs_all:
+        with pytest.raises(CheckpointError) as info:
+            aetrain.load_model(last)
+        assert "\n" not in str(info.value) and str(last) in str(info.value)
+
+
+# --- trainer.init_from: another run's weights, a fresh optimizer, schedule and counters -----------------------------
+
+def test_init_from_starts_from_the_other_runs_best_weights_with_fresh_counters(finished: Path, tmp_path: Path) -> None:
+    from aetrain.commands.train import run
+    from aetrain.train.engine import Callback
+    from conftest import digits_config
+
+    class Start(Callback):
+        def on_fit_start(self, engine) -> None:
+            self.weights = {k: v.clone() for k, v in engine.parts.model.state_dict().items()}
+            self.optimizer_state = dict(engine.parts.optimizer.state)
+            self.state = (engine.state.epoch, engine.state.step)
+
+    cfg = digits_config()
+    cfg.trainer.max_epochs, cfg.trainer.init_from = 1, str(finished)
+    start = Start()
+    run(cfg, tmp_path / "b", callbacks=[start])
+    best = torch.load(finished / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert start.weights.keys() == best.keys()
+    assert all(torch.equal(start.weights[k], best[k]) for k in best)
+    assert start.optimizer_state == {} and start.state == (0, 0)
+    assert [(int(r["epoch"]), int(r["step"])) for r in metrics_rows(tmp_path / "b")] == [(1, 12)]
+
+
+def test_init_from_on_the_command_line_trains_on_from_where_the_other_run_was(finished: Path, tmp_path: Path,
+                                                                             cli) -> None:
+    fresh = cli(*FAST, "trainer.max_epochs=1", "outputs.plot_every=0", run_dir=tmp_path / "fresh")
+    warm = cli(*FAST, "trainer.max_epochs=1", "outputs.plot_every=0", f"trainer.init_from={finished}",
+               run_dir=tmp_path / "warm")
+    assert fresh.returncode == 0 and warm.returncode == 0, warm.output
+    assert f"  init    the weights of {finished}" in warm.out.splitlines()
+    first = lambda r: float(metrics_rows(r.run_dir)[0]["val/loss"])  # noqa: E731
+    best_before = float(json.loads((finished / "summary.json").read_text())["best_val_loss"])
+    assert first(warm) < best_before < first(fresh)  # it went on from the other run's model
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model.latent_dim=8"], "its weights do not fit this run's model"),
+    (["model.hidden_dims=[128]"], "its weights do not fit this run's model"),
+    (["data=tensor_file", "data.path=ROWS"], "its model was trained on samples of shape (1, 8, 8); data 'tensor_file' "
+                                              "has (6,)"),
+    (["trainer.init_from=nowhere"], "no such checkpoint file or run directory"),
+])
+def test_init_from_a_model_that_does_not_fit_is_one_line(finished: Path, tmp_path: Path, cli, args: list[str],
+                                                        message: str) -> None:
+    import numpy as np
+
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).normal(size=(100, 6)).astype(np.float32))
+    args = [a.replace("ROWS", str(tmp_path / "rows.npy")) for a in args]
+    line = one_line_error(cli(*FAST, f"trainer.init_from={finished}", *args))
+    assert message in line and "trainer.init_from=" in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_from_fits_a_family_with_the_same_weights(finished: Path, cli) -> None:
+    result = cli(*FAST, "trainer.max_epochs=1", "model=denoising_ae", f"trainer.init_from={finished}",
+                 "outputs.plot_every=0")
+    assert result.returncode == 0, result.output

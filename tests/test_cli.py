@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import FAST, TIMING, run_subprocess
+from conftest import one_line_error
 
 
 
@@ -183,3 +184,14 @@ def test_every_model_preset_trains_through_the_cli(cli, model: str) -> None:
     result = cli(*FAST, f"model={model}")
     assert result.returncode == 0, result.err
     assert len(result.metrics()) == 2
+
+
+# --- HYDRA_FULL_ERROR=1 ---------------------------------------------------------------------------------------------
+
+def test_hydra_full_error_shows_the_traceback_behind_a_user_error(tmp_path: Path) -> None:
+    plain = run_subprocess("optimizer.lr=-1", *FAST, cwd=tmp_path, command=("train",))
+    assert one_line_error(plain) == "aetrain: error: optimizer.lr=-1.0 is out of range: must be a finite number > 0"
+    full = run_subprocess("optimizer.lr=-1", *FAST, cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"}, command=("train",))
+    assert full.returncode != 0 and "Traceback (most recent call last)" in full.err
+    assert "aetrain.errors.ConfigError: optimizer.lr=-1.0 is out of range" in full.err
+    assert not list(tmp_path.glob("outputs/*/*"))  # nothing written either way

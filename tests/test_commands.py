@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 import aetrain
+from aetrain.commands import COMMANDS, JOBS
 from aetrain.config import DataConfig, EncodeConfig, EvalConfig, ExportConfig, ScoreConfig
 from aetrain.data import load_source
 from conftest import FAST
@@ -114,3 +117,59 @@ def test_a_checkpoint_file_works_as_the_run_and_its_run_dir_gets_the_output(cli,
     with torch.no_grad():
         expected = aetrain.load_model(run / "checkpoints/last.pt").encode(load_source(DataConfig()).samples[indices])
     np.testing.assert_allclose(np.load(run / "encode/codes.npy"), expected.numpy(), atol=1e-5)
+
+
+# --- one command model: every command from its registry entry ---------------------------------------
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_commands_help_is_made_from_its_entry(cli, name: str) -> None:
+    """Usage, what it does, every key of its dataclass with its default and comment, its examples: for each
+    command the same way (train's keys as YAML under its groups, the others' as typed, key=default)."""
+    command = COMMANDS[name]
+    result = cli.command(name, "--help")
+    assert result.returncode == 0 and result.err == "", result.err
+    assert command.description.strip().splitlines()[0] in result.out
+    assert all(example in result.out for example in command.examples)
+    if command.takes == JOBS:
+        assert "Usage of train:" in result.out and "== Groups (pick one: group=choice) ==" in result.out
+        assert "  latent_dim: 16  # size of the code z" in result.out
+        return
+    assert result.out.startswith(f"usage: aetrain {name} ")
+    for key in dataclasses.fields(command.config) if command.config is not None else ():
+        line = next(line for line in result.out.splitlines() if line.strip().startswith(f"{key.name}="))
+        assert len(line.split(None, 1)) == 2, f"{name}.{key.name} has no description"
+
+
+def test_a_command_is_one_function_and_one_entry(cli, tmp_path: Path, monkeypatch) -> None:
+    """What adding a command takes (README, Layout): a function and its registry entry; its command line, its
+    --help and its one-line errors come from the entry."""
+    import aetrain.commands as commands
+
+    @dataclasses.dataclass
+    class HelloConfig:
+        """`aetrain hello`'s keys."""
+
+        greeting: str = "hello"  # what to say
+        times: int = 1  # how often, >= 1
+
+        RANGES = {"times": (lambda v: v >= 1, ">= 1")}
+
+    said = []
+
+    def hello(run_dir: Path, section: HelloConfig) -> None:
+        from aetrain.config import validate_command
+
+        validate_command("hello", section)
+        said.append((run_dir, section.greeting * section.times))
+
+    monkeypatch.setitem(commands.COMMANDS, "hello", commands.Command(
+        "hello", summary="say hello to a run dir", description="Say hello.", function=hello, config=HelloConfig,
+        takes=commands.DIR, argument="run dir"))
+    assert cli.command("hello", str(tmp_path), "greeting=hi", "hello.times=2").returncode == 0
+    assert said == [(tmp_path, "hihi")]
+    help_text = cli.command("hello", "--help").out
+    assert help_text.startswith("usage: aetrain hello <run dir> [key=value ...]")
+    assert re.search(r"^  times=1 +how often, >= 1$", help_text, flags=re.M), help_text
+    assert re.search(r"^  aetrain hello +say hello to a run dir$", cli("--help").out, flags=re.M)
+    bad = cli.command("hello", str(tmp_path), "times=0")
+    assert (bad.returncode, bad.err) == (2, "aetrain: error: hello.times=0 is out of range: must be >= 1\n")

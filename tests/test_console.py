@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from conftest import run_subprocess
+import json
+from conftest import FAST, metrics_rows
 
 ARGS = ("trainer.max_epochs=2", "data.batch_size=128", "trainer.device=cpu")
 LONG = "a_directory_whose_name_alone_is_longer_than_the_eighty_columns_a_console_is_assumed_to_have"
@@ -81,3 +83,53 @@ def test_help_lists_the_output_settings(cli) -> None:
     for key in ("plot_every", "render_budget", "num_samples", "sample_seed", "grid_zoom_to", "tensorboard", "progress",
                 "report"):
         assert f"  {key}:" in section, key
+
+
+# --- what the console says: early stopping after its epoch, every line on an ASCII console, the running loss --------
+
+def test_early_stopping_is_reported_after_its_epoch_line_and_in_summary_json(cli) -> None:
+    result = cli(*FAST, "trainer.max_epochs=12", "trainer.early_stopping_patience=1", "optimizer.lr=0.05",
+                 "outputs.plot_every=0")
+    assert result.returncode == 0, result.output
+    lines = result.out.splitlines()
+    epochs = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    stopped = [i for i, line in enumerate(lines) if line.startswith("early stopping: ")]
+    assert len(epochs) < 12 and stopped == [epochs[-1] + 1], result.out  # right after the last epoch's line
+    last = len(epochs)
+    assert "no val/loss improvement for 1 epoch (" in lines[stopped[0]]  # not "1 epochs" (item 21)
+    assert lines[stopped[0] + 1].startswith("aetrain: stopped early after")
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["ended"], summary["epochs"]) == ("ok", "stopped_early", last)
+    assert summary["stop_reason"] == lines[stopped[0]]
+    assert any(" stopped " in line and lines[stopped[0]] in line for line in lines[stopped[0] + 1:])  # the table
+
+
+@pytest.mark.parametrize("env", [{"PYTHONIOENCODING": "ascii"}, {"LC_ALL": "C", "PYTHONUTF8": "0"}],
+                         ids=["PYTHONIOENCODING=ascii", "LC_ALL=C PYTHONUTF8=0"])
+def test_a_unicode_run_dir_on_an_ascii_console_trains_and_logs_every_line(tmp_path: Path, env: dict) -> None:
+    result = run_subprocess("hydra.run.dir='ünï 日本'", *FAST, "trainer.max_epochs=1", cwd=tmp_path,
+                            env={k: v for k, v in env.items()}, command=("train",))
+    assert result.returncode == 0, result.output
+    assert result.err == "", result.err  # no "--- Logging error ---", no traceback
+    assert "output  " in result.out and "epoch 1/1" in result.out and "aetrain: finished in" in result.out
+    run_dir = tmp_path / "ünï 日本"
+    assert len(metrics_rows(run_dir)) == 1
+    log = (run_dir / "train.log").read_text(encoding="utf-8", errors="replace")
+    assert "epoch 1/1" in log and "aetrain: finished in" in log
+
+
+def test_the_progress_bar_shows_the_running_loss_of_the_epoch_under_way(tmp_path: Path) -> None:
+    import re
+
+    from test_console import run_in_terminal
+
+    run_dir = tmp_path / "run"
+    code, out = run_in_terminal(f"hydra.run.dir={run_dir}", *FAST, "outputs.plot_every=0", cwd=tmp_path)
+    assert code == 0, out
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    frames = re.findall(r"epoch (\d)/2 \S* *(\d+)/12 loss (\S+)", plain)  # every redraw of the bar
+    shown = {(int(e), loss) for e, done, loss in frames if int(done) >= 1}
+    assert {e for e, _ in shown} == {1, 2}, frames  # each epoch's bar shows a loss once a step is done
+    assert all(loss != "-" for _, loss in shown), frames
+    epoch_1 = f"{float(metrics_rows(run_dir)[0]['train/loss']):.5f}"
+    assert (2, epoch_1) not in shown, frames  # not the previous epoch's loss

@@ -16,6 +16,8 @@ from conftest import choose
 from aetrain.data import build_data
 from aetrain.data.batches import BatchPlan
 from aetrain.errors import DataError
+import warnings
+from conftest import FAST, assert_one_line_error, png_header, save_pngs
 
 CPU = torch.device("cpu")
 
@@ -172,3 +174,178 @@ def test_too_few_samples_for_the_split_is_a_clear_error(tmp_path: Path) -> None:
     np.save(tmp_path / "tiny.npy", np.random.rand(2, 2).astype(np.float32))
     with pytest.raises(DataError, match="data.val_fraction=0.2 leaves"):
         build_data(choose("data", "tensor_file", path=str(tmp_path / "tiny.npy")), CPU, seed=0)
+
+
+# --- arrays without data, images too large to decode, damaged images ------------------------------------------------
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda p: np.save(p / "x.npy", np.zeros((0, 10), np.float32)), "array of shape (0, 10) holds no samples"),
+    (lambda p: np.save(p / "x.npy", np.zeros((100, 0), np.float32)), "array of shape (100, 0) has an empty axis"),
+    (lambda p: np.save(p / "x.npy", np.zeros((100, 1, 0, 0), np.float32)), "array of shape (100, 1, 0, 0) has an "
+                                                                            "empty axis"),
+    (lambda p: torch.save(torch.eye(10).to_sparse(), p / "x.pt"), "holds a sparse tensor (torch.sparse_coo); save "
+                                                                  "a dense one: x.to_dense()"),
+    (lambda p: torch.save(torch.eye(10).to_sparse_csr(), p / "x.pt"), "holds a sparse tensor (torch.sparse_csr)"),
+], ids=["0x10", "100x0", "100x1x0x0", "sparse_coo", "sparse_csr"])
+def test_arrays_without_data_are_one_line_errors(cli, tmp_path: Path, make, message: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note that sparse CSR is in beta
+        make(tmp_path)
+    path = next(tmp_path.glob("x.*"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would be a second line on the console
+        assert_one_line_error(cli(*FAST, "data=tensor_file", f"data.path={path}"), message)
+
+
+def test_an_image_too_large_to_decode_is_a_one_line_error(cli, tmp_path: Path) -> None:
+    save_pngs(tmp_path / "imgs", 9)
+    (tmp_path / "imgs" / "huge.png").write_bytes(png_header(30000, 30000))  # 900 megapixels, a few bytes on disk
+    result = cli(*FAST, "data=image_folder", f"data.path={tmp_path / 'imgs'}", "data.num_workers=0")
+    assert_one_line_error(result, "huge.png")
+    assert "decompression bomb" in result.err
+
+
+@pytest.mark.parametrize("damage", [
+    lambda p: p.write_bytes(b"not an image at all"),
+    lambda p: p.write_bytes(p.read_bytes()[:-30]),  # truncated: the header parses, the chunks do not
+    lambda p: p.write_bytes(p.read_bytes()[:60] + bytes(20) + p.read_bytes()[80:]),  # zeroed bytes inside the data
+], ids=["not_an_image", "truncated", "zeroed_bytes"])
+def test_a_damaged_image_is_refused_before_the_run_starts_and_a_rerun_is_a_fresh_run(cli, tmp_path: Path,
+                                                                                    damage) -> None:
+    images = tmp_path / "imgs"
+    save_pngs(images, 20)
+    good = (images / "017.png").read_bytes()
+    damage(images / "017.png")  # sorted late: the run would reach it only in its first epoch
+    args = [*FAST, "trainer.max_epochs=1", "data=image_folder", f"data.path={images}", "data.image_size=8",
+            "data.num_workers=0", "outputs.plot_every=0", "outputs.tensorboard=false"]
+    result = cli(*args)
+    assert_one_line_error(result, f"data.path={images}: cannot read image {images / '017.png'}")
+    (images / "017.png").write_bytes(good)
+    again = cli(*args)
+    assert again.returncode == 0, again.output
+    assert not list((again.run_dir / ".hydra").glob("resume-*"))  # not mistaken for a resume
+
+
+# --- channels-last image arrays are read as images, not as H channels of W x C --------------------------------------
+
+def test_channels_last_arrays_are_converted_to_channels_first(tmp_path: Path) -> None:
+    from aetrain.config import default_choice
+    from aetrain.data import build_data
+
+    x = torch.rand(50, 6, 5, 3)  # N x H x W x C
+    torch.save(x, tmp_path / "nhwc.pt")
+    cfg = default_choice("data", "tensor_file")
+    cfg.path = str(tmp_path / "nhwc.pt")
+    data = build_data(cfg, torch.device("cpu"), seed=0)
+    assert data.spec.shape == (3, 6, 5)
+    pool = torch.cat([data.train.data, data.val])
+    assert any(torch.equal(x[0].permute(2, 0, 1), sample) for sample in pool)  # pixel (h, w) of channel c stays put
+    cfg.layout = "nchw"  # the user's word wins over the guess
+    assert build_data(cfg, torch.device("cpu"), seed=0).spec.shape == (6, 5, 3)
+
+
+@pytest.mark.parametrize(("shape", "dtype", "expected"), [
+    ((200, 32, 32, 3), np.float32, "3x32x32"), ((200, 28, 28, 1), np.uint8, "1x28x28"),
+    ((200, 3, 32, 32), np.float32, "3x32x32"), ((200, 1, 28, 28), np.uint8, "1x28x28"),
+], ids=str)
+def test_image_arrays_train_channels_first_whichever_layout_they_come_in(cli, tmp_path: Path, shape, dtype,
+                                                                           expected: str) -> None:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", (rng.random(shape) * (255 if dtype == np.uint8 else 1)).astype(dtype))
+    result = cli(*FAST, "trainer.max_epochs=1", "data=tensor_file", f"data.path={tmp_path / 'x.npy'}",
+                 "outputs.plot_every=0", "outputs.tensorboard=false")
+    assert result.returncode == 0, result.output
+    assert f"tensor_file {expected}," in result.out
+    converted = shape[-1] in (1, 3)
+    assert ("read as N x H x W x C" in result.out) == converted  # said once, in the header and train.log
+    assert ("read as N x H x W x C" in (result.run_dir / "train.log").read_text()) == converted
+    ckpt = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["data_spec"]["shape"] == [int(s) for s in expected.split("x")]
+
+
+@pytest.mark.parametrize(("shape", "args", "message"), [
+    ((50, 3, 4, 4), [], "data.path={path}: array of shape (50, 3, 4, 4) could be N x C x H x W or N x H x W x C; "
+                        "set data.layout=nchw or data.layout=nhwc"),
+    ((50, 6), ["data.layout=nhwc"], "data.layout=nhwc is for 4-d image arrays; data.path={path} holds N x D rows"),
+    ((50, 6), ["data.layout=hwc"], "data.layout='hwc' is not one of: auto, nchw, nhwc"),
+], ids=["ambiguous", "rows", "unknown"])
+def test_a_layout_that_cannot_be_told_or_does_not_apply_is_one_line_error(cli, tmp_path: Path, shape, args,
+                                                                          message: str) -> None:
+    path = tmp_path / "x.npy"
+    np.save(path, np.random.default_rng(0).random(shape).astype(np.float32))
+    assert_one_line_error(cli(*FAST, "data=tensor_file", f"data.path={path}", *args), message.format(path=path))
+
+
+# --- MNIST's .gz files as downloaded; a failed download leaves nothing behind ---------------------------------------
+
+MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+def write_mnist_gz(raw: Path, n: int = 40) -> np.ndarray:
+    """The four files as the MNIST mirrors serve them: gzip-compressed idx (big-endian header, then uint8 bytes)."""
+    import gzip
+    import struct
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    arrays = [images, rng.integers(0, 10, n, dtype=np.uint8), images[:5], rng.integers(0, 10, 5, dtype=np.uint8)]
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, a in zip(MNIST_FILES, arrays):
+        header = struct.pack(">BBBB", 0, 0, 0x08, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
+        (raw / f"{name}.gz").write_bytes(gzip.compress(header + a.tobytes()))
+    return images
+
+
+@pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+@pytest.mark.parametrize("download", ["false", "true"])
+def test_mnist_gz_files_in_raw_are_read(cli, tmp_path: Path, monkeypatch, name: str, folder: str,
+                                        download: str) -> None:
+    import torchvision.datasets.mnist
+
+    def offline(*args, **kwargs):  # never the network in a test; with download=true it must not be needed
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
+    images = write_mnist_gz(tmp_path / "data" / folder / "raw")
+    result = cli(*FAST, "trainer.max_epochs=1", f"data={name}", f"data.root={tmp_path / 'data'}",
+                 f"data.download={download}", "outputs.plot_every=0", "outputs.tensorboard=false")
+    assert result.returncode == 0, result.output
+    assert f"{name} 1x28x28, 36 train / 4 val samples" in result.out
+    assert "extracted 4 .gz files" in result.out
+    data = torch.load(result.run_dir / "checkpoints" / "last.pt", weights_only=True)["data_spec"]
+    assert data["shape"] == [1, 28, 28]
+    assert (tmp_path / "data" / folder / "raw" / "train-images-idx3-ubyte").stat().st_size == 16 + images.size
+
+
+def test_missing_mnist_files_are_named_with_what_to_do(cli, tmp_path: Path) -> None:
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    write_mnist_gz(raw)
+    (raw / "t10k-images-idx3-ubyte.gz").unlink()
+    result = cli(*FAST, "data=mnist", f"data.root={tmp_path / 'data'}", "data.download=false")
+    assert_one_line_error(result, f"data.root={tmp_path / 'data'} has no readable MNIST: {raw} lacks "
+                                  "t10k-images-idx3-ubyte (or .gz)")
+    assert "data.download=true" in result.err
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new_root", "existing_root"])
+def test_a_failed_download_removes_what_it_created_and_only_that(cli, tmp_path: Path, monkeypatch,
+                                                                   existing: bool) -> None:
+    import urllib.error
+
+    import torchvision.datasets.mnist
+
+    def unreachable(url, download_root, filename, md5):  # a partial file, then the network goes away
+        (Path(download_root) / filename).write_bytes(b"\x1f\x8b partial")
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", unreachable)
+    root = tmp_path / "data" / "sets"
+    if existing:  # the user's own files, in the folders a download would use: none may go
+        (root / "MNIST" / "raw").mkdir(parents=True)
+        (root / "mine.npy").write_bytes(b"user data")
+        (root / "MNIST" / "raw" / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = cli(*FAST, "data=mnist", f"data.root={root}", "data.download=true")
+    assert_one_line_error(result, f"data.download=true: could not fetch MNIST into {root}")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -23,6 +23,7 @@ import torch
 
 import aetrain
 from aetrain import checkpoint as checkpoints
+from aetrain import launch
 from aetrain.commands.train import run
 from aetrain.config import DataConfig, TrainerConfig
 from aetrain.data import build_data
@@ -149,13 +150,13 @@ def test_a_sweep_under_a_launcher_is_refused_in_one_line(cli, monkeypatch: pytes
 
 def test_what_every_process_raised_alike_is_reported_by_rank_0_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     alike = [Interrupted("stopped", signal.SIGTERM), ReplicaMismatch("differ"),
-             distributed.everywhere(DataError("missing"))]
+             launch.everywhere(DataError("missing"))]
     own = [ProcessLost("lost contact"), DataError("a file of this process's share is broken")]
-    assert all(distributed.reported_here(e) for e in alike + own)  # a single process reports everything
+    assert all(launch.reported_here(e) for e in alike + own)  # a single process reports everything
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert not any(distributed.reported_here(e) for e in alike)
-    assert all(distributed.reported_here(e) for e in own)
+    assert not any(launch.reported_here(e) for e in alike)
+    assert all(launch.reported_here(e) for e in own)
 
 
 # --- real processes ------------------------------------------------------------------------------

@@ -19,11 +19,11 @@ import torch
 
 from aetrain import doctor
 from aetrain.commands.train import build_parts, run
-from aetrain.config import DiagnosticsConfig, DenseAEConfig, default_choice
+from aetrain.config import Config, DenseAEConfig, DiagnosticsConfig, NoiseConfig, SparsityConfig, default_choice
 from aetrain.train.diagnostics import LayerProbe
 from aetrain.train.step import GradientProbe
 
-from conftest import assert_same_run, digits_config, metrics_rows
+from conftest import assert_same_run, choose, digits_config, metrics_rows
 
 CPU = ["trainer.device=cpu", "outputs.plot_every=0"]
 
@@ -360,6 +360,39 @@ def test_doctor_prints_its_report_when_it_cannot_write_into_the_run_dir(cli) -> 
 def test_doctor_help_names_every_finding(cli) -> None:
     out = cli.command("doctor", "--help").out
     assert all(code in out for code in doctor.CODES)
+
+
+def test_each_rule_is_named_after_the_finding_it_makes() -> None:
+    """The finding codes are the rules' names (CODES, the help and the report's order come from RULES)."""
+    import inspect
+
+    assert doctor.CODES == tuple(rule.__name__ for rule in doctor.RULES) and len(set(doctor.CODES)) == len(doctor.RULES)
+    for rule in doctor.RULES:
+        assert f'"{rule.__name__}"' in inspect.getsource(rule), rule.__name__
+
+
+CONSTRAINTS = [("dense_ae", {}, False), ("conv_ae", {}, False), ("denoising_ae", {}, True),
+               ("denoising_ae", {"noise": NoiseConfig(level=0.0)}, False), ("sparse_ae", {}, True),
+               ("sparse_ae", {"sparsity": SparsityConfig(weight=0.0)}, False), ("vae", {}, True),
+               ("vae", {"beta": 0.0}, False)]
+
+
+@pytest.mark.parametrize(("family", "keys", "constrained"), CONSTRAINTS)
+def test_the_family_says_whether_it_constrains_its_code_and_the_doctor_agrees(family: str, keys: dict,
+                                                                               constrained: bool) -> None:
+    """One home: the family's config says what keeps its code from copying the input (input noise, a sparsity
+    penalty, a KL term); the doctor's identity_mapping and the wide-code warning both ask it."""
+    cfg = Config(model=choose("model", family, latent_dim=64, **keys))
+    assert (cfg.model.code_constraint() is not None) is constrained
+    facts = doctor.Facts.of(cfg, (1, 8, 8))  # 64 values a sample: the code is as wide as the input
+    assert facts.constraint == cfg.model.code_constraint()
+    assert (doctor.identity_mapping(doctor.Trace(), facts, 1) is None) is constrained
+
+
+def test_every_family_is_in_the_constraint_table() -> None:
+    from aetrain.models import FAMILIES
+
+    assert {family for family, _, _ in CONSTRAINTS} == set(FAMILIES.names())
 
 
 # --- the rules, on numbers made up for them ---------------------------------------------------------

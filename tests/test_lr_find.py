@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aetrain.commands.lr_find import SKIP_BEGIN, suggest
+from aetrain.commands.lr_find import SKIP_BEGIN, centered_average, suggest
 
 from conftest import metrics_rows, run_subprocess
 
@@ -117,10 +117,67 @@ def test_the_suggested_rate_trains_the_default_model_at_least_as_well_as_the_def
 
 
 def test_lr_find_into_a_dir_another_process_is_using_is_refused(cli, tmp_path: Path) -> None:
-    from aetrain.rundir import claimed
+    from aetrain.rundir import RunDir
 
     out_dir = tmp_path / "find"
-    with claimed(out_dir):  # what a training run or a range test holds while it writes there
+    with RunDir(out_dir).claimed():  # what a training run or a range test holds while it writes there
         result = cli.command("lr_find", CPU, f"hydra.run.dir={out_dir}", "lr_find.num_steps=20")
     assert result.returncode == 2 and "is in use by another aetrain process" in result.err, result.output
     assert result.err.count("\n") == 1 and not out_dir.exists()  # the holder's dir, left as the holder leaves it
+
+
+def test_the_range_test_runs_on_the_engine_and_ends_mid_epoch_after_its_steps(tmp_path: Path) -> None:
+    """The digits at batch 128 take 9 steps an epoch: 20 steps end in the third epoch, at the 20th rate."""
+    from aetrain.commands.lr_find import run
+    from aetrain.config import LRFindConfig
+    from conftest import digits_config
+
+    result = run(digits_config(), LRFindConfig(num_steps=20), tmp_path)
+    assert len(result.losses) == 20 and not result.stopped_early and all(math.isfinite(v) for v in result.losses)
+    assert result.lrs == np.geomspace(1e-7, 1.0, 20).tolist()
+    assert {p.name for p in tmp_path.iterdir()} == {"lr_find.csv", "lr_find.png", "lr_find.json"}  # no checkpoints
+
+
+def test_a_test_shorter_than_the_averaging_window_gives_a_reason_not_a_crash() -> None:
+    # 3 steps, a window of 9: each step is averaged with the neighbours there are
+    assert centered_average([], 9) == []
+    assert centered_average([1.0, 2.0, 6.0], 9) == [3.0, 3.0, 3.0]
+    assert suggest([1e-7, 1e-6], [1.0, 0.5]) == (
+        None, "only 2 steps with a finite loss, too few to read a slope from (it takes 13)")
+
+
+def test_a_range_test_that_stops_before_its_average_fills_is_one_line(cli, tmp_path: Path) -> None:
+    # a divergence threshold this tight stops the test within a few steps, before the 9-step average fills
+    result = cli.command("lr_find", CPU, "lr_find.divergence=1.001", f"hydra.run.dir={tmp_path / 'find'}")
+    assert result.returncode == 1, result.output
+    assert result.err.startswith("aetrain: lr_find: no suggestion: only ") and \
+        "steps with a finite loss, too few to read a slope from (it takes 13)" in result.err, result.err
+    assert result.err.count("\n") == 1
+    saved = json.loads((tmp_path / "find" / "lr_find.json").read_text())
+    assert saved["suggested_lr"] is None and saved["stopped_early"] and saved["steps"] < 9
+
+
+def test_lr_find_with_graphed_steps_suggests_what_it_suggests_eagerly(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graphed step computes its terms in update(): the range test reads each step's loss after it (the CUDA
+    path through the CPU stand-in of tests/test_graphs.py; on a GPU: tests/test_cuda.py)."""
+    from aetrain.commands import lr_find, train
+    from aetrain.train.graphs import GraphedTrainStep
+
+    from conftest import digits_config
+    from test_graphs import PythonGraphs
+
+    find = lr_find.LRFindConfig(min_lr=1e-5, max_lr=0.3, num_steps=40)  # a short test that still finds a rate
+    monkeypatch.setattr(lr_find, "_write", lambda *args: None)  # the numbers are the point here, not the files
+    eager = lr_find.run(digits_config(), find, tmp_path / "eager")
+    steps: list[GraphedTrainStep] = []
+
+    def graphed(cfg, step, device, batch_sizes, **_):  # noqa: ANN001, ANN003 - build_step's signature
+        steps.append(GraphedTrainStep(step, PythonGraphs(), batch_size=max(batch_sizes),
+                                      accumulate=cfg.trainer.accumulate_grad_batches, strict=True))
+        return steps[-1]
+
+    monkeypatch.setattr(train, "build_step", graphed)
+    result = lr_find.run(digits_config(), find, tmp_path / "graphed")
+    assert result.losses == eager.losses and result.suggestion == eager.suggestion is not None
+    assert steps[0].replays > 0 and steps[0].off is None

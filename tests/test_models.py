@@ -9,6 +9,7 @@ from aetrain.config import CHOICES, ConvAEConfig, DenseAEConfig, VAEConfig, defa
 from aetrain.data.spec import DataSpec
 from aetrain.errors import ConfigError
 from aetrain.models import ACTIVATIONS, BACKBONES, FAMILIES, INITS, VariationalAutoencoder, build_model, build_objectives
+from conftest import FAST
 
 
 def spec(shape: tuple[int, ...], unit: bool = True) -> DataSpec:
@@ -133,3 +134,17 @@ def test_encode_decode_work_in_data_units() -> None:
     z, x_hat_model_units = model((x - shift) / scale)
     torch.testing.assert_close(model.encode(x), z)
     torch.testing.assert_close(model.reconstruct(x), x_hat_model_units * scale + shift)
+
+
+# --- a code as wide as the input is flagged, unless the family constrains it ----------------------------------------
+
+@pytest.mark.parametrize("model, latent, warned", [("dense_ae", 64, True), ("conv_ae", 80, True),
+                                                   ("dense_ae", 63, False), ("sparse_ae", 64, False)])
+def test_a_code_as_wide_as_the_input_is_warned_about_in_one_line(cli, model: str, latent: int, warned: bool) -> None:
+    result = cli(*FAST, "trainer.max_epochs=1", f"model={model}", f"model.latent_dim={latent}", "outputs.plot_every=0")
+    assert result.returncode == 0, result.output
+    lines = [line for line in result.out.splitlines() if "the input (64 values a sample)" in line]
+    assert len(lines) == int(warned), result.out
+    if warned:
+        wide = "as wide as" if latent == 64 else "wider than"
+        assert lines[0].startswith(f"model.latent_dim={latent} is {wide} the input (64 values a sample): ")

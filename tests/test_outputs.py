@@ -19,6 +19,10 @@ from aetrain.train.outputs.pictures import DrawClock
 from aetrain.train.outputs.plots import PAD, LossCurve, grid_size
 
 from conftest import FAST, call_main
+import subprocess
+import sys
+import time
+from conftest import read_only
 
 EPOCHS = 3
 DIGIT = (1, 8, 8)
@@ -243,3 +247,84 @@ def test_loss_curve_draws_long_runs_penalties_and_a_diverged_epoch() -> None:
     columns = ["train/loss", "train/reconstruction", "train/penalty", "train/grad_norm", "val/loss", "val/penalty"]
     image = LossCurve("sparse_ae on digits", columns).draw(records)
     assert image.shape == (500, 700, 3) and image.std() > 10
+
+
+# --- an output dir made read-only mid-run: one line, and a failed summary -------------------------------------------
+
+@pytest.mark.slow
+def test_an_output_dir_made_read_only_mid_run_is_one_line_and_a_failed_summary(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "aetrain", f"hydra.run.dir={run_dir}", "trainer.max_epochs=300",
+                             "data.batch_size=32", "trainer.device=cpu", "outputs.plot_every=0"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.csv").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        read_only(run_dir, True)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        read_only(run_dir, False)
+        proc.kill()
+    assert proc.returncode == 1, out + err
+    assert "Traceback" not in out + err and "Logging error" not in out + err
+    [line] = err.splitlines()
+    assert line.startswith("aetrain: error: could not write ") and "; the run stopped after epoch " in line
+    summary = json.loads((run_dir / "summary.json").read_text())  # rewritten in place: the dir takes no new file
+    assert summary["status"] == "failed" and summary["error"].startswith("WriteError: could not write")
+
+
+# --- the learning-rate panel of loss_curve.png, for every schedule's shape ------------------------------------------
+
+def _rates(kind: str, epochs: int) -> list[float]:
+    import math
+
+    lr = 1e-3
+    if kind == "cosine to 0":
+        return [lr * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(1, epochs + 1)]
+    if kind == "step":
+        return [lr * 0.1 ** (e // 10) for e in range(epochs)]
+    if kind == "onecycle":
+        return [lr * (e / 12 if e < 12 else (1 + math.cos(math.pi * (e - 12) / (epochs - 12))) / 2) + 4e-8
+                for e in range(1, epochs + 1)]
+    if kind == "plateau":
+        return [lr * 0.5 ** (e // 6) for e in range(epochs)]
+    return [lr * 0.98 ** e for e in range(epochs)]  # exponential
+
+
+@pytest.mark.parametrize("kind", ["cosine to 0", "step", "onecycle", "plateau", "exponential"])
+def test_the_learning_rate_panel_shows_every_schedule_inside_its_axis_with_readable_ticks(kind: str) -> None:
+    import numpy as np
+
+    from aetrain.train.outputs.plots import LossCurve
+
+    rates = _rates(kind, 40)
+    records = [{"epoch": e, "train/loss": 1 / e, "val/loss": 1.1 / e, "lr": r} for e, r in enumerate(rates, 1)]
+    curve = LossCurve(f"lr: {kind}", ["train/loss", "train/grad_norm", "val/loss"])
+    for n in (1, 2, 15, 40):  # redrawn as a run goes on: the first draws see a constant rate
+        curve.draw(records[:n])
+    ax = curve.lr_ax
+    xy = ax.transAxes.inverted().transform(ax.transData.transform(np.column_stack([range(1, 41), rates])))
+    shown = (xy[:, 1] >= -1e-9) & (xy[:, 1] <= 1 + 1e-9) & np.isfinite(xy[:, 1])
+    assert shown.mean() > 0.95, f"{(~shown).sum()} of 40 rates outside the panel"
+    assert xy[shown, 1].max() - xy[shown, 1].min() > 0.4, "the rates are squeezed into a line"
+    renderer = curve.fig.canvas.get_renderer()
+    labels = [t.get_window_extent(renderer) for t in ax.get_yticklabels(which="both") if t.get_visible()
+              and t.get_text() and ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]]
+    assert len(labels) >= 2
+    overlapping = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:] if a.overlaps(b)]
+    assert not overlapping, f"{len(overlapping)} overlapping tick labels"
+
+
+# --- pictures with any seed torch takes -----------------------------------------------------------------------------
+
+def test_any_seed_in_torchs_range_trains_and_draws_its_pictures(cli) -> None:
+    """trainer.seed=1e14 passed validation and overflowed in epoch 1 (the batch order's seed is derived from it);
+    a sample_seed torch refused silently drew no pictures."""
+    result = cli("trainer.max_epochs=1", "data.batch_size=256", "trainer.device=cpu", "outputs.tensorboard=false",
+                 "trainer.seed=100000000000000", "data.split_seed=-9223372036854775808",
+                 "outputs.sample_seed=18446744073709551615")
+    assert result.returncode == 0, result.output
+    assert (result.run_dir / "reconstructions" / "epoch_001.png").is_file()
+    assert "could not draw" not in result.output

@@ -49,7 +49,7 @@ def test_channels_last_is_the_conv_default_and_gives_the_losses_of_nchw() -> Non
     torch.testing.assert_close(val_losses(sgd), val_losses(sgd, channels_last=False), rtol=1e-4, atol=0)
 
 
-@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
+@pytest.mark.parametrize("name", OPTIMIZERS.names())
 def test_cpu_optimizers_are_fused_where_torch_has_the_kernel_and_train_like_the_reference(name: str) -> None:
     def trained(fast: bool) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
         torch.manual_seed(0)
@@ -68,7 +68,7 @@ def test_cpu_optimizers_are_fused_where_torch_has_the_kernel_and_train_like_the_
 
     fast, fast_params = trained(fast=True)
     _, reference_params = trained(fast=False)
-    assert fast.defaults.get("fused", False) is (name != "rmsprop")
+    assert fast.defaults.get("fused", False) is OPTIMIZERS.get(name).fused
     for a, b in zip(fast_params, reference_params):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 

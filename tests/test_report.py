@@ -155,10 +155,10 @@ def test_a_run_dir_from_before_summary_and_diagnostics_still_gets_a_page(run_dir
 def test_report_has_its_own_help_and_is_listed_among_the_commands(cli) -> None:
     result = cli.command("report", "--help")
     assert result.returncode == 0 and result.err == ""
-    assert result.out.startswith("aetrain report: one page for a run or a sweep") and "Usage:" in result.out
+    assert result.out.startswith("usage: aetrain report <run dir or sweep dir>") and "report.html" in result.out
     assert "aetrain report   one page for a run or a sweep" in cli("--help").out
     flag = cli.command("report", "--open", "x")
-    assert flag.returncode == 2 and flag.err.startswith("aetrain: error: aetrain report takes a run dir or a sweep dir")
+    assert flag.returncode == 2 and flag.err.startswith("aetrain: error: unknown flag --open: aetrain report takes a run dir")
 
 
 @pytest.mark.parametrize("case", ["empty", "foreign", "missing", "a file", "no dir", "two dirs", "an override"])

@@ -19,6 +19,9 @@ from aetrain.errors import CheckpointError, Interrupted
 from aetrain.commands.train import run
 from aetrain.train.engine import Callback, Engine
 from conftest import assert_same_run, metrics_rows, without_timing
+import json
+import shutil
+from conftest import FAST, one_line_error, run_subprocess, snapshot, start
 
 EPOCHS = 3
 
@@ -206,3 +209,211 @@ def test_second_signal_aborts_at_once() -> None:
         assert interrupt.requested
         with pytest.raises(KeyboardInterrupt):
             interrupt.handle(signal.SIGINT)
+
+
+# --- a resume writes into a dir only when it is the checkpoint's own run --------------------------------------------
+
+def test_resuming_a_checkpoint_kept_outside_its_run_dir_leaves_that_folder_alone(finished: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "dl2"
+    (elsewhere / "checkpoints").mkdir(parents=True)
+    shutil.copy(finished / "checkpoints" / "last.pt", elsewhere / "model.pt")
+    (elsewhere / "summary.json").write_text('{"mine": true}\n')
+    (elsewhere / "checkpoints" / "best.pt").write_bytes(b"my own best model")
+    (elsewhere / "metrics.csv").write_text("when,what\n1,2\n")  # not aetrain's: no epoch column
+    (elsewhere / "train.log").write_text("my notes\n")
+    before = snapshot(elsewhere)
+
+    result = run_subprocess("trainer.resume=dl2/model.pt", "trainer.max_epochs=3", *FAST[1:], cwd=tmp_path,
+                            command=("train",))
+    assert result.returncode == 0, result.output
+    assert snapshot(elsewhere) == before  # nothing of the folder the checkpoint was kept in was touched
+    [new] = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]  # a new run dir of its own
+    assert [int(r["epoch"]) for r in metrics_rows(new)] == [3]  # it continues after the checkpoint's epoch 2
+    assert json.loads((new / "summary.json").read_text())["epochs"] == 3
+    assert "not in the run dir it was written in" in result.out
+
+
+def test_a_checkpoint_copied_into_another_runs_checkpoints_folder_does_not_continue_that_run(
+        finished: Path, tmp_path: Path, cli) -> None:
+    other = cli(*FAST, "trainer.max_epochs=1", run_dir=tmp_path / "other")
+    assert other.returncode == 0
+    shutil.copy(finished / "checkpoints" / "last.pt", other.run_dir / "checkpoints" / "theirs.pt")
+    before = snapshot(other.run_dir)
+    result = cli(f"trainer.resume={other.run_dir / 'checkpoints' / 'theirs.pt'}", "trainer.max_epochs=3", *FAST[1:],
+                 run_dir=tmp_path / "continued")
+    assert result.returncode == 0, result.output
+    assert snapshot(other.run_dir) == before
+    assert [int(r["epoch"]) for r in metrics_rows(tmp_path / "continued")] == [3]
+
+
+# --- a resume on other data is refused, naming what differs ---------------------------------------------------------
+
+@pytest.fixture
+def rows_run(tmp_path: Path, cli):
+    """A run on a 200 x 6 .npy of rows (N(0, 1)), and a function that resumes it on other data."""
+    import numpy as np
+
+    rows = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+    np.save(tmp_path / "rows.npy", rows)
+    args = ("data=tensor_file", *FAST[1:], "outputs.plot_every=0")
+    first = cli(*args, f"data.path={tmp_path / 'rows.npy'}", "trainer.max_epochs=1")
+    assert first.returncode == 0, first.output
+
+    def resume(data: np.ndarray | None, *extra: str):
+        path = tmp_path / "other.npy"
+        if data is not None:
+            np.save(path, data)
+        return cli(*args, f"data.path={path}", f"trainer.resume={first.run_dir}", "trainer.max_epochs=2", *extra)
+
+    return rows, resume, first.run_dir
+
+
+def test_resuming_on_more_samples_is_refused_naming_the_counts(rows_run) -> None:
+    import numpy as np
+
+    rows, resume, run_dir = rows_run
+    line = one_line_error(resume(np.concatenate([rows, rows])))
+    assert "the data differs from the checkpoint's" in line and "samples: 400 here, 200 in the checkpoint" in line
+    assert len(metrics_rows(run_dir)) == 1  # nothing was appended
+
+
+def test_resuming_on_other_data_of_the_same_shape_is_refused(rows_run) -> None:
+    rows, resume, run_dir = rows_run
+    line = one_line_error(resume(rows + 100))
+    assert "the data differs from the checkpoint's: content (sha256 " in line and "samples" not in line
+    assert len(metrics_rows(run_dir)) == 1
+
+
+def test_resuming_on_the_same_data_moved_elsewhere_is_accepted(rows_run) -> None:
+    rows, resume, run_dir = rows_run
+    result = resume(rows.copy())
+    assert result.returncode == 0, result.output
+    assert [int(r["epoch"]) for r in metrics_rows(run_dir)] == [1, 2]
+
+
+def test_a_checkpoint_without_a_data_fingerprint_resumes_with_a_warning(rows_run) -> None:
+    rows, resume, run_dir = rows_run
+    last = run_dir / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["data_fingerprint"]  # as written before fingerprints
+    torch.save(ckpt, last)
+    result = resume(rows.copy())
+    assert result.returncode == 0, result.output
+    assert "has no data fingerprint (written before aetrain stored one): only the shape of the samples was checked" \
+        in result.out
+
+
+# --- odd run-dir metadata, and run dirs whose names need quoting ----------------------------------------------------
+
+def test_a_stray_resume_folder_in_hydra_metadata_is_ignored(finished: Path, tmp_path: Path, cli) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    (run_dir / ".hydra" / "resume-old").mkdir()  # a user's backup of an earlier resume, say
+    (run_dir / ".hydra" / "resume-old" / "overrides.yaml").write_text("- model.latent_dim=3\n")
+    result = cli(f"trainer.resume={run_dir}", "trainer.max_epochs=3", run_dir=run_dir)
+    assert result.returncode == 0, result.output
+    assert (run_dir / ".hydra" / "resume-1" / "overrides.yaml").is_file()  # numbered after the numbered ones
+
+
+@pytest.mark.parametrize("content", ["[unclosed", "a: mapping\n", "- [nested, list]\n"])
+def test_a_corrupt_overrides_file_is_one_line_naming_it(finished: Path, tmp_path: Path, cli, content: str) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(content)
+    before = snapshot(run_dir)
+    line = one_line_error(cli(f"trainer.resume={run_dir}", "trainer.max_epochs=3", run_dir=run_dir))
+    assert f"{run_dir / '.hydra' / 'overrides.yaml'}" in line and "not a list of overrides" in line
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("name", ["a,b", "ünï 日本", "it's [x]=1"])
+def test_a_run_dir_whose_name_needs_quoting_resumes_as_typed_and_quoted(tmp_path: Path, name: str) -> None:
+    quoted = "'" + name.replace("'", "\\'") + "'"  # how Hydra's grammar wants it on the command line
+    first = run_subprocess(f"hydra.run.dir={quoted}", *FAST, "trainer.max_epochs=1", "outputs.plot_every=0",
+                           cwd=tmp_path, command=("train",))
+    assert first.returncode == 0, first.output
+    assert (tmp_path / name / "metrics.csv").is_file()
+    unquoted = run_subprocess(f"hydra.run.dir={name}x", *FAST, "trainer.max_epochs=1", "outputs.plot_every=0",
+                              cwd=tmp_path, command=("train",))
+    assert unquoted.returncode == 0 and (tmp_path / f"{name}x" / "metrics.csv").is_file(), unquoted.output
+    for epochs, typed in ((2, name), (3, quoted)):  # the path as the shell passes it, and quoted for Hydra
+        result = run_subprocess(f"trainer.resume={typed}", f"trainer.max_epochs={epochs}", cwd=tmp_path,
+                                command=("train",))
+        assert result.returncode == 0, result.output
+        assert [int(r["epoch"]) for r in metrics_rows(tmp_path / name)] == list(range(1, epochs + 1))
+
+
+# --- a second Ctrl-C after the first: one line, exit 130, the checkpoint intact -------------------------------------
+
+def test_a_second_ctrl_c_during_the_final_table_is_one_line_and_keeps_the_checkpoint(cli, monkeypatch) -> None:
+    import signal
+
+    from aetrain import checkpoint as checkpoints
+    from aetrain.train.outputs.console import EpochLog
+
+    log_epoch = EpochLog.on_epoch_end
+
+    def first_ctrl_c(self, engine, record) -> None:  # what the SIGINT handler does when Ctrl-C is pressed
+        log_epoch(self, engine, record)
+        if record["epoch"] == 1:
+            engine.interrupt.handle(signal.SIGINT)
+
+    def second_ctrl_c(run_dir: Path) -> list[str]:  # the default handler is back once training stopped
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpochLog, "on_epoch_end", first_ctrl_c)
+    monkeypatch.setattr("aetrain.commands.train.final_table", second_ctrl_c)
+    result = cli(*FAST, "outputs.plot_every=0")
+    line = one_line_error(result, code=130)
+    assert line.startswith("aetrain: interrupted by SIGINT after epoch 1") and "saved" in line and "resume with" in line
+    assert checkpoints.load(result.run_dir)["state"]["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_two_real_ctrl_cs_at_any_distance_end_in_one_line_and_a_loadable_checkpoint(tmp_path: Path) -> None:
+    import signal
+
+    from aetrain import checkpoint as checkpoints
+
+    for n, gap in enumerate((0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.2)):  # the last ones: while Python shuts down
+        run_dir = tmp_path / f"run{n}"
+        proc = start(f"hydra.run.dir={run_dir}", "trainer.max_epochs=50", "data.batch_size=32", "trainer.device=cpu",
+                     "model.hidden_dims=[512,512]", cwd=tmp_path)
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.csv").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(gap)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (gap, out, err)
+        assert "Traceback" not in out + err and "Exception ignored" not in err, (gap, err)
+        assert err.count("\n") == 1 and err.startswith("aetrain: interrupted by SIGINT"), (gap, err)
+        checkpoints.load(run_dir)  # the last complete checkpoint, whichever it is
+
+
+def test_the_interrupt_and_the_resume_name_the_same_point_in_the_same_words(cli, monkeypatch) -> None:
+    import signal
+
+    from aetrain.train.engine import Engine
+
+    check = Engine.check_interrupt
+
+    def ctrl_c_at_step_30(self) -> None:  # 12 steps an epoch: inside epoch 3
+        if self.state.step == 30:
+            self.interrupt.handle(signal.SIGINT)
+        check(self)
+
+    monkeypatch.setattr(Engine, "check_interrupt", ctrl_c_at_step_30)
+    stopped = cli(*FAST, "trainer.max_epochs=4", "outputs.plot_every=0")
+    monkeypatch.undo()
+    line = one_line_error(stopped, code=130)
+    point = "in epoch 3 (step 6 of 12), step 30 of the run"
+    assert line.startswith(f"aetrain: interrupted by SIGINT {point}; saved "), line
+    resumed = cli(f"trainer.resume={stopped.run_dir}")
+    assert resumed.returncode == 0, resumed.output
+    assert f"  resume  {point}" in resumed.out.splitlines()
+    assert f"resuming {stopped.run_dir} {point}" in resumed.out
+    assert "from epoch" not in resumed.out

@@ -1,4 +1,5 @@
-"""The package's shape: imports flow one way, cli -> commands -> train / models / data -> config.
+"""The package's shape: imports flow one way, cli -> commands -> train / models / data -> config; only the CLI
+ends the process; the commands after training import no trainer, and the command registry no torch.
 
 Read from the source with `ast` (module-level and function-level imports alike), so a lazy import
 inside a function counts too.
@@ -22,11 +23,12 @@ LAYERS = [
     {"aetrain.checkpoint"},  # reading checkpoints: the model a checkpoint holds
     {"aetrain.models"},
     {"aetrain.data"},
+    {"aetrain.device", "aetrain.drawing"},  # where a command runs, and the drawing every picture shares
     {"aetrain.doctor"},  # the training doctor's rules: torch-free, used by train (live) and commands (doctor)
     {"aetrain.config", "aetrain.rundir", "aetrain.registry", "aetrain.atomic", "aetrain.errors", "aetrain.launch"},
 ]
-HYDRA_FREE = ["aetrain.commands", "aetrain.train", "aetrain.report", "aetrain.checkpoint", "aetrain.models", "aetrain.data",
-              "aetrain.config", "aetrain.rundir", "aetrain.doctor", "aetrain.launch"]
+HYDRA_FREE = ["aetrain.commands", "aetrain.train", "aetrain.report", "aetrain.checkpoint", "aetrain.models",
+              "aetrain.data", "aetrain.config", "aetrain.rundir", "aetrain.doctor", "aetrain.launch"]
 
 
 def module_name(path: Path) -> str:
@@ -111,5 +113,52 @@ def test_load_model_imports_no_trainer_and_no_hydra(tmp_path: Path) -> None:
     code = (f"import sys, aetrain; m = aetrain.load_model({str(run.run_dir)!r}); "
             "print(sorted(n for n in sys.modules if n.startswith(('aetrain.train', 'aetrain.cli', 'aetrain.commands', "
             "'hydra', 'omegaconf', 'matplotlib', 'tensorboard'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_the_commands_after_training_import_no_trainer(trained) -> None:
+    """`aetrain eval|encode|score|export` use a trained model: they resolve devices and draw pictures without the
+    trainer (aetrain.device, aetrain.drawing), so none of them imports an aetrain.train module."""
+    run = trained(*__import__("conftest").FAST)
+    code = ("import sys\nfrom aetrain.cli import main\n"
+            "for args in (['eval', RUN, 'device=cpu', 'probe_samples=0'], ['encode', RUN, 'device=cpu'],\n"
+            "             ['score', RUN, 'device=cpu'], ['export', RUN, 'format=torchscript']):\n"
+            "    try:\n        main(args)\n    except SystemExit as e:\n        assert not e.code, (args, e.code)\n"
+            "print(sorted(n for n in sys.modules if n.startswith('aetrain.train')))\n").replace("RUN", repr(str(run)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
+
+
+def exits(tree: ast.AST) -> list[ast.AST]:
+    """Every `sys.exit(...)`, `os._exit(...)` and `raise SystemExit` in `tree`."""
+    ends = (("sys", "exit"), ("os", "_exit"))
+    found = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and isinstance(n.func.value, ast.Name) and (n.func.value.id, n.func.attr) in ends]
+    return found + [n for n in ast.walk(tree) if isinstance(n, ast.Raise) and "SystemExit" in ast.dump(n)]
+
+
+def test_only_the_cli_ends_the_process() -> None:
+    """Below the CLI, what stops a command is a typed error; the CLI alone turns it into a line and an exit code.
+    The one exception is the process lifecycle's `aetrain.launch.leave`, the quiet exit of a launched process."""
+    wrong = []
+    for path in SRC.joinpath("aetrain").rglob("*.py"):
+        module = module_name(path)
+        if module.startswith("aetrain.cli"):
+            continue
+        tree = ast.parse(path.read_text())
+        leave = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "leave"
+                 and module == "aetrain.launch"]
+        allowed = {id(n) for f in leave for n in exits(f)}
+        wrong += [f"{module}:{n.lineno}" for n in exits(tree) if id(n) not in allowed]
+    assert not wrong, wrong
+
+
+def test_the_command_registry_and_the_help_import_no_torch_and_no_hydra() -> None:
+    """`aetrain --help` lists every command from its registry entry: that costs no torch; Hydra only for train's
+    own keys (they are composed)."""
+    code = ("import sys\nfrom aetrain.commands import COMMANDS\nfrom aetrain.cli.help import command_help\n"
+            "command_help(COMMANDS['eval'], [])\n"
+            "print(sorted({n.split('.')[0] for n in sys.modules if n.split('.')[0] in ('torch', 'hydra')}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out

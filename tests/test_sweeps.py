@@ -12,8 +12,10 @@ import pytest
 from matplotlib.image import imread
 from omegaconf import OmegaConf
 
-from aetrain.cli import sweep
+from aetrain.commands import sweep
+from aetrain.rundir import RunDir
 from conftest import run_subprocess
+from conftest import FAST
 
 # A second or so per job on the digits; pictures and TensorBoard (slow to import) are tested elsewhere.
 TINY = ["trainer.max_epochs=1", "data.batch_size=256", "trainer.device=cpu", "outputs.plot_every=0", "outputs.tensorboard=false"]
@@ -247,7 +249,7 @@ def test_summary_ranks_by_objective_puts_failures_last_and_reads_old_runs(tmp_pa
 
 def test_record_failure_keeps_what_the_run_wrote(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text(json.dumps({"status": "running", "epochs": 4, "best_val_loss": 0.2}))
-    sweep.record_failure(tmp_path, "DivergenceError: loss is nan")
+    RunDir(tmp_path).record_failure("DivergenceError: loss is nan")
     data = json.loads((tmp_path / "summary.json").read_text())
     assert data == {"status": "failed", "error": "DivergenceError: loss is nan", "epochs": 4, "best_val_loss": 0.2}
     result = sweep.read_job(tmp_path)
@@ -267,3 +269,111 @@ def test_a_sweep_across_model_families_runs_each_through_the_same_engine(cli, tm
     assert set(rows) == {"dense_ae", "vae"} and all(r["status"] == "ok" for r in rows.values())
     vae_columns = (Path(rows["vae"]["run_dir"]) / "metrics.csv").read_text().splitlines()[0]
     assert "train/kl" in vae_columns and "val/kl" in vae_columns
+
+
+# --- aetrain sweep <dir>: the summary again, also of a sweep whose sweeper was killed -------------------
+
+def test_aetrain_sweep_summarises_a_sweep_whose_sweeper_was_killed(cli, tmp_path: Path) -> None:
+    d = tmp_path / "sweep"
+    d.mkdir()
+    (d / ".aetrain-sweep").write_text("a sweep started by pid 4242\n")  # the killed sweeper's marker, no summary
+    make_job(d, 0, overrides=("optimizer.lr=0.1",),
+             summary={"status": "ok", "ended": "ok", "best_val_loss": 0.5, "epochs": 3, "wall_time_s": 2.0})
+    make_job(d, 1, overrides=("optimizer.lr=0.01",), summary={"status": "running", "best_val_loss": 0.2, "epochs": 1},
+             metrics=[(0.2, 1.0)])  # its process was killed with the sweeper
+    result = cli.command("sweep", str(d))
+    assert result.returncode == 0, result.output
+    rows = summary_rows(d)
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "failed")]
+    assert rows[1]["error"].startswith("did not finish")
+    assert f"sweep {d}: 1 ok, 1 failed" in result.out and "did not finish" in result.out
+    assert_is_png(d / sweep.OBJECTIVE_PNG) and (d / sweep.CURVES_PNG).is_file()
+
+
+@pytest.mark.parametrize("where, message", [("missing", "no such sweep dir"), ("empty", "not a sweep dir"),
+                                            ("a file", "not a directory; give the sweep dir")])
+def test_aetrain_sweep_on_no_sweep_is_one_line_and_writes_nothing(cli, tmp_path: Path, where: str,
+                                                                   message: str) -> None:
+    target = tmp_path / where
+    if where == "empty":
+        target.mkdir()
+    elif where == "a file":
+        target.write_text("not a sweep\n")
+    result = cli.command("sweep", str(target))
+    assert result.returncode == 2 and result.err.count("\n") == 1 and message in result.err, result.err
+    assert not (tmp_path / where / sweep.SUMMARY_CSV).exists() if target.is_dir() else True
+
+
+# --- the Optuna preset does not search the code width ---------------------------------------------------------------
+
+def test_the_optuna_preset_keeps_the_code_width_out_of_its_search(cli) -> None:
+    result = cli("hparams_search=optuna", "--cfg", "hydra")
+    assert result.returncode == 0, result.err
+    import re
+
+    params = re.search(r"\n    params:\n((?:      .*\n)+)", result.out).group(1)  # hydra.sweeper.params
+    assert "optimizer.lr:" in params and "model.latent_dim" not in params
+
+
+# --- a sweep's validation curves in one picture ---------------------------------------------------------------------
+
+def _job(sweep_dir: Path, job: int, overrides: list[str], val: list[float], status: str = "ok") -> None:
+    run_dir = sweep_dir / str(job)
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    rows = ["epoch,step,train/loss,val/loss,epoch_time_s", *(f"{e},{e},0.5,{v},0.1" for e, v in enumerate(val, 1))]
+    (run_dir / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (run_dir / "summary.json").write_text(json.dumps({"status": status, "best_val_loss": min(val) if status == "ok"
+                                                      else None, "epochs": len(val)}))
+
+
+def _curve_colours(path: Path) -> set[tuple[int, int, int]]:
+    """The saturated colours drawn in a picture (grey, black and white left out)."""
+    from matplotlib.image import imread
+    import numpy as np
+
+    rgb = (imread(path)[..., :3] * 255).astype(int).reshape(-1, 3)
+    saturated = rgb[(rgb.max(1) - rgb.min(1)) > 80]
+    colours, counts = np.unique(saturated // 16, axis=0, return_counts=True)
+    return {tuple(c) for c, n in zip(colours, counts) if n > 40}
+
+
+def test_a_sweep_draws_every_jobs_validation_curve_in_one_picture_named_by_what_varies(tmp_path: Path) -> None:
+    from aetrain.commands import sweep
+
+    for job, lr in enumerate((1e-3, 3e-4, 1e-4)):
+        _job(tmp_path, job, [f"optimizer.lr={lr}", "trainer.max_epochs=20"],
+             [0.1 * (1 + 5 * lr) ** -e + 0.01 * job for e in range(20)])
+    _job(tmp_path, 3, ["optimizer.lr=10", "trainer.max_epochs=20"], [0.5, float("nan")], status="failed")
+    sweep.summarize(tmp_path)
+    picture = tmp_path / "sweep_curves.png"
+    assert picture.is_file()
+    assert len(_curve_colours(picture)) >= 3  # a colour per job that trained
+
+
+def test_the_sweep_curves_of_many_jobs_stay_readable(tmp_path: Path) -> None:
+    import math
+
+    from aetrain.commands import sweep
+
+    for job in range(40):
+        lr, dim = 10 ** (-4 + 2 * (job % 8) / 7), [4, 8, 16, 32, 64][job // 8]
+        _job(tmp_path, job, [f"optimizer.lr={lr:.6g}", f"model.latent_dim={dim}", "trainer.max_epochs=30"],
+             [0.02 + 0.5 * math.exp(-e * lr * 300) / math.sqrt(dim) for e in range(30)])
+    results = sweep.summarize(tmp_path)
+    picture = tmp_path / "sweep_curves.png"
+    legend = sweep.curve_labels(results)
+    assert len(legend) <= 11  # the best ten named, the rest summed up as one entry
+    assert legend[0].startswith(f"job {results[0].job}: ") and legend[-1] == "30 other jobs"
+    from matplotlib.image import imread
+
+    assert imread(picture).shape[1] <= 1400  # legend beside the axes, not a picture the width of a wall
+
+
+@pytest.mark.slow
+def test_a_real_sweep_writes_its_curves_picture(tmp_path: Path) -> None:
+    result = run_subprocess("-m", "hydra.sweep.dir=sweep", "model.latent_dim=3,6", "trainer.max_epochs=3",
+                            "outputs.plot_every=0", "outputs.tensorboard=false", *FAST[1:], cwd=tmp_path,
+                            command=("train",))
+    assert result.returncode == 0, result.output
+    assert (tmp_path / "sweep" / "sweep_curves.png").is_file() and "sweep_curves.png" in result.out

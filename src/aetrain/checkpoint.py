@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,11 +44,13 @@ def resolve(path: str | Path, prefer: tuple[str, ...]) -> Path:
     return p
 
 
-def load(path: str | Path, *, prefer: tuple[str, ...] = (LAST,)) -> dict[str, Any]:
-    """Read a checkpoint file (or a run dir's) safely; every failure is a one-line CheckpointError."""
+def load(path: str | Path, *, prefer: tuple[str, ...] = (LAST,), mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint file (or a run dir's) safely; every failure is a one-line CheckpointError. `mmap`: map
+    the tensors instead of reading them (for a look at the plain data, such as `run_id`)."""
     p = resolve(path, prefer)
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        # torch maps only its zip format; an older or foreign file is read (and refused) as it would be
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(p))
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the global it refused
         if found:  # the file asks to import and call something: that is how pickles run code
@@ -69,6 +72,13 @@ def load(path: str | Path, *, prefer: tuple[str, ...] = (LAST,)) -> dict[str, An
                               f"{version}); upgrade aetrain to read it")
     ckpt["path"] = str(p)
     return ckpt
+
+
+def run_id(path: str | Path) -> str | None:
+    """The id of the run a checkpoint (file or run dir) belongs to, read without reading its tensors (a resume
+    asks it before it loads the checkpoint to continue from); None for a checkpoint from before run ids."""
+    found = load(path, mmap=True).get("run_id")
+    return found if isinstance(found, str) else None
 
 
 def config_of(ckpt: dict[str, Any]) -> Config:

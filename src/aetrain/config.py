@@ -11,19 +11,56 @@ only names its schema, so editing a default here changes the preset, and a key t
 component does not use (`scheduler=step scheduler.patience=3`) is refused when the config is
 composed. Allowed values of choice-valued keys (activation, init, loss, ...) live in the
 registries of the components that use them and are checked when those are built.
+
+**One home for each key's range.** A dataclass declares the range of its own fields in `RANGES`,
+right below them: a check and what is allowed, in words. A subclass inherits the ranges of the
+fields it inherits and declares those of its new fields; a field without a range has none (the
+tests require one for every number), and never borrows another key's of the same name. `validate`
+applies them, then the checks that span several keys. (`RANGES` is a plain class attribute, not a
+field: dataclasses, OmegaConf and checkpoints never see it.) Each field's comment (on its line, or the
+lines right above it) is its documentation: `--help` prints it (`field_comments`).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import json
 import math
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aetrain.errors import ConfigError
+
+Range = tuple[Callable[[Any], bool], str]  # (is the value allowed?, what is allowed, in words)
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
+
+
+def _seed(value: Any) -> bool:
+    return isinstance(value, int) and SEED_RANGE[0] <= value <= SEED_RANGE[1]
+
+
+# ranges many keys share
+AT_LEAST_1: Range = (lambda v: v >= 1, ">= 1")
+AT_LEAST_0: Range = (lambda v: v >= 0, ">= 0")
+POSITIVE: Range = (lambda v: _finite(v) and v > 0.0, "a finite number > 0")
+NON_NEGATIVE: Range = (lambda v: _finite(v) and v >= 0.0, "a finite number >= 0")
+OPEN_UNIT: Range = (lambda v: 0.0 < v < 1.0, "in (0, 1)")
+SEED: Range = (_seed, "an integer in [-2**63, 2**64 - 1]")
+WIDTHS: Range = (lambda v: all(w >= 1 for w in v), "a list of widths >= 1")
+CHANNELS: Range = (lambda v: len(v) >= 1 and all(c >= 1 for c in v), "a non-empty list of widths >= 1")
+ODD: Range = (lambda v: v >= 1 and v % 2 == 1, "an odd number >= 1")
 
 # group -> choice name -> factory of that choice's default config. Filled by `choice` below; the CLI
 # registers every entry with Hydra (`schema/<group>/<name>`), configs/<group>/<name>.yaml names it.
@@ -42,6 +79,17 @@ def choice(group: str, name: str, **defaults: Any) -> Callable[[type], type]:
 
 # --- model ---------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class CodeConstraint:
+    """What keeps a family's code from copying its input (input noise, a sparsity penalty, a KL term): said by the
+    family's config (`ModelConfig.code_constraint`), read by the training doctor and the wide-code warning."""
+
+    what: str  # in words, with its setting: "gaussian input noise (model.noise.level=0.2)"
+    loosen: tuple[str, ...] = ()  # overrides that weaken it, for a run where it switched the whole code off
+    prunes_units: bool = False  # it switches off the code units it does not need by design (a VAE's KL term)
+    blurs: bool = False  # its reconstructions are blurry by design (a VAE's sampled code)
+
+
 @dataclass
 class ModelConfig:
     """What every model family has. Families: configs/model/, `aetrain.models.FAMILIES`."""
@@ -55,6 +103,13 @@ class ModelConfig:
     dropout: float = 0.0  # dropout probability after each hidden layer; 0 = off
     loss: str = "mse"  # reconstruction loss: mse | l1 | bce | smooth_l1 (mean over elements)
 
+    RANGES = {"latent_dim": AT_LEAST_1, "dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)")}
+
+    def code_constraint(self) -> CodeConstraint | None:
+        """What keeps this model's code from copying its input; None: nothing (a plain autoencoder, or a family
+        whose constraint is switched off), so a code as wide as the input can copy it."""
+        return None
+
 
 @choice("model", "dense_ae")
 @dataclass
@@ -64,6 +119,8 @@ class DenseAEConfig(ModelConfig):
     name: str = "dense_ae"
 
     hidden_dims: list[int] = field(default_factory=lambda: [256, 128])  # encoder widths; the decoder mirrors them
+
+    RANGES = {"hidden_dims": WIDTHS}
 
 
 @choice("model", "conv_ae")
@@ -76,6 +133,8 @@ class ConvAEConfig(ModelConfig):
     channels: list[int] = field(default_factory=lambda: [32, 64])  # encoder widths, one stride-2 conv each
     kernel_size: int = 3  # odd kernel size of every conv layer
 
+    RANGES = {"channels": CHANNELS, "kernel_size": ODD}
+
 
 @dataclass
 class BackboneModelConfig(ModelConfig):
@@ -86,6 +145,8 @@ class BackboneModelConfig(ModelConfig):
     channels: list[int] = field(default_factory=lambda: [32, 64])  # backbone=conv: encoder widths, stride 2 each
     kernel_size: int = 3  # backbone=conv: odd kernel size
 
+    RANGES = {"hidden_dims": WIDTHS, "channels": CHANNELS, "kernel_size": ODD}
+
 
 @dataclass
 class NoiseConfig:
@@ -93,6 +154,8 @@ class NoiseConfig:
 
     kind: str = "gaussian"  # gaussian (std `level` in model units) | masking | salt_pepper (a `level` share of entries)
     level: float = 0.2  # gaussian: std; masking / salt_pepper: fraction of entries hit, in [0, 1]
+
+    RANGES = {"level": NON_NEGATIVE}  # and <= 1 for a share of entries (`validate`)
 
 
 @choice("model", "denoising_ae")
@@ -102,7 +165,12 @@ class DenoisingAEConfig(BackboneModelConfig):
 
     name: str = "denoising_ae"
 
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)  # the corruption of the training inputs
+
+    def code_constraint(self) -> CodeConstraint | None:
+        if self.noise.level <= 0:
+            return None
+        return CodeConstraint(f"{self.noise.kind} input noise (model.noise.level={self.noise.level:g})")
 
 
 @dataclass
@@ -113,6 +181,8 @@ class SparsityConfig:
     weight: float = 1e-3  # multiplier of the penalty in the training loss, >= 0
     target: float = 0.05  # kl only: target mean activation rho in (0, 1) of sigmoid(latent)
 
+    RANGES = {"weight": NON_NEGATIVE, "target": OPEN_UNIT}
+
 
 @choice("model", "sparse_ae")
 @dataclass
@@ -121,7 +191,13 @@ class SparseAEConfig(BackboneModelConfig):
 
     name: str = "sparse_ae"
 
-    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)  # the penalty on the code
+
+    def code_constraint(self) -> CodeConstraint | None:
+        if self.sparsity.weight <= 0:
+            return None
+        penalty = f"a {self.sparsity.kind} sparsity penalty (model.sparsity.weight={self.sparsity.weight:g})"
+        return CodeConstraint(penalty, loosen=("model.sparsity.weight=1e-4",))
 
 
 @choice("model", "vae")
@@ -131,9 +207,20 @@ class VAEConfig(BackboneModelConfig):
 
     name: str = "vae"
 
-    loss: str = "auto"  # auto = bce for data in [0, 1] (a Bernoulli decoder), mse otherwise; or mse | l1 | bce | smooth_l1
+    loss: str = "auto"  # auto = bce for data in [0, 1] (a Bernoulli decoder), mse otherwise; or mse | l1 | bce |
+    # smooth_l1
     beta: float = 1.0  # weight of the KL term; 1 = the ELBO, > 1 = beta-VAE, 0 = a plain autoencoder with a noisy code
-    kl_warmup_epochs: float = 10.0  # the KL weight rises linearly from 0 to beta over this many epochs; 0 = from the start
+    kl_warmup_epochs: float = 10.0  # the KL weight rises linearly from 0 to beta over this many epochs; 0 = from the
+    # start
+
+    RANGES = {"beta": NON_NEGATIVE, "kl_warmup_epochs": (
+        lambda v: _finite(v) and v >= 0.0, "a finite number >= 0 (0 = no warm-up)")}
+
+    def code_constraint(self) -> CodeConstraint | None:
+        if self.beta <= 0:  # no KL term: the encoder can make its code exact, a plain autoencoder's
+            return None
+        return CodeConstraint("a sampled code and its KL term", loosen=("model.beta=0.25", "model.kl_warmup_epochs=50"),
+                              prunes_units=True, blurs=True)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -148,6 +235,13 @@ class DataConfig:
     split_seed: int = 0  # seed of the train/val split; fixed apart from trainer.seed so sweeps compare alike
     test_fraction: float = 0.0  # share held out as a test split that training never sees, in [0, 1); 0 = none
     classes: list[int] | None = None  # train on samples with these labels only (labelled data); None = every sample
+
+    RANGES = {
+        "batch_size": AT_LEAST_1, "val_fraction": OPEN_UNIT, "split_seed": SEED,
+        "test_fraction": (lambda v: 0.0 <= v < 1.0, "in [0, 1) (0 = no test split)"),
+        "classes": (lambda v: v is None or (len(v) >= 1 and len(set(v)) == len(v)),
+                    "a non-empty list of distinct labels, or null for every sample"),
+    }
 
 
 choice("data", "digits")(DataConfig)  # scikit-learn's bundled digits: nothing to configure
@@ -181,6 +275,8 @@ class ImageFolderDataConfig(DataConfig):
     grayscale: bool = False  # convert to one channel
     num_workers: int = 2  # DataLoader worker processes; 0 = load in the main process
 
+    RANGES = {"image_size": AT_LEAST_1, "num_workers": AT_LEAST_0}
+
 
 @choice("data", "tensor_file")
 @dataclass
@@ -205,6 +301,8 @@ class OptimizerConfig:
     lr: float = 1e-3  # (peak) learning rate, > 0
     weight_decay: float = 0.0  # L2 (adam, sgd, rmsprop) or decoupled (adamw) decay; 0 = off
 
+    RANGES = {"lr": POSITIVE, "weight_decay": NON_NEGATIVE}
+
 
 @choice("optimizer", "adam")
 @choice("optimizer", "adamw", weight_decay=1e-2)
@@ -216,6 +314,9 @@ class AdamConfig(OptimizerConfig):
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # decay rates of the moment estimates, in [0, 1)
     eps: float = 1e-8  # added to the denominator, > 0
 
+    RANGES = {
+        "betas": (lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two numbers in [0, 1)"), "eps": POSITIVE}
+
 
 @choice("optimizer", "sgd")
 @dataclass
@@ -225,6 +326,8 @@ class SGDConfig(OptimizerConfig):
     momentum: float = 0.9  # 0 = plain SGD
     nesterov: bool = True  # Nesterov momentum (needs momentum > 0)
 
+    RANGES = {"momentum": NON_NEGATIVE}
+
 
 @choice("optimizer", "rmsprop")
 @dataclass
@@ -233,6 +336,8 @@ class RMSpropConfig(OptimizerConfig):
     alpha: float = 0.99  # smoothing constant of the squared-gradient average, in [0, 1)
     eps: float = 1e-8  # added to the denominator, > 0
     momentum: float = 0.0  # 0 = none
+
+    RANGES = {"alpha": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"), "eps": POSITIVE, "momentum": NON_NEGATIVE}
 
 
 # --- scheduler -----------------------------------------------------------------------------------
@@ -252,12 +357,16 @@ class StepSchedulerConfig(SchedulerConfig):
     step_size: int = 30  # epochs between decays
     gamma: float = 0.1  # multiplicative decay every step_size epochs, in (0, 1]
 
+    RANGES = {"step_size": AT_LEAST_1, "gamma": (lambda v: 0.0 < v <= 1.0, "in (0, 1]")}
+
 
 @choice("scheduler", "exponential")
 @dataclass
 class ExponentialSchedulerConfig(SchedulerConfig):
     name: str = "exponential"
     gamma: float = 0.98  # multiplicative decay per epoch, in (0, 1]
+
+    RANGES = {"gamma": (lambda v: 0.0 < v <= 1.0, "in (0, 1]")}
 
 
 @choice("scheduler", "cosine")
@@ -266,6 +375,8 @@ class CosineSchedulerConfig(SchedulerConfig):
     name: str = "cosine"
     warmup_steps: int = 100  # optimizer steps of linear warm-up from lr/warmup_steps to lr; 0 = none
     min_lr: float = 0.0  # the rate at the last optimizer step, in [0, optimizer.lr)
+
+    RANGES = {"warmup_steps": AT_LEAST_0, "min_lr": NON_NEGATIVE}  # and < lr (`validate`)
 
 
 @choice("scheduler", "onecycle")
@@ -276,6 +387,8 @@ class OneCycleSchedulerConfig(SchedulerConfig):
     cycle_momentum: bool = True  # also cycle the momentum (Adam's beta1, SGD/RMSprop momentum) from 0.95 down to 0.85
     # and back, against the rate (torch's OneCycleLR); false = keep the optimizer's own momentum
 
+    RANGES = {"pct_start": OPEN_UNIT}
+
 
 @choice("scheduler", "plateau")
 @dataclass
@@ -283,6 +396,8 @@ class PlateauSchedulerConfig(SchedulerConfig):
     name: str = "plateau"
     factor: float = 0.5  # multiply the rate by this when val/loss stalls, in (0, 1)
     patience: int = 5  # epochs without improvement before decaying, >= 0
+
+    RANGES = {"factor": OPEN_UNIT, "patience": AT_LEAST_0}
 
 
 # --- trainer and outputs -------------------------------------------------------------------------
@@ -298,7 +413,8 @@ class TrainerConfig:
     gradient_clip_algorithm: str = "norm"  # norm | value
     accumulate_grad_batches: int = 1  # micro-batches per optimizer step; 1 = none
     seed: int = 0  # seeds python, numpy and torch; weights, batch order, noise and dropout follow it
-    deterministic: bool = False  # force deterministic kernels (needed for bit-exact CUDA runs); CPU is deterministic anyway
+    deterministic: bool = False  # force deterministic kernels (needed for bit-exact CUDA runs); CPU is deterministic
+    # anyway
     log_every_n_steps: int = 50  # optimizer steps between progress updates (the only host syncs in the loop)
     resume: str | None = None  # a checkpoint file or run dir to continue from; None = start fresh
     init_from: str | None = None  # a run dir (its best.pt, else last.pt) or checkpoint file whose model weights this
@@ -308,12 +424,32 @@ class TrainerConfig:
     early_stopping_patience: int | None = None  # stop after N epochs without a val/loss improvement; None = off
     on_nonfinite: str = "stop"  # a NaN/Inf loss: stop (the run ends with an error) | skip (drop that update)
     compile: bool = False  # torch.compile the model for training and validation; False = eager
-    compile_mode: str = "default"  # with compile=true: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
-    cuda_graphs: str = "auto"  # CUDA: one captured graph per training step: auto (whenever the run allows it; else eager, logged) | true (an error if it cannot) | false (eager)
-    channels_last: bool = True  # conv models: NHWC memory format (measured 25% faster steps on CPU; cuDNN's tensor-core layout); False = NCHW. Dense models ignore it
-    devices: int = 1  # data-parallel processes (DDP, one GPU each on CUDA): 1 = this process alone; N > 1 = launch N; -1 = one per visible GPU. Under torchrun: 1 (or -1, or its --nproc_per_node) takes torchrun's processes
-    replica_check_every_n_steps: int | None = 200  # DDP: compare a checksum of every process's weights every N optimizer steps (and before every checkpoint); None = before checkpoints only. One process: nothing to compare
-    ddp_timeout_s: float = 120.0  # DDP: seconds a process waits for the others at a collective before the run fails (a hung or lost process), > 0
+    compile_mode: str = "default"  # with compile=true: default | reduce-overhead | max-autotune |
+    # max-autotune-no-cudagraphs
+    cuda_graphs: str = "auto"  # CUDA: one captured graph per training step: auto (whenever the run allows it; else
+    # eager, logged) | true (an error if it cannot) | false (eager)
+    channels_last: bool = True  # conv models: NHWC memory format (measured 25% faster steps on CPU; cuDNN's tensor-core
+    # layout); False = NCHW. Dense models ignore it
+    devices: int = 1  # data-parallel processes (DDP, one GPU each on CUDA): 1 = this process alone; N > 1 = launch N;
+    # -1 = one per visible GPU. Under torchrun: 1 (or -1, or its --nproc_per_node) takes torchrun's processes
+    replica_check_every_n_steps: int | None = 200  # DDP: compare a checksum of every process's weights every N
+    # optimizer steps (and before every checkpoint); None = before checkpoints only. One process: nothing to compare
+    ddp_timeout_s: float = 120.0  # DDP: seconds a process waits for the others at a collective before the run fails (a
+    # hung or lost process), > 0
+
+    RANGES = {
+        "max_epochs": AT_LEAST_1, "seed": SEED, "accumulate_grad_batches": AT_LEAST_1,
+        "gradient_clip_val": (lambda v: v is None or (_finite(v) and v > 0), "a finite number > 0, or null for no "
+                              "clipping"),
+        "log_every_n_steps": AT_LEAST_1,
+        "checkpoint_every_n_steps": (lambda v: v is None or v >= 1, ">= 1, or null for once per epoch"),
+        "save_top_k": AT_LEAST_0,
+        "early_stopping_patience": (lambda v: v is None or v >= 1, ">= 1, or null for no early stopping"),
+        "devices": (lambda v: v >= 1 or v == -1, ">= 1, or -1 for one process per visible GPU"),
+        "replica_check_every_n_steps": (lambda v: v is None or v >= 1, ">= 1, or null to check before checkpoints "
+                                        "only"),
+        "ddp_timeout_s": (lambda v: _finite(v) and v > 0, "a finite number of seconds > 0"),
+    }
 
 
 @dataclass
@@ -327,13 +463,22 @@ class OutputsConfig:
     """
 
     plot_every: int = 1  # epochs between redraws of loss_curve.png and the pictures; 0 = no pictures
-    render_budget: float = 0.02  # share of the run's time pictures may take; 0 = first and last epoch only, 1 = no limit
-    num_samples: int = 16  # validation samples in each reconstruction picture (and prior samples), the same ones every epoch
+    render_budget: float = 0.02  # share of the run's time pictures may take; 0 = first and last epoch only, 1 = no
+    # limit
+    num_samples: int = 16  # validation samples in each reconstruction picture (and prior samples), the same ones every
+    # epoch
     sample_seed: int = 0  # picks those samples (a private generator: the run's RNG is untouched)
     grid_zoom_to: int = 32  # pixels: smaller images are enlarged by a whole factor (nearest); 0 = native size
     tensorboard: bool = True  # tensorboard/: scalars every epoch and log interval, pictures when drawn; false = none
     progress: bool = True  # a live progress bar per epoch when stdout is a terminal; false = epoch lines only
-    report: bool = True  # report.html (one self-contained page: aetrain report) at the run's end, and at a sweep's end in the sweep dir; false = none
+    report: bool = True  # report.html, one page to open (aetrain report), at a run's and a sweep's end; false: none
+
+    RANGES = {
+        "plot_every": (lambda v: v >= 0, ">= 0 (0 = no pictures)"),
+        "render_budget": (lambda v: 0.0 <= v <= 1.0, "in [0, 1] (a share of the run's time)"),
+        "num_samples": (lambda v: 1 <= v <= 64, "in 1..64"), "sample_seed": SEED,
+        "grid_zoom_to": (lambda v: v >= 0, ">= 0 (0 = native size)"),
+    }
 
 
 @dataclass
@@ -351,18 +496,21 @@ class DiagnosticsConfig:
     # large dataset's sampling stays cheap; 10 on the digits, where the rules were calibrated)
     every_n_steps: int = 0
 
+    RANGES = {
+        "every_n_steps": (lambda v: v >= 0, ">= 0 (0 = auto; diagnostics.enabled=false turns sampling off)")}
+
 
 @dataclass
 class Config:
     """One training run. The default of each group is its default choice."""
 
-    model: ModelConfig = field(default_factory=DenseAEConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optimizer: OptimizerConfig = field(default_factory=AdamConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    outputs: OutputsConfig = field(default_factory=OutputsConfig)
-    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    model: ModelConfig = field(default_factory=DenseAEConfig)  # the model family and its keys: model=<name>
+    data: DataConfig = field(default_factory=DataConfig)  # the dataset and its keys: data=<name>
+    optimizer: OptimizerConfig = field(default_factory=AdamConfig)  # the optimizer and its keys: optimizer=<name>
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)  # the schedule: scheduler=<name>
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # the engine's knobs
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)  # what a run writes for people to look at
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)  # the training doctor's measurements
 
 
 GROUPS = tuple(CHOICES)  # the sections whose shape depends on their choice
@@ -387,59 +535,25 @@ def _require(ok: bool, key: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r} is out of range: must be {allowed}")
 
 
-def _finite(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+def ranges_of(cls: type) -> dict[str, Range]:
+    """The range of each field of `cls` that has one: those `cls` declares and those its bases declare."""
+    found: dict[str, Range] = {}
+    for klass in reversed(cls.__mro__):
+        found.update(vars(klass).get("RANGES", {}))
+    return found
 
 
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
-
-
-def _seed(value: Any) -> bool:
-    return isinstance(value, int) and SEED_RANGE[0] <= value <= SEED_RANGE[1]
-
-
-def _check(section: Any, prefix: str, rules: dict[str, tuple[Callable[[Any], bool], str]]) -> None:
-    """Apply the range rules of the keys `section` has (a choice has only some of them)."""
-    for key, (ok, allowed) in rules.items():
-        if hasattr(section, key):
-            _require(ok(getattr(section, key)), f"{prefix}.{key}", allowed, getattr(section, key))
-
-
-MODEL_RULES = {
-    "latent_dim": (lambda v: v >= 1, ">= 1"),
-    "hidden_dims": (lambda v: all(w >= 1 for w in v), "a list of widths >= 1"),
-    "channels": (lambda v: len(v) >= 1 and all(c >= 1 for c in v), "a non-empty list of widths >= 1"),
-    "kernel_size": (lambda v: v >= 1 and v % 2 == 1, "an odd number >= 1"),
-    "dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "beta": (lambda v: _finite(v) and v >= 0.0, "a finite number >= 0"),
-    "kl_warmup_epochs": (lambda v: _finite(v) and v >= 0.0, "a finite number >= 0 (0 = no warm-up)"),
-}
-DATA_RULES = {
-    "batch_size": (lambda v: v >= 1, ">= 1"),
-    "val_fraction": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
-    "split_seed": (_seed, "an integer in [-2**63, 2**64 - 1]"),
-    "test_fraction": (lambda v: 0.0 <= v < 1.0, "in [0, 1) (0 = no test split)"),
-    "classes": (lambda v: v is None or (len(v) >= 1 and len(set(v)) == len(v)),
-                "a non-empty list of distinct labels, or null for every sample"),
-    "image_size": (lambda v: v >= 1, ">= 1"),
-    "num_workers": (lambda v: v >= 0, ">= 0"),
-}
-OPTIMIZER_RULES = {
-    "lr": (lambda v: _finite(v) and v > 0.0, "a finite number > 0"),
-    "weight_decay": (lambda v: _finite(v) and v >= 0.0, "a finite number >= 0"),
-    "betas": (lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two numbers in [0, 1)"),
-    "eps": (lambda v: _finite(v) and v > 0.0, "a finite number > 0"),
-    "momentum": (lambda v: _finite(v) and v >= 0.0, "a finite number >= 0"),
-    "alpha": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-}
-SCHEDULER_RULES = {
-    "step_size": (lambda v: v >= 1, ">= 1"),
-    "gamma": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
-    "warmup_steps": (lambda v: v >= 0, ">= 0"),
-    "pct_start": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
-    "factor": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
-    "patience": (lambda v: v >= 0, ">= 0"),
-}
+def check_ranges(section: Any, prefix: str) -> None:
+    """Every field of `section` (a config dataclass) within the range its class declares, nested sections too;
+    ConfigError naming the first key that is not (`<prefix>.<key>=<value> is out of range: must be ...`)."""
+    ranges = ranges_of(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{prefix}.{f.name}")
+        elif f.name in ranges:
+            ok, allowed = ranges[f.name]
+            _require(ok(value), f"{prefix}.{f.name}", allowed, value)
 
 
 def validate(cfg: Config) -> None:
@@ -450,25 +564,19 @@ def validate(cfg: Config) -> None:
         if type(section) is not expected:  # `optimizer.name=sgd` under optimizer=adam: the keys would be adam's
             raise ConfigError(f"{group}.name={section.name!r} does not match the {group} keys given; choose it with "
                               f"{group}={section.name}")
-    m, o, s, t, u = cfg.model, cfg.optimizer, cfg.scheduler, cfg.trainer, cfg.outputs
-    _check(m, "model", MODEL_RULES)
+    m, o, s = cfg.model, cfg.optimizer, cfg.scheduler
+    check_ranges(m, "model")
     validate_data(cfg.data)
-    _check(o, "optimizer", OPTIMIZER_RULES)
-    _check(s, "scheduler", SCHEDULER_RULES)
+    check_ranges(o, "optimizer")
+    check_ranges(s, "scheduler")
     if isinstance(m, BackboneModelConfig):
         _check_backbone_keys(m)
-    if isinstance(m, DenoisingAEConfig):
-        level_max = math.inf if m.noise.kind == "gaussian" else 1.0
-        _require(_finite(m.noise.level) and 0.0 <= m.noise.level <= level_max, "model.noise.level",
-                 "a finite number >= 0" + ("" if level_max == math.inf else f" and <= 1 for {m.noise.kind} noise"),
+    if isinstance(m, DenoisingAEConfig) and m.noise.kind != "gaussian":
+        _require(m.noise.level <= 1.0, "model.noise.level", f"a finite number >= 0 and <= 1 for {m.noise.kind} noise",
                  m.noise.level)
-    if isinstance(m, SparseAEConfig):
-        _require(_finite(m.sparsity.weight) and m.sparsity.weight >= 0.0, "model.sparsity.weight",
-                 "a finite number >= 0", m.sparsity.weight)
-        _require(0.0 < m.sparsity.target < 1.0, "model.sparsity.target", "in (0, 1)", m.sparsity.target)
-        if m.sparsity.kind != "kl" and m.sparsity.target != SparsityConfig().target:
-            raise ConfigError(f"model.sparsity.target={m.sparsity.target!r} is used by model.sparsity.kind=kl only; "
-                              f"this model has model.sparsity.kind={m.sparsity.kind}")
+    if isinstance(m, SparseAEConfig) and m.sparsity.kind != "kl" and m.sparsity.target != SparsityConfig().target:
+        raise ConfigError(f"model.sparsity.target={m.sparsity.target!r} is used by model.sparsity.kind=kl only; "
+                          f"this model has model.sparsity.kind={m.sparsity.kind}")
     if isinstance(o, SGDConfig):
         _require(not o.nesterov or o.momentum > 0.0, "optimizer.nesterov", "false unless optimizer.momentum > 0",
                  o.nesterov)
@@ -482,35 +590,11 @@ def validate(cfg: Config) -> None:
                           f"data.batch_size={cfg.data.batch_size} gives it one sample); raise it or set "
                           "model.batch_norm=false")
 
-    _require(_seed(t.seed), "trainer.seed", "an integer in [-2**63, 2**64 - 1]", t.seed)
-    _require(t.max_epochs >= 1, "trainer.max_epochs", ">= 1", t.max_epochs)
-    _require(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", ">= 1", t.accumulate_grad_batches)
-    _require(t.gradient_clip_val is None or (_finite(t.gradient_clip_val) and t.gradient_clip_val > 0),
-             "trainer.gradient_clip_val", "a finite number > 0, or null for no clipping", t.gradient_clip_val)
-    _require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", ">= 1", t.log_every_n_steps)
-    _require(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps",
-             ">= 1, or null for once per epoch", t.checkpoint_every_n_steps)
-    _require(t.save_top_k >= 0, "trainer.save_top_k", ">= 0", t.save_top_k)
-    if not t.compile and t.compile_mode != "default":  # it would be silently ignored
-        raise ConfigError(f"trainer.compile_mode={t.compile_mode!r} is used only with trainer.compile=true")
-    _require(t.early_stopping_patience is None or t.early_stopping_patience >= 1, "trainer.early_stopping_patience",
-             ">= 1, or null for no early stopping", t.early_stopping_patience)
-    _require(t.devices >= 1 or t.devices == -1, "trainer.devices", ">= 1, or -1 for one process per visible GPU",
-             t.devices)
-    _require(t.replica_check_every_n_steps is None or t.replica_check_every_n_steps >= 1,
-             "trainer.replica_check_every_n_steps", ">= 1, or null to check before checkpoints only",
-             t.replica_check_every_n_steps)
-    _require(_finite(t.ddp_timeout_s) and t.ddp_timeout_s > 0, "trainer.ddp_timeout_s", "a finite number of seconds > 0",
-             t.ddp_timeout_s)
-
-    _require(u.plot_every >= 0, "outputs.plot_every", ">= 0 (0 = no pictures)", u.plot_every)
-    _require(0.0 <= u.render_budget <= 1.0, "outputs.render_budget", "in [0, 1] (a share of the run's time)",
-             u.render_budget)
-    _require(1 <= u.num_samples <= 64, "outputs.num_samples", "in 1..64", u.num_samples)
-    _require(_seed(u.sample_seed), "outputs.sample_seed", "an integer in [-2**63, 2**64 - 1]", u.sample_seed)
-    _require(u.grid_zoom_to >= 0, "outputs.grid_zoom_to", ">= 0 (0 = native size)", u.grid_zoom_to)
-    _require(cfg.diagnostics.every_n_steps >= 0, "diagnostics.every_n_steps", ">= 0 (0 = auto; "
-             "diagnostics.enabled=false turns sampling off)", cfg.diagnostics.every_n_steps)
+    check_ranges(cfg.trainer, "trainer")
+    if not cfg.trainer.compile and cfg.trainer.compile_mode != "default":  # it would be silently ignored
+        raise ConfigError(f"trainer.compile_mode={cfg.trainer.compile_mode!r} is used only with trainer.compile=true")
+    check_ranges(cfg.outputs, "outputs")
+    check_ranges(cfg.diagnostics, "diagnostics")
 
 
 def _check_cycled_momentum(o: OptimizerConfig) -> None:
@@ -526,7 +610,7 @@ def _check_cycled_momentum(o: OptimizerConfig) -> None:
 
 def validate_data(data: DataConfig) -> None:
     """The data section's ranges (training and every command that takes data overrides)."""
-    _check(data, "data", DATA_RULES)
+    check_ranges(data, "data")
     _require(data.val_fraction + data.test_fraction < 1.0, "data.test_fraction",
              f"below 1 - data.val_fraction = {1.0 - data.val_fraction:g} (training needs samples)", data.test_fraction)
 
@@ -585,6 +669,7 @@ def _update(obj: Any, data: dict[str, Any]) -> Any:
 # section is the run's own (from its checkpoint) unless data=<name> or data.<key>=<value> is given.
 
 SPLITS = ("auto", "train", "val", "test", "all")  # which samples a command works on; auto is each command's own
+SPLIT: Range = (lambda v: v in SPLITS, f"one of: {', '.join(SPLITS)}")
 
 
 @dataclass
@@ -597,6 +682,9 @@ class EvalConfig:
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
     out: str | None = None  # the folder to write into; null = <run dir>/eval
 
+    RANGES = {"split": SPLIT, "num_worst": (lambda v: 1 <= v <= 64, "in 1..64"),
+              "probe_samples": (lambda v: v >= 0, ">= 0 (0 = no probes)")}
+
 
 @dataclass
 class EncodeConfig:
@@ -608,17 +696,28 @@ class EncodeConfig:
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
     out: str | None = None  # the folder to write into; null = <run dir>/encode
 
+    RANGES = {
+        "split": SPLIT, "map": (lambda v: v in ("auto", "pca", "tsne"), "one of: auto, pca, tsne"),
+        "map_samples": (lambda v: v >= 2, ">= 2")}
+
 
 @dataclass
 class ScoreConfig:
     """`aetrain score`: reconstruction error as an anomaly score, with a threshold and, given labels, AUROC."""
 
-    split: str = "auto"  # auto (the run's test split, else its validation split, plus every sample of a class not trained on; every sample of data given here) | train | val | test | all
+    split: str = "auto"  # auto (the run's test split, else its validation split, plus every sample of a class not
+    # trained on; every sample of data given here) | train | val | test | all
     quantile: float = 0.99  # threshold = this quantile of the errors on the run's validation split, in (0, 1]
     normal_classes: list[int] | None = None  # labels that are normal for AUROC and AP; null = the classes trained on
-    seed: int = 0  # IsolationForest's random_state
+    seed: int = 0  # IsolationForest's random_state, in [0, 2**32 - 1]
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
     out: str | None = None  # the folder to write into; null = <run dir>/score
+
+    RANGES = {
+        "split": SPLIT, "quantile": (lambda v: _finite(v) and 0.0 < v <= 1.0, "in (0, 1]"),
+        "normal_classes": (lambda v: v is None or (len(v) >= 1 and len(set(v)) == len(v)),
+                           "a non-empty list of distinct labels, or null for the classes trained on"),
+        "seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1] (what IsolationForest takes)")}
 
 
 @dataclass
@@ -626,26 +725,101 @@ class ExportConfig:
     """`aetrain export`: the model, its encoder and its decoder for inference outside aetrain, checked."""
 
     format: str = "onnx"  # onnx | torchscript | exported_program
-    check_samples: int = 64  # real samples (the run's validation split, or data given here) to check the export on, >= 1
-    tolerance: float = 1e-4  # largest difference from PyTorch allowed, in model units (a fraction of data.scale); above = the export fails
+    check_samples: int = 64  # real samples (the run's validation split, or data given here) to check the export on, >=
+    # 1
+    tolerance: float = 1e-4  # largest difference from PyTorch allowed, in model units (a fraction of data.scale); above
+    # = the export fails
     out: str | None = None  # the folder to write into; null = <run dir>/export
 
+    RANGES = {
+        "format": (lambda v: v in ("onnx", "torchscript", "exported_program"),
+                   "one of: onnx, torchscript, exported_program"),
+        "check_samples": AT_LEAST_1, "tolerance": POSITIVE}
 
-COMMAND_RULES = {
-    "split": (lambda v: v in SPLITS, f"one of: {', '.join(SPLITS)}"),
-    "num_worst": (lambda v: 1 <= v <= 64, "in 1..64"),
-    "probe_samples": (lambda v: v >= 0, ">= 0 (0 = no probes)"),
-    "map": (lambda v: v in ("auto", "pca", "tsne"), "one of: auto, pca, tsne"),
-    "map_samples": (lambda v: v >= 2, ">= 2"),
-    "quantile": (lambda v: _finite(v) and 0.0 < v <= 1.0, "in (0, 1]"),
-    "normal_classes": (lambda v: v is None or (len(v) >= 1 and len(set(v)) == len(v)),
-                       "a non-empty list of distinct labels, or null for the classes trained on"),
-    "format": (lambda v: v in ("onnx", "torchscript", "exported_program"), "one of: onnx, torchscript, exported_program"),
-    "check_samples": (lambda v: v >= 1, ">= 1"),
-    "tolerance": (lambda v: _finite(v) and v > 0.0, "a finite number > 0"),
-}
+
+@dataclass
+class LRFindConfig:
+    """`aetrain lr_find`: the learning-rate range test's own settings (`lr_find.num_steps=200 ...`)."""
+
+    min_lr: float = 1e-7  # the learning rate of the first step, > 0
+    max_lr: float = 1.0  # the learning rate of the last step, > min_lr
+    num_steps: int = 100  # optimizer steps over which the rate rises exponentially, >= 20
+    divergence: float = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum, > 1
+
+    RANGES = {
+        "min_lr": POSITIVE, "max_lr": POSITIVE, "num_steps": (lambda v: v >= 20, ">= 20"),
+        "divergence": (lambda v: _finite(v) and v > 1, "a finite number > 1")}
 
 
 def validate_command(name: str, section: Any) -> None:
-    """Check a command's own section (`name` is its prefix on the command line: eval, encode, ...)."""
-    _check(section, name, COMMAND_RULES)
+    """Check a command's own section (`name` is its prefix on the command line: eval, encode, lr_find, ...)."""
+    check_ranges(section, name)
+    if isinstance(section, LRFindConfig):
+        _require(section.max_lr > section.min_lr, "lr_find.max_lr", f"a finite number > lr_find.min_lr="
+                 f"{section.min_lr:g}", section.max_lr)
+
+
+# --- documentation ---------------------------------------------------------------------------------
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment, from the source of the dataclass that declares it (a subclass's own first): the
+    comment on the field's line, continued by the comment lines right below it (unless they stand right above a
+    field without a comment of its own: then they are that field's); or, for a field whose line has none, the
+    comment lines right above it. A field redeclared without a comment keeps its base's. Fields without any are
+    missing from the result (tests keep every field documented)."""
+    found: dict[str, str] = {}
+    for klass in cls.__mro__:
+        if dataclasses.is_dataclass(klass):
+            for name, comment in _module_comments(klass.__module__).get(klass.__qualname__, {}).items():
+                found.setdefault(name, comment)
+    return found
+
+
+@functools.cache
+def _module_comments(module: str) -> dict[str, dict[str, str]]:
+    """class qualname -> field -> comment, for every class of `module` (its source read and tokenized once)."""
+    try:
+        source = inspect.getsource(sys.modules[module])
+    except (KeyError, OSError, TypeError):  # no source shipped: keys and defaults only
+        return {}
+    lines = source.splitlines()
+    out: dict[str, dict[str, str]] = {}
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                out[prefix + node.name] = _field_comments(node, lines)
+                visit(node.body, f"{prefix}{node.name}.")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                visit(node.body, f"{prefix}{node.name}.<locals>.")
+
+    visit(ast.parse(source).body, "")
+    return out
+
+
+def _field_comments(cls: ast.ClassDef, lines: list[str]) -> dict[str, str]:
+    def comment(i: int) -> str | None:  # the text of line i when it is a comment line
+        text = lines[i].strip() if 0 <= i < len(lines) else ""
+        return text.lstrip("#").strip() if text.startswith("#") else None
+
+    fields = [node for node in cls.body if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)]
+    trailing = {node.end_lineno - 1: lines[node.end_lineno - 1][node.end_col_offset:].strip() for node in fields}
+    found = {}
+    for node in fields:
+        first, last = node.lineno - 1, node.end_lineno - 1
+        text = []
+        if trailing[last].startswith("#"):  # on the field's line (after its code), and the comment lines below
+            text.append(trailing[last].lstrip("#").strip())
+            below = last + 1
+            while comment(below) is not None:
+                below += 1
+            if not (below in trailing and not trailing[below].startswith("#")):  # unless they are above (and so
+                text += [comment(i) for i in range(last + 1, below)]  # belong to) a field without a comment of its own
+        else:  # above the field
+            above = first - 1
+            while comment(above) is not None:
+                above -= 1
+            text = [comment(i) for i in range(above + 1, first)]
+        if text:
+            found[node.target.id] = " ".join(text)
+    return found

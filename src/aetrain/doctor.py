@@ -24,13 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aetrain.config import Config, DenoisingAEConfig, SparseAEConfig, VAEConfig, default_choice
+from aetrain.config import CodeConstraint, Config, default_choice
+from aetrain.rundir import Status
 
 # --- findings --------------------------------------------------------------------------------------
-
-CODES = ("lr_too_high", "exploding_gradients", "vanishing_gradients", "dead_units", "saturated_units",
-         "lr_too_low", "identity_mapping", "unused_code_units", "blurry_reconstructions", "overfitting")
-
 
 @dataclass
 class Finding:
@@ -70,7 +67,7 @@ class Facts:
     image: bool | None = None  # None when unknown
     activation: str = "relu"
     loss: str = "mse"
-    regulariser: str | None = None  # what keeps the code from copying the input: denoising noise, sparsity, KL
+    constraint: CodeConstraint | None = None  # what keeps the code from copying the input (the family says)
     optimizer: str = "adam"
     lr: float = math.nan
     default_lr: float = math.nan  # the optimizer choice's default learning rate
@@ -79,16 +76,9 @@ class Facts:
     @classmethod
     def of(cls, cfg: Config, shape: tuple[int, ...] | None = None) -> Facts:
         m = cfg.model
-        regulariser = None
-        if isinstance(m, DenoisingAEConfig) and m.noise.level > 0:
-            regulariser = f"{m.noise.kind} input noise (model.noise.level={m.noise.level:g})"
-        elif isinstance(m, SparseAEConfig) and m.sparsity.weight > 0:
-            regulariser = f"a {m.sparsity.kind} sparsity penalty (model.sparsity.weight={m.sparsity.weight:g})"
-        elif isinstance(m, VAEConfig):
-            regulariser = "a sampled code and its KL term"
         return cls(model=m.name, latent_dim=m.latent_dim, input_size=math.prod(shape) if shape else None,
                    image=None if shape is None else len(shape) == 3, activation=m.activation, loss=m.loss,
-                   regulariser=regulariser, optimizer=cfg.optimizer.name, lr=cfg.optimizer.lr,
+                   constraint=m.code_constraint(), optimizer=cfg.optimizer.name, lr=cfg.optimizer.lr,
                    default_lr=default_choice("optimizer", cfg.optimizer.name).lr, max_epochs=cfg.trainer.max_epochs)
 
 
@@ -99,7 +89,7 @@ class Trace:
     epochs: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch, in order
     steps: dict[int, dict[int, dict[str, dict[str, Any]]]] = field(default_factory=dict)  # epoch -> step -> layer -> row
     checks: dict[int, dict[str, Any]] = field(default_factory=dict)  # epoch -> the reconstruction check's row
-    status: str | None = None  # how the run ended: ok | stopped_early | interrupted | diverged | failed; None = running
+    status: Status | None = None  # how the run ended; None = running
     failed_epoch: int | None = None  # the epoch under way when it diverged or failed
     first_grads: dict[str, float] = field(default_factory=dict)  # each layer's gradient norm in the first sampled epoch
     first_epoch_sampled: int | None = None
@@ -391,21 +381,17 @@ def unused_code_units(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
     evidence = {"unused_units": units_, "latent_dim": width, "largest_effect": float(f"{max(effects):.3g}"),
                 "threshold": UNUSED_EFFECT}
     if len(units_) == width:  # the decoder ignores the code: a narrower code would not help
-        if facts.regulariser is None and _holds(trace, facts, epoch, vanishing_gradients, dead_units, saturated_units,
-                                                lr_too_low, lr_too_high):
+        constraint = facts.constraint
+        if constraint is None and _holds(trace, facts, epoch, vanishing_gradients, dead_units, saturated_units,
+                                         lr_too_low, lr_too_high):
             return None  # a symptom of that finding, whose suggestion is the fix
-        if facts.model == "vae":
-            fix = ["model.beta=0.25", "model.kl_warmup_epochs=50"]
-        elif facts.model == "sparse_ae":
-            fix = ["model.sparsity.weight=1e-4"]
-        else:
-            fix = ["aetrain lr_find", "model.init=kaiming_normal model.batch_norm=true"]
+        fix = list(constraint.loosen) if constraint is not None and constraint.loosen else \
+            ["aetrain lr_find", "model.init=kaiming_normal model.batch_norm=true"]
         return Finding("unused_code_units", ["code"], [epoch], evidence, fix,
                        f"all {width} code units are ignored: shuffling any of them changes the reconstructions by "
                        f"less than {UNUSED_EFFECT:g} of the data's variance, so the decoder draws the same picture "
-                       f"for every input" + (f" ({facts.regulariser} switched the code off)" if facts.regulariser
-                                             else ""))
-    if facts.model == "vae":  # its KL term switches off the units it does not need: by design (active units)
+                       f"for every input" + (f" ({constraint.what} switched the code off)" if constraint else ""))
+    if facts.constraint is not None and facts.constraint.prunes_units:  # by design (a VAE's active units)
         return None
     return Finding("unused_code_units", ["code"], [epoch], evidence, [f"model.latent_dim={width - len(units_)}"],
                    f"{len(units_)} of {width} code units carry nothing (shuffling one changes the reconstructions by "
@@ -425,7 +411,7 @@ IDENTITY_NOISE_ERROR = 0.5
 
 
 def identity_mapping(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
-    if facts.regulariser is not None:
+    if facts.constraint is not None:
         return None
     narrower = f"model.latent_dim={max(1, (facts.input_size or 4 * (facts.latent_dim or 1)) // 4)}"
     suggestion = [narrower, "model=denoising_ae", "model=sparse_ae"]
@@ -463,7 +449,7 @@ PLATEAU_EPOCHS = 20
 
 def blurry_reconstructions(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
     checks = [e for e in sorted(trace.checks) if e <= epoch][-SUSTAINED_EPOCHS:]
-    if not facts.image or facts.model == "vae" or len(checks) < SUSTAINED_EPOCHS or checks[-1] != epoch \
+    if not facts.image or (facts.constraint is not None and facts.constraint.blurs) or len(checks) < SUSTAINED_EPOCHS or checks[-1] != epoch \
             or epoch <= PLATEAU_EPOCHS:
         return None
     hf = statistics.median(_num(trace.checks[e].get("hf_ratio")) for e in checks)
@@ -606,9 +592,12 @@ def lr_too_low(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
                       if "update_ratio" in evidence else ""))
 
 
+# Every rule, in the report's order. A rule is named after the finding it makes: the finding codes (CODES, which
+# `aetrain doctor --help` lists) are its names, so a new rule is one function and its entry here.
 RULES: tuple[Callable[[Trace, Facts, int], Finding | None], ...] = (
     lr_too_high, exploding_gradients, vanishing_gradients, dead_units, saturated_units, lr_too_low,
     identity_mapping, unused_code_units, blurry_reconstructions, overfitting)
+CODES = tuple(rule.__name__ for rule in RULES)
 
 
 def diagnose(trace: Trace, facts: Facts, *, at: int | None = None) -> list[Finding]:

@@ -1,7 +1,8 @@
 """User-facing errors.
 
-Anything a user can cause by what they type or point at raises an `AetrainError`. The CLI prints
-its message as one line and exits non-zero; anything else is a bug and keeps its traceback.
+Anything a user can cause by what they type or point at raises an `AetrainError`. Nothing below
+the CLI exits the process: the CLI alone turns an `AetrainError` into its one line and its exit
+code (`exit_code`); anything else is a bug and keeps its traceback.
 """
 
 
@@ -9,6 +10,8 @@ class AetrainError(Exception):
     """A problem the user can fix; the message names the key and what is allowed."""
 
     exit_code = 2  # the CLI's exit status: 2 = the command itself was wrong
+    label = "error"  # the CLI's line reads `aetrain: <label>: <message>`; "" for an outcome that is no error
+    reported = False  # True: already said (by the processes of a data-parallel run): the CLI adds no line
 
 
 class ConfigError(AetrainError):
@@ -32,9 +35,13 @@ class DivergenceError(AetrainError):
 class Interrupted(AetrainError):
     """SIGINT or SIGTERM stopped the run after it saved a checkpoint to resume from."""
 
-    def __init__(self, message: str, signum: int) -> None:
+    label = ""  # `aetrain: interrupted by SIGINT ...`: what the user asked for, not an error
+
+    def __init__(self, message: str, signum: int, *, reported: bool = False) -> None:
         super().__init__(message)
+        self.signum = signum
         self.exit_code = 128 + signum  # the shell's convention for "ended by signal N"
+        self.reported = reported
 
 
 class WriteError(AetrainError):
@@ -62,3 +69,22 @@ class ProcessLost(AetrainError):
     """Another process of a data-parallel run died, hung, or could not be reached."""
 
     exit_code = 1
+
+
+class ProcessesFailed(AetrainError):
+    """A process of a data-parallel run failed: another process could not start (its error, as that process
+    reported it), or processes aetrain launched ended with an error or a signal (`exit_codes` by rank; negative:
+    ended by that signal)."""
+
+    def __init__(self, message: str, exit_code: int, *, exit_codes: dict[int, int] | None = None,
+                 reported: bool = False) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.exit_codes = exit_codes or {}
+        self.reported = reported
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message as one line (its lines joined), or its type's name when it has none."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(error).__name__

@@ -1,24 +1,44 @@
-"""A run directory's files: their names, and readers of metrics.csv and summary.json.
+"""A run directory: its files' names, readers of metrics.csv and summary.json, and its lifecycle (`RunDir`).
 
 Torch-free and Hydra-free, so sweeps, resume, the outputs and every command share one spelling
-of each file name and one parser of each file. What a run writes is described in the README
-("What a run writes"); the writers live in `aetrain.train` and `aetrain.train.outputs`.
+of each file name, one parser of each file, and one way to make, hold and close a run dir,
+whether the CLI, a sweep's launcher or a Python script asks. What a run writes is described in
+the README ("What a run writes"); the writers of metrics and pictures live in `aetrain.train`.
+
+A run dir's life (each step exists once, here):
+- `RunDir.allocate(base)`: a new dir, `base` or `base_2`, `base_3`... (created atomically, so two
+  runs started in the same second get a dir each); or `RunDir(path)` for a dir the user named;
+- `claimed()`: this process holds it while it trains (a second process is refused);
+- `refuse_taken()`: a fresh run never writes over what another run left there;
+- `record(invocation)`: the composed config and the overrides typed, as text in .hydra/ (a
+  resumed run adds .hydra/resume-N/), read back by `saved_overrides()` and `config()`;
+- `write_summary()`: summary.json, atomically; its `status` and `ended` say a `Status`;
+- `record_failure(error)`: a run (a sweep's job) that failed says why in summary.json;
+- `release()`: a run that ended before writing anything leaves no dir behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
+import itertools
 import json
 import math
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from aetrain.atomic import write_atomic
 from aetrain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aetrain.config import Config
 
 try:
     import fcntl
@@ -46,7 +66,7 @@ SCORE_FILES = ("metrics.json", "scores.csv", "roc.png", "scores.png")
 EXPORT = "export"  # aetrain export: <part>.onnx | <part>.torchscript.pt | <part>.pt2 for each part, and:
 EXPORT_PARTS = ("model", "encoder", "decoder")
 EXPORT_INFO = "export.json"  # inputs, outputs, units and the check's differences
-LOCK = ".aetrain.lock"  # held by the process training into the run dir (see `claimed`); removed when it ends
+LOCK = ".aetrain.lock"  # held by the process training into the run dir (see `RunDir.claimed`); removed when it ends
 DIAGNOSTICS = "diagnostics.csv"  # the training doctor's per-layer statistics, one row per layer per sampled step
 DOCTOR = "doctor.json"  # `aetrain doctor`'s findings
 DIAGNOSTICS_PLOT = "diagnostics.png"  # `aetrain doctor`'s per-layer picture
@@ -97,8 +117,9 @@ def own_run_dir(path: str | Path, run_id: Any) -> Path | None:
     `<dir>` is the checkpoint's own run when the checkpoint is `<dir>/checkpoints/<name>.pt` (or `<dir>`
     itself was given) and `<dir>/summary.json` names the run the checkpoint belongs to (`run_id`). A
     checkpoint from before run ids (run_id None) belongs to such a `<dir>` when it has `.hydra/config.yaml`
-    and a summary.json without a run id (run_id not a string counts as None). Anything else (a copy kept in a folder of one's own, or put
-    into another run's checkpoints/) is not in its run dir: continuing it must not write there.
+    and a summary.json without a run id (run_id not a string counts as None). Anything else (a copy kept in a
+    folder of one's own, or put into another run's checkpoints/) is not in its run dir: continuing it must not
+    write there.
     """
     p = Path(path)
     if not p.is_dir() and p.parent.name != CHECKPOINTS:
@@ -191,6 +212,69 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+class Status(str, Enum):
+    """How a run stands or ended: one vocabulary for the engine, summary.json, the sweep table and the doctor."""
+
+    RUNNING = "running"  # training, or killed without a word (nothing else wrote the end)
+    OK = "ok"  # trained to trainer.max_epochs
+    STOPPED_EARLY = "stopped_early"  # early stopping ended it: a result like ok
+    INTERRUPTED = "interrupted"  # a signal stopped it after it saved last.pt: resume it
+    DIVERGED = "diverged"  # a non-finite loss stopped it
+    FAILED = "failed"  # an error stopped it, or it failed before training started
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def is_result(self) -> bool:
+        """The run finished and its numbers are a result."""
+        return self in (Status.OK, Status.STOPPED_EARLY)
+
+    @property
+    def outcome(self) -> str:
+        """summary.json's `status`: running | ok | failed (its `ended` holds the status itself)."""
+        return "running" if self is Status.RUNNING else "ok" if self.is_result else "failed"
+
+    @classmethod
+    def of(cls, summary: dict[str, Any]) -> Status | None:
+        """The status a summary.json says; None when it says none. Its `ended`, unless its `status` says failed
+        over a result (a failure recorded after the run ended); without `ended` (written before it existed, or
+        by a job that failed before training), its `status`: ok, failed or running."""
+        ended = summary.get("ended")
+        status = cls._parse(ended) if isinstance(ended, str) else None
+        coarse = summary.get("status")
+        if coarse == "failed" and (status is None or status.is_result):
+            return cls.FAILED
+        return status or (cls._parse(coarse) if coarse in ("ok", "failed", "running") else None)
+
+    @classmethod
+    def _parse(cls, value: str) -> Status | None:
+        try:
+            return cls(value)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What was run, as text for the run dir's .hydra/: the composed config (YAML), the overrides as typed, and
+    Hydra's own config (YAML) when Hydra composed it."""
+
+    config_yaml: str
+    overrides: tuple[str, ...] = ()
+    hydra_yaml: str | None = None
+
+    @classmethod
+    def of(cls, cfg: Config, overrides: tuple[str, ...] = ()) -> Invocation:
+        """What was run, from a typed config (a run started from Python, not composed by Hydra)."""
+        import yaml
+
+        return cls(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True), tuple(overrides))
+
+
 class RunDirTaken(ConfigError):
     """The run dir holds another run, or another live process is training into it: nothing may be written there."""
 
@@ -199,57 +283,263 @@ class RunDirInUse(RunDirTaken):
     """Another live process is training into the run dir."""
 
 
-@contextlib.contextmanager
-def claimed(run_dir: Path) -> Iterator[None]:
-    """Hold `run_dir` for this process while the block runs: a second aetrain process asking for the same
-    dir meanwhile gets RunDirInUse, naming the holder.
-
-    The claim is an exclusive `flock` on run_dir/.aetrain.lock, which the file then names (pid, host,
-    since when). The kernel drops a flock when its process ends, however it ends (kill -9, out of memory),
-    so a lock file a killed run left behind never blocks anyone: only a live process holds a claim. Where
-    there is no flock (not POSIX) the file's existence is the claim, and one left by a killed run must be
-    deleted by hand. The file is removed when the block ends, and so is the run dir if this made it and
-    it is empty then (a run refused before writing anything leaves nothing behind).
-    """
-    made = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK
-    fd = _lock(path, run_dir)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n"
-                 .encode())
-        yield
-    finally:
-        with contextlib.suppress(OSError):  # a dir made read-only meanwhile keeps the file: it no longer blocks
-            path.unlink(missing_ok=True)  # before the lock is let go, so a waiting process finds no stale inode
-        os.close(fd)
-        if made:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()  # only when empty
+def cannot_create(error: OSError, key: str) -> str:
+    """The one line for an output dir that cannot be made, naming the setting that chooses another (`key`)."""
+    reason = "a file is in the way" if isinstance(error, FileExistsError) else error.strerror
+    return f"cannot create the output dir {error.filename}: {reason}; choose another with {key}=DIR"
 
 
-def _lock(path: Path, run_dir: Path) -> int:
-    while True:
-        if fcntl is None:
-            try:
-                return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                raise RunDirInUse(f"hydra.run.dir={run_dir} is in use by another aetrain process ({_holder(path)}); "
-                                  f"if none is running, delete {path}") from None
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+class RunDir:
+    """One run's directory and its lifecycle (see the module docstring). `key` is the setting the user chooses
+    it with (`hydra.run.dir`; a sweep's job dir: `hydra.sweep.dir`), which every message names."""
+
+    def __init__(self, path: str | Path, *, key: str = "hydra.run.dir", made: tuple[Path, ...] = ()) -> None:
+        self.path = Path(path)
+        self.key = key
+        self.made = made  # the dirs `allocate` created (this one first, then its parents): `release` may remove them
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @classmethod
+    def allocate(cls, base: str | Path, *, key: str = "hydra.run.dir") -> RunDir:
+        """A new run dir: `base`, or the first of `base_2`, `base_3`, ... that does not exist yet, created here.
+
+        mkdir is atomic: of two processes asking for one name, one gets it, so two runs started in the same
+        second (a default name has one-second resolution) get a dir each. Raises ConfigError (naming `key`)
+        when it cannot be created."""
+        base = Path(base)
+        parents = [p for p in base.parents if not p.exists()]  # deepest first
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            base.parent.mkdir(parents=True, exist_ok=True)
+            for n in itertools.count(1):
+                candidate = base if n == 1 else base.with_name(f"{base.name}_{n}")
+                try:
+                    candidate.mkdir()
+                except FileExistsError:
+                    continue
+                return cls(candidate, key=key, made=(candidate, *parents))
+        except OSError as e:
+            raise ConfigError(cannot_create(e, key)) from None
+        raise AssertionError("unreachable")
+
+    # --- holding the dir -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def claimed(self) -> Iterator[RunDir]:
+        """Hold the dir for this process while the block runs: a second aetrain process asking for it meanwhile
+        gets RunDirInUse, naming the holder.
+
+        The claim is an exclusive `flock` on <dir>/.aetrain.lock, which the file then names (pid, host,
+        since when). The kernel drops a flock when its process ends, however it ends (kill -9, out of memory),
+        so a lock file a killed run left behind never blocks anyone: only a live process holds a claim. Where
+        there is no flock (not POSIX) the file's existence is the claim, and one left by a killed run must be
+        deleted by hand. The file is removed when the block ends, and so is the dir if the claim made it and
+        it is empty then (a run refused before writing anything leaves nothing behind).
+        """
+        made = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / LOCK
+        fd = self._lock(path)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}\n"
+                     .encode())
+            yield self
+        finally:
+            with contextlib.suppress(OSError):  # a dir made read-only meanwhile keeps the file: it no longer blocks
+                path.unlink(missing_ok=True)  # before the lock is let go, so a waiting process finds no stale inode
             os.close(fd)
-            raise RunDirInUse(f"hydra.run.dir={run_dir} is in use by another aetrain process ({_holder(path)}); "
-                              "wait for it to end or choose another hydra.run.dir") from None
+            if made:
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()  # only when empty
+
+    def _lock(self, path: Path) -> int:
+        while True:
+            if fcntl is None:
+                try:
+                    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    raise RunDirInUse(f"{self.key}={self.path} is in use by another aetrain process "
+                                      f"({_holder(path)}); if none is running, delete {path}") from None
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise RunDirInUse(f"{self.key}={self.path} is in use by another aetrain process ({_holder(path)}); "
+                                  f"wait for it to end or choose another {self.key}") from None
+            try:
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # its holder removed the file between our open and our lock: lock the file there now
+
+    def mark(self, name: str, text: str) -> bool:
+        """Create the file `name` in the dir (made when missing) exclusively, holding `text`: True when this call
+        created it, False when it was there already (of two processes marking one dir at once, one gets True). A
+        sweep marks its dir so. ConfigError (naming the key) when the dir cannot be made."""
         try:
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # its holder removed the file between our open and our lock: lock the file there now
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise ConfigError(cannot_create(e, self.key)) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+
+    def holding(self) -> str | None:
+        """What in the dir shows that a run (or a range test) wrote there: the first such file, or None."""
+        found = [name for name in (METRICS, SUMMARY, f"{HYDRA}/config.yaml", *LR_FIND_FILES)
+                 if (self.path / name).exists()]
+        ckpts = checkpoint_dir(self.path)
+        found += [f"{CHECKPOINTS}/{p.name}" for p in sorted(ckpts.iterdir())[:1]] if ckpts.is_dir() else []
+        return found[0] if found else None
+
+    def refuse_taken(self, *, what: str = "a run", resumable: bool = True) -> None:
+        """A fresh run never writes over what a run left in the dir: RunDirTaken naming what is there, and how to
+        continue it (`resumable`: it is a training run's dir, `trainer.resume` continues it)."""
+        found = self.holding()
+        if found:
+            advice = f"continue it with trainer.resume={self.path} or " if resumable else ""
+            raise RunDirTaken(f"{self.key}={self.path} already holds {what} ({found}); {advice}choose another "
+                              f"{self.key}")
+
+    def release(self) -> None:
+        """Remove the dir if it is empty (a run that ended before writing anything), and the parents `allocate`
+        made for it once they are empty too. Nothing that holds a file is ever removed."""
+        for path in self.made or (self.path,):
+            try:
+                path.rmdir()
+            except OSError:
+                return
+
+    # --- what was run ----------------------------------------------------------------------------
+
+    def record(self, invocation: Invocation) -> Path:
+        """Write what was run into .hydra/ (config.yaml, overrides.yaml, hydra.yaml); a continuation of a run that
+        has them writes .hydra/resume-N/ and keeps the original. Returns the folder written."""
+        import yaml
+
+        out = self.path / HYDRA
+        if (out / "config.yaml").exists():
+            done = self._resumes()
+            out = out / f"resume-{int(done[-1].name[7:]) + 1 if done else 1}"
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "config.yaml", invocation.config_yaml)
+        if invocation.hydra_yaml is not None:
+            write_atomic(out / "hydra.yaml", invocation.hydra_yaml)
+        write_atomic(out / "overrides.yaml", yaml.safe_dump(list(invocation.overrides), allow_unicode=True,
+                                                            default_flow_style=False))
+        return out
+
+    def _resumes(self) -> list[Path]:
+        """The dir's .hydra/resume-N/ folders in order of N; folders named otherwise (a user's `resume-old/`) are
+        not among them."""
+        hydra_dir = self.path / HYDRA
+        found = [(int(p.name[7:]), p) for p in hydra_dir.glob("resume-*") if p.is_dir() and p.name[7:].isdigit()]
+        return [p for _, p in sorted(found)]
+
+    def saved_overrides(self, *, latest: bool = True) -> list[str]:
+        """The overrides the run was started with (`latest`: or last resumed with), as Hydra saved them: a YAML
+        list of strings; [] when there are none. ConfigError for a damaged file."""
+        import yaml
+
+        files = [p / "overrides.yaml" for p in self._resumes() if (p / "overrides.yaml").is_file()] if latest else []
+        path = (files or [self.path / HYDRA / "overrides.yaml"])[-1]
+        if not path.is_file():
+            return []
+        try:
+            loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):  # the file is damaged, whichever way
+            loaded = None
+        if not isinstance(loaded, list) or not all(isinstance(o, str) for o in loaded):
+            raise ConfigError(f"{path}: not a list of overrides (key=value lines, as Hydra writes them); a resume "
+                              "composes the run's config from it: repair it, or delete it and give the run's "
+                              "overrides on the command line")
+        return loaded
+
+    def config(self) -> Config | None:
+        """The run's composed config (.hydra/config.yaml), typed; None when it has none. ConfigError when it is
+        not an aetrain config."""
+        import yaml
+
+        from aetrain.config import from_json
+
+        path = self.path / HYDRA / "config.yaml"
+        if not path.is_file():
+            return None
+        try:
+            return from_json(json.dumps(yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())))
+        except (yaml.YAMLError, OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError, ConfigError) as e:
+            raise ConfigError(f"{path}: not a readable aetrain config ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+    def job_num(self) -> int | None:
+        """The job number Hydra gave the run in a sweep (.hydra/hydra.yaml), or None."""
+        import yaml
+
+        try:
+            hydra = yaml.load((self.path / HYDRA / "hydra.yaml").read_text(encoding="utf-8"), Loader=_yaml_loader())
+            num = hydra["hydra"]["job"]["num"]
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
+            return None
+        return num if isinstance(num, int) and not isinstance(num, bool) else None
+
+    # --- how it ended ----------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json as a dict; {} when it is missing or unreadable."""
+        return read_summary(self.path)
+
+    def status(self) -> Status | None:
+        """How the run stands or ended, as its summary.json says; None without one."""
+        return Status.of(self.summary())
+
+    def write_summary(self, summary: dict[str, Any], *, final: bool = False) -> None:
+        """Write summary.json atomically (a sweep's table or a watching script never sees half a file). A `final`
+        one (how the run ended) is written in place when the dir takes no new file (made read-only meanwhile):
+        better a final status than "running" forever."""
+        text = json.dumps(summary, indent=2, default=str) + "\n"
+        path = self.path / SUMMARY
+        try:
+            write_atomic(path, text)
+        except OSError:
+            if not final:
+                raise
+            with open(path, "w") as f:
+                f.write(text)
+
+    def record_failure(self, error: str) -> None:
+        """Mark the run failed in its summary.json, saying why (`error`, one line), and keep whatever the run wrote
+        there (its `ended`, when it got that far, still says how training ended: `Status.of` reads both)."""
+        summary = self.summary()
+        summary.update(status=Status.FAILED.outcome, error=error)
+        self.write_summary(summary, final=True)
+
+
+def _yaml_loader() -> type:
+    """PyYAML's safe loader reading numbers as YAML 1.2 and OmegaConf do: `1e-08` is a float, not a string."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
+        [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+    return Loader
 
 
 def _holder(path: Path) -> str:

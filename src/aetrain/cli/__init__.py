@@ -1,37 +1,25 @@
-"""The `aetrain` command line: `aetrain [<command>] [arguments]`, one module per command.
+"""The `aetrain` command line: `aetrain [<command>] [arguments]`, every command from its registry entry.
 
-This package is the only place that imports Hydra (and OmegaConf's parsing of overrides). Each
-command module has `SUMMARY` (one line for `aetrain --help`) and `main(args)`, composes its
-typed config and calls the plain function of `aetrain.commands.<command>`. Without a command
-name, `aetrain ...` trains (`aetrain model=conv_ae` is `aetrain train model=conv_ae`).
-
-Adding a command: a function in aetrain/commands/<name>.py, a module here with SUMMARY and main,
-and its entry in COMMANDS.
+This package is the only place that imports Hydra (and OmegaConf's parsing of overrides), and the only
+place that turns an error into a line and an exit code. Each command is one entry of
+`aetrain.commands.COMMANDS` (its name, summary, keys, function and what it takes); here one parser per
+kind of command line, one help generator (`help`) and one error line (`errors`) serve them all:
+- `train` (and `aetrain -m`): the Hydra app (`train`), each job `commands.train.run_job`;
+- `lr_find`: the training config composed once (`train.run_composed`), into a dir of its own;
+- `eval`, `encode`, `score`, `export`, `doctor`, `sweep`: a dir and key=value overrides (`command`).
+Without a command name, `aetrain ...` trains (`aetrain model=conv_ae` is `aetrain train model=conv_ae`).
+Adding a command needs nothing here: a module in aetrain/commands/ and its entry there.
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib
 import os
 import signal
 import sys
 import typing
 
-COMMANDS = {  # name -> module of this package
-    "train": "aetrain.cli.train",
-    "eval": "aetrain.cli.eval",
-    "encode": "aetrain.cli.encode",
-    "score": "aetrain.cli.score",
-    "export": "aetrain.cli.export",
-    "doctor": "aetrain.cli.doctor",
-    "lr_find": "aetrain.cli.lr_find",
-    "report": "aetrain.cli.report_html",
-}
-
-
-def summary_of(name: str) -> str:
-    return importlib.import_module(COMMANDS[name]).SUMMARY
+from aetrain.commands import COMMANDS, JOBS, TRAINING, Command
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,11 +34,11 @@ def main(argv: list[str] | None = None) -> None:
         if args and args[0] in COMMANDS:
             name, args = args[0], args[1:]
         elif args and "=" not in args[0] and not args[0].startswith("-"):
-            from aetrain.cli.report import usage_error
+            from aetrain.cli.errors import usage_error
 
             usage_error(f"'{args[0]}' is neither a command nor an override (key=value); commands: "
                         f"{', '.join(COMMANDS)}")
-        importlib.import_module(COMMANDS[name]).main(args)
+        run(COMMANDS[name], args)
     except KeyboardInterrupt as e:  # Ctrl-C where no run handles it (start-up), or a second one: abort at once
         _aborted(e, process_ends=argv is None)
     except SystemExit as e:
@@ -59,6 +47,35 @@ def main(argv: list[str] | None = None) -> None:
         raise
     if argv is None:
         _exit_on_sigint(130)
+
+
+def run(command: Command, args: list[str]) -> None:
+    """`aetrain <command> [arguments]`: its help, or its command line parsed and run as its kind says."""
+    if {"--help", "-h"} & set(args):
+        from aetrain.cli.help import command_help
+
+        sys.stdout.write(command_help(command, [a for a in args if not a.startswith("-")]))
+        return
+    if command.takes == JOBS:  # Hydra's flags (-m, --cfg, --info, ...) are Hydra's to read
+        from aetrain.cli.train import main as run_jobs
+
+        run_jobs(args)
+        return
+    flags = [a for a in args if a.startswith("-") and "=" not in a]
+    if flags:
+        from aetrain.cli.errors import usage_error
+
+        takes = "overrides (key=value)" if command.takes == TRAINING else \
+            f"a {command.argument}{' and key=value overrides' if command.config is not None else ''}"
+        usage_error(f"unknown flag {flags[0]}: aetrain {command.name} takes {takes}, not {flags[0]}", command.name)
+    if command.takes == TRAINING:
+        from aetrain.cli.train import run_composed
+
+        run_composed(command, args)
+    else:
+        from aetrain.cli.command import run_on_dir
+
+        run_on_dir(command, args)
 
 
 def _exit_on_sigint(code: int) -> None:

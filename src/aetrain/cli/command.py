@@ -1,4 +1,5 @@
-"""Command lines of the commands that work on a trained run: `aetrain <command> <run dir> [key=value ...]`.
+"""Parsing the command lines of the commands that take a dir: `aetrain <command> <dir> [key=value ...]`, and the one
+runner of such a command (its function called from its registry entry, `aetrain.commands.COMMANDS`).
 
 Their overrides use the training syntax on the sections a command has, and nothing else:
 - `data=<choice>` swaps the data section for that dataset's defaults, and `data.<key>=<value>`
@@ -7,19 +8,13 @@ Their overrides use the training syntax on the sections a command has, and nothi
 - `<key>=<value>` or `<command>.<key>=<value>` sets a key of the command's own section.
 Values are parsed as YAML (`data.classes=[0,1]`, `score.quantile=0.95`) and checked against
 the typed sections: an unknown key or a wrong type is one line naming the key and what is allowed.
-
-`run_command` is the whole command line of such a command: `--help`, the run dir, the run's data
-config as the starting point of `data.*`, the overrides, console logging, and one-line errors.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
-import inspect
 import logging
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +23,10 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from aetrain.cli.errors import describe, exit_with, unknown_key_message, usage_error
+from aetrain.commands import RUN, Command
 from aetrain.config import default_choice
 from aetrain.errors import AetrainError, ConfigError
-
-from aetrain.cli.report import describe, exit_with, unknown_key_message, usage_error
 
 
 @dataclasses.dataclass
@@ -78,40 +73,42 @@ def _set(obj: Any, section: str, key: str, value: str) -> Any:
         raise ConfigError(f"{section}.{key}={value}: {describe(e)}") from None
 
 
-def run_dir_argument(command: str, cl: CommandLine) -> Path:
-    """The one positional argument: a run dir or a checkpoint file."""
-    if len(cl.positional) != 1:
-        found = f"got {len(cl.positional)}: {' '.join(cl.positional)}" if cl.positional else "got none"
-        raise ConfigError(f"aetrain {command} takes one run dir (or checkpoint file) before its overrides; {found}")
-    return Path(cl.positional[0])
-
-
-def run_command(command: str, args: list[str], own: Any, description: str, function: str) -> None:
-    """`aetrain <command> <run dir or checkpoint> [key=value ...]`: parse, then call `function`
-    ("module:name", imported only now) as function(run, own section, data config or None), where None means
-    the run's own data (no data=/data.* given). User errors end in one line and exit code 2."""
-    if {"--help", "-h"} & set(args):
-        sys.stdout.write(command_help(command, own, description))
-        return
-    for arg in args:
-        if arg.startswith("-"):
-            usage_error(f"unknown flag {arg}", command)
+def run_on_dir(command: Command, args: list[str]) -> None:
+    """`aetrain <command> <dir> [key=value ...]` of a command that takes a dir (RUN or DIR): parse the command
+    line, call the command's function as its entry says, and end a user error in one line and its exit code."""
+    keys = [a for a in args if "=" in a]
+    if keys and command.config is None:
+        usage_error(f"aetrain {command.name} takes a {command.argument} and no overrides; got {keys[0]}", command.name)
     try:
-        run = run_dir_argument(command, CommandLine([a for a in args if "=" not in a], {}, set()))
-        run_data = run_data_config(run)
-        cl = parse(command, args, {"data": run_data, command: own}, own=command)
-        data = cl.sections["data"] if any(k == "data" or k.startswith("data.") for k in cl.given) else None
-        if data is not None and "data.classes" not in cl.given:
-            from aetrain.commands.trained import same_samples
+        path = dir_argument(command, [a for a in args if "=" not in a])
+        if command.takes == RUN:
+            run_data = run_data_config(path)
+            cl = parse(command.name, args, {"data": run_data, command.name: command.config()}, own=command.name)
+            data = cl.sections["data"] if any(k == "data" or k.startswith("data.") for k in cl.given) else None
+            if data is not None and "data.classes" not in cl.given:
+                from aetrain.commands.trained import same_samples
 
-            if not same_samples(data, run_data):  # other data is used whole: the run's classes said what to train on
-                data = dataclasses.replace(data, classes=None)
-        module, _, name = function.partition(":")
-        call = getattr(importlib.import_module(module), name)
+                if not same_samples(data, run_data):  # other data is used whole: the run's classes chose the run's
+                    data = dataclasses.replace(data, classes=None)
+            call: tuple[Any, ...] = (path, cl.sections[command.name], data)
+        elif command.config is not None:
+            call = (path, parse(command.name, args, {command.name: command.config()}, own=command.name)
+                    .sections[command.name])
+        else:
+            call = (path,)
         with console_logging():
-            call(run, cl.sections[command], data)
+            command.function(*call)
     except AetrainError as ex:
         exit_with(ex)
+
+
+def dir_argument(command: Command, positional: list[str]) -> Path:
+    """The one positional argument: a run dir or a checkpoint file, a sweep dir."""
+    if len(positional) != 1:
+        found = f"got {len(positional)}: {' '.join(positional)}" if positional else "got none"
+        before = " before its overrides" if command.config is not None else ""
+        raise ConfigError(f"aetrain {command.name} takes one {command.argument}{before}; {found}")
+    return Path(positional[0])
 
 
 def run_data_config(run: Path) -> Any:
@@ -138,53 +135,3 @@ def console_logging() -> Iterator[None]:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
-
-
-def command_help(command: str, own: Any, description: str) -> str:
-    """The text of `aetrain <command> --help`: usage, description, and every key with its default and comment."""
-    keys = documented_keys(type(own))
-    width = max(len(f"{k}={v}") for k, v, _ in keys)
-    lines = [f"usage: aetrain {command} <run dir or checkpoint file> [key=value ...]", "", description.strip(), "",
-             f"keys ({command}.<key>=<value>, or <key>=<value>), with their defaults:"]
-    lines += [f"  {f'{k}={v}':<{width}}  {comment}".rstrip() for k, v, comment in keys]
-    lines += ["", "data: the run's own data (from its checkpoint) unless data=<name> (that dataset's defaults) or",
-              "data.<key>=<value> (the run's data with that key changed, e.g. data.path=other.npy) is given; the",
-              "keys are training's (aetrain --help). Data given here is used whole (the run's data.classes said what",
-              "to train on); data.classes=[...] given here picks classes of it. A run dir's best.pt is used, else its",
-              "last.pt."]
-    return "\n".join(lines) + "\n"
-
-
-def documented_keys(schema: type) -> list[tuple[str, str, str]]:
-    """(key, default as typed on the command line, its comment in the dataclass's source) for each field."""
-    try:
-        source = inspect.getsource(schema)
-    except (OSError, TypeError):  # no source shipped: keys and defaults only
-        source = ""
-    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", source, flags=re.MULTILINE))
-    return [(f.name, _typed(getattr(schema(), f.name)), comments.get(f.name, "")) for f in dataclasses.fields(schema)]
-
-
-def _typed(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ",".join(map(_typed, value)) + "]"
-    return str(value)
-
-
-def answered_help(command: str, args: list[str], help_text: str, takes: str) -> bool:
-    """For a command with a help text of its own: print it for --help/-h (True: nothing else to do), and
-    refuse any other flag with a usage error naming what the command takes."""
-    from aetrain.cli.report import usage_error
-
-    if {"--help", "-h"} & set(args):
-        sys.stdout.write(help_text)
-        return True
-    flags = [a for a in args if a.startswith("-")]
-    if flags:
-        usage_error(f"aetrain {command} takes {takes}, not {flags[0]}", command)
-    return False
-

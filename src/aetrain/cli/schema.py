@@ -12,11 +12,12 @@ import dataclasses
 import typing
 
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.config import CHOICES, Config
-from aetrain.errors import AetrainError
+from aetrain.errors import AetrainError, ConfigError
 
-from aetrain.cli.report import unknown_key_message
+from aetrain.cli.errors import describe, unknown_key_message
 
 
 def register_configs() -> None:
@@ -45,5 +46,20 @@ def check_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
 
 
 def to_config(cfg: DictConfig) -> Config:
+    """The composed config as the typed `Config`; ConfigError (one line) for a key or value the schema refuses."""
     check_keys(cfg, Config)
-    return OmegaConf.to_object(cfg)
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(describe(e)) from e
+
+
+def compose_training(overrides: list[str], *, hydra: bool = False) -> DictConfig:
+    """The training config composed from configs/train.yaml and `overrides` with Hydra's compose API, outside
+    Hydra's app (for --help, and the commands that train once into a dir of their own); `hydra`: with Hydra's
+    own config (its run dir) under `hydra`."""
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    with initialize_config_module("aetrain.configs", version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=hydra)

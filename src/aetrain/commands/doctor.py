@@ -9,12 +9,13 @@ The rules are `aetrain.doctor`'s, the same ones that announce findings during tr
 Writes doctor.json ({"verdict", "status", "findings": [{"code", "layers", "epochs", "evidence",
 "suggestion", "message"}], "layers": [...]}) and, when the run has diagnostics, diagnostics.png
 (per-layer gradient norm, update-to-weight ratio and dead/saturated share over the run, one row
-per layer) into the run dir, and returns the report's lines for the command line to print.
+per layer) into the run dir, and logs the report's lines (`doctor`, the command's function).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -27,8 +28,10 @@ from aetrain.atomic import write_atomic
 from aetrain.config import Config
 from aetrain.doctor import Facts, Finding, Trace, diagnose, unused_units, verdict
 from aetrain.errors import ConfigError
-from aetrain.rundir import (BEST, DIAGNOSTICS, DIAGNOSTICS_PLOT, DOCTOR, LAST, METRICS, SUMMARY, checkpoint_dir,
-                            read_diagnostics, read_metrics, read_summary)
+from aetrain.rundir import (BEST, DIAGNOSTICS, DIAGNOSTICS_PLOT, DOCTOR, LAST, METRICS, SUMMARY, RunDir, Status,
+                            checkpoint_dir, read_diagnostics, read_metrics, read_summary)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,6 +74,15 @@ def epoch_ranges(epochs: list[int]) -> str:
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
 
 
+def doctor(run_dir: Path) -> Report:
+    """`aetrain doctor <run dir>`: diagnose the run, write doctor.json and diagnostics.png into it, and log the
+    report's lines."""
+    report = run(run_dir, RunDir(run_dir).config())
+    for line in report.lines():
+        log.info("%s", line)
+    return report
+
+
 def run(run_dir: Path, cfg: Config | None) -> Report:
     """Diagnose `run_dir` (its config `cfg`, None when it has none); writes doctor.json and diagnostics.png."""
     if not run_dir.is_dir():
@@ -95,9 +107,9 @@ def run(run_dir: Path, cfg: Config | None) -> Report:
     for record in metrics:
         trace.add_epoch(record)
     trace.add_rows(rows)
-    ended = summary.get("ended")
-    trace.status = ended if isinstance(ended, str) else None
-    if trace.status in ("diverged", "failed", "interrupted"):
+    status = Status.of(summary)
+    trace.status = None if status is Status.RUNNING else status
+    if status is not None and not status.is_result and status is not Status.RUNNING:
         trace.failed_epoch = int(summary.get("epochs") or len(metrics)) + 1
     findings = diagnose(trace, facts)
     if not rows:
@@ -132,17 +144,17 @@ def _json_default(value: Any) -> Any:
 
 
 def _status(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
-    ended, epochs = summary.get("ended"), summary.get("epochs", len(metrics))
+    status, epochs = Status.of(summary), summary.get("epochs", len(metrics))
     of = summary.get("max_epochs")
     count = f"{epochs} of {of} epoch{'s' if of != 1 else ''}" if of else f"{epochs} epoch{'s' if epochs != 1 else ''}"
-    if ended in ("ok", "stopped_early"):
-        reason = f", {summary['stop_reason']}" if summary.get("stop_reason") else ""
-        return f"finished ({ended}{reason}), {count}"
-    if ended in ("diverged", "failed", "interrupted"):
-        error = f": {summary['error']}" if summary.get("error") else ""
-        return f"{ended} after {count}{error}"
-    if summary.get("status") == "running":
+    if status is Status.RUNNING:
         return f"running, or killed without a word ({count} so far)"
+    if status is not None and status.is_result:
+        reason = f", {summary['stop_reason']}" if summary.get("stop_reason") else ""
+        return f"finished ({status}{reason}), {count}"
+    if status is not None:
+        error = f": {summary['error']}" if summary.get("error") else ""
+        return f"{status} after {count}{error}"
     return f"unknown (no {SUMMARY}), {len(metrics)} epoch{'s' if len(metrics) != 1 else ''} in {METRICS}"
 
 
@@ -238,7 +250,7 @@ def plot(trace: Trace, findings: list[Finding], *, title: str) -> bytes | None:
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm, Normalize
 
-    from aetrain.train.outputs.plots import _canvas, _figure, encode_png
+    from aetrain.drawing import canvas, encode_png, figure
 
     steps = sorted(s for e in trace.steps for s in trace.steps[e])
     points = [trace.steps[e][s] for e in sorted(trace.steps) for s in sorted(trace.steps[e])]
@@ -278,7 +290,7 @@ def plot(trace: Trace, findings: list[Finding], *, title: str) -> bytes | None:
     heights = [max(len(p[1]), 2) for p in panels]
     labels = {r: f"{r}  [{', '.join(flagged[r])}]" if r in flagged else r for r in layers}
     width = 7.5 + 0.068 * max(map(len, labels.values()))  # room for the longest label at 8 pt
-    fig = _figure(width, 1.2 + 0.24 * sum(heights) + 0.55 * len(panels))
+    fig = figure(width, 1.2 + 0.24 * sum(heights) + 0.55 * len(panels))
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
     height = fig.get_figheight()
     fig.subplots_adjust(left=(width - 7.3) / width, right=1 - 0.8 / width, top=1 - 0.75 / height, bottom=0.5 / height,
@@ -307,7 +319,7 @@ def plot(trace: Trace, findings: list[Finding], *, title: str) -> bytes | None:
         bar.ax.tick_params(labelsize=8)
     axes[-1].set_xlabel("epoch" if spe else "optimizer step")
     fig.suptitle(title, fontsize=11)
-    return encode_png(_canvas(fig))
+    return encode_png(canvas(fig))
 
 
 def _steps_per_epoch(trace: Trace) -> float | None:

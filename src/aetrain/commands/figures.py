@@ -14,19 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from aetrain.train.outputs.plots import PAD, image_grid, zoom_factor
+from aetrain.drawing import PAD, figure, image_grid, zoom_factor
 
 AE, PCA, FOREST = "#1f77b4", "#ff7f0e", "#2ca02c"
 NORMAL, ANOMALY = "#1f77b4", "#d62728"
 
 
 def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    return figure(width, height, layout="constrained")
 
 
 def _png(fig: Any) -> bytes:

@@ -1,5 +1,13 @@
 """`aetrain train`: turn a validated config into objects, train into a run dir, return the results.
 
+Two seams, both Hydra-free:
+- `run(cfg, out_dir)` trains one model into a dir: parts built from the config, the engine, its
+  callbacks; returns the summary numbers.
+- `run_job(config, run_dir)` is a whole job as the `aetrain` command runs it: the process lifecycle
+  around `run` (starting `trainer.devices` processes, joining a launcher's, the interrupt, the
+  claim on the run dir, what was run recorded in it) and, for a sweep's job, the policy that a
+  failed job is recorded and does not sink the sweep. The CLI's task is a call of it.
+
 Everything that can fail on user input (config ranges, device, data, model/data fit) is checked
 before the first file is written, so a bad command leaves nothing behind.
 
@@ -17,22 +25,24 @@ import math
 import os
 import random
 import shlex
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from aetrain import checkpoint as checkpoints
+from aetrain import launch
 from aetrain.atomic import write_atomic
 from aetrain.config import Config, ModelConfig, validate
 from aetrain.data import build_data
-from aetrain.errors import CheckpointError, ConfigError, Interrupted, ProcessLost, WriteError
+from aetrain.device import resolve_device
+from aetrain.errors import AetrainError, CheckpointError, Interrupted, ProcessLost, WriteError, one_line
 from aetrain.models import FAMILIES
-from aetrain.rundir import (CHECKPOINTS, HYDRA, LAST, METRICS, SPLIT, SUMMARY, RunDirTaken, checkpoint_dir,
-                             own_run_dir, read_metrics)
+from aetrain.rundir import HYDRA, LAST, METRICS, SPLIT, Invocation, RunDir, RunDirTaken, checkpoint_dir, own_run_dir, read_metrics
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping, ReplicaCheck
+from aetrain.train import distributed
 from aetrain.train.distributed import World
 from aetrain.train.diagnostics import build_probe
 from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
@@ -43,30 +53,9 @@ from aetrain.train.outputs import build_outputs
 from aetrain.train.outputs.console import final_table
 from aetrain.train.precision import Precision, build_clip, trainable
 from aetrain.train.signals import Interrupt
-from aetrain.train.step import ADMIT, GradientProbe, TrainStep
+from aetrain.train.step import GradientProbe, TrainStep
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto | cpu | cuda | cuda:N | mps -> a device this machine has."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"trainer.device={name!r} is not one of: auto, cpu, cuda, cuda:N, mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.device={name}: CUDA is not available on this machine "
-                              f"(torch {torch.__version__}); use trainer.device=cpu or auto")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"trainer.device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"trainer.device={name}: MPS is not available on this machine; use cpu or auto")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"trainer.device={name!r} is not one of: auto, cpu, cuda, cuda:N, mps")
-    return device
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -115,7 +104,7 @@ def build_parts(cfg: Config, world: World | None = None) -> Parts:
         if world.is_main else GradientProbe()
     step = TrainStep(train_net, objective, optimizer, precision,
                      build_clip(t.gradient_clip_val, t.gradient_clip_algorithm), trainable(model.parameters()),
-                     admit=ADMIT.get(t.on_nonfinite), accumulating=world.accumulating(train_net), probe=probe)
+                     admit=NONFINITE.get(t.on_nonfinite).admit, accumulating=world.accumulating(train_net), probe=probe)
     step = build_step(cfg, step, device, plan.sizes, eager_only=world.eager_only())  # a CUDA graph when it can be
     world.seed(t.seed)  # each process its own noise and dropout from here; rank 0 keeps the single process's
     return Parts(cfg, model, net, objective, val_objective, optimizer, schedule, precision, step, data, windows,
@@ -127,26 +116,112 @@ def _warn_if_code_is_as_wide_as_the_input(model: ModelConfig, shape: tuple[int, 
     says nothing of what the code captured. Not said of families that constrain the code (input noise, a
     sparsity penalty, a KL term), where a wide, overcomplete code is a design choice."""
     size = math.prod(shape)
-    constrained = any(level > 0 for level in (getattr(getattr(model, "noise", None), "level", 0.0),
-                                              getattr(getattr(model, "sparsity", None), "weight", 0.0),
-                                              getattr(model, "beta", 0.0)))
-    if model.latent_dim >= size and not constrained:
+    if model.latent_dim >= size and model.code_constraint() is None:
         log.warning("model.latent_dim=%d is %s the input (%d values a sample): the model can learn to copy its input, "
                     "so a low reconstruction loss says little; choose a narrower code", model.latent_dim,
                     "as wide as" if model.latent_dim == size else "wider than", size)
 
 
+def run_job(config: Config | Callable[[], Config], run_dir: RunDir, *, invocation: Invocation | None = None,
+            job: int | None = None, relaunch: Sequence[str] = ()) -> float | None:
+    """One job as `aetrain` runs it: train `config` into `run_dir` (its default dir already allocated, or the one
+    the user named) and return the objective, the run's best val/loss.
+
+    - `config`: the typed config, or a function making it (its errors are then the job's own, which a sweep
+      records like any other failure).
+    - `trainer.devices=N`: starts N processes of `aetrain` itself, `python -m aetrain *relaunch` (a command
+      line that trains this job into `run_dir`), which write the run dir; this process waits for them and
+      returns the objective their run wrote into summary.json.
+    - In a process a launcher started (torchrun, aetrain's own, a SLURM job's tasks): signals count from now
+      on, ranks other than 0 keep quiet, every process joins the process group and trains into rank 0's dir.
+    - The run dir is claimed (one run per dir) and `invocation` (what was run) is recorded in it once the run
+      is known to be valid; a run that fails before writing anything leaves no dir behind.
+    - `job`: the job's number in a sweep. A failed job is recorded in its run dir (summary.json, .hydra/,
+      train.log) and returns None (no objective), so the sweep goes on; an interrupt is raised: the user
+      stopped the sweep, not just this job.
+
+    Raises what stopped the run (an AetrainError, or a bug as itself); the caller says it and exits.
+    """
+    world: World | None = None
+    try:
+        if callable(config):
+            config = config()
+        processes = launch.processes_to_launch(config.trainer)
+        if processes > 1:
+            validate(config)  # a config error is one line from here, before any process starts
+            launch.launch(list(relaunch), processes, run_dir)
+            best = run_dir.summary().get("best_val_loss")
+            return float(best) if isinstance(best, (int, float)) else None
+        launch.join_job_tasks()
+        interrupt = None
+        if launch.launched():  # from now until this process exits (see aetrain.train.signals)
+            interrupt = Interrupt()
+            interrupt.install()
+            if launch.env_rank() > 0:
+                launch.quiet_secondary_process()
+        world = distributed.connect(config.trainer)
+        shared = Path(world.broadcast(str(run_dir.path)))  # rank 0's run dir is everyone's
+        if shared != run_dir.path:
+            run_dir.release()  # the dir this process was given: another rank's scratch
+            run_dir = RunDir(shared, key=run_dir.key)
+        with run_dir.claimed() if world.is_main else contextlib.nullcontext():  # one run per dir: a second is refused
+            result = run(config, run_dir.path, world=world, interrupt=interrupt,
+                         invocation=invocation if world.is_main else None)
+    except KeyboardInterrupt:  # before training started (once it has, the run saves and raises Interrupted)
+        run_dir.release()
+        raise
+    except Exception as ex:
+        if job is not None:  # one failed job must not sink the sweep, whatever the cause
+            return _job_failed(ex, run_dir, invocation, job)
+        if launch.env_rank() == 0:
+            run_dir.release()
+        raise
+    world.close()
+    return result["best_val_loss"]
+
+
+def _job_failed(ex: Exception, run_dir: RunDir, invocation: Invocation | None, job: int) -> None:
+    """Record a failed sweep job in its run dir (.hydra/, summary.json, train.log). It has no objective: None,
+    which the Optuna sweeper records as a failed trial (NaN would crash hydra-optuna-sweeper 1.3 with optuna
+    2.x: it tells the study FAIL together with the NaN value). Raises an interrupt: the sweep stops there."""
+    if isinstance(ex, RunDirTaken):  # the dir is another run's: record nothing there
+        log.error("job %s failed: %s", job, one_line(ex))
+        return None
+    if launch.env_rank() != 0:
+        return None  # a SLURM job's other tasks: its rank 0 records the failure
+    if invocation is not None and not (run_dir.path / HYDRA).exists():  # failed before training: what was run
+        run_dir.record(invocation)
+    error = f"{type(ex).__name__}: {one_line(ex)}"
+    log.error("job %s failed: %s", job, error, exc_info=not isinstance(ex, AetrainError))  # a bug's traceback
+    run_dir.record_failure(error)
+    if isinstance(ex, Interrupted):
+        raise ex
+    return None
+
+
+class RecordInvocation(Callback):
+    """Records what was run in the run dir (.hydra/) once the run is known to be valid: a rejected command never
+    writes over the files of a run already there."""
+
+    def __init__(self, run_dir: RunDir, invocation: Invocation) -> None:
+        self.run_dir, self.invocation = run_dir, invocation
+
+    def on_fit_start(self, engine: Engine) -> None:
+        self.run_dir.record(self.invocation)
+
+
 def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world: World | None = None,
-        interrupt: Interrupt | None = None) -> dict[str, float]:
+        interrupt: Interrupt | None = None, invocation: Invocation | None = None) -> dict[str, float]:
     """Train one model into `out_dir`; returns the summary numbers (best val loss first).
 
     With cfg.trainer.resume set, training continues from that checkpoint exactly where it was
     written. `callbacks` run after aetrain's own, on the process that writes the run dir (rank 0
-    of a data-parallel run); their on_fit_start fires once the run is known to be valid. A signal
-    stops the run with `Interrupted` after saving last.pt. `world`: the data-parallel processes
-    (None: this process alone); every one of them calls `run` with the same arguments.
-    `interrupt`: the signal handler to train under (a launched process installs its own from the
-    start, so that a signal during set-up counts too); None = one installed for the run.
+    of a data-parallel run); their on_fit_start fires once the run is known to be valid, as does the
+    recording of `invocation` (what was run) in .hydra/. A signal stops the run with `Interrupted`
+    after saving last.pt. `world`: the data-parallel processes (None: this process alone); every one
+    of them calls `run` with the same arguments. `interrupt`: the signal handler to train under (a
+    launched process installs its own from the start, so that a signal during set-up counts too);
+    None = one installed for the run.
     """
     world = world or World()
     parts = build_parts(cfg, world)
@@ -159,7 +234,7 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
         previous = own_run_dir(t.resume, ckpt.get("run_id")) if ckpt is not None else None
         in_place = previous is not None and previous.resolve() == out_dir.resolve()
         if not in_place:
-            _refuse_existing_run(out_dir)
+            RunDir(out_dir).refuse_taken()  # a fresh run (or a continuation elsewhere) never writes over another
         history = _earlier_epochs(previous, ckpt) if ckpt is not None else []
         if ckpt is None and t.init_from:  # weights only: the optimizer, schedule and counters were built fresh
             source = checkpoint.init_weights(parts.model, parts.data.spec, t.init_from)
@@ -176,7 +251,9 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
 
     # Steering on every process (their decisions agree); what writes, on the main process alone.
     replicas = [ReplicaCheck(t.replica_check_every_n_steps)] if world.size > 1 and t.replica_check_every_n_steps else []
-    outputs = [*build_outputs(cfg.outputs, out_dir, diagnostics=cfg.diagnostics), *callbacks] if world.is_main else []
+    recorded = [RecordInvocation(RunDir(out_dir), invocation)] if invocation is not None else []
+    outputs = [*recorded, *build_outputs(cfg.outputs, out_dir, diagnostics=cfg.diagnostics), *callbacks] \
+        if world.is_main else []
     engine = Engine(parts, [
         EarlyStopping(t.early_stopping_patience or math.inf),  # first: the Checkpointer must know an epoch is the last
         *replicas,
@@ -249,13 +326,3 @@ def long_lived_objects_frozen() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
-
-
-def _refuse_existing_run(out_dir: Path) -> None:
-    """A fresh run (or a continuation into another dir) never writes over what a run left in `out_dir`."""
-    ckpts = checkpoint_dir(out_dir)
-    found = [name for name in (METRICS, SUMMARY, f"{HYDRA}/config.yaml") if (out_dir / name).exists()]
-    found += [f"{CHECKPOINTS}/{p.name}" for p in sorted(ckpts.iterdir())[:1]] if ckpts.is_dir() else []
-    if found:
-        raise RunDirTaken(f"hydra.run.dir={out_dir} already holds a run ({found[0]}); continue it with "
-                          f"trainer.resume={out_dir} or choose another hydra.run.dir")

@@ -29,11 +29,11 @@ import torch
 
 from aetrain.atomic import write_atomic
 from aetrain.checkpoint import config_of, load, model_from_checkpoint, spec_from_checkpoint
-from aetrain.commands.train import resolve_device
 from aetrain.config import SPLITS, Config, DataConfig, validate_data
 from aetrain.data import Source, Split, class_indices, load_source, split_samples
 from aetrain.data.batches import eval_batches
 from aetrain.data.spec import DataSpec
+from aetrain.device import resolve_device
 from aetrain.errors import ConfigError, DataError
 from aetrain.models import Autoencoder
 from aetrain.rundir import BEST, LAST, read_split, run_dir_of

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from aetrain.atomic import link_atomic, write_atomic
-from aetrain.rundir import BEST, LAST, checkpoint_dir
+from aetrain.rundir import BEST, LAST, Status, checkpoint_dir
 from aetrain.errors import DivergenceError, WriteError
 from aetrain.train import checkpoint
 from aetrain.train.engine import Callback, Engine
@@ -136,17 +136,17 @@ class Checkpointer(Callback):
 
     def on_fit_end(self, engine: Engine) -> None:
         try:
-            if engine.status == "interrupted":
+            if engine.status is Status.INTERRUPTED:
                 self.save_last(engine)
             self.wait(engine)
         except WriteError as e:
-            if engine.status in ("ok", "stopped_early"):
+            if engine.status.is_result:
                 raise
             # the run is already failing with its own error: report this one without hiding that
             log.error("%s", e)
         finally:
             self.writer.shutdown(wait=True)
-            if engine.status == "interrupted":
+            if engine.status is Status.INTERRUPTED:
                 engine.world.barrier()  # last.pt is on disk before any process ends
 
 

@@ -21,11 +21,9 @@ collective the others skipped:
   ends the others with `ProcessLost` (`explain`) instead of a hang.
 
 Only rank 0 writes the run dir: the train command builds the outputs there alone and the
-checkpointer serializes there alone. Which errors a process reports is `reported_here`: an error
-every process raised alike is printed once, by rank 0.
-
-`launch` starts `python -m aetrain ...` in N local processes through torch's elastic launcher
-(what `torchrun --standalone` runs), for `aetrain trainer.devices=N`.
+checkpointer serializes there alone. Which errors a process reports is `aetrain.launch.reported_here`:
+an error every process raised alike (`everywhere`) is printed once, by rank 0. Starting, joining and
+leaving the processes is the process lifecycle, `aetrain.launch`.
 """
 
 from __future__ import annotations
@@ -35,8 +33,6 @@ import logging
 import os
 import random
 import re
-import sys
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any, ContextManager
@@ -45,37 +41,13 @@ import numpy as np
 import torch
 
 from aetrain.config import Config, TrainerConfig
-from aetrain.launch import env_rank, launched  # noqa: F401 - part of this module's interface
-from aetrain.errors import AetrainError, ConfigError, DivergenceError, Interrupted, ProcessLost, ReplicaMismatch
+from aetrain.errors import AetrainError, ConfigError, ProcessesFailed, ProcessLost, ReplicaMismatch
+from aetrain.launch import device_kind, everywhere, launched
 
 log = logging.getLogger(__name__)
 
 _OFF = contextlib.nullcontext()  # reusable: the single process's "no context" costs nothing per micro-batch
 MAIN_FIRST_TIMEOUT_S = 3600.0  # rank 0 prepares the data (downloads) while the others wait this long at most
-
-
-def _device_kind(name: str) -> str:
-    """The kind of device `trainer.device` asks for: cuda, cpu or mps (auto is cuda when there is one)."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name.split(":", 1)[0]
-
-
-def processes_to_launch(cfg: TrainerConfig) -> int:
-    """How many processes `aetrain` itself should start for this config: 1 = train in this process.
-
-    Under a launcher (torchrun, SLURM tasks) the launcher's processes are the run: 1 here."""
-    if launched() or cfg.devices == 1:
-        return 1
-    if cfg.devices == -1:
-        if _device_kind(cfg.device) != "cuda" or not torch.cuda.is_available():
-            raise ConfigError("trainer.devices=-1 starts one process per visible GPU, and this run has none "
-                              f"(trainer.device={cfg.device}); give a count instead, e.g. trainer.devices=2")
-        return torch.cuda.device_count()
-    if _device_kind(cfg.device) == "cuda" and torch.cuda.is_available() and cfg.devices > torch.cuda.device_count():
-        raise ConfigError(f"trainer.devices={cfg.devices}: this machine has {torch.cuda.device_count()} CUDA "
-                          "device(s), one per process")
-    return cfg.devices
 
 
 class World:
@@ -179,7 +151,7 @@ class Processes(World):
             raise ConfigError(f"trainer.devices={cfg.devices}: this process was started by a launcher with "
                               f"{self.local_size} process(es) on this machine; leave trainer.devices at 1 or set it "
                               f"to {self.local_size}")
-        self.kind = _device_kind(cfg.device)
+        self.kind = device_kind(cfg.device)
         self.cuda_index: int | None = None
         if self.kind == "cuda":
             if not torch.cuda.is_available():
@@ -258,7 +230,7 @@ class Processes(World):
         rank, (message, code) = failed[0]
         if rank == self.rank and error is not None:
             raise everywhere(error)
-        raise everywhere(SetupFailed(f"rank {rank}: {message}", code))
+        raise everywhere(ProcessesFailed(f"rank {rank}: {message}", code))
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -351,30 +323,6 @@ class Processes(World):
         self.dist.destroy_process_group()
 
 
-class SetupFailed(AetrainError):
-    """Another process could not start (its error, as that process reported it)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def everywhere(error: BaseException) -> BaseException:
-    """Mark `error` as raised alike by every process: rank 0 alone reports it."""
-    error.aetrain_everywhere = True  # type: ignore[attr-defined]
-    return error
-
-
-def reported_here(error: BaseException) -> bool:
-    """Whether this process should print `error`'s line: every error on rank 0 or a single process; on
-    the others only what is theirs alone (a lost peer, a failure of their own), never what every
-    process raised alike (a stop, a divergence, a replica mismatch, a set-up error)."""
-    if env_rank() == 0:
-        return True
-    alike = (Interrupted, DivergenceError, ReplicaMismatch)
-    return not (isinstance(error, alike) or getattr(error, "aetrain_everywhere", False))
-
-
 def connect(cfg: TrainerConfig) -> World:
     """The world of this process: a process group when a launcher started it, else the single process."""
     if not launched():
@@ -429,56 +377,3 @@ def _first_line(error: BaseException) -> str:
 def _one_line(error: BaseException) -> str:
     text = _first_line(error)
     return text if isinstance(error, AetrainError) else f"{type(error).__name__}: {text}"
-
-
-# --- aetrain's own launcher -----------------------------------------------------------------------
-
-class LaunchFailed(Exception):
-    """Some of the launched processes failed: exit codes by rank (negative = ended by that signal)."""
-
-    def __init__(self, exit_codes: dict[int, int]) -> None:
-        super().__init__(", ".join(f"rank {r}: {c}" for r, c in sorted(exit_codes.items())))
-        self.exit_codes = exit_codes
-
-
-class LaunchInterrupted(Exception):
-    """The launcher received a signal and sent it on to the processes, which have ended."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"signal {signum}")
-        self.signum = signum
-
-
-def launch(args: list[str], nprocs: int) -> None:
-    """Run `python -m aetrain *args` in `nprocs` local processes with torch's elastic launcher, as
-    `torchrun --standalone --nproc_per_node=nprocs -m aetrain *args` does, and wait for them.
-
-    A failed process makes the launcher stop the others (SIGTERM, SIGKILL after 30 s) and raises
-    LaunchFailed; SIGINT/SIGTERM sent to this process is passed on to every process (which save
-    and stop at the same step) and raises LaunchInterrupted once they have ended; a second one
-    before then makes the launcher send them a second SIGTERM, which ends them at once. Each
-    process gets cores / nprocs threads unless OMP_NUM_THREADS is set. The launcher's own log lines are kept off the
-    console: the processes say what happened.
-    """
-    import signal
-
-    from torch.distributed.elastic.multiprocessing import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs, run_id=f"aetrain-{uuid.uuid4().hex}",
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # elastic leaves its own set
-    logging.disable(logging.CRITICAL)
-    try:
-        elastic_launch(config, sys.executable)("-m", "aetrain", *args)
-    except ChildFailedError as e:
-        raise LaunchFailed({rank: failure.exitcode for rank, failure in e.failures.items()}) from None
-    except SignalException as e:
-        raise LaunchInterrupted(int(e.sigval)) from None
-    finally:
-        logging.disable(logging.NOTSET)
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-

@@ -32,11 +32,12 @@ from aetrain.data import Data
 from aetrain.errors import DivergenceError, Interrupted
 from aetrain.models import Autoencoder, Gallery, Objective, Terms
 from aetrain.registry import Registry
+from aetrain.rundir import Status
 from aetrain.train.distributed import World
 from aetrain.train.optim import Schedule
 from aetrain.train.precision import Precision
 from aetrain.train.signals import Interrupt
-from aetrain.train.step import Step
+from aetrain.train.step import Step, admit_always, admit_if_finite
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,14 @@ class Meter:
 
 
 class StopOnNonFinite:
-    """trainer.on_nonfinite=stop: the run ends at the next read with a message naming the step."""
+    """trainer.on_nonfinite=stop: the run ends at the next read with a message naming the step.
+
+    A policy for non-finite losses (`NONFINITE`) is one object: which updates the step applies (`admit`,
+    given to the `TrainStep`), whether that reads the host every step (`reads_host`: then no CUDA graph),
+    and what the engine does at each metric read (`on_read`)."""
+
+    admit = staticmethod(admit_always)  # every update is applied; the run stops at the next read
+    reads_host = False
 
     def on_read(self, engine: Engine, first_bad: int | None, n_bad: int) -> None:
         if first_bad is not None:
@@ -175,7 +183,11 @@ class StopOnNonFinite:
 
 
 class SkipNonFinite(StopOnNonFinite):
-    """trainer.on_nonfinite=skip: updates with non-finite gradients are dropped (see `step.ADMIT`)."""
+    """trainer.on_nonfinite=skip: updates with non-finite gradients are dropped. fp16's GradScaler already skips
+    steps with inf/NaN gradients on its own; this extends that to every precision, at one host read a step."""
+
+    admit = staticmethod(admit_if_finite)
+    reads_host = True
 
     def __init__(self) -> None:
         self.reported = 0
@@ -248,7 +260,7 @@ class Engine:
     history: list[dict[str, Any]] = field(default_factory=list)  # every finished epoch's record
     meter: Meter | None = None  # the epoch under way; None at an epoch boundary
     stop_reason: str | None = None  # set by a callback (early stopping) to end the run after this epoch
-    status: str = "running"  # then ok | stopped_early | interrupted | diverged | failed
+    status: Status = Status.RUNNING  # then how it ended: ok | stopped_early | interrupted | diverged | failed
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names the run in its checkpoints and summary.json;
     # kept on resume, so a checkpoint can tell its own run dir from a folder it was copied into
 
@@ -258,18 +270,18 @@ class Engine:
             while self.state.epoch < self.parts.cfg.trainer.max_epochs and self.stop_reason is None:
                 self.run_epoch()
         except Interrupted:
-            self.status = "interrupted"
+            self.status = Status.INTERRUPTED
             raise
         except Exception as e:
             error = self.world.explain(e)  # a lost process: one clear line instead of the backend's error
-            self.status = "diverged" if isinstance(error, DivergenceError) else "failed"
+            self.status = Status.DIVERGED if isinstance(error, DivergenceError) else Status.FAILED
             if error is e:
                 raise
             raise error from e
         else:
-            self.status = "ok" if self.stop_reason is None else "stopped_early"
+            self.status = Status.OK if self.stop_reason is None else Status.STOPPED_EARLY
         finally:
-            if self.status != "running":  # not after a second Ctrl-C: that one aborts at once
+            if self.status is not Status.RUNNING:  # not after a second Ctrl-C: that one aborts at once
                 self._end()
         return self.state
 
@@ -284,7 +296,7 @@ class Engine:
             except Exception as e:
                 failure = failure or e
         if failure is not None and sys.exc_info()[1] is None:
-            self.status = "failed"
+            self.status = Status.FAILED
             raise failure
         if failure is not None:
             log.warning("while ending the run: %s: %s", type(failure).__name__, failure)

@@ -17,6 +17,13 @@ bound of a run's peak, so what it refuses cannot fit:
   as containers and SLURM jobs set, less what this process holds); on CUDA, the weights, gradients,
   optimizer state and activations must fit the device's free memory and the checkpoint's copies the
   host's. Where the available memory cannot be read (not Linux), nothing is checked.
+
+A CUDA run whose training step is captured as a graph (`aetrain.train.graphs`) holds more at its peak: the
+graph's private memory pool keeps a whole step's activations and gradients for the rest of the run, and the
+steps that run eagerly beside it (the training doctor's samples, an epoch's short last step) need as much
+again from the normal pool. That is not counted here, since whether a step can be captured is known only once
+it has been: the pool is measured right after the capture, and when the device has less free beside it than
+it holds, the graph is given back and the run trains eagerly (one logged line) instead of failing later.
 """
 
 from __future__ import annotations

@@ -27,24 +27,27 @@ OptimizerBuilder = Callable[[Params, Any, dict[str, bool]], torch.optim.Optimize
 
 @dataclass(frozen=True)
 class OptimizerKind:
+    """An optimizer and its traits, the one place each is said."""
+
     build: OptimizerBuilder  # (params, its config, fast-path flags) -> optimizer
     fused: bool  # torch has a fused kernel for it (CPU and CUDA, torch >= 2.4)
     states: Callable[[Any], int]  # its config -> parameter-sized state tensors it keeps (for the memory estimate)
+    capturable: bool  # its capturable step was checked inside a whole-step CUDA graph (aetrain.train.graphs)
 
 
 OPTIMIZERS: Registry[OptimizerKind] = Registry("optimizer")
 OPTIMIZERS.add("adam", OptimizerKind(lambda p, c, fast: torch.optim.Adam(
     p, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **fast), fused=True,
-    states=lambda c: 2))  # the two moment estimates
+    states=lambda c: 2, capturable=True))  # the two moment estimates
 OPTIMIZERS.add("adamw", OptimizerKind(lambda p, c, fast: torch.optim.AdamW(
     p, lr=c.lr, betas=tuple(c.betas), eps=c.eps, weight_decay=c.weight_decay, **fast), fused=True,
-    states=lambda c: 2))
+    states=lambda c: 2, capturable=True))
 OPTIMIZERS.add("sgd", OptimizerKind(lambda p, c, fast: torch.optim.SGD(
     p, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay, **fast), fused=True,
-    states=lambda c: int(c.momentum > 0)))  # the momentum buffer
+    states=lambda c: int(c.momentum > 0), capturable=True))  # the momentum buffer
 OPTIMIZERS.add("rmsprop", OptimizerKind(lambda p, c, fast: torch.optim.RMSprop(
     p, lr=c.lr, alpha=c.alpha, momentum=c.momentum, eps=c.eps, weight_decay=c.weight_decay, **fast), fused=False,
-    states=lambda c: 1 + int(c.momentum > 0)))  # the squared-gradient average, and a momentum buffer
+    states=lambda c: 1 + int(c.momentum > 0), capturable=True))  # the squared-gradient average, a momentum buffer
 
 FUSED_DEVICES = {"cpu", "cuda"}  # where torch (>= 2.4) has fused Adam, AdamW and SGD kernels
 

@@ -28,7 +28,6 @@ from typing import Any, ContextManager, Protocol
 import torch
 
 from aetrain.models import Objective, Terms
-from aetrain.registry import Registry
 from aetrain.train.precision import Clip, Precision
 
 
@@ -56,12 +55,6 @@ def admit_if_finite(grad_norm: torch.Tensor) -> bool:
 
 
 _OFF = contextlib.nullcontext()  # reusable, so "no context" costs nothing per micro-batch
-
-# trainer.on_nonfinite -> which updates are applied. fp16's GradScaler already skips steps with
-# inf/NaN gradients on its own; `skip` extends that to every precision.
-ADMIT: Registry[Callable[[torch.Tensor], bool]] = Registry("trainer.on_nonfinite")
-ADMIT.add("stop", admit_always)  # a non-finite step is applied, and the run stops at the next read
-ADMIT.add("skip", admit_if_finite)
 
 
 class TrainStep:

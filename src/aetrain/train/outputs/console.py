@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aetrain.models import count_parameters
-from aetrain.rundir import read_summary
+from aetrain.rundir import Status, read_summary
 from aetrain.train.engine import Callback, Engine
 
 log = logging.getLogger(__name__)
@@ -160,9 +160,9 @@ def final_table(run_dir: Path) -> list[str]:
     s = read_summary(run_dir)
     if not s:
         return []
-    ended = s.get("ended") or "ok"
+    ended = Status.of(s) or Status.OK
     took = f"{s['wall_time_s']:.1f} s"
-    title = {"ok": f"finished in {took}", "stopped_early": f"stopped early after {took}"}.get(
+    title = {Status.OK: f"finished in {took}", Status.STOPPED_EARLY: f"stopped early after {took}"}.get(
         ended, f"stopped ({ended}) after {took}")
     utf8 = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") == "utf8"
     table = Table(title=f"aetrain: {title}", box=box.ROUNDED if utf8 else box.ASCII, show_header=False,

@@ -93,7 +93,7 @@ class Diagnostics(Callback):
 
     def on_fit_end(self, engine: Engine) -> None:
         try:
-            if engine.status not in ("ok", "stopped_early"):  # the points since the last read, and what failed
+            if not engine.status.is_result:  # the points since the last read, and what failed
                 self._append(self._sampled_rows())
                 self.trace.status = engine.status
                 self.trace.failed_epoch = engine.state.epoch + 1

@@ -15,64 +15,16 @@ as 8x8 digits stay crisp. A grid of n samples, k rows and tiles of h x w pixels 
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
-PAD = 2  # pixels of white between grid tiles and around the grid
-TRAIN, VAL = "#1f77b4", "#d62728"  # the same two colours in every picture: blue train, red validation
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """An (H, W, 3) uint8 image as PNG bytes: encoded once for the file and for TensorBoard."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="png")
-    return buffer.getvalue()
-
-
-def zoom_factor(shape: Sequence[int], zoom_to: int) -> int:
-    """The whole factor that brings a (C, H, W) image closest to `zoom_to` pixels without passing it."""
-    return max(1, zoom_to // max(shape[1:])) if zoom_to else 1
-
-
-def grid_size(num_samples: int, num_rows: int, shape: Sequence[int], zoom: int) -> tuple[int, int]:
-    """(height, width) in pixels of `image_grid`'s picture."""
-    h, w = shape[1] * zoom, shape[2] * zoom
-    return num_rows * (h + PAD) + PAD, num_samples * (w + PAD) + PAD
-
-
-def image_grid(rows: Sequence[torch.Tensor], zoom: int) -> np.ndarray:
-    """One row per tensor (n, C, H, W) of display values in [0, 1] -> (H', W', 3) uint8 with white gaps."""
-    from torchvision.utils import make_grid
-
-    n = rows[0].shape[0]
-    tiles = torch.cat([r.detach().float().cpu() for r in rows])  # (rows * n, C, H, W)
-    if tiles.shape[1] not in (1, 3):  # make_grid and PNG know grey and RGB; show other stacks by their first channel
-        tiles = tiles[:, :1]
-    tiles = tiles.repeat_interleave(zoom, dim=2).repeat_interleave(zoom, dim=3)  # nearest neighbour: pixels stay sharp
-    grid = make_grid(tiles, nrow=n, padding=PAD, pad_value=1.0)  # (3, H', W'); grey tiles become RGB
-    return grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def _canvas(fig: Any) -> np.ndarray:
-    """Draw `fig` and return its pixels as (H, W, 3) uint8."""
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-
-
-def _figure(width: float, height: float, **options: Any) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, **options)
-    FigureCanvasAgg(fig)  # attaches itself as fig.canvas: rendering without pyplot or a GUI backend
-    return fig
+# the primitives live below the trainer (aetrain.drawing), so the commands after training draw alike without it
+from aetrain.drawing import PAD, TRAIN, VAL, encode_png, grid_size, image_grid, zoom_factor  # noqa: F401
+from aetrain.drawing import canvas as _canvas
+from aetrain.drawing import figure as _figure
 
 
 def _spans_decades(values: np.ndarray, factor: float = 10.0) -> bool:

@@ -7,7 +7,6 @@ loss curve, the newest picture), never from another callback.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -16,13 +15,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from aetrain.atomic import write_atomic
 from aetrain.errors import WriteError
 from aetrain.models import count_parameters
-from aetrain.rundir import BEST, LOSS_CURVE, RECONSTRUCTIONS, SUMMARY, TENSORBOARD, checkpoint_dir, latest_picture, read_summary
+from aetrain.rundir import (
+    BEST,
+    LOSS_CURVE,
+    RECONSTRUCTIONS,
+    TENSORBOARD,
+    RunDir,
+    Status,
+    checkpoint_dir,
+    latest_picture,
+)
 from aetrain.train.engine import Callback, Engine
-
-ENDED_OK = ("ok", "stopped_early")  # how a run may end and still be a result
 
 log = logging.getLogger(__name__)
 
@@ -30,34 +35,33 @@ log = logging.getLogger(__name__)
 class Summary(Callback):
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.path = run_dir / SUMMARY
+        self.dir = RunDir(run_dir)
 
     def on_fit_start(self, engine: Engine) -> None:
         self.start = time.perf_counter()
         self.earlier_s = self._earlier_wall_time(engine)
         self.num_parameters = count_parameters(engine.parts.model)
-        self.write(engine, "running")
+        self.write(engine)
 
     def on_epoch_end(self, engine: Engine, record: dict[str, Any]) -> None:
-        self.write(engine, "running")
+        self.write(engine)
 
     def on_fit_end(self, engine: Engine) -> None:
-        ended = engine.status  # ok | stopped_early | interrupted | diverged | failed
+        ended = engine.status  # how the run ended
         try:
-            self.write(engine, "ok" if ended in ENDED_OK else "failed", ended=ended,
-                       error=None if ended in ENDED_OK else _error_in_flight(ended))
+            self.write(engine, ended, error=None if ended.is_result else _error_in_flight(ended))
         except OSError as e:
-            if ended in ENDED_OK:
+            if ended.is_result:
                 raise
             log.warning("%s", WriteError.of(e, " (the run's final status)"))  # the run's own error follows
 
-    def write(self, engine: Engine, status: str, *, ended: str | None = None, error: str | None = None) -> None:
+    def write(self, engine: Engine, status: Status = Status.RUNNING, *, error: str | None = None) -> None:
         p, st, records = engine.parts, engine.state, engine.history
         best = checkpoint_dir(self.run_dir) / BEST
         rates = [r["samples_per_s"] for r in records if _positive(r.get("samples_per_s"))]
         train_s = sum(p.data.num_train / r for r in rates)  # training-step time behind those epochs
         data = {
-            "status": status,
+            "status": status.outcome,  # running | ok | failed; `ended` below says how
             "error": error,
             "best_val_loss": _finite(st.best_val_loss),
             "final_val_loss": _finite(records[-1]["val/loss"]) if records else None,
@@ -74,7 +78,7 @@ class Summary(Callback):
             "best_checkpoint": self._relative(best if best.exists() else None),
             "last_grid": self._relative(latest_picture(self.run_dir / RECONSTRUCTIONS, up_to=st.epoch)),
             # beyond the agreed schema
-            "ended": ended,  # ok | stopped_early | interrupted | diverged | failed; null while running
+            "ended": None if status is Status.RUNNING else status.value,  # how it ended (a Status); null while running
             "stop_reason": engine.stop_reason,  # why a run that ended ok stopped before max_epochs
             "max_epochs": p.cfg.trainer.max_epochs,
             "num_train": p.data.num_train,
@@ -83,21 +87,13 @@ class Summary(Callback):
             "galleries": {g.folder: self._relative(latest_picture(self.run_dir / g.folder, up_to=st.epoch))
                           for g in p.galleries},
             "loss_curve": self._relative(self.run_dir / LOSS_CURVE if (self.run_dir / LOSS_CURVE).exists() else None),
-            "tensorboard": self._relative(self.run_dir / TENSORBOARD if (self.run_dir / TENSORBOARD).exists() else None),
+            "tensorboard": self._relative(self.run_dir / TENSORBOARD if (self.run_dir / TENSORBOARD).exists()
+                                          else None),
             "run_dir": str(self.run_dir.resolve()),
             "run_id": engine.run_id,  # the same in the run's checkpoints: a resume writes here only if they match
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        text = json.dumps(data, indent=2) + "\n"
-        try:
-            write_atomic(self.path, text)  # a sweep's table or a watching script never sees half a file
-        except OSError:
-            if status == "running":
-                raise
-            # a dir that takes no new file (made read-only) may still let its summary be rewritten in place:
-            # better a final status than "running" forever
-            with open(self.path, "w") as f:
-                f.write(text)
+        self.dir.write_summary(data, final=status is not Status.RUNNING)
 
     def _relative(self, path: Path | None) -> str | None:
         return None if path is None else path.relative_to(self.run_dir).as_posix()
@@ -106,13 +102,13 @@ class Summary(Callback):
         """Seconds the run trained before this session: its last summary.json, else the epochs' times."""
         if engine.state.epoch == 0:
             return 0.0
-        earlier = read_summary(self.run_dir).get("wall_time_s")
+        earlier = self.dir.summary().get("wall_time_s")
         if isinstance(earlier, (int, float)) and math.isfinite(earlier):
             return float(earlier)
         return sum(r["epoch_time_s"] for r in engine.history if _positive(r.get("epoch_time_s")))
 
 
-def _error_in_flight(ended: str) -> str | None:
+def _error_in_flight(ended: Status) -> str | None:
     """What stopped the run, as the sweep's summary writes it: `Type: first line of the message`.
 
     on_fit_end runs in the engine's `finally`, while the exception that ended the run is still

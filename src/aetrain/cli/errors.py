@@ -10,7 +10,7 @@ from hydra.errors import MissingConfigException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from aetrain.config import CHOICES, keys_of
-from aetrain.errors import AetrainError, Interrupted
+from aetrain.errors import AetrainError, one_line
 
 EXIT_USER_ERROR = 2  # the command was wrong: nothing ran, nothing was written
 EXIT_JOB_FAILED = 1  # the command ran and failed (a diverged run, a failed sweep job)
@@ -49,18 +49,21 @@ def describe(ex: BaseException) -> str:
         key = getattr(cause, "full_key", None)
         msg = str(cause).strip().splitlines()[0]
         return f"{key}: {msg}" if key and key not in msg else msg
-    lines = [line.strip() for line in str(ex).strip().splitlines() if line.strip()]
-    return " ".join(lines) if lines else type(ex).__name__
+    return one_line(ex)
 
 
 def error_line(ex: BaseException, prefix: str = "") -> str:
-    """`ex` as the one line the user sees (after `prefix`, e.g. which process of a data-parallel run)."""
-    kind = "" if isinstance(ex, Interrupted) else "error: "
-    return f"aetrain: {kind}{prefix}{describe(ex)}\n"
+    """`ex` as the one line the user sees (after `prefix`, e.g. which process of a data-parallel run):
+    `aetrain: error: <message>`, or `aetrain: <message>` for an outcome that is no error (an interrupt)."""
+    label = getattr(ex, "label", "error")
+    return f"aetrain: {label + ': ' if label else ''}{prefix}{describe(ex)}\n"
 
 
-def exit_with(ex: BaseException) -> typing.NoReturn:
-    sys.stderr.write(error_line(ex))
+def exit_with(ex: BaseException, *, quiet_if_reported: bool = True) -> typing.NoReturn:
+    """The one place an error becomes the process's end: its line on stderr (unless the processes of a data-parallel
+    run already said it) and its exit code (2, a user error, unless the error says otherwise)."""
+    if not (quiet_if_reported and getattr(ex, "reported", False)):
+        sys.stderr.write(error_line(ex))
     sys.exit(getattr(ex, "exit_code", EXIT_USER_ERROR))
 
 

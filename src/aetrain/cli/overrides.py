@@ -1,0 +1,112 @@
+"""The training command line's overrides, before Hydra composes them: mistakes Hydra would accept, paths quoted
+for Hydra's grammar, and `trainer.resume=RUN` turned into a continuation of RUN (its dir, its overrides).
+
+Argument handling only: what a run dir holds is read through `aetrain.rundir.RunDir`, and which run dir a
+checkpoint belongs to through `aetrain.rundir.own_run_dir`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from aetrain.config import CHOICES
+from aetrain.errors import AetrainError
+from aetrain.rundir import RunDir, own_run_dir
+
+PATH_KEYS = ("hydra.run.dir", "trainer.resume", "trainer.init_from", "data.path", "data.root")
+MULTIRUN = {"-m", "--multirun"}
+
+
+def override_key(override: str) -> str:
+    """`+model.x=1` -> `model.x`."""
+    return override.partition("=")[0].lstrip("+~")
+
+
+def check_overrides(args: list[str]) -> None:
+    """Mistakes Hydra would accept or answer with a traceback: `model=null`, `optimizer.name=sgd`."""
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if not sep:
+            continue
+        multirun_or_show = (MULTIRUN | {"-c", "--cfg", "-i", "--info"}) & set(args)
+        if key == "hparams_search" and value != "null" and not multirun_or_show:
+            raise AetrainError(f"hparams_search={value} is a search: run it as a multirun, aetrain -m "
+                               f"hparams_search={value} (without -m it would train once and search nothing)")
+        if key in CHOICES and value == "null":
+            raise AetrainError(f"{key}=null: a run needs a {key}; choose one of: {', '.join(sorted(CHOICES[key]))}")
+        group, _, leaf = key.partition(".")
+        if group in CHOICES and leaf == "name":
+            raise AetrainError(f"{key} is set by choosing the {group}: use {group}=<one of: "
+                               f"{', '.join(sorted(CHOICES[group]))}> (the keys of each choice differ)")
+
+
+def resume_arguments(args: list[str]) -> list[str]:
+    """`trainer.resume=X` continues X's run: in X's run dir, composed from the overrides that run was
+    started (or last resumed) with. Arguments given now win over saved ones; `hydra.run.dir=...`
+    given now sends the continuation elsewhere. A checkpoint that is not in its own run dir
+    (aetrain.rundir.own_run_dir) continues in a new run dir, from this command line alone: the folder
+    it is kept in is never written to. Other command lines pass through unchanged."""
+    at = max((i for i, a in enumerate(args) if a.startswith("trainer.resume=")), default=None)
+    if at is None or args[at] == "trainer.resume=null" or MULTIRUN & set(args):
+        return args
+    resume = _typed_path(args[at].partition("=")[2])
+    if not resume:
+        return args
+    args = [*args[:at], f"trainer.resume={hydra_quoted(resume)}", *args[at + 1 :]]  # a,b or ünï 日本 as one path
+    from aetrain.checkpoint import run_id  # torch: only for a resume
+
+    run_dir = own_run_dir(resume, run_id(resume))
+    if run_dir is None:  # kept outside its run dir: a new run dir, composed from this command line
+        return args
+    given = {override_key(a) for a in args}
+    saved = RunDir(run_dir).saved_overrides()
+    kept = [o for o in saved if override_key(o) not in given and not override_key(o).startswith("hydra.")
+            and override_key(o) != "trainer.resume"]
+    here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
+    return [*kept, *args, *here]
+
+
+def quote_paths(args: list[str]) -> list[str]:
+    """Paths as typed (`hydra.run.dir=ünï 日本`, `data.path=a,b.npy`), quoted for Hydra, whose grammar reads
+    them as a sweep or refuses them. Not in a multirun, where `data.path=a.npy,b.npy` is a sweep."""
+    if MULTIRUN & set(args):
+        return args
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        read = _read_by_hydra(value) if sep and key in PATH_KEYS else ""
+        out.append(arg if isinstance(read, str) or (read is None and value == "null") else
+                   f"{key}={hydra_quoted(value)}")
+    return out
+
+
+def _read_by_hydra(text: str) -> Any:
+    """What Hydra's override grammar makes of `text` given after `key=`; None also when its lexer refuses it."""
+    try:
+        return OverridesParser.create().parse_override(f"path={text}").value()
+    except Exception:  # a HydraException or a lexer error: Hydra would refuse the command line
+        return None
+
+
+def _typed_path(text: str) -> str:
+    """A path given after `key=`, quoted for Hydra (`'a,b'`) or as the shell passed it (`a,b`, `ünï 日本`,
+    which Hydra's grammar reads as a sweep or refuses)."""
+    value = _read_by_hydra(text)
+    return value if isinstance(value, str) else text
+
+
+def hydra_quoted(value: str) -> str:
+    """`value` as one quoted string of Hydra's override grammar, read back exactly: in a quoted string Hydra
+    halves the backslashes before a quote (and before the closing one), and OmegaConf resolves `${...}`."""
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return "'" + body.replace("${", "\\${") + "'"
+
+
+def given(overrides: list[str], key: str) -> bool:
+    """Whether `key` is set by one of `overrides` (Hydra's `hydra.overrides.hydra` or `.task`)."""
+    return any(override_key(o) == key for o in overrides)

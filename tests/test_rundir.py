@@ -1,0 +1,228 @@
+"""A run dir's life: allocated once (two runs started together get a dir each), held by one process, refused
+when it holds a run, never made when it cannot be, left behind by no rejected or interrupted command;
+`aetrain.rundir.RunDir` and `Status` from Python."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST, metrics_rows, one_line_error, read_only, run_subprocess, start
+
+# --- two runs started at once never share a run dir -----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_runs_into_one_explicit_dir_at_once_one_trains_the_other_is_refused(tmp_path: Path) -> None:
+    args = ("hydra.run.dir=conc", "trainer.max_epochs=6", "outputs.plot_every=0", *FAST[1:])
+    first, second = start(*args, cwd=tmp_path), start(*args, cwd=tmp_path)
+    results = [(p.returncode, *p.communicate(timeout=300)) for p in (first, second)]
+    results = [(p.returncode, out, err) for p, (_, out, err) in zip((first, second), results)]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    [(_, _, err)] = [r for r in results if r[0] == 2]
+    assert err.count("\n") == 1 and ("is in use by another aetrain process" in err or "already holds a run" in err), err
+    assert [int(r["epoch"]) for r in metrics_rows(tmp_path / "conc")] == list(range(1, 7))
+    assert sorted(p.name for p in (tmp_path / "conc" / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml",
+                                                                                 "overrides.yaml"]
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_into_the_default_dir_get_a_dir_each(tmp_path: Path) -> None:
+    procs = [start("trainer.max_epochs=1", f"model.latent_dim={k}", "outputs.plot_every=0", *FAST[1:], cwd=tmp_path)
+             for k in (3, 5)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, out + err
+    dirs = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())
+    assert len(dirs) == 2
+    configs = [json.loads(torch.load(d / "checkpoints" / "last.pt", weights_only=True)["config"]) for d in dirs]
+    assert sorted(c["model"]["latent_dim"] for c in configs) == [3, 5]
+    assert all(len(metrics_rows(d)) == 1 for d in dirs)  # each its own epoch 1, nothing interleaved
+
+
+def test_the_default_run_dir_of_a_second_taken_gets_a_suffix(tmp_path: Path) -> None:
+    import datetime as dt
+
+    now = dt.datetime.now()
+    taken = [now + dt.timedelta(seconds=s) for s in range(-1, 40)]  # every name the run could pick in the next 40 s
+    for t in taken:
+        (tmp_path / "outputs" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S")).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "outputs" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S") / "summary.json").write_text("{}")
+    result = run_subprocess("trainer.max_epochs=1", "outputs.plot_every=0", *FAST[1:], cwd=tmp_path,
+                            command=("train",))
+    assert result.returncode == 0, result.output
+    fresh = [p.parent for p in (tmp_path / "outputs").glob("*/*/metrics.csv")]
+    assert len(fresh) == 1 and fresh[0].name.rsplit("_", 1)[-1] == "2", fresh
+    assert all((p / "summary.json").read_text() == "{}" for p in (tmp_path / "outputs").glob("*/*")
+               if p != fresh[0])
+
+
+def test_the_default_sweep_dir_of_a_second_taken_gets_a_suffix(tmp_path: Path) -> None:
+    import datetime as dt
+
+    now = dt.datetime.now()
+    for s in range(-1, 40):
+        t = now + dt.timedelta(seconds=s)
+        used = tmp_path / "outputs" / "multirun" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S")
+        used.mkdir(parents=True, exist_ok=True)
+        (used / "sweep_summary.csv").write_text("job\n")
+    result = run_subprocess("-m", "trainer.max_epochs=1", "model.latent_dim=3,4", "outputs.plot_every=0", *FAST[1:],
+                            cwd=tmp_path, command=("train",))
+    assert result.returncode == 0, result.output
+    [fresh] = [p.parent for p in (tmp_path / "outputs" / "multirun").glob("*/*/0/metrics.csv")]
+    assert fresh.parent.name.endswith("_2") and (fresh.parent / "1" / "metrics.csv").is_file()
+
+
+def test_a_run_dir_held_by_a_live_process_is_refused_and_a_killed_runs_lock_is_not(tmp_path: Path, cli) -> None:
+    held = tmp_path / "held"
+    held.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               f"fd = os.open({str(held / '.aetrain.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, b'pid 4242 on a-host')\n"
+                               "print('held', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        line = one_line_error(cli(*FAST, "trainer.max_epochs=1", run_dir=held))
+        assert "hydra.run.dir=" in line and "is in use by another aetrain process (pid 4242 on a-host)" in line
+        assert not (held / "metrics.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone (as after a kill -9): its lock file is left behind, but it no longer blocks
+    assert (held / ".aetrain.lock").exists()
+    result = cli(*FAST, "trainer.max_epochs=1", run_dir=held)
+    assert result.returncode == 0, result.output
+    assert not (held / ".aetrain.lock").exists()  # released at the end
+
+
+@pytest.mark.slow
+def test_two_sweeps_into_one_explicit_dir_at_once_one_runs_the_other_is_refused(tmp_path: Path) -> None:
+    args = ("-m", "hydra.sweep.dir=sweep", "trainer.max_epochs=3", "model.latent_dim=3,4", "outputs.plot_every=0",
+            *FAST[1:])
+    procs = [start(*args, cwd=tmp_path), start(*args, cwd=tmp_path)]
+    results = [(*p.communicate(timeout=300), p.returncode) for p in procs]
+    assert sorted(code for _, _, code in results) == [0, 2], results
+    [err] = [err for _, err, code in results if code == 2]
+    assert err == "aetrain: error: hydra.sweep.dir=sweep already holds a sweep (.aetrain-sweep); " \
+                  "choose another hydra.sweep.dir\n"
+    assert all(len(metrics_rows(tmp_path / "sweep" / job)) == 3 for job in ("0", "1"))
+
+
+# --- an output dir that cannot be created: one line, exit 2; Ctrl-C during start-up leaves nothing ------------------
+
+@pytest.mark.parametrize("where", ["a file", "under /proc", "in a read-only dir (default dir)",
+                                   "in a read-only dir (sweep)"])
+def test_an_output_dir_that_cannot_be_created_is_one_line(tmp_path: Path, where: str) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = [*FAST, "trainer.max_epochs=1"]
+    if where == "a file":
+        (cwd / "taken").write_text("a file, not a dir")
+        args.append("hydra.run.dir=taken")
+    elif where == "under /proc":
+        args.append("hydra.run.dir=/proc/aetrain-run")
+    elif where.endswith("(sweep)"):
+        args += ["-m", "model.latent_dim=3,4"]
+    read_only(cwd, where.startswith("in a read-only dir"))
+    try:
+        before = sorted(cwd.rglob("*"))
+        result = run_subprocess(*args, cwd=cwd, command=("train",))
+        line = one_line_error(result)
+        assert sorted(cwd.rglob("*")) == before
+    finally:
+        read_only(cwd, False)
+    assert "cannot create" in line, line
+    assert ("taken" in line) if where == "a file" else True
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_is_one_line_exit_130_and_leaves_nothing(tmp_path: Path) -> None:
+    import signal
+
+    for wait_for_dir in (False, True):  # while Python imports, and once the run dir exists (building the model)
+        proc = start(*FAST, cwd=tmp_path)
+        deadline = time.monotonic() + 120
+        if wait_for_dir:
+            while not list(tmp_path.glob("outputs/*/*")):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.01)
+        else:
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, out + err
+        assert "Traceback" not in out + err and err.count("\n") == 1 and err.startswith("aetrain: interrupted"), err
+        assert not [p for p in tmp_path.glob("outputs/*/*")], "a run dir was left behind"
+
+
+# --- RunDir and Status from Python (what a fused sweep's members and aetrain.fit will use) ------------------------
+
+def test_allocate_takes_the_name_or_the_next_free_suffix_and_release_removes_only_what_it_made(tmp_path: Path) -> None:
+    from aetrain.rundir import RunDir
+
+    base = tmp_path / "outputs" / "day" / "10-00-00"
+    first, second = RunDir.allocate(base), RunDir.allocate(base)
+    assert (first.path, second.path) == (base, base.with_name("10-00-00_2"))
+    (second.path / "metrics.csv").write_text("epoch\n")
+    first.release()  # empty: it goes; its parent still holds the second run
+    assert not first.path.exists() and second.path.exists()
+    second.release()  # holds a file: nothing is removed
+    assert (second.path / "metrics.csv").is_file()
+    (second.path / "metrics.csv").unlink()
+    second.release()  # empty now: it goes, and so do the parents allocate made for it (the first allocate made them)
+    assert second.path.exists() is False and (tmp_path / "outputs" / "day").exists()
+    third = RunDir.allocate(tmp_path / "fresh" / "a" / "run")
+    third.release()
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_what_was_run_is_recorded_as_text_and_read_back(tmp_path: Path) -> None:
+    from aetrain.config import Config, VAEConfig, to_json
+    from aetrain.rundir import Invocation, RunDir
+
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.record(Invocation.of(Config(model=VAEConfig()), ("model.latent_dim=8", "hydra.run.dir='ünï, 日本'")))
+    assert run_dir.saved_overrides() == ["model.latent_dim=8", "hydra.run.dir='ünï, 日本'"]
+    assert run_dir.config() == Config(model=VAEConfig())
+    resumed = run_dir.record(Invocation.of(Config(), ("trainer.max_epochs=400",)))  # a resume keeps the first
+    assert resumed == run_dir.path / ".hydra" / "resume-1"
+    assert run_dir.saved_overrides() == ["trainer.max_epochs=400"]
+    assert run_dir.saved_overrides(latest=False) == ["model.latent_dim=8", "hydra.run.dir='ünï, 日本'"]
+    assert run_dir.config() == Config(model=VAEConfig())  # the run's config: the first
+    plain = RunDir(tmp_path / "json")
+    plain.record(Invocation(json.dumps(json.loads(to_json(Config())))))  # JSON is YAML: its 1e-08 is a number
+    assert plain.config() == Config()
+
+
+def test_status_reads_summaries_old_and_new() -> None:
+    from aetrain.rundir import Status
+
+    assert Status.of({}) is None
+    assert Status.of({"status": "running", "ended": None}) is Status.RUNNING
+    assert Status.of({"status": "ok", "ended": "stopped_early"}) is Status.STOPPED_EARLY
+    assert Status.of({"status": "failed", "ended": "interrupted"}) is Status.INTERRUPTED
+    assert Status.of({"status": "ok"}) is Status.OK  # written before `ended` existed
+    assert Status.of({"status": "failed", "error": "ConfigError: ..."}) is Status.FAILED  # a job that never trained
+    assert Status.of({"status": "failed", "ended": "ok"}) is Status.FAILED  # a failure recorded after it ended well
+    assert [s.outcome for s in Status] == ["running", "ok", "ok", "failed", "failed", "failed"]
+    assert f"{Status.DIVERGED}" == "diverged" and json.dumps({"s": Status.OK}) == '{"s": "ok"}'
+
+
+def test_a_dir_that_holds_a_run_or_a_range_test_is_refused_naming_it(tmp_path: Path) -> None:
+    from aetrain.rundir import RunDir, RunDirTaken
+
+    RunDir(tmp_path).refuse_taken()  # empty: free
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(RunDirTaken, match=r"already holds a run \(checkpoints/last.pt\); continue it with "
+                                          r"trainer.resume=.* or choose another hydra.run.dir"):
+        RunDir(tmp_path).refuse_taken()
+    (tmp_path / "lr_find.csv").write_text("step\n")
+    with pytest.raises(RunDirTaken, match=r"already holds a run or a range test \(lr_find.csv\); choose another"):
+        RunDir(tmp_path).refuse_taken(what="a run or a range test", resumable=False)
