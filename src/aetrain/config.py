@@ -630,6 +630,17 @@ def _check_backbone_keys(m: BackboneModelConfig) -> None:
 
 # --- JSON ------------------------------------------------------------------------------------------
 
+def typed(value: Any) -> str:
+    """A config value as it is typed on the command line: null, true, [256,128]."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ",".join(map(typed, value)) + "]"
+    return str(value)
+
+
 def to_json(cfg: Config) -> str:
     """The config as JSON text: what checkpoints store (plain data, safe under weights_only)."""
     return json.dumps(dataclasses.asdict(cfg), sort_keys=True)

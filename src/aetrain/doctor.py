@@ -51,6 +51,17 @@ class Finding:
                 "suggestion": self.suggestion, "message": self.message}
 
 
+def epoch_ranges(epochs: list[int]) -> str:
+    """[1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10"."""
+    spans: list[list[int]] = []
+    for e in sorted(set(epochs)):
+        if spans and e == spans[-1][1] + 1:
+            spans[-1][1] = e
+        else:
+            spans.append([e, e])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def _short(items: list[str], limit: int = 4) -> list[str]:
     return items if len(items) <= limit else [*items[:limit], f"... ({len(items)} in all)"]
 

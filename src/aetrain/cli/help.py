@@ -15,7 +15,7 @@ import textwrap
 from typing import Any
 
 from aetrain.commands import COMMANDS, JOBS, RUN, TRAINING, Command
-from aetrain.config import field_comments
+from aetrain.config import field_comments, typed
 
 INTRO = "aetrain: train, compare and debug autoencoders."
 DATA = """\
@@ -99,17 +99,6 @@ def _yaml_lines(section: Any, indent: str) -> list[str]:
         else:
             out.append(f"{indent}{f.name}: {typed(value)}{comment}")
     return out
-
-
-def typed(value: Any) -> str:
-    """A value as it is typed on the command line: null, true, [256,128]."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ",".join(map(typed, value)) + "]"
-    return str(value)
 
 
 def config_groups() -> dict[str, list[str]]:

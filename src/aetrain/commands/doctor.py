@@ -26,7 +26,7 @@ import numpy as np
 
 from aetrain.atomic import write_atomic
 from aetrain.config import Config
-from aetrain.doctor import Facts, Finding, Trace, diagnose, unused_units, verdict
+from aetrain.doctor import Facts, Finding, Trace, diagnose, epoch_ranges, unused_units, verdict
 from aetrain.errors import ConfigError
 from aetrain.rundir import (BEST, DIAGNOSTICS, DIAGNOSTICS_PLOT, DOCTOR, LAST, METRICS, SUMMARY, RunDir, Status,
                             checkpoint_dir, read_diagnostics, read_metrics, read_summary)
@@ -61,17 +61,6 @@ class Report:
         if self.written:
             out.append(f"  wrote: {', '.join(str(p) for p in self.written)}")
         return out
-
-
-def epoch_ranges(epochs: list[int]) -> str:
-    """[1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10"."""
-    spans: list[list[int]] = []
-    for e in sorted(set(epochs)):
-        if spans and e == spans[-1][1] + 1:
-            spans[-1][1] = e
-        else:
-            spans.append([e, e])
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def doctor(run_dir: Path) -> Report:

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from aetrain.atomic import write_atomic
+from aetrain.config import typed
+from aetrain.doctor import epoch_ranges
 from aetrain.errors import ConfigError, WriteError
 from aetrain.report import figures
 from aetrain.report.runs import (AFTER_PICTURES, DOCTOR_PICTURE, REPORT, Run, after_training, command,
-                                 config_differences, doctor, epoch_ranges, is_run_dir, latest_grid, picture_folders,
-                                 pictures, read_run, typed)
+                                 config_differences, doctor, is_run_dir, latest_grid, picture_folders, pictures,
+                                 read_run)
 from aetrain.report.sweeps import (SEED, Job, Sweep, follow_ups, group_time_saved, is_overrides, is_sweep_dir,
                                    label, number, read_sweep, settings, short, typed_command)
 from aetrain.rundir import ENCODE, EVAL, EXPORT, LOSS_CURVE, METRICS, SCORE, TENSORBOARD, TRAIN_LOG

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from aetrain.config import CHOICES, Config, default_choice, from_json
+from aetrain.config import CHOICES, Config, default_choice, from_json, typed
 from aetrain.doctor import Facts, Finding, Trace, diagnose, verdict
 from aetrain.errors import ConfigError
 from aetrain.rundir import (BEST, DIAGNOSTICS, DIAGNOSTICS_PLOT, ENCODE, EVAL, EXPORT, EXPORT_INFO, HYDRA, LAST, LOCK,
@@ -260,17 +260,6 @@ def _flat(data: dict[str, Any], prefix: str) -> dict[str, Any]:
     return out
 
 
-def typed(value: Any) -> str:
-    """A config value as it would be typed on the command line."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ",".join(map(typed, value)) + "]"
-    return str(value)
-
-
 # --- pictures ------------------------------------------------------------------------------------------
 
 def picture_folders(run: Run) -> list[str]:
@@ -323,17 +312,6 @@ def doctor(run: Run) -> Doctor | None:
         notes.append(f"no {DIAGNOSTICS} (diagnostics.enabled=false, or a run from before diagnostics): judged from "
                      f"{METRICS} alone")
     return Doctor(verdict(trace, findings), findings, notes)
-
-
-def epoch_ranges(epochs: list[int]) -> str:
-    """[1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10"."""
-    spans: list[list[int]] = []
-    for e in sorted(set(epochs)):
-        if spans and e == spans[-1][1] + 1:
-            spans[-1][1] = e
-        else:
-            spans.append([e, e])
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
 
 
 # --- after training: eval, score, encode, export --------------------------------------------------------
