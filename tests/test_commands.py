@@ -173,3 +173,55 @@ def test_a_command_is_one_function_and_one_entry(cli, tmp_path: Path, monkeypatc
     assert re.search(r"^  aetrain hello +say hello to a run dir$", cli("--help").out, flags=re.M)
     bad = cli.command("hello", str(tmp_path), "times=0")
     assert (bad.returncode, bad.err) == (2, "aetrain: error: hello.times=0 is out of range: must be >= 1\n")
+
+
+# --- a model that is not finite ---------------------------------------------------------------------
+
+def edited_run(finished: Path, folder: Path, edit) -> Path:
+    """A copy of `finished` whose best.pt has its weights edited by `edit(weights)`, and no last.pt."""
+    import shutil
+
+    run = folder / "edited"
+    shutil.copytree(finished, run)
+    best = run / "checkpoints/best.pt"
+    ckpt = torch.load(best, weights_only=True)
+    edit(ckpt["model"])
+    (run / "checkpoints/last.pt").unlink()
+    best.unlink()  # a new file: best.pt and last.pt may share one
+    torch.save(ckpt, best)
+    return run
+
+
+@pytest.mark.parametrize("command", AFTER_TRAINING)
+def test_a_model_with_a_nan_weight_is_refused_by_every_command_naming_the_tensor(cli, finished: Path, tmp_path: Path,
+                                                                                  command: str) -> None:
+    run = edited_run(finished, tmp_path, lambda w: w["decoder.2.weight"].view(-1)
+                     .index_fill_(0, torch.tensor([5, 9]), float("nan")))
+    before = snapshot(run)
+    result = cli.command(command, str(run), *(["device=cpu"] if command != "export" else []))
+    assert (result.returncode, result.out) == (2, ""), result.output
+    assert result.err == (f"aetrain: error: {run}/checkpoints/best.pt: the model is not finite: decoder.2.weight "
+                          "(256, 128) holds 2 NaN of its 32768 values; use a checkpoint from before the run diverged "
+                          "(or train again: aetrain doctor <run dir> says what went wrong)\n")
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("command", AFTER_TRAINING)
+def test_finite_weights_with_non_finite_outputs_fail_every_command_in_one_line(cli, finished: Path, tmp_path: Path,
+                                                                               command: str) -> None:
+    """Weights near float32's largest value: every output overflows to inf or NaN. eval gave a scikit-learn
+    traceback, score "threshold nan", export passed its own check with "max |difference| nan"."""
+    run = edited_run(finished, tmp_path, lambda w: w["encoder.1.weight"].fill_(3e38))
+    before = snapshot(run)
+    result = cli.command(command, str(run), *(["device=cpu"] if command != "export" else []))
+    assert "Traceback" not in result.output and result.out == ""
+    if command == "export":
+        assert result.returncode == 1
+        assert "differs from PyTorch by nan (model units)" in result.err and "not a finite number; nothing was " \
+            "written" in result.err, result.err
+    else:
+        assert result.returncode == 2
+        assert result.err.startswith(f"aetrain: error: {run}/checkpoints/best.pt: the model's output is not finite "
+                                     "(NaN or infinite) for "), result.err
+    assert result.err.count("\n") == 1
+    assert snapshot(run) == before

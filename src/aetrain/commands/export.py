@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import shutil
 import tempfile
 import warnings
@@ -108,12 +109,14 @@ def export(run: str | Path, cfg: ExportConfig, data: DataConfig | None = None) -
             WRITERS[cfg.format](wrapper, inputs[name_in], path, name_in, name_out)
             run_exported = LOADERS[cfg.format](path, name_in)
             differences[part] = _difference(trained, part, wrapper, run_exported, inputs[name_in])
-        worst = max(differences, key=differences.get)
-        if differences[worst] > cfg.tolerance:
+        # a NaN difference passes `> tolerance`: any non-finite one fails, whichever part has it
+        worst = next((p for p, d in differences.items() if not math.isfinite(d)), max(differences, key=differences.get))
+        if not math.isfinite(differences[worst]) or differences[worst] > cfg.tolerance:
             raise ExportCheckFailed(
                 f"export format={cfg.format}: {worst} differs from PyTorch by {differences[worst]:.3g} (model units) on "
-                f"the first {len(idx)} of {samples.description}, more than export.tolerance={cfg.tolerance:g}; "
-                "nothing was written")
+                f"the first {len(idx)} of {samples.description}, "
+                + ("not a finite number" if not math.isfinite(differences[worst]) else
+                   f"more than export.tolerance={cfg.tolerance:g}") + "; nothing was written")
         info = _info(trained, cfg, samples.description, len(idx), differences)
         (staging / EXPORT_INFO).write_text(json_text(info))
         written = _move_into(staging, folder)

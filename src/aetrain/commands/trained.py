@@ -34,7 +34,7 @@ from aetrain.data import Source, Split, class_indices, load_source, split_sample
 from aetrain.data.batches import eval_batches
 from aetrain.data.spec import DataSpec
 from aetrain.device import resolve_device
-from aetrain.errors import ConfigError, DataError
+from aetrain.errors import CheckpointError, ConfigError, DataError
 from aetrain.models import Autoencoder
 from aetrain.rundir import BEST, LAST, read_split, run_dir_of
 
@@ -87,7 +87,8 @@ class Trained:
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(codes (n, latent_dim), reconstructions (n, *shape)) of model-unit samples, on the CPU."""
+        """(codes (n, latent_dim), reconstructions (n, *shape)) of model-unit samples, on the CPU. A DataError when
+        any is not finite: every number a command derives from them (scores, PCA's comparison, probes) would be."""
         codes, recons = [], []
         for chunk in x.split(BATCH):
             z, x_hat = self.model(chunk.to(self.device))[:2]  # (b, *shape) -> (b, latent_dim), (b, *shape)
@@ -95,7 +96,13 @@ class Trained:
             recons.append(x_hat.float().cpu())
         if not codes:
             return torch.empty(0, self.cfg.model.latent_dim), torch.empty(0, *self.spec.shape)
-        return torch.cat(codes), torch.cat(recons)
+        z, x_hat = torch.cat(codes), torch.cat(recons)
+        bad = ~(z.isfinite().all(1) & x_hat.flatten(1).isfinite().all(1))  # (n,) samples with a NaN or inf output
+        if bool(bad.any()):
+            raise DataError(f"{self.checkpoint}: the model's output is not finite (NaN or infinite) for {int(bad.sum())} "
+                            f"of {len(x)} samples, although its weights are finite: are the samples in the training "
+                            "data's units?")
+        return z, x_hat
 
 
 def open_run(path: str | Path, device: str = "cpu", device_key: str = "device") -> Trained:
@@ -106,11 +113,25 @@ def open_run(path: str | Path, device: str = "cpu", device_key: str = "device") 
         where = resolve_device(device)
     except ConfigError as e:
         raise ConfigError(str(e).replace("trainer.device", device_key)) from None
-    model = model_from_checkpoint(ckpt).to(where)
+    model = model_from_checkpoint(ckpt)
+    refuse_nonfinite(model, ckpt["path"])
+    model = model.to(where)
     checkpoint = Path(ckpt["path"])
     epoch = ckpt.get("state", {}).get("epoch", 0) if isinstance(ckpt.get("state"), dict) else 0
     return Trained(checkpoint, run_dir_of(checkpoint), config_of(ckpt), spec_from_checkpoint(ckpt), model, epoch,
                    where)
+
+
+def refuse_nonfinite(model: torch.nn.Module, path: str) -> None:
+    """A CheckpointError naming the first weight or buffer that holds a NaN or an infinity: every result of such a
+    model is NaN (or a library's traceback), so no command works on it."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+            what = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
+            raise CheckpointError(f"{path}: the model is not finite: {name} {tuple(tensor.shape)} holds {what} of its "
+                                  f"{tensor.numel()} values; use a checkpoint from before the run diverged (or train "
+                                  "again: aetrain doctor <run dir> says what went wrong)")
 
 
 @dataclass
