@@ -225,3 +225,36 @@ def test_finite_weights_with_non_finite_outputs_fail_every_command_in_one_line(c
                                      "(NaN or infinite) for "), result.err
     assert result.err.count("\n") == 1
     assert snapshot(run) == before
+
+
+# --- where a command writes -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("command", "arg", "message"), [
+    ("eval", "out=/proc/aetrain", "out=/proc/aetrain: cannot write there (/proc: No such file or directory); choose "
+                                  "another folder with out=DIR"),
+    ("export", "out=/proc/aetrain", "out=/proc/aetrain: cannot write there (/proc: No such file or directory)"),
+    ("score", "out={file}", "out={file}: exists and is not a directory; choose another folder with out=DIR"),
+    ("encode", "out={file}/codes", "out={file}/codes: cannot write there ({file}: Not a directory)"),
+    ("score", "seed=-1", "score.seed=-1 is out of range: must be an integer in [0, 2**32 - 1]"),
+])
+def test_every_argument_is_checked_before_the_model_or_the_data_is_loaded(cli, finished: Path, tmp_path: Path,
+                                                                         monkeypatch, command: str, arg: str,
+                                                                         message: str) -> None:
+    """Such mistakes ended in a traceback after the whole evaluation (out=/proc/x), or in one line after it."""
+    import aetrain.commands.trained as trained_module
+
+    if "/proc" in arg and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+
+    def no_work(*_):
+        raise AssertionError("the command started its work before checking its arguments")
+
+    monkeypatch.setattr(trained_module, "model_from_checkpoint", no_work)
+    monkeypatch.setattr(trained_module, "load_source", no_work)
+    (tmp_path / "file").write_text("a user's file\n")
+    before = snapshot(finished)
+    result = cli.command(command, str(finished), arg.format(file=tmp_path / "file"))
+    assert (result.returncode, result.out) == (2, ""), result.output
+    assert result.err.startswith(f"aetrain: error: {message.format(file=tmp_path / 'file')}"), result.err
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert snapshot(finished) == before and (tmp_path / "file").read_text() == "a user's file\n"

@@ -31,15 +31,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from aetrain.commands.trained import RunData, Trained, json_text, log_lines, open_run, output_dir, relative, table
+from aetrain.commands.trained import (RunData, Trained, json_text, log_lines, open_run, output_folder, relative,
+                                      table)
 from aetrain.config import DataConfig, ExportConfig, validate_command
 from aetrain.errors import AetrainError, ConfigError
 from aetrain.models import Autoencoder
-from aetrain.rundir import EXPORT, EXPORT_INFO, EXPORT_PARTS
+from aetrain.rundir import EXPORT, EXPORT_INFO, EXPORT_PARTS, EXPORT_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported_program": ".pt2"}
+SUFFIX = EXPORT_SUFFIXES
 NAMES = {"model": ("x", "x_hat"), "encoder": ("x", "z"), "decoder": ("z", "x_hat")}  # input, output
 
 
@@ -87,6 +88,7 @@ def export(run: str | Path, cfg: ExportConfig, data: DataConfig | None = None) -
     validation split), and move it into <run dir>/export/ (or cfg.out). Returns what export.json holds."""
     validate_command("export", cfg)
     _require_libraries(cfg.format)
+    folder = output_folder(run, cfg.out, EXPORT)
     trained = open_run(run, "cpu")
     target = RunData.of(trained, data)
     samples = target.select("val" if target.own else "all")
@@ -98,7 +100,6 @@ def export(run: str | Path, cfg: ExportConfig, data: DataConfig | None = None) -
     with torch.no_grad():
         inputs = {"x": x, "z": Encode(model)(x)}
 
-    folder = output_dir(trained, cfg.out, EXPORT)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent if folder.parent.exists() else None))
     try:
         differences = {}

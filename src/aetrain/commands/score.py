@@ -27,7 +27,7 @@ import torch
 
 from aetrain.commands import figures
 from aetrain.commands.metrics import PCABaseline, isolation_forest_scores, per_sample_errors
-from aetrain.commands.trained import (Outputs, RunData, Samples, Trained, json_text, log_lines, open_run, output_dir,
+from aetrain.commands.trained import (Outputs, RunData, Samples, Trained, json_text, log_lines, open_run, output_folder,
                                       relative, require_samples, table, warn_outside_training_range)
 from aetrain.config import DataConfig, ScoreConfig, validate_command
 from aetrain.errors import ConfigError
@@ -39,12 +39,15 @@ log = logging.getLogger(__name__)
 def score(run: str | Path, cfg: ScoreConfig, data: DataConfig | None = None) -> dict[str, Any]:
     """Score the samples of `data` (None: the run's held-out ones) with the model at `run`; writes <run dir>/score/."""
     validate_command("score", cfg)
+    folder = output_folder(run, cfg.out, SCORE)
     trained = open_run(run, cfg.device, "score.device")
     own = RunData.of(trained, None)
     target = own if data is None else RunData.of(trained, data)
     target = own if target.own else target
     samples = _scored(target, cfg.split)
     require_samples(samples)
+    normal_classes = cfg.normal_classes if cfg.normal_classes is not None else trained.cfg.data.classes
+    anomaly = _anomalies(samples, normal_classes)  # before the work: score.normal_classes may name no label
     warn_outside_training_range(samples, trained.spec)
     val, train = own.select("val"), own.select("train")
 
@@ -55,8 +58,6 @@ def score(run: str | Path, cfg: ScoreConfig, data: DataConfig | None = None) -> 
     pca_scores = per_sample_errors(samples.x, pca.reconstruct(samples.x))[0]
     forest_scores = isolation_forest_scores(train.x, samples.x, cfg.seed)
 
-    normal_classes = cfg.normal_classes if cfg.normal_classes is not None else trained.cfg.data.classes
-    anomaly = _anomalies(samples, normal_classes)
     methods = [("autoencoder", scores, figures.AE), (pca.name, pca_scores, figures.PCA),
                ("IsolationForest", forest_scores, figures.FOREST)]
     detection, reason = _detection(methods, anomaly)
@@ -77,7 +78,7 @@ def score(run: str | Path, cfg: ScoreConfig, data: DataConfig | None = None) -> 
         result["flagged_anomalies"] = int((flagged & anomaly).sum())
         result["flagged_normal"] = int((flagged & ~anomaly).sum())
 
-    out = Outputs(output_dir(trained, cfg.out, SCORE), SCORE_FILES)
+    out = Outputs(folder, SCORE_FILES)
     out.add("metrics.json", json_text(result))
     out.add("scores.csv", _scores_csv(samples, scores, flagged, anomaly, pca_scores, forest_scores))
     title = f"{samples.description}\n{trained.description}"

@@ -19,6 +19,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from aetrain.atomic import write_atomic
-from aetrain.checkpoint import config_of, load, model_from_checkpoint, spec_from_checkpoint
+from aetrain.checkpoint import config_of, load, model_from_checkpoint, resolve, spec_from_checkpoint
 from aetrain.config import SPLITS, Config, DataConfig, validate_data
 from aetrain.data import Source, Split, class_indices, load_source, split_samples
 from aetrain.data.batches import eval_batches
@@ -291,8 +293,22 @@ def json_text(value: Any) -> str:
     return json.dumps(finite(value), indent=2) + "\n"
 
 
-def output_dir(trained: Trained, out: str | None, folder: str) -> Path:
-    return Path(out) if out else trained.run_dir / folder
+def output_folder(run: str | Path, out: str | None, command: str) -> Path:
+    """The folder `command` writes into: `out`, else <run dir>/<command>; checked before any work is done: it
+    must be a folder that can be made (or written into). A ConfigError names what is in the way."""
+    folder = Path(out) if out else run_dir_of(resolve(run, (BEST, LAST))) / command
+    key = f"out={out}" if out else str(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{key}: exists and is not a directory; choose another folder with out=DIR")
+    where = folder
+    while not where.exists():  # the folder is made when the results are written: make sure it can be
+        where = where.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".aetrain-", dir=where))
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot write there ({where}: {e.strerror}); choose another folder with out=DIR"
+                          ) from None
+    return folder
 
 
 class Outputs:
