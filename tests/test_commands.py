@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -258,3 +259,33 @@ def test_every_argument_is_checked_before_the_model_or_the_data_is_loaded(cli, f
     assert result.err.startswith(f"aetrain: error: {message.format(file=tmp_path / 'file')}"), result.err
     assert result.err.count("\n") == 1 and "Traceback" not in result.err
     assert snapshot(finished) == before and (tmp_path / "file").read_text() == "a user's file\n"
+
+
+def test_one_commands_out_folder_is_never_written_by_another(cli, trained, tmp_path: Path) -> None:
+    """eval out=X, then score out=X replaced eval's metrics.json: each command writes into a new or empty folder, or
+    one it wrote itself."""
+    run = trained(*FAST)
+    shared = tmp_path / "results"
+    assert cli.command("eval", str(run), f"out={shared}", "probe_samples=0", "device=cpu").returncode == 0
+    eval_files = snapshot(shared)
+    assert json.loads((shared / "metrics.json").read_text())["command"] == "eval"
+
+    result = cli.command("score", str(run), f"out={shared}", "device=cpu")
+    assert (result.returncode, result.out) == (2, "")
+    assert result.err == (f"aetrain: error: out={shared}: holds errors.png, metrics.json, per_sample.csv, worst.png "
+                          "(output of aetrain eval), which aetrain score did not write; it writes into a new or empty "
+                          "folder or one it wrote before: choose another with out=DIR\n")
+    for name in ("errors.png", "per_sample.csv", "worst.png"):  # eval's metrics.json alone is still eval's
+        (shared / name).unlink()
+    assert "holds metrics.json (output of aetrain eval)" in cli.command("score", str(run), f"out={shared}").err
+    assert snapshot(shared) == {"metrics.json": eval_files["metrics.json"]}
+
+    # its own earlier output is replaced; a user's file, or another command's default folder, is not
+    assert cli.command("eval", str(run), f"out={shared}", "probe_samples=0", "device=cpu").returncode == 0
+    (shared / "notes.txt").write_text("mine\n")
+    result = cli.command("eval", str(run), f"out={shared}", "probe_samples=0", "device=cpu")
+    assert result.returncode == 2 and f"out={shared}: holds notes.txt, which aetrain eval did not write" in result.err
+    (tmp_path / "encoded").mkdir()
+    (tmp_path / "encoded/codes.npy").write_bytes(b"")
+    result = cli.command("eval", str(run), f"out={tmp_path / 'encoded'}", "device=cpu")
+    assert result.returncode == 2 and "(output of aetrain encode), which aetrain eval did not write" in result.err

@@ -55,7 +55,8 @@ def evaluate(run: str | Path, cfg: EvalConfig, data: DataConfig | None = None) -
 
     unit = trained.units
     result = {
-        "run": str(trained.run_dir), "checkpoint": str(trained.checkpoint), "epoch": trained.epoch,
+        "command": "eval", "run": str(trained.run_dir), "checkpoint": str(trained.checkpoint),
+        "epoch": trained.epoch,
         "model": trained.cfg.model.name, "latent_dim": trained.cfg.model.latent_dim,
         "data": {"name": target.cfg.name, "own": target.own, "split": split, "num_samples": len(samples)},
         "units": unit, "data_range": value_range,

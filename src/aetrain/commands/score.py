@@ -63,7 +63,8 @@ def score(run: str | Path, cfg: ScoreConfig, data: DataConfig | None = None) -> 
     detection, reason = _detection(methods, anomaly)
 
     result: dict[str, Any] = {
-        "run": str(trained.run_dir), "checkpoint": str(trained.checkpoint), "epoch": trained.epoch,
+        "command": "score", "run": str(trained.run_dir), "checkpoint": str(trained.checkpoint),
+        "epoch": trained.epoch,
         "model": trained.cfg.model.name, "latent_dim": trained.cfg.model.latent_dim,
         "data": {"name": target.cfg.name, "own": target.own, "scored": samples.description,
                  "num_samples": len(samples)},

@@ -38,7 +38,7 @@ from aetrain.data.spec import DataSpec
 from aetrain.device import resolve_device
 from aetrain.errors import CheckpointError, ConfigError, DataError
 from aetrain.models import Autoencoder
-from aetrain.rundir import BEST, LAST, read_split, run_dir_of
+from aetrain.rundir import BEST, COMMAND_FILES, EVAL, LAST, SCORE, read_split, run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -294,12 +294,24 @@ def json_text(value: Any) -> str:
 
 
 def output_folder(run: str | Path, out: str | None, command: str) -> Path:
-    """The folder `command` writes into: `out`, else <run dir>/<command>; checked before any work is done: it
-    must be a folder that can be made (or written into). A ConfigError names what is in the way."""
+    """The folder `command` writes into: `out`, else <run dir>/<command>; checked before any work is done.
+
+    It must be a folder that can be made (or written into), and hold nothing but files `command` wrote
+    before: one command's files never replace another's (eval's and score's metrics.json share a name) nor
+    a user's. A ConfigError names what is in the way.
+    """
     folder = Path(out) if out else run_dir_of(resolve(run, (BEST, LAST))) / command
     key = f"out={out}" if out else str(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{key}: exists and is not a directory; choose another folder with out=DIR")
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if _writer(p) != command)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 5 else "")
+            others = sorted({w for w in map(_writer, (folder / n for n in foreign)) if w is not None})
+            whose = f" (output of aetrain {' and '.join(others)})" if others else ""
+            raise ConfigError(f"{key}: holds {shown}{whose}, which aetrain {command} did not write; it writes into a new "
+                              f"or empty folder or one it wrote before: choose another with out=DIR")
     where = folder
     while not where.exists():  # the folder is made when the results are written: make sure it can be
         where = where.parent
@@ -309,6 +321,25 @@ def output_folder(run: str | Path, out: str | None, command: str) -> Path:
         raise ConfigError(f"{key}: cannot write there ({where}: {e.strerror}); choose another folder with out=DIR"
                           ) from None
     return folder
+
+
+def _writer(path: Path) -> str | None:
+    """The command after training that wrote `path`: by its name, and a metrics.json (eval's and score's) by what
+    it holds; an atomic write's leftover temp file (.<name>.tmp) counts as its file's. None: not one of theirs."""
+    name = path.name[1:-4] if path.name.startswith(".") and path.name.endswith(".tmp") else path.name
+    if not path.is_file():
+        return None
+    if name == "metrics.json":
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(found, dict):
+            return None
+        if "command" in found:
+            return found["command"] if found["command"] in COMMAND_FILES else None
+        return EVAL if "probe" in found else SCORE if "threshold" in found else None  # written before "command"
+    return next((command for command, files in COMMAND_FILES.items() if name in files), None)
 
 
 class Outputs:
