@@ -289,3 +289,62 @@ def test_one_commands_out_folder_is_never_written_by_another(cli, trained, tmp_p
     (tmp_path / "encoded/codes.npy").write_bytes(b"")
     result = cli.command("eval", str(run), f"out={tmp_path / 'encoded'}", "device=cpu")
     assert result.returncode == 2 and "(output of aetrain encode), which aetrain eval did not write" in result.err
+
+
+# --- the run's data, checked by its fingerprint -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rows_run(trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data file, run dir): a one-epoch dense run on 200 rows of 6 features, its file this module's alone."""
+    path = tmp_path_factory.mktemp("rows") / "rows.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32))
+    return path, trained("data=tensor_file", f"data.path={path}", "trainer.max_epochs=1")
+
+
+@pytest.mark.parametrize("command", AFTER_TRAINING)
+def test_the_runs_data_changed_since_training_is_refused_by_every_command(cli, rows_run, command: str) -> None:
+    """The checkpoint holds the data's fingerprint; a resume refused a changed file, and these commands used it,
+    saying "of the run's data"."""
+    path, run = rows_run
+    original = np.load(path)
+    before = snapshot(run)
+    np.save(path, original[::-1].copy())  # the same rows in another order: the same shape, size and statistics
+    try:
+        result = cli.command(command, str(run), *(["device=cpu"] if command != "export" else []))
+    finally:
+        np.save(path, original)
+    assert (result.returncode, result.out) == (2, ""), result.output
+    assert result.err.startswith(f"aetrain: error: data=tensor_file ({path}): not the data the run was trained on "
+                                 "(content (sha256 "), result.err
+    assert result.err.endswith("it changed since training; to use it anyway, name it on the command line "
+                               "(data.path=... or data.root=...): it is then other data, used whole\n")
+    assert snapshot(run) == before
+
+
+def test_data_given_is_the_runs_own_only_when_it_holds_the_samples_the_run_trained_on(cli, rows_run,
+                                                                                      tmp_path: Path) -> None:
+    path, run = rows_run
+    moved, other = tmp_path / "moved.npy", tmp_path / "other.npy"
+    np.save(moved, np.load(path))
+    np.save(other, np.load(path)[::-1].copy())
+    result = cli.command("eval", str(run), f"data.path={moved}", "device=cpu", f"out={tmp_path / 'moved'}")
+    assert result.returncode == 0, result.err
+    assert f"on 40 validation samples of the run's data (found at data.path={moved}); " in result.out
+    assert json.loads((tmp_path / "moved/metrics.json").read_text())["data"]["own"] is True
+
+    result = cli.command("eval", str(run), f"data.path={other}", "device=cpu", f"out={tmp_path / 'other'}")
+    assert result.returncode == 0, result.err
+    assert f"on all 200 samples of data=tensor_file ({other}), not the training data; " in result.out
+    metrics = json.loads((tmp_path / "other/metrics.json").read_text())
+    assert metrics["data"]["own"] is False and metrics["pca"]["fit_samples"] == 160  # fitted on the run's own data
+
+    # the run's own data, needed beside other data (PCA's fit), is checked too
+    original = np.load(path)
+    np.save(path, original + 1)
+    try:
+        result = cli.command("score", str(run), f"data.path={other}", "device=cpu", f"out={tmp_path / 'score'}")
+    finally:
+        np.save(path, original)
+    assert result.returncode == 2 and "not the data the run was trained on (content (sha256" in result.err
+    assert result.err.endswith("it changed since training; aetrain score takes its threshold, PCA and IsolationForest "
+                               "from its splits; it must be the data the run trained on\n")

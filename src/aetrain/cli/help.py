@@ -19,11 +19,13 @@ from aetrain.config import field_comments
 
 INTRO = "aetrain: train, compare and debug autoencoders."
 DATA = """\
-data: the run's own data (from its checkpoint) unless data=<name> (that dataset's defaults) or
-data.<key>=<value> (the run's data with that key changed, e.g. data.path=other.npy) is given; the
-keys are training's (aetrain --help). Data given here is used whole (the run's data.classes said what
-to train on); data.classes=[...] given here picks classes of it. A run dir's best.pt is used, else its
-last.pt."""
+data: the run's own data (from its checkpoint; refused when its files changed since training, by the
+fingerprint the checkpoint holds) unless data=<name> (that dataset's defaults) or data.<key>=<value>
+(the run's data with that key changed, e.g. data.path=other.npy) is given; the keys are training's
+(aetrain --help). Data given here is used whole, as not the training data (the run's data.classes said
+what to train on); data.classes=[...] given here picks classes of it. Data given that holds the very
+samples the run trained on (data.path=<where its file moved>) is the run's own, split as training split
+it. A run dir's best.pt is used, else its last.pt."""
 
 
 def command_help(command: Command, overrides: list[str]) -> str:

@@ -36,9 +36,9 @@ def evaluate(run: str | Path, cfg: EvalConfig, data: DataConfig | None = None) -
     validate_command("eval", cfg)
     folder = output_folder(run, cfg.out, EVAL)
     trained = open_run(run, cfg.device, "eval.device")
-    own = RunData.of(trained, None)
-    target = own if data is None else RunData.of(trained, data)
-    target = own if target.own else target
+    target = RunData.of(trained, data)
+    own = target if target.own else RunData.of(  # PCA and the probes are fitted on the run's own data
+        trained, None, needed_for="aetrain eval fits PCA and the probes on its training split")
     split = resolve_split(cfg.split, target.own, "val")
     samples = target.select(split)
     require_samples(samples)

@@ -41,9 +41,9 @@ def score(run: str | Path, cfg: ScoreConfig, data: DataConfig | None = None) -> 
     validate_command("score", cfg)
     folder = output_folder(run, cfg.out, SCORE)
     trained = open_run(run, cfg.device, "score.device")
-    own = RunData.of(trained, None)
-    target = own if data is None else RunData.of(trained, data)
-    target = own if target.own else target
+    target = RunData.of(trained, data)
+    own = target if target.own else RunData.of(  # the threshold and the baselines come from the run's own data
+        trained, None, needed_for="aetrain score takes its threshold, PCA and IsolationForest from its splits")
     samples = _scored(target, cfg.split)
     require_samples(samples)
     normal_classes = cfg.normal_classes if cfg.normal_classes is not None else trained.cfg.data.classes
@@ -106,7 +106,7 @@ def _scored(target: RunData, split: str) -> Samples:
     idx = torch.cat([target.split.val if held_out == "val" else target.split.test, others]).sort().values
     name = "validation" if held_out == "val" else "test"
     more = f" and {len(others)} of classes not trained on" if len(others) else ""
-    return target.samples(idx, f"{len(idx) - len(others)} {name} samples{more} (the run's data)")
+    return target.samples(idx, f"{len(idx) - len(others)} {name} samples{more} ({target.described})")
 
 
 def _errors(trained: Trained, x: torch.Tensor) -> np.ndarray:

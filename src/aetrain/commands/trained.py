@@ -32,7 +32,8 @@ import torch
 from aetrain.atomic import write_atomic
 from aetrain.checkpoint import config_of, load, model_from_checkpoint, resolve, spec_from_checkpoint
 from aetrain.config import SPLITS, Config, DataConfig, validate_data
-from aetrain.data import Source, Split, class_indices, load_source, split_samples
+from aetrain.data import (Source, Split, class_indices, fingerprint, fingerprint_differences, load_source,
+                          split_samples)
 from aetrain.data.batches import eval_batches
 from aetrain.data.spec import DataSpec
 from aetrain.device import resolve_device
@@ -46,6 +47,7 @@ BATCH = 1024  # samples per forward pass: no gradients to hold
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test", "all": "every"}
 # keys that change how data is read, not which samples it holds: data given with only these changed is the run's own
 LOADING_KEYS = ("batch_size", "num_workers", "download")
+LOCATION_KEYS = ("path", "labels", "root")  # where the data's files are: the run's own data may have moved
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Trained:
     model: Autoencoder  # eval mode, on `device`
     epoch: int
     device: torch.device
+    fingerprint: dict[str, Any] | None = None  # of the data it trained on (aetrain.data.fingerprint); None: not stored
 
     @property
     def description(self) -> str:
@@ -101,8 +104,8 @@ class Trained:
         z, x_hat = torch.cat(codes), torch.cat(recons)
         bad = ~(z.isfinite().all(1) & x_hat.flatten(1).isfinite().all(1))  # (n,) samples with a NaN or inf output
         if bool(bad.any()):
-            raise DataError(f"{self.checkpoint}: the model's output is not finite (NaN or infinite) for {int(bad.sum())} "
-                            f"of {len(x)} samples, although its weights are finite: are the samples in the training "
+            raise DataError(f"{self.checkpoint}: the model's output is not finite (NaN or infinite) for "
+                            f"{int(bad.sum())} of {len(x)} samples, although its weights are finite: are the samples in the training "
                             "data's units?")
         return z, x_hat
 
@@ -120,8 +123,9 @@ def open_run(path: str | Path, device: str = "cpu", device_key: str = "device") 
     model = model.to(where)
     checkpoint = Path(ckpt["path"])
     epoch = ckpt.get("state", {}).get("epoch", 0) if isinstance(ckpt.get("state"), dict) else 0
+    saved = ckpt.get("data_fingerprint")
     return Trained(checkpoint, run_dir_of(checkpoint), config_of(ckpt), spec_from_checkpoint(ckpt), model, epoch,
-                   where)
+                   where, saved if isinstance(saved, dict) and saved else None)
 
 
 def refuse_nonfinite(model: torch.nn.Module, path: str) -> None:
@@ -157,15 +161,27 @@ class Samples:
 
 
 class RunData:
-    """A dataset as a command sees it: checked against the model, split as the run split its data."""
+    """A dataset as a command sees it: checked against the model, split as the run split its data.
 
-    def __init__(self, trained: Trained, cfg: DataConfig, *, own: bool) -> None:
+    `own`: the data the run was trained on, split as it was (its fingerprint and split.json agree); the run's own
+    data config is refused when they do not (the files changed since training). Data given on the command line
+    is the run's own when it holds the very samples (moved elsewhere: data.path=<new place>), else other data.
+    """
+
+    def __init__(self, trained: Trained, cfg: DataConfig, *, own: bool, needed_for: str = "") -> None:
         validate_data(cfg)
         self.trained, self.cfg, self.own = trained, cfg, own
         self.source: Source = load_source(cfg)
         self._check_shape()
         self._split: Split | None = None
         if own:
+            differences = self.differences_from_training()
+            if differences:
+                use = (f"{needed_for}; it must be the data the run trained on" if needed_for else
+                       "to use it anyway, name it on the command line (data.path=... or data.root=...): it is then "
+                       "other data, used whole")
+                raise DataError(f"data={self.name}: not the data the run was trained on ({'; '.join(differences)}): "
+                                f"it changed since training; {use}")
             self._check_against_saved_split()
 
     @property
@@ -176,14 +192,51 @@ class RunData:
         return self._split
 
     @classmethod
-    def of(cls, trained: Trained, data: DataConfig | None) -> RunData:
-        """The run's own data (None, or a config that differs from it only in how data is read), or other data."""
-        own = data is None or same_samples(data, trained.cfg.data)
-        return cls(trained, trained.cfg.data if data is None else data, own=own)
+    def of(cls, trained: Trained, data: DataConfig | None, *, needed_for: str = "") -> RunData:
+        """The data a command works on: the run's own (data None), the run's own found where `data` says (a config
+        that differs from the run's only in where its files are and how they are read, holding the samples the run
+        trained on), or other data. `needed_for`: what the run's own data is used for besides the data given (for
+        the refusal when it changed)."""
+        if data is None:
+            return cls(trained, trained.cfg.data, own=True, needed_for=needed_for)
+        run = trained.cfg.data
+        # data given with only its files' place changed had the run's classes cleared (aetrain.cli.command): put back
+        candidate = dataclasses.replace(data, classes=run.classes) if data.classes is None else data
+        if not (trained.fingerprint and same_samples(candidate, run, moved=True)):
+            return cls(trained, data, own=False)
+        found = cls(trained, candidate, own=False)
+        try:
+            if not found.differences_from_training():
+                found._check_against_saved_split()
+                found.own = True
+                return found
+        except DataError:  # not split as the run's data was (or it cannot be: no labels for its data.classes)
+            pass
+        found.cfg, found._split = data, None  # other data after all: used whole
+        return found
+
+    def differences_from_training(self) -> list[str]:
+        """How these samples differ from those the run trained on, by the fingerprint its checkpoint holds; [] for
+        the same (or for a checkpoint written before aetrain stored fingerprints: a note says so)."""
+        saved = self.trained.fingerprint
+        if not saved:
+            log.warning("note: %s has no data fingerprint (written before aetrain stored one): the data was checked "
+                        "by its split.json only", self.trained.checkpoint)
+            return []
+        return fingerprint_differences(saved, fingerprint(self.cfg.name, self.source, self.split))
 
     @property
     def name(self) -> str:
         return f"{self.cfg.name}" + (f" ({self.cfg.path})" if getattr(self.cfg, "path", None) else "")
+
+    @property
+    def described(self) -> str:
+        """Whose samples these are, for headers and titles: "the run's data" or "data=... , not the training data"."""
+        if not self.own:
+            return f"data={self.name}, not the training data"
+        moved = [f"{k}={getattr(self.cfg, k)}" for k in LOCATION_KEYS
+                 if getattr(self.cfg, k, None) != getattr(self.trained.cfg.data, k, None)]
+        return "the run's data" + (f" (found at data.{', data.'.join(moved)})" if moved else "")
 
     def _check_shape(self) -> None:
         spec, shape = self.trained.spec, tuple(self.source.shape)
@@ -247,14 +300,16 @@ class RunData:
     def select(self, split: str) -> Samples:
         """The samples of a split (train, val, test or all), described for people."""
         idx = self.indices(split)
-        of = "the run's data" if self.own else f"data={self.name}"
+        of = self.described
         which = f"{len(idx)} {SPLIT_NAMES[split]} samples" if split != "all" else f"all {len(idx)} samples"
         return self.samples(idx, f"{which} of {of}")
 
 
-def same_samples(a: DataConfig, b: DataConfig) -> bool:
-    """True when two data configs describe the same samples and split (they may differ in how data is read)."""
-    strip = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if k not in LOADING_KEYS}  # noqa: E731
+def same_samples(a: DataConfig, b: DataConfig, *, moved: bool = False) -> bool:
+    """True when two data configs describe the same samples and split (they may differ in how data is read; with
+    `moved`, also in where its files are: then only their fingerprints can tell whether they hold the same samples)."""
+    ignored = LOADING_KEYS + (LOCATION_KEYS if moved else ())
+    strip = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if k not in ignored}  # noqa: E731
     return type(a) is type(b) and strip(a) == strip(b)
 
 
@@ -310,8 +365,8 @@ def output_folder(run: str | Path, out: str | None, command: str) -> Path:
             shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 5 else "")
             others = sorted({w for w in map(_writer, (folder / n for n in foreign)) if w is not None})
             whose = f" (output of aetrain {' and '.join(others)})" if others else ""
-            raise ConfigError(f"{key}: holds {shown}{whose}, which aetrain {command} did not write; it writes into a new "
-                              f"or empty folder or one it wrote before: choose another with out=DIR")
+            raise ConfigError(f"{key}: holds {shown}{whose}, which aetrain {command} did not write; it writes into a "
+                              "new or empty folder or one it wrote before: choose another with out=DIR")
     where = folder
     while not where.exists():  # the folder is made when the results are written: make sure it can be
         where = where.parent

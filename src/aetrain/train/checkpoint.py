@@ -22,6 +22,7 @@ import torch
 from aetrain import __version__
 from aetrain.checkpoint import FORMAT, FORMAT_VERSION, config_of, load, load_weights, spec_from_checkpoint
 from aetrain.config import Config, to_json
+from aetrain.data import fingerprint_differences
 from aetrain.data.spec import DataSpec
 from aetrain.errors import CheckpointError
 from aetrain.rundir import BEST, LAST
@@ -242,12 +243,7 @@ def _check_same_data(path: str | None, saved: Any, now: dict[str, Any] | None) -
         log.warning("trainer.resume=%s: the checkpoint has no data fingerprint (written before aetrain stored one): "
                     "only the shape of the samples was checked", path)
         return
-    differ = [f"{what}: {now.get(key)} here, {saved.get(key)} in the checkpoint"
-              for key, what in (("source", "source"), ("samples", "samples"), ("train", "training samples"),
-                                ("val", "validation samples")) if saved.get(key) != now.get(key)]
-    if not differ and saved.get("sha256") != now.get("sha256"):
-        differ.append(f"content (sha256 {str(now.get('sha256'))[:12]} here, {str(saved.get('sha256'))[:12]} "
-                      "in the checkpoint)")
+    differ = fingerprint_differences(saved, now)
     if differ:
         raise CheckpointError(f"trainer.resume={path}: the data differs from the checkpoint's: {'; '.join(differ)}. "
                               "Resume on the data the run was trained on (its file may move, not change)")
