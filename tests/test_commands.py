@@ -348,3 +348,52 @@ def test_data_given_is_the_runs_own_only_when_it_holds_the_samples_the_run_train
     assert result.returncode == 2 and "not the data the run was trained on (content (sha256" in result.err
     assert result.err.endswith("it changed since training; aetrain score takes its threshold, PCA and IsolationForest "
                                "from its splits; it must be the data the run trained on\n")
+
+
+def test_a_run_on_a_relative_data_path_is_found_from_any_directory(cli, tmp_path: Path, monkeypatch) -> None:
+    """The run kept data.path as typed (rows.npy): eval, score, encode, export and resume started elsewhere said
+    "data.path=rows.npy: does not exist", even with data.path=<the file> given (that named the run's path)."""
+    project, elsewhere, run = tmp_path / "project", tmp_path / "elsewhere", tmp_path / "run"
+    project.mkdir(), elsewhere.mkdir()
+    rows = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+    np.save(project / "rows.npy", rows)
+    monkeypatch.chdir(project)
+    quiet = ("trainer.device=cpu", "outputs.plot_every=0", "outputs.tensorboard=false")
+    assert cli("data=tensor_file", "data.path=rows.npy", "trainer.max_epochs=1", *quiet, run_dir=run).returncode == 0
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["data_paths"] == {"path": str(project / "rows.npy")}
+
+    # a checkpoint from before aetrain stored the resolved paths: its path as typed, from the working directory
+    import shutil
+
+    shutil.copytree(run, tmp_path / "old")
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(run / "checkpoints" / name, weights_only=True)
+        del ckpt["data_paths"]
+        (tmp_path / "old/checkpoints" / name).unlink()
+        torch.save(ckpt, tmp_path / "old/checkpoints" / name)
+    assert cli.command("encode", str(tmp_path / "old"), "device=cpu").returncode == 0
+
+    monkeypatch.chdir(elsewhere)
+    result = cli.command("encode", str(run), "device=cpu")
+    assert result.returncode == 0, result.err
+    assert "all 200 samples of the run's data -> codes 200 x 16" in result.out
+
+    # moved: the message names the path as typed and as the run resolved it; the new place given is honoured
+    (project / "rows.npy").rename(elsewhere / "moved.npy")
+    result = cli.command("eval", str(run), "device=cpu")
+    assert (result.returncode, result.out) == (2, "")
+    assert result.err == (f"aetrain: error: data.path=rows.npy ({project}/rows.npy when the run trained): does not "
+                          "exist; data=tensor_file needs a .npy or .pt file; if it moved, give data.path=<its place "
+                          "now>\n")
+    result = cli.command("eval", str(run), "data.path=moved.npy", "device=cpu")
+    assert result.returncode == 0, result.err
+    assert "on 40 validation samples of the run's data (found at data.path=moved.npy)" in result.out
+    result = cli(f"trainer.resume={run}", "trainer.max_epochs=2", run_dir=run)
+    assert (result.returncode, result.err) == (2, f"aetrain: error: trainer.resume={run}: the run's data.path=rows.npy "
+                                                  f"({project}/rows.npy when it trained) does not exist; if it moved, "
+                                                  "give its place now: data.path=<its place>\n")
+    assert cli(f"trainer.resume={run}", "trainer.max_epochs=2", "data.path=moved.npy", run_dir=run).returncode == 0
+
+    # a resume from another directory finds the file that resume named (moved.npy, relative to elsewhere)
+    monkeypatch.chdir(project)
+    assert cli(f"trainer.resume={run}", "trainer.max_epochs=3", run_dir=run).returncode == 0

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from aetrain.atomic import write_atomic
-from aetrain.checkpoint import config_of, load, model_from_checkpoint, resolve, spec_from_checkpoint
+from aetrain.checkpoint import config_of, load, model_from_checkpoint, resolve, run_data, spec_from_checkpoint
 from aetrain.config import SPLITS, Config, DataConfig, validate_data
 from aetrain.data import (Source, Split, class_indices, fingerprint, fingerprint_differences, load_source,
                           split_samples)
@@ -62,6 +62,13 @@ class Trained:
     epoch: int
     device: torch.device
     fingerprint: dict[str, Any] | None = None  # of the data it trained on (aetrain.data.fingerprint); None: not stored
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)  # cfg.data, its paths made absolute in training
+
+    @property
+    def moved_keys(self) -> dict[str, tuple[str, str]]:
+        """data.<key> -> (as typed, as resolved in training) for each data path the working directory made absolute."""
+        return {k: (getattr(self.cfg.data, k), getattr(self.data, k)) for k in LOCATION_KEYS
+                if getattr(self.data, k, None) != getattr(self.cfg.data, k, None)}
 
     @property
     def description(self) -> str:
@@ -125,7 +132,7 @@ def open_run(path: str | Path, device: str = "cpu", device_key: str = "device") 
     epoch = ckpt.get("state", {}).get("epoch", 0) if isinstance(ckpt.get("state"), dict) else 0
     saved = ckpt.get("data_fingerprint")
     return Trained(checkpoint, run_dir_of(checkpoint), config_of(ckpt), spec_from_checkpoint(ckpt), model, epoch,
-                   where, saved if isinstance(saved, dict) and saved else None)
+                   where, saved if isinstance(saved, dict) and saved else None, run_data(ckpt))
 
 
 def refuse_nonfinite(model: torch.nn.Module, path: str) -> None:
@@ -171,7 +178,10 @@ class RunData:
     def __init__(self, trained: Trained, cfg: DataConfig, *, own: bool, needed_for: str = "") -> None:
         validate_data(cfg)
         self.trained, self.cfg, self.own = trained, cfg, own
-        self.source: Source = load_source(cfg)
+        try:
+            self.source: Source = load_source(cfg)
+        except DataError as e:
+            raise DataError(self._as_typed(str(e), needed_for)) from None
         self._check_shape()
         self._split: Split | None = None
         if own:
@@ -198,8 +208,8 @@ class RunData:
         trained on), or other data. `needed_for`: what the run's own data is used for besides the data given (for
         the refusal when it changed)."""
         if data is None:
-            return cls(trained, trained.cfg.data, own=True, needed_for=needed_for)
-        run = trained.cfg.data
+            return cls(trained, trained.data, own=True, needed_for=needed_for)
+        run = trained.data
         # data given with only its files' place changed had the run's classes cleared (aetrain.cli.command): put back
         candidate = dataclasses.replace(data, classes=run.classes) if data.classes is None else data
         if not (trained.fingerprint and same_samples(candidate, run, moved=True)):
@@ -214,6 +224,20 @@ class RunData:
             pass
         found.cfg, found._split = data, None  # other data after all: used whole
         return found
+
+    def _as_typed(self, message: str, needed_for: str) -> str:
+        """A data error on the run's own files, naming each path as the run's command line typed it and as it was
+        resolved when the run trained (from another working directory the two differ), and what to do."""
+        named = []
+        for key, (typed, resolved) in self.trained.moved_keys.items():
+            if getattr(self.cfg, key, None) == resolved and f"data.{key}={resolved}" in message:
+                message = message.replace(f"data.{key}={resolved}", f"data.{key}={typed} ({resolved} when the run "
+                                          "trained)")
+                named.append(f"data.{key}=<its place now>")
+        if not named:
+            return message
+        return message + (f"; {needed_for}, so it must be where the run trained on it" if needed_for else
+                          f"; if it moved, give {' and '.join(named)}")
 
     def differences_from_training(self) -> list[str]:
         """How these samples differ from those the run trained on, by the fingerprint its checkpoint holds; [] for
@@ -235,7 +259,7 @@ class RunData:
         if not self.own:
             return f"data={self.name}, not the training data"
         moved = [f"{k}={getattr(self.cfg, k)}" for k in LOCATION_KEYS
-                 if getattr(self.cfg, k, None) != getattr(self.trained.cfg.data, k, None)]
+                 if getattr(self.cfg, k, None) != getattr(self.trained.data, k, None)]
         return "the run's data" + (f" (found at data.{', data.'.join(moved)})" if moved else "")
 
     def _check_shape(self) -> None:
