@@ -54,6 +54,8 @@ def score(run: str | Path, cfg: ScoreConfig, data: DataConfig | None = None) -> 
     scores = _errors(trained, samples.x)
     threshold = float(np.quantile(_errors(trained, val.x), cfg.quantile))
     flagged = scores > threshold
+    # the run's validation samples among those scored: about 1 - quantile of them are flagged by construction
+    same = int(np.isin(samples.index, val.index).sum()) if target.own else 0
     pca = PCABaseline(train.x, trained.cfg.model.latent_dim)
     pca_scores = per_sample_errors(samples.x, pca.reconstruct(samples.x))[0]
     forest_scores = isolation_forest_scores(train.x, samples.x, cfg.seed)
@@ -69,7 +71,8 @@ def score(run: str | Path, cfg: ScoreConfig, data: DataConfig | None = None) -> 
         "data": {"name": target.cfg.name, "own": target.own, "scored": samples.description,
                  "num_samples": len(samples)},
         "units": trained.units,
-        "threshold": {"value": threshold, "quantile": cfg.quantile, "validation_samples": len(val)},
+        "threshold": {"value": threshold, "quantile": cfg.quantile, "validation_samples": len(val),
+                      "of_them_scored": same},
         "flagged": int(flagged.sum()),
         "normal_classes": normal_classes,
         "anomalies": None if anomaly is None else int(anomaly.sum()),
@@ -176,6 +179,13 @@ def _report(trained: Trained, cfg: ScoreConfig, result: dict[str, Any], samples:
              f"  scored {samples.description}",
              f"  threshold {t['value']:.4g} = the {cfg.quantile:g} quantile of the errors of {t['validation_samples']} "
              f"validation samples: {result['flagged']} of {len(samples)} flagged"]
+    if t["of_them_scored"]:
+        share = f"{100 * (1 - cfg.quantile):.3g}%"
+        which = ("every scored sample is one" if t["of_them_scored"] == len(samples) else
+                 f"{t['of_them_scored']} of the scored samples are")
+        lines.append(f"  note: {which} of the validation samples the threshold comes from, so about {share} of "
+                     f"those are flagged by construction, anomalous or not; to score samples the threshold did not "
+                     "see, train with data.test_fraction > 0 (or data.classes=[...]), or score other data")
     if detection:
         normal = len(samples) - result["anomalies"]
         lines.append(f"  normal: classes {result['normal_classes']} ({normal} samples); anomalous: the other "
