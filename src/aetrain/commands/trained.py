@@ -6,10 +6,14 @@ the model in *model units*: the data as its source gives it (data units), scaled
 model stored when it was trained, never by statistics of the data being evaluated.
 
 Everything that can fail on user input (no checkpoint, data that does not fit the model, a split
-the run does not have) fails before anything is written. A command's files are written together at
-the end, each atomically, into its folder of the run dir; files of an earlier call of the same
-command that this call does not produce (a ROC curve of labelled data) are removed, so the folder
-always describes one call.
+the run does not have) fails before anything is written, and the output folder before the model
+or the data is loaded. A model that is not finite is refused, and so is the run's own data when it
+is not what the run trained on (the fingerprint in its checkpoint); the run's data paths are read as
+the run resolved them, so a command works from any directory. A command's files are written
+together at the end, each atomically, into its folder of the run dir (or `out=`), which holds
+nothing but that command's files; files of an earlier call of the same command that this call
+does not produce (a ROC curve of labelled data) are removed, so the folder always describes one
+call.
 """
 
 from __future__ import annotations
