@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,36 @@ def test_help_lists_every_group_and_its_choices(cli) -> None:
                  "optimizer: adam, adamw, rmsprop, sgd",
                  "scheduler: cosine, exponential, none, onecycle, plateau, step"]:
         assert line in result.out
+
+
+def test_help_lists_the_keys_of_every_choice_not_only_the_chosen_ones(cli) -> None:
+    """`aetrain --help` showed the keys of the default choices only: no data.path, model.noise.*, scheduler.step_size."""
+    import dataclasses
+
+    from aetrain.config import CHOICES, default_choice
+
+    def keys(section, prefix=""):
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from keys(value, f"{prefix}{f.name}.")
+            elif prefix or f.name != "name":
+                yield prefix + f.name
+
+    out = cli("--help").out
+    section = out.split("== Every choice's keys", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    lines = []  # a wrapped line continues the one above it
+    for line in section:
+        lines[-1:] = [lines[-1] + " " + line.strip()] if line.startswith("    ") else [*lines[-1:], line]
+    for group, choices in CHOICES.items():
+        common = next(line for line in lines if line.startswith(f"{group}, every choice: ")).split(": ", 1)[1]
+        for name in choices:
+            own = next(line for line in lines if re.match(rf"  {group}=(\S+\|)?{name}(\|\S+)?: ", line))
+            shown = (set() if common == "(none)" else set(common.split(", "))) | (
+                set() if own.endswith("no others") else set(own.split(": also ", 1)[1].split(", ")))
+            assert shown == set(keys(default_choice(group, name))), f"{group}={name}"
+    assert "aetrain --help model=vae" in out
+    assert "  kl_warmup_epochs: " in cli("--help", "model=vae").out  # what the section says to type shows them
 
 
 def test_train_is_the_default_command_and_has_its_own_help(cli) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -173,3 +174,226 @@ def test_a_command_is_one_function_and_one_entry(cli, tmp_path: Path, monkeypatc
     assert re.search(r"^  aetrain hello +say hello to a run dir$", cli("--help").out, flags=re.M)
     bad = cli.command("hello", str(tmp_path), "times=0")
     assert (bad.returncode, bad.err) == (2, "aetrain: error: hello.times=0 is out of range: must be >= 1\n")
+
+
+# --- a model that is not finite ---------------------------------------------------------------------
+
+def edited_run(finished: Path, folder: Path, edit) -> Path:
+    """A copy of `finished` whose best.pt has its weights edited by `edit(weights)`, and no last.pt."""
+    import shutil
+
+    run = folder / "edited"
+    shutil.copytree(finished, run)
+    best = run / "checkpoints/best.pt"
+    ckpt = torch.load(best, weights_only=True)
+    edit(ckpt["model"])
+    (run / "checkpoints/last.pt").unlink()
+    best.unlink()  # a new file: best.pt and last.pt may share one
+    torch.save(ckpt, best)
+    return run
+
+
+@pytest.mark.parametrize("command", AFTER_TRAINING)
+def test_a_model_with_a_nan_weight_is_refused_by_every_command_naming_the_tensor(cli, finished: Path, tmp_path: Path,
+                                                                                  command: str) -> None:
+    run = edited_run(finished, tmp_path, lambda w: w["decoder.2.weight"].view(-1)
+                     .index_fill_(0, torch.tensor([5, 9]), float("nan")))
+    before = snapshot(run)
+    result = cli.command(command, str(run), *(["device=cpu"] if command != "export" else []))
+    assert (result.returncode, result.out) == (2, ""), result.output
+    assert result.err == (f"aetrain: error: {run}/checkpoints/best.pt: the model is not finite: decoder.2.weight "
+                          "(256, 128) holds 2 NaN of its 32768 values; use a checkpoint from before the run diverged "
+                          "(or train again: aetrain doctor <run dir> says what went wrong)\n")
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("command", AFTER_TRAINING)
+def test_finite_weights_with_non_finite_outputs_fail_every_command_in_one_line(cli, finished: Path, tmp_path: Path,
+                                                                               command: str) -> None:
+    """Weights near float32's largest value: every output overflows to inf or NaN. eval gave a scikit-learn
+    traceback, score "threshold nan", export passed its own check with "max |difference| nan"."""
+    run = edited_run(finished, tmp_path, lambda w: w["encoder.1.weight"].fill_(3e38))
+    before = snapshot(run)
+    result = cli.command(command, str(run), *(["device=cpu"] if command != "export" else []))
+    assert "Traceback" not in result.output and result.out == ""
+    if command == "export":
+        assert result.returncode == 1
+        assert "differs from PyTorch by nan (model units)" in result.err and "not a finite number; nothing was " \
+            "written" in result.err, result.err
+    else:
+        assert result.returncode == 2
+        assert result.err.startswith(f"aetrain: error: {run}/checkpoints/best.pt: the model's output is not finite "
+                                     "(NaN or infinite) for "), result.err
+    assert result.err.count("\n") == 1
+    assert snapshot(run) == before
+
+
+# --- where a command writes -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("command", "arg", "message"), [
+    ("eval", "out=/proc/aetrain", "out=/proc/aetrain: cannot write there (/proc: No such file or directory); choose "
+                                  "another folder with out=DIR"),
+    ("export", "out=/proc/aetrain", "out=/proc/aetrain: cannot write there (/proc: No such file or directory)"),
+    ("score", "out={file}", "out={file}: exists and is not a directory; choose another folder with out=DIR"),
+    ("encode", "out={file}/codes", "out={file}/codes: cannot write there ({file}: Not a directory)"),
+    ("score", "seed=-1", "score.seed=-1 is out of range: must be an integer in [0, 2**32 - 1]"),
+])
+def test_every_argument_is_checked_before_the_model_or_the_data_is_loaded(cli, finished: Path, tmp_path: Path,
+                                                                         monkeypatch, command: str, arg: str,
+                                                                         message: str) -> None:
+    """Such mistakes ended in a traceback after the whole evaluation (out=/proc/x), or in one line after it."""
+    import aetrain.commands.trained as trained_module
+
+    if "/proc" in arg and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+
+    def no_work(*_):
+        raise AssertionError("the command started its work before checking its arguments")
+
+    monkeypatch.setattr(trained_module, "model_from_checkpoint", no_work)
+    monkeypatch.setattr(trained_module, "load_source", no_work)
+    (tmp_path / "file").write_text("a user's file\n")
+    before = snapshot(finished)
+    result = cli.command(command, str(finished), arg.format(file=tmp_path / "file"))
+    assert (result.returncode, result.out) == (2, ""), result.output
+    assert result.err.startswith(f"aetrain: error: {message.format(file=tmp_path / 'file')}"), result.err
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert snapshot(finished) == before and (tmp_path / "file").read_text() == "a user's file\n"
+
+
+def test_one_commands_out_folder_is_never_written_by_another(cli, trained, tmp_path: Path) -> None:
+    """eval out=X, then score out=X replaced eval's metrics.json: each command writes into a new or empty folder, or
+    one it wrote itself."""
+    run = trained(*FAST)
+    shared = tmp_path / "results"
+    assert cli.command("eval", str(run), f"out={shared}", "probe_samples=0", "device=cpu").returncode == 0
+    eval_files = snapshot(shared)
+    assert json.loads((shared / "metrics.json").read_text())["command"] == "eval"
+
+    result = cli.command("score", str(run), f"out={shared}", "device=cpu")
+    assert (result.returncode, result.out) == (2, "")
+    assert result.err == (f"aetrain: error: out={shared}: holds errors.png, metrics.json, per_sample.csv, worst.png "
+                          "(output of aetrain eval), which aetrain score did not write; it writes into a new or empty "
+                          "folder or one it wrote before: choose another with out=DIR\n")
+    for name in ("errors.png", "per_sample.csv", "worst.png"):  # eval's metrics.json alone is still eval's
+        (shared / name).unlink()
+    assert "holds metrics.json (output of aetrain eval)" in cli.command("score", str(run), f"out={shared}").err
+    assert snapshot(shared) == {"metrics.json": eval_files["metrics.json"]}
+
+    # its own earlier output is replaced; a user's file, or another command's default folder, is not
+    assert cli.command("eval", str(run), f"out={shared}", "probe_samples=0", "device=cpu").returncode == 0
+    (shared / "notes.txt").write_text("mine\n")
+    result = cli.command("eval", str(run), f"out={shared}", "probe_samples=0", "device=cpu")
+    assert result.returncode == 2 and f"out={shared}: holds notes.txt, which aetrain eval did not write" in result.err
+    (tmp_path / "encoded").mkdir()
+    (tmp_path / "encoded/codes.npy").write_bytes(b"")
+    result = cli.command("eval", str(run), f"out={tmp_path / 'encoded'}", "device=cpu")
+    assert result.returncode == 2 and "(output of aetrain encode), which aetrain eval did not write" in result.err
+
+
+# --- the run's data, checked by its fingerprint -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rows_run(trained, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data file, run dir): a one-epoch dense run on 200 rows of 6 features, its file this module's alone."""
+    path = tmp_path_factory.mktemp("rows") / "rows.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32))
+    return path, trained("data=tensor_file", f"data.path={path}", "trainer.max_epochs=1")
+
+
+@pytest.mark.parametrize("command", AFTER_TRAINING)
+def test_the_runs_data_changed_since_training_is_refused_by_every_command(cli, rows_run, command: str) -> None:
+    """The checkpoint holds the data's fingerprint; a resume refused a changed file, and these commands used it,
+    saying "of the run's data"."""
+    path, run = rows_run
+    original = np.load(path)
+    before = snapshot(run)
+    np.save(path, original[::-1].copy())  # the same rows in another order: the same shape, size and statistics
+    try:
+        result = cli.command(command, str(run), *(["device=cpu"] if command != "export" else []))
+    finally:
+        np.save(path, original)
+    assert (result.returncode, result.out) == (2, ""), result.output
+    assert result.err.startswith(f"aetrain: error: data=tensor_file ({path}): not the data the run was trained on "
+                                 "(content (sha256 "), result.err
+    assert result.err.endswith("it changed since training; to use it anyway, name it on the command line "
+                               "(data.path=... or data.root=...): it is then other data, used whole\n")
+    assert snapshot(run) == before
+
+
+def test_data_given_is_the_runs_own_only_when_it_holds_the_samples_the_run_trained_on(cli, rows_run,
+                                                                                      tmp_path: Path) -> None:
+    path, run = rows_run
+    moved, other = tmp_path / "moved.npy", tmp_path / "other.npy"
+    np.save(moved, np.load(path))
+    np.save(other, np.load(path)[::-1].copy())
+    result = cli.command("eval", str(run), f"data.path={moved}", "device=cpu", f"out={tmp_path / 'moved'}")
+    assert result.returncode == 0, result.err
+    assert f"on 40 validation samples of the run's data (found at data.path={moved}); " in result.out
+    assert json.loads((tmp_path / "moved/metrics.json").read_text())["data"]["own"] is True
+
+    result = cli.command("eval", str(run), f"data.path={other}", "device=cpu", f"out={tmp_path / 'other'}")
+    assert result.returncode == 0, result.err
+    assert f"on all 200 samples of data=tensor_file ({other}), not the training data; " in result.out
+    metrics = json.loads((tmp_path / "other/metrics.json").read_text())
+    assert metrics["data"]["own"] is False and metrics["pca"]["fit_samples"] == 160  # fitted on the run's own data
+
+    # the run's own data, needed beside other data (PCA's fit), is checked too
+    original = np.load(path)
+    np.save(path, original + 1)
+    try:
+        result = cli.command("score", str(run), f"data.path={other}", "device=cpu", f"out={tmp_path / 'score'}")
+    finally:
+        np.save(path, original)
+    assert result.returncode == 2 and "not the data the run was trained on (content (sha256" in result.err
+    assert result.err.endswith("it changed since training; aetrain score takes its threshold, PCA and IsolationForest "
+                               "from its splits; it must be the data the run trained on\n")
+
+
+def test_a_run_on_a_relative_data_path_is_found_from_any_directory(cli, tmp_path: Path, monkeypatch) -> None:
+    """The run kept data.path as typed (rows.npy): eval, score, encode, export and resume started elsewhere said
+    "data.path=rows.npy: does not exist", even with data.path=<the file> given (that named the run's path)."""
+    project, elsewhere, run = tmp_path / "project", tmp_path / "elsewhere", tmp_path / "run"
+    project.mkdir(), elsewhere.mkdir()
+    rows = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
+    np.save(project / "rows.npy", rows)
+    monkeypatch.chdir(project)
+    quiet = ("trainer.device=cpu", "outputs.plot_every=0", "outputs.tensorboard=false")
+    assert cli("data=tensor_file", "data.path=rows.npy", "trainer.max_epochs=1", *quiet, run_dir=run).returncode == 0
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["data_paths"] == {"path": str(project / "rows.npy")}
+
+    # a checkpoint from before aetrain stored the resolved paths: its path as typed, from the working directory
+    import shutil
+
+    shutil.copytree(run, tmp_path / "old")
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(run / "checkpoints" / name, weights_only=True)
+        del ckpt["data_paths"]
+        (tmp_path / "old/checkpoints" / name).unlink()
+        torch.save(ckpt, tmp_path / "old/checkpoints" / name)
+    assert cli.command("encode", str(tmp_path / "old"), "device=cpu").returncode == 0
+
+    monkeypatch.chdir(elsewhere)
+    result = cli.command("encode", str(run), "device=cpu")
+    assert result.returncode == 0, result.err
+    assert "all 200 samples of the run's data -> codes 200 x 16" in result.out
+
+    # moved: the message names the path as typed and as the run resolved it; the new place given is honoured
+    (project / "rows.npy").rename(elsewhere / "moved.npy")
+    result = cli.command("eval", str(run), "device=cpu")
+    assert (result.returncode, result.out) == (2, "")
+    assert result.err == (f"aetrain: error: data.path=rows.npy ({project}/rows.npy when the run trained): does not "
+                          "exist; data=tensor_file needs a .npy or .pt file; if it moved, give data.path=<its place "
+                          "now>\n")
+    result = cli.command("eval", str(run), "data.path=moved.npy", "device=cpu")
+    assert result.returncode == 0, result.err
+    assert "on 40 validation samples of the run's data (found at data.path=moved.npy)" in result.out
+    result = cli(f"trainer.resume={run}", "trainer.max_epochs=2", run_dir=run)
+    assert (result.returncode, result.err) == (2, f"aetrain: error: trainer.resume={run}: the run's data.path=rows.npy "
+                                                  f"({project}/rows.npy when it trained) does not exist; if it moved, "
+                                                  "give its place now: data.path=<its place>\n")
+    assert cli(f"trainer.resume={run}", "trainer.max_epochs=2", "data.path=moved.npy", run_dir=run).returncode == 0
+
+    # a resume from another directory finds the file that resume named (moved.npy, relative to elsewhere)
+    monkeypatch.chdir(project)
+    assert cli(f"trainer.resume={run}", "trainer.max_epochs=3", run_dir=run).returncode == 0

@@ -35,14 +35,15 @@ def test_encode_writes_the_code_of_every_sample_as_the_python_api_gives_it(cli, 
 
 def test_encode_a_split_draws_a_tsne_map_and_leaves_no_stale_labels(cli, trained, tmp_path) -> None:
     run = trained(*FAST)
-    result = cli.command("encode", str(run), "split=val", "map=tsne", "map_samples=100", "device=cpu", f"out={tmp_path}")
+    out = tmp_path / "codes"
+    result = cli.command("encode", str(run), "split=val", "map=tsne", "map_samples=100", "device=cpu", f"out={out}")
     assert result.returncode == 0, result.err
     split = json.loads((run / "split.json").read_text())
-    np.testing.assert_array_equal(np.load(tmp_path / "indices.npy"), split["val"])
-    assert np.load(tmp_path / "codes.npy").shape == (359, 16) and "t-SNE" in result.out
+    np.testing.assert_array_equal(np.load(out / "indices.npy"), split["val"])
+    assert np.load(out / "codes.npy").shape == (359, 16) and "t-SNE" in result.out
     rows = tmp_path / "rows.npy"
     np.save(rows, load_source(DataConfig()).samples[:50].numpy())  # the same kind of images, without labels
-    result = cli.command("encode", str(run), "data=tensor_file", f"data.path={rows}", "device=cpu", f"out={tmp_path}")
+    result = cli.command("encode", str(run), "data=tensor_file", f"data.path={rows}", "device=cpu", f"out={out}")
     assert result.returncode == 0, result.err
-    assert np.load(tmp_path / "codes.npy").shape == (50, 16)
-    assert not (tmp_path / "labels.npy").exists()  # the earlier call's labels would describe other samples
+    assert np.load(out / "codes.npy").shape == (50, 16)
+    assert not (out / "labels.npy").exists()  # the earlier call's labels would describe other samples

@@ -39,6 +39,8 @@ def test_score_flags_above_the_validation_quantile_and_reports_auroc_beside_the_
     np.testing.assert_allclose(scores, errors([int(r["index"]) for r in rows]).numpy(), rtol=1e-5)
     metrics = json.loads((run / "score/metrics.json").read_text())
     assert metrics["threshold"]["value"] == pytest.approx(threshold, rel=1e-5)
+    assert metrics["threshold"]["of_them_scored"] == 36  # the digit's validation samples set it, and are scored
+    assert "note: 36 of the scored samples are of the validation samples the threshold comes from" in result.out
     assert [int(r["flagged"]) for r in rows] == [int(s > metrics["threshold"]["value"]) for s in scores]
 
     from sklearn.metrics import average_precision_score, roc_auc_score
@@ -64,6 +66,20 @@ def test_with_a_test_split_the_test_samples_are_scored_and_validation_sets_the_t
     assert {int(r["index"]) for r in rows if r["split"] != "excluded"} == set(split["test"])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["threshold"]["validation_samples"] == len(split["val"]) and metrics["threshold"]["quantile"] == 0.5
+    assert metrics["threshold"]["of_them_scored"] == 0 and "by construction" not in result.out
+
+
+def test_a_run_on_every_class_is_told_its_flags_hold_by_construction(cli, trained) -> None:
+    """Without data.classes or a test split, score scores the very samples its threshold comes from: "4 of 359
+    flagged" is the 0.99 quantile, whatever the model."""
+    run = trained(*FAST)
+    result = cli.command("score", str(run), "device=cpu")
+    assert result.returncode == 0, result.err
+    metrics = json.loads((run / "score/metrics.json").read_text())
+    assert metrics["threshold"]["of_them_scored"] == metrics["data"]["num_samples"] == 359 and metrics["flagged"] == 4
+    assert ("  note: every scored sample is one of the validation samples the threshold comes from, so about 1% of "
+            "those are flagged by construction, anomalous or not; to score samples the threshold did not see, train "
+            "with data.test_fraction > 0 (or data.classes=[...]), or score other data\n") in result.out
 
 
 def test_tabular_rows_with_a_labels_file_are_scored_the_same_way(cli, trained, tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ Format versions: 2 (this one) stores each config group in the shape of its choic
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import pickle
 import re
 import zipfile
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from aetrain.config import Config, from_json
+from aetrain.config import Config, DataConfig, from_json
 from aetrain.data.spec import DataSpec
 from aetrain.errors import CheckpointError, ConfigError
 from aetrain.rundir import LAST, checkpoint_dir
@@ -79,6 +81,34 @@ def run_id(path: str | Path) -> str | None:
     asks it before it loads the checkpoint to continue from); None for a checkpoint from before run ids."""
     found = load(path, mmap=True).get("run_id")
     return found if isinstance(found, str) else None
+
+
+DATA_PATH_KEYS = ("path", "labels", "root")  # the data keys naming files or folders, relative to where aetrain ran
+
+
+def resolved_data_paths(cfg: DataConfig) -> dict[str, str]:
+    """The data's files and folders as absolute paths (key -> path): what a checkpoint stores beside the config,
+    which keeps them as typed, so that the run's data is found from any working directory."""
+    return {key: os.path.abspath(value) for key in DATA_PATH_KEYS if isinstance(value := getattr(cfg, key, None), str)}
+
+
+def stored_data_paths(ckpt: dict[str, Any]) -> dict[str, str]:
+    """The absolute paths a checkpoint stored for its data's keys ({} for one written before aetrain stored them)."""
+    paths = ckpt.get("data_paths")
+    return {k: v for k, v in paths.items() if k in DATA_PATH_KEYS and isinstance(v, str)} if isinstance(paths, dict) \
+        else {}
+
+
+def data_paths_at(path: str | Path) -> dict[str, str]:
+    """The absolute data paths a checkpoint (file or run dir: its last.pt) stored, read without its tensors."""
+    return stored_data_paths(load(path, mmap=True))
+
+
+def run_data(ckpt: dict[str, Any]) -> DataConfig:
+    """The data config a checkpoint was trained with, its paths resolved as they were when it trained."""
+    data = config_of(ckpt).data
+    paths = {k: v for k, v in stored_data_paths(ckpt).items() if hasattr(data, k)}
+    return dataclasses.replace(data, **paths)
 
 
 def config_of(ckpt: dict[str, Any]) -> Config:

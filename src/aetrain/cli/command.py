@@ -112,11 +112,12 @@ def dir_argument(command: Command, positional: list[str]) -> Path:
 
 
 def run_data_config(run: Path) -> Any:
-    """The data section the run was trained with (from its best.pt, else last.pt)."""
-    from aetrain.checkpoint import config_of, load
+    """The data section the run was trained with (from its best.pt, else last.pt), its paths as resolved then: a
+    data key given on the command line replaces one of them, relative to the working directory now."""
+    from aetrain.checkpoint import load, run_data
     from aetrain.rundir import BEST, LAST
 
-    return config_of(load(run, prefer=(BEST, LAST))).data
+    return run_data(load(run, prefer=(BEST, LAST)))
 
 
 @contextlib.contextmanager

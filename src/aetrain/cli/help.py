@@ -4,7 +4,7 @@ dataclass fields (`aetrain.config.field_comments`), and its examples.
 
 `aetrain --help` is `train`'s help, which also lists the commands, the config groups and their choices, and
 every key of the training config composed from the overrides given (`aetrain --help model=conv_ae` shows the
-conv model's keys), as YAML with each key's comment. The other commands' keys are shown as they are typed,
+conv model's keys), as YAML with each key's comment, then the keys of every choice of every group (names only). The other commands' keys are shown as they are typed,
 `key=default`. Hydra's own help stays at `aetrain --hydra-help`.
 """
 
@@ -15,15 +15,17 @@ import textwrap
 from typing import Any
 
 from aetrain.commands import COMMANDS, JOBS, RUN, TRAINING, Command
-from aetrain.config import field_comments, typed
+from aetrain.config import CHOICES, default_choice, field_comments, typed
 
 INTRO = "aetrain: train, compare and debug autoencoders."
 DATA = """\
-data: the run's own data (from its checkpoint) unless data=<name> (that dataset's defaults) or
-data.<key>=<value> (the run's data with that key changed, e.g. data.path=other.npy) is given; the
-keys are training's (aetrain --help). Data given here is used whole (the run's data.classes said what
-to train on); data.classes=[...] given here picks classes of it. A run dir's best.pt is used, else its
-last.pt."""
+data: the run's own data (from its checkpoint; refused when its files changed since training, by the
+fingerprint the checkpoint holds) unless data=<name> (that dataset's defaults) or data.<key>=<value>
+(the run's data with that key changed, e.g. data.path=other.npy) is given; the keys are training's
+(aetrain --help). Data given here is used whole, as not the training data (the run's data.classes said
+what to train on); data.classes=[...] given here picks classes of it. Data given that holds the very
+samples the run trained on (data.path=<where its file moved>) is the run's own, split as training split
+it. A run dir's best.pt is used, else its last.pt."""
 
 
 def command_help(command: Command, overrides: list[str]) -> str:
@@ -40,7 +42,9 @@ def command_help(command: Command, overrides: list[str]) -> str:
     if command.takes == JOBS:
         lines += ["", "== Groups (pick one: group=choice) ==", *(f"{group}: {', '.join(choices)}"
                                                                 for group, choices in config_groups().items()),
-                  "", "== Keys and defaults (set any: key=value) ==", *training_keys(overrides)]
+                  "", "== Keys and defaults (set any: key=value) ==", *training_keys(overrides),
+                  "", "== Every choice's keys (the section above lists the chosen ones with their defaults and "
+                  "comments: aetrain --help model=vae) ==", *choice_keys()]
     elif command.config is not None and dataclasses.fields(command.config):
         prefix = f"{command.name}.<key>=<value>" + ("" if command.takes == TRAINING else ", or <key>=<value>")
         lines += ["", f"keys ({prefix}), with their defaults:", *key_lines(command.config())]
@@ -86,6 +90,37 @@ def training_keys(overrides: list[str]) -> list[str]:
     except (AetrainError, HydraException, OmegaConfBaseException) as ex:
         exit_with(ex)
     return _yaml_lines(config, "")
+
+
+def choice_keys() -> list[str]:
+    """For each group with choices, the keys every choice has, then each choice's own (choices with the same own
+    keys on one line): the keys above are those of the choices composed, these are all of them."""
+    lines = []
+    for group, choices in CHOICES.items():
+        keys = {name: _key_names(default_choice(group, name)) for name in sorted(choices)}
+        common = [k for k in next(iter(keys.values())) if all(k in ks for ks in keys.values())]
+        lines += textwrap.wrap(f"{group}, every choice: {', '.join(common) or '(none)'}", 100,
+                               subsequent_indent="    ")
+        alike: dict[tuple[str, ...], list[str]] = {}
+        for name, ks in keys.items():
+            alike.setdefault(tuple(k for k in ks if k not in common), []).append(name)
+        for own, names in alike.items():
+            more = f"also {', '.join(own)}" if own else "no others"
+            lines += textwrap.wrap(f"{group}={'|'.join(names)}: {more}", 100, initial_indent="  ",
+                                   subsequent_indent="      ")
+    return lines
+
+
+def _key_names(section: Any, prefix: str = "") -> list[str]:
+    """The keys of a section as typed after `<group>.` (`noise.level`), without the `name` its choice sets."""
+    names = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            names += _key_names(value, f"{prefix}{f.name}.")
+        elif f.name != "name" or prefix:
+            names.append(prefix + f.name)
+    return names
 
 
 def _yaml_lines(section: Any, indent: str) -> list[str]:

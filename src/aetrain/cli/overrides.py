@@ -7,6 +7,7 @@ checkpoint belongs to through `aetrain.rundir.own_run_dir`.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -57,7 +58,7 @@ def resume_arguments(args: list[str]) -> list[str]:
     if not resume:
         return args
     args = [*args[:at], f"trainer.resume={hydra_quoted(resume)}", *args[at + 1 :]]  # a,b or ünï 日本 as one path
-    from aetrain.checkpoint import run_id  # torch: only for a resume
+    from aetrain.checkpoint import data_paths_at, run_id  # torch: only for a resume
 
     run_dir = own_run_dir(resume, run_id(resume))
     if run_dir is None:  # kept outside its run dir: a new run dir, composed from this command line
@@ -66,8 +67,29 @@ def resume_arguments(args: list[str]) -> list[str]:
     saved = RunDir(run_dir).saved_overrides()
     kept = [o for o in saved if override_key(o) not in given and not override_key(o).startswith("hydra.")
             and override_key(o) != "trainer.resume"]
+    kept = _where_trained(kept, data_paths_at(resume), resume)
     here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
     return [*kept, *args, *here]
+
+
+def _where_trained(overrides: list[str], paths: dict[str, str], resume: str) -> list[str]:
+    """The saved overrides, each data path (`data.path=rows.npy`) that the working directory now resolves elsewhere
+    than the run did (a resume started from another directory) replaced by the run's (`paths`: key -> absolute,
+    from its checkpoint). Neither there: an error naming both. The data's fingerprint is checked later either way."""
+    out = []
+    for override in overrides:
+        key, value = override_key(override), _typed_path(override.partition("=")[2])
+        stored = paths.get(key.removeprefix("data.")) if key.startswith("data.") else None
+        if stored is None or os.path.abspath(value) == stored:
+            out.append(override)  # not a data path, or the run's file from here too
+        elif os.path.exists(stored):
+            out.append(f"{key}={hydra_quoted(stored)}")  # the run's file, from another working directory
+        elif os.path.exists(value):
+            out.append(override)  # gone from where the run had it, and one of that name here: its fingerprint decides
+        else:
+            raise AetrainError(f"trainer.resume={resume}: the run's {key}={value} ({stored} when it trained) does not "
+                               f"exist; if it moved, give its place now: {key}=<its place>")
+    return out
 
 
 def quote_paths(args: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from aetrain.commands import figures
-from aetrain.commands.trained import (Outputs, RunData, log_lines, open_run, output_dir, relative, require_samples,
+from aetrain.commands.trained import (Outputs, RunData, log_lines, open_run, output_folder, relative, require_samples,
                                       resolve_split)
 from aetrain.config import DataConfig, EncodeConfig, validate_command
 from aetrain.rundir import ENCODE, ENCODE_FILES
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 def encode(run: str | Path, cfg: EncodeConfig, data: DataConfig | None = None) -> dict[str, Any]:
     """Encode the samples of `data` (None: the run's own) with the model at `run`; writes <run dir>/encode/."""
     validate_command("encode", cfg)
+    folder = output_folder(run, cfg.out, ENCODE)
     trained = open_run(run, cfg.device, "encode.device")
     target = RunData.of(trained, data)
     split = resolve_split(cfg.split, target.own, "all")
@@ -45,7 +46,7 @@ def encode(run: str | Path, cfg: EncodeConfig, data: DataConfig | None = None) -
     drawn = f"{len(shown)} of them" if len(shown) < len(codes) else "all"
     title = f"codes of {samples.description} ({drawn} drawn)\n{method}\n{trained.description}"
 
-    out = Outputs(output_dir(trained, cfg.out, ENCODE), ENCODE_FILES)
+    out = Outputs(folder, ENCODE_FILES)
     out.add("codes.npy", _npy(codes))
     out.add("indices.npy", _npy(samples.index))
     if samples.labels is not None:

@@ -22,7 +22,7 @@ import torch
 
 from aetrain.commands import figures
 from aetrain.commands.metrics import PCABaseline, data_range, probe_accuracy, quality, ssim_window
-from aetrain.commands.trained import (Outputs, RunData, Samples, Trained, json_text, log_lines, open_run, output_dir,
+from aetrain.commands.trained import (Outputs, RunData, Samples, Trained, json_text, log_lines, open_run, output_folder,
                                       relative, require_samples, resolve_split, table, warn_outside_training_range)
 from aetrain.config import DataConfig, EvalConfig, validate_command
 from aetrain.rundir import EVAL, EVAL_FILES
@@ -34,10 +34,11 @@ def evaluate(run: str | Path, cfg: EvalConfig, data: DataConfig | None = None) -
     """Evaluate the model at `run` on `data` (None: the run's own); writes <run dir>/eval/ (or cfg.out) and
     returns what metrics.json holds."""
     validate_command("eval", cfg)
+    folder = output_folder(run, cfg.out, EVAL)
     trained = open_run(run, cfg.device, "eval.device")
-    own = RunData.of(trained, None)
-    target = own if data is None else RunData.of(trained, data)
-    target = own if target.own else target
+    target = RunData.of(trained, data)
+    own = target if target.own else RunData.of(  # PCA and the probes are fitted on the run's own data
+        trained, None, needed_for="aetrain eval fits PCA and the probes on its training split")
     split = resolve_split(cfg.split, target.own, "val")
     samples = target.select(split)
     require_samples(samples)
@@ -54,7 +55,8 @@ def evaluate(run: str | Path, cfg: EvalConfig, data: DataConfig | None = None) -
 
     unit = trained.units
     result = {
-        "run": str(trained.run_dir), "checkpoint": str(trained.checkpoint), "epoch": trained.epoch,
+        "command": "eval", "run": str(trained.run_dir), "checkpoint": str(trained.checkpoint),
+        "epoch": trained.epoch,
         "model": trained.cfg.model.name, "latent_dim": trained.cfg.model.latent_dim,
         "data": {"name": target.cfg.name, "own": target.own, "split": split, "num_samples": len(samples)},
         "units": unit, "data_range": value_range,
@@ -63,7 +65,7 @@ def evaluate(run: str | Path, cfg: EvalConfig, data: DataConfig | None = None) -
         "pca": {"components": pca.components, "fit_samples": pca.fit_samples, **base.summary(value_range)},
         "probe": probe,
     }
-    out = Outputs(output_dir(trained, cfg.out, EVAL), EVAL_FILES)
+    out = Outputs(folder, EVAL_FILES)
     out.add("metrics.json", json_text(result))
     out.add("per_sample.csv", _per_sample_csv(samples, ae, base))
     title = f"{samples.description}: {trained.description}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import shutil
 import tempfile
 import warnings
@@ -30,15 +31,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from aetrain.commands.trained import RunData, Trained, json_text, log_lines, open_run, output_dir, relative, table
+from aetrain.commands.trained import (RunData, Trained, json_text, log_lines, open_run, output_folder, relative,
+                                      table)
 from aetrain.config import DataConfig, ExportConfig, validate_command
 from aetrain.errors import AetrainError, ConfigError
 from aetrain.models import Autoencoder
-from aetrain.rundir import EXPORT, EXPORT_INFO, EXPORT_PARTS
+from aetrain.rundir import EXPORT, EXPORT_INFO, EXPORT_PARTS, EXPORT_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported_program": ".pt2"}
+SUFFIX = EXPORT_SUFFIXES
 NAMES = {"model": ("x", "x_hat"), "encoder": ("x", "z"), "decoder": ("z", "x_hat")}  # input, output
 
 
@@ -86,6 +88,7 @@ def export(run: str | Path, cfg: ExportConfig, data: DataConfig | None = None) -
     validation split), and move it into <run dir>/export/ (or cfg.out). Returns what export.json holds."""
     validate_command("export", cfg)
     _require_libraries(cfg.format)
+    folder = output_folder(run, cfg.out, EXPORT)
     trained = open_run(run, "cpu")
     target = RunData.of(trained, data)
     samples = target.select("val" if target.own else "all")
@@ -97,7 +100,6 @@ def export(run: str | Path, cfg: ExportConfig, data: DataConfig | None = None) -
     with torch.no_grad():
         inputs = {"x": x, "z": Encode(model)(x)}
 
-    folder = output_dir(trained, cfg.out, EXPORT)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent if folder.parent.exists() else None))
     try:
         differences = {}
@@ -108,12 +110,14 @@ def export(run: str | Path, cfg: ExportConfig, data: DataConfig | None = None) -
             WRITERS[cfg.format](wrapper, inputs[name_in], path, name_in, name_out)
             run_exported = LOADERS[cfg.format](path, name_in)
             differences[part] = _difference(trained, part, wrapper, run_exported, inputs[name_in])
-        worst = max(differences, key=differences.get)
-        if differences[worst] > cfg.tolerance:
+        # a NaN difference passes `> tolerance`: any non-finite one fails, whichever part has it
+        worst = next((p for p, d in differences.items() if not math.isfinite(d)), max(differences, key=differences.get))
+        if not math.isfinite(differences[worst]) or differences[worst] > cfg.tolerance:
             raise ExportCheckFailed(
                 f"export format={cfg.format}: {worst} differs from PyTorch by {differences[worst]:.3g} (model units) on "
-                f"the first {len(idx)} of {samples.description}, more than export.tolerance={cfg.tolerance:g}; "
-                "nothing was written")
+                f"the first {len(idx)} of {samples.description}, "
+                + ("not a finite number" if not math.isfinite(differences[worst]) else
+                   f"more than export.tolerance={cfg.tolerance:g}") + "; nothing was written")
         info = _info(trained, cfg, samples.description, len(idx), differences)
         (staging / EXPORT_INFO).write_text(json_text(info))
         written = _move_into(staging, folder)

@@ -27,7 +27,7 @@ import torch
 
 from aetrain.commands import figures
 from aetrain.commands.metrics import PCABaseline, isolation_forest_scores, per_sample_errors
-from aetrain.commands.trained import (Outputs, RunData, Samples, Trained, json_text, log_lines, open_run, output_dir,
+from aetrain.commands.trained import (Outputs, RunData, Samples, Trained, json_text, log_lines, open_run, output_folder,
                                       relative, require_samples, table, warn_outside_training_range)
 from aetrain.config import DataConfig, ScoreConfig, validate_command
 from aetrain.errors import ConfigError
@@ -39,35 +39,40 @@ log = logging.getLogger(__name__)
 def score(run: str | Path, cfg: ScoreConfig, data: DataConfig | None = None) -> dict[str, Any]:
     """Score the samples of `data` (None: the run's held-out ones) with the model at `run`; writes <run dir>/score/."""
     validate_command("score", cfg)
+    folder = output_folder(run, cfg.out, SCORE)
     trained = open_run(run, cfg.device, "score.device")
-    own = RunData.of(trained, None)
-    target = own if data is None else RunData.of(trained, data)
-    target = own if target.own else target
+    target = RunData.of(trained, data)
+    own = target if target.own else RunData.of(  # the threshold and the baselines come from the run's own data
+        trained, None, needed_for="aetrain score takes its threshold, PCA and IsolationForest from its splits")
     samples = _scored(target, cfg.split)
     require_samples(samples)
+    normal_classes = cfg.normal_classes if cfg.normal_classes is not None else trained.cfg.data.classes
+    anomaly = _anomalies(samples, normal_classes)  # before the work: score.normal_classes may name no label
     warn_outside_training_range(samples, trained.spec)
     val, train = own.select("val"), own.select("train")
 
     scores = _errors(trained, samples.x)
     threshold = float(np.quantile(_errors(trained, val.x), cfg.quantile))
     flagged = scores > threshold
+    # the run's validation samples among those scored: about 1 - quantile of them are flagged by construction
+    same = int(np.isin(samples.index, val.index).sum()) if target.own else 0
     pca = PCABaseline(train.x, trained.cfg.model.latent_dim)
     pca_scores = per_sample_errors(samples.x, pca.reconstruct(samples.x))[0]
     forest_scores = isolation_forest_scores(train.x, samples.x, cfg.seed)
 
-    normal_classes = cfg.normal_classes if cfg.normal_classes is not None else trained.cfg.data.classes
-    anomaly = _anomalies(samples, normal_classes)
     methods = [("autoencoder", scores, figures.AE), (pca.name, pca_scores, figures.PCA),
                ("IsolationForest", forest_scores, figures.FOREST)]
     detection, reason = _detection(methods, anomaly)
 
     result: dict[str, Any] = {
-        "run": str(trained.run_dir), "checkpoint": str(trained.checkpoint), "epoch": trained.epoch,
+        "command": "score", "run": str(trained.run_dir), "checkpoint": str(trained.checkpoint),
+        "epoch": trained.epoch,
         "model": trained.cfg.model.name, "latent_dim": trained.cfg.model.latent_dim,
         "data": {"name": target.cfg.name, "own": target.own, "scored": samples.description,
                  "num_samples": len(samples)},
         "units": trained.units,
-        "threshold": {"value": threshold, "quantile": cfg.quantile, "validation_samples": len(val)},
+        "threshold": {"value": threshold, "quantile": cfg.quantile, "validation_samples": len(val),
+                      "of_them_scored": same},
         "flagged": int(flagged.sum()),
         "normal_classes": normal_classes,
         "anomalies": None if anomaly is None else int(anomaly.sum()),
@@ -77,7 +82,7 @@ def score(run: str | Path, cfg: ScoreConfig, data: DataConfig | None = None) -> 
         result["flagged_anomalies"] = int((flagged & anomaly).sum())
         result["flagged_normal"] = int((flagged & ~anomaly).sum())
 
-    out = Outputs(output_dir(trained, cfg.out, SCORE), SCORE_FILES)
+    out = Outputs(folder, SCORE_FILES)
     out.add("metrics.json", json_text(result))
     out.add("scores.csv", _scores_csv(samples, scores, flagged, anomaly, pca_scores, forest_scores))
     title = f"{samples.description}\n{trained.description}"
@@ -104,7 +109,7 @@ def _scored(target: RunData, split: str) -> Samples:
     idx = torch.cat([target.split.val if held_out == "val" else target.split.test, others]).sort().values
     name = "validation" if held_out == "val" else "test"
     more = f" and {len(others)} of classes not trained on" if len(others) else ""
-    return target.samples(idx, f"{len(idx) - len(others)} {name} samples{more} (the run's data)")
+    return target.samples(idx, f"{len(idx) - len(others)} {name} samples{more} ({target.described})")
 
 
 def _errors(trained: Trained, x: torch.Tensor) -> np.ndarray:
@@ -174,6 +179,13 @@ def _report(trained: Trained, cfg: ScoreConfig, result: dict[str, Any], samples:
              f"  scored {samples.description}",
              f"  threshold {t['value']:.4g} = the {cfg.quantile:g} quantile of the errors of {t['validation_samples']} "
              f"validation samples: {result['flagged']} of {len(samples)} flagged"]
+    if t["of_them_scored"]:
+        share = f"{100 * (1 - cfg.quantile):.3g}%"
+        which = ("every scored sample is one" if t["of_them_scored"] == len(samples) else
+                 f"{t['of_them_scored']} of the scored samples are")
+        lines.append(f"  note: {which} of the validation samples the threshold comes from, so about {share} of "
+                     f"those are flagged by construction, anomalous or not; to score samples the threshold did not "
+                     "see, train with data.test_fraction > 0 (or data.classes=[...]), or score other data")
     if detection:
         normal = len(samples) - result["anomalies"]
         lines.append(f"  normal: classes {result['normal_classes']} ({normal} samples); anomalous: the other "

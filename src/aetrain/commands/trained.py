@@ -6,10 +6,14 @@ the model in *model units*: the data as its source gives it (data units), scaled
 model stored when it was trained, never by statistics of the data being evaluated.
 
 Everything that can fail on user input (no checkpoint, data that does not fit the model, a split
-the run does not have) fails before anything is written. A command's files are written together at
-the end, each atomically, into its folder of the run dir; files of an earlier call of the same
-command that this call does not produce (a ROC curve of labelled data) are removed, so the folder
-always describes one call.
+the run does not have) fails before anything is written, and the output folder before the model
+or the data is loaded. A model that is not finite is refused, and so is the run's own data when it
+is not what the run trained on (the fingerprint in its checkpoint); the run's data paths are read as
+the run resolved them, so a command works from any directory. A command's files are written
+together at the end, each atomically, into its folder of the run dir (or `out=`), which holds
+nothing but that command's files; files of an earlier call of the same command that this call
+does not produce (a ROC curve of labelled data) are removed, so the folder always describes one
+call.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +34,16 @@ import numpy as np
 import torch
 
 from aetrain.atomic import write_atomic
-from aetrain.checkpoint import config_of, load, model_from_checkpoint, spec_from_checkpoint
+from aetrain.checkpoint import config_of, load, model_from_checkpoint, resolve, run_data, spec_from_checkpoint
 from aetrain.config import SPLITS, Config, DataConfig, validate_data
-from aetrain.data import Source, Split, class_indices, load_source, split_samples
+from aetrain.data import (Source, Split, class_indices, fingerprint, fingerprint_differences, load_source,
+                          split_samples)
 from aetrain.data.batches import eval_batches
 from aetrain.data.spec import DataSpec
 from aetrain.device import resolve_device
-from aetrain.errors import ConfigError, DataError
+from aetrain.errors import CheckpointError, ConfigError, DataError
 from aetrain.models import Autoencoder
-from aetrain.rundir import BEST, LAST, read_split, run_dir_of
+from aetrain.rundir import BEST, COMMAND_FILES, EVAL, LAST, SCORE, read_split, run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,7 @@ BATCH = 1024  # samples per forward pass: no gradients to hold
 SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test", "all": "every"}
 # keys that change how data is read, not which samples it holds: data given with only these changed is the run's own
 LOADING_KEYS = ("batch_size", "num_workers", "download")
+LOCATION_KEYS = ("path", "labels", "root")  # where the data's files are: the run's own data may have moved
 
 
 @dataclass
@@ -57,6 +65,14 @@ class Trained:
     model: Autoencoder  # eval mode, on `device`
     epoch: int
     device: torch.device
+    fingerprint: dict[str, Any] | None = None  # of the data it trained on (aetrain.data.fingerprint); None: not stored
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)  # cfg.data, its paths made absolute in training
+
+    @property
+    def moved_keys(self) -> dict[str, tuple[str, str]]:
+        """data.<key> -> (as typed, as resolved in training) for each data path the working directory made absolute."""
+        return {k: (getattr(self.cfg.data, k), getattr(self.data, k)) for k in LOCATION_KEYS
+                if getattr(self.data, k, None) != getattr(self.cfg.data, k, None)}
 
     @property
     def description(self) -> str:
@@ -87,7 +103,8 @@ class Trained:
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(codes (n, latent_dim), reconstructions (n, *shape)) of model-unit samples, on the CPU."""
+        """(codes (n, latent_dim), reconstructions (n, *shape)) of model-unit samples, on the CPU. A DataError when
+        any is not finite: every number a command derives from them (scores, PCA's comparison, probes) would be."""
         codes, recons = [], []
         for chunk in x.split(BATCH):
             z, x_hat = self.model(chunk.to(self.device))[:2]  # (b, *shape) -> (b, latent_dim), (b, *shape)
@@ -95,7 +112,13 @@ class Trained:
             recons.append(x_hat.float().cpu())
         if not codes:
             return torch.empty(0, self.cfg.model.latent_dim), torch.empty(0, *self.spec.shape)
-        return torch.cat(codes), torch.cat(recons)
+        z, x_hat = torch.cat(codes), torch.cat(recons)
+        bad = ~(z.isfinite().all(1) & x_hat.flatten(1).isfinite().all(1))  # (n,) samples with a NaN or inf output
+        if bool(bad.any()):
+            raise DataError(f"{self.checkpoint}: the model's output is not finite (NaN or infinite) for "
+                            f"{int(bad.sum())} of {len(x)} samples, although its weights are finite: are the samples in the training "
+                            "data's units?")
+        return z, x_hat
 
 
 def open_run(path: str | Path, device: str = "cpu", device_key: str = "device") -> Trained:
@@ -106,11 +129,26 @@ def open_run(path: str | Path, device: str = "cpu", device_key: str = "device") 
         where = resolve_device(device)
     except ConfigError as e:
         raise ConfigError(str(e).replace("trainer.device", device_key)) from None
-    model = model_from_checkpoint(ckpt).to(where)
+    model = model_from_checkpoint(ckpt)
+    refuse_nonfinite(model, ckpt["path"])
+    model = model.to(where)
     checkpoint = Path(ckpt["path"])
     epoch = ckpt.get("state", {}).get("epoch", 0) if isinstance(ckpt.get("state"), dict) else 0
+    saved = ckpt.get("data_fingerprint")
     return Trained(checkpoint, run_dir_of(checkpoint), config_of(ckpt), spec_from_checkpoint(ckpt), model, epoch,
-                   where)
+                   where, saved if isinstance(saved, dict) and saved else None, run_data(ckpt))
+
+
+def refuse_nonfinite(model: torch.nn.Module, path: str) -> None:
+    """A CheckpointError naming the first weight or buffer that holds a NaN or an infinity: every result of such a
+    model is NaN (or a library's traceback), so no command works on it."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+            what = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
+            raise CheckpointError(f"{path}: the model is not finite: {name} {tuple(tensor.shape)} holds {what} of its "
+                                  f"{tensor.numel()} values; use a checkpoint from before the run diverged (or train "
+                                  "again: aetrain doctor <run dir> says what went wrong)")
 
 
 @dataclass
@@ -134,15 +172,30 @@ class Samples:
 
 
 class RunData:
-    """A dataset as a command sees it: checked against the model, split as the run split its data."""
+    """A dataset as a command sees it: checked against the model, split as the run split its data.
 
-    def __init__(self, trained: Trained, cfg: DataConfig, *, own: bool) -> None:
+    `own`: the data the run was trained on, split as it was (its fingerprint and split.json agree); the run's own
+    data config is refused when they do not (the files changed since training). Data given on the command line
+    is the run's own when it holds the very samples (moved elsewhere: data.path=<new place>), else other data.
+    """
+
+    def __init__(self, trained: Trained, cfg: DataConfig, *, own: bool, needed_for: str = "") -> None:
         validate_data(cfg)
         self.trained, self.cfg, self.own = trained, cfg, own
-        self.source: Source = load_source(cfg)
+        try:
+            self.source: Source = load_source(cfg)
+        except DataError as e:
+            raise DataError(self._as_typed(str(e), needed_for)) from None
         self._check_shape()
         self._split: Split | None = None
         if own:
+            differences = self.differences_from_training()
+            if differences:
+                use = (f"{needed_for}; it must be the data the run trained on" if needed_for else
+                       "to use it anyway, name it on the command line (data.path=... or data.root=...): it is then "
+                       "other data, used whole")
+                raise DataError(f"data={self.name}: not the data the run was trained on ({'; '.join(differences)}): "
+                                f"it changed since training; {use}")
             self._check_against_saved_split()
 
     @property
@@ -153,14 +206,65 @@ class RunData:
         return self._split
 
     @classmethod
-    def of(cls, trained: Trained, data: DataConfig | None) -> RunData:
-        """The run's own data (None, or a config that differs from it only in how data is read), or other data."""
-        own = data is None or same_samples(data, trained.cfg.data)
-        return cls(trained, trained.cfg.data if data is None else data, own=own)
+    def of(cls, trained: Trained, data: DataConfig | None, *, needed_for: str = "") -> RunData:
+        """The data a command works on: the run's own (data None), the run's own found where `data` says (a config
+        that differs from the run's only in where its files are and how they are read, holding the samples the run
+        trained on), or other data. `needed_for`: what the run's own data is used for besides the data given (for
+        the refusal when it changed)."""
+        if data is None:
+            return cls(trained, trained.data, own=True, needed_for=needed_for)
+        run = trained.data
+        # data given with only its files' place changed had the run's classes cleared (aetrain.cli.command): put back
+        candidate = dataclasses.replace(data, classes=run.classes) if data.classes is None else data
+        if not (trained.fingerprint and same_samples(candidate, run, moved=True)):
+            return cls(trained, data, own=False)
+        found = cls(trained, candidate, own=False)
+        try:
+            if not found.differences_from_training():
+                found._check_against_saved_split()
+                found.own = True
+                return found
+        except DataError:  # not split as the run's data was (or it cannot be: no labels for its data.classes)
+            pass
+        found.cfg, found._split = data, None  # other data after all: used whole
+        return found
+
+    def _as_typed(self, message: str, needed_for: str) -> str:
+        """A data error on the run's own files, naming each path as the run's command line typed it and as it was
+        resolved when the run trained (from another working directory the two differ), and what to do."""
+        named = []
+        for key, (typed, resolved) in self.trained.moved_keys.items():
+            if getattr(self.cfg, key, None) == resolved and f"data.{key}={resolved}" in message:
+                message = message.replace(f"data.{key}={resolved}", f"data.{key}={typed} ({resolved} when the run "
+                                          "trained)")
+                named.append(f"data.{key}=<its place now>")
+        if not named:
+            return message
+        return message + (f"; {needed_for}, so it must be where the run trained on it" if needed_for else
+                          f"; if it moved, give {' and '.join(named)}")
+
+    def differences_from_training(self) -> list[str]:
+        """How these samples differ from those the run trained on, by the fingerprint its checkpoint holds; [] for
+        the same (or for a checkpoint written before aetrain stored fingerprints: a note says so)."""
+        saved = self.trained.fingerprint
+        if not saved:
+            log.warning("note: %s has no data fingerprint (written before aetrain stored one): the data was checked "
+                        "by its split.json only", self.trained.checkpoint)
+            return []
+        return fingerprint_differences(saved, fingerprint(self.cfg.name, self.source, self.split))
 
     @property
     def name(self) -> str:
         return f"{self.cfg.name}" + (f" ({self.cfg.path})" if getattr(self.cfg, "path", None) else "")
+
+    @property
+    def described(self) -> str:
+        """Whose samples these are, for headers and titles: "the run's data" or "data=... , not the training data"."""
+        if not self.own:
+            return f"data={self.name}, not the training data"
+        moved = [f"{k}={getattr(self.cfg, k)}" for k in LOCATION_KEYS
+                 if getattr(self.cfg, k, None) != getattr(self.trained.data, k, None)]
+        return "the run's data" + (f" (found at data.{', data.'.join(moved)})" if moved else "")
 
     def _check_shape(self) -> None:
         spec, shape = self.trained.spec, tuple(self.source.shape)
@@ -224,14 +328,16 @@ class RunData:
     def select(self, split: str) -> Samples:
         """The samples of a split (train, val, test or all), described for people."""
         idx = self.indices(split)
-        of = "the run's data" if self.own else f"data={self.name}"
+        of = self.described
         which = f"{len(idx)} {SPLIT_NAMES[split]} samples" if split != "all" else f"all {len(idx)} samples"
         return self.samples(idx, f"{which} of {of}")
 
 
-def same_samples(a: DataConfig, b: DataConfig) -> bool:
-    """True when two data configs describe the same samples and split (they may differ in how data is read)."""
-    strip = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if k not in LOADING_KEYS}  # noqa: E731
+def same_samples(a: DataConfig, b: DataConfig, *, moved: bool = False) -> bool:
+    """True when two data configs describe the same samples and split (they may differ in how data is read; with
+    `moved`, also in where its files are: then only their fingerprints can tell whether they hold the same samples)."""
+    ignored = LOADING_KEYS + (LOCATION_KEYS if moved else ())
+    strip = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if k not in ignored}  # noqa: E731
     return type(a) is type(b) and strip(a) == strip(b)
 
 
@@ -270,8 +376,53 @@ def json_text(value: Any) -> str:
     return json.dumps(finite(value), indent=2) + "\n"
 
 
-def output_dir(trained: Trained, out: str | None, folder: str) -> Path:
-    return Path(out) if out else trained.run_dir / folder
+def output_folder(run: str | Path, out: str | None, command: str) -> Path:
+    """The folder `command` writes into: `out`, else <run dir>/<command>; checked before any work is done.
+
+    It must be a folder that can be made (or written into), and hold nothing but files `command` wrote
+    before: one command's files never replace another's (eval's and score's metrics.json share a name) nor
+    a user's. A ConfigError names what is in the way.
+    """
+    folder = Path(out) if out else run_dir_of(resolve(run, (BEST, LAST))) / command
+    key = f"out={out}" if out else str(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{key}: exists and is not a directory; choose another folder with out=DIR")
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if _writer(p) != command)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} entries)" if len(foreign) > 5 else "")
+            others = sorted({w for w in map(_writer, (folder / n for n in foreign)) if w is not None})
+            whose = f" (output of aetrain {' and '.join(others)})" if others else ""
+            raise ConfigError(f"{key}: holds {shown}{whose}, which aetrain {command} did not write; it writes into a "
+                              "new or empty folder or one it wrote before: choose another with out=DIR")
+    where = folder
+    while not where.exists():  # the folder is made when the results are written: make sure it can be
+        where = where.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".aetrain-", dir=where))
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot write there ({where}: {e.strerror}); choose another folder with out=DIR"
+                          ) from None
+    return folder
+
+
+def _writer(path: Path) -> str | None:
+    """The command after training that wrote `path`: by its name, and a metrics.json (eval's and score's) by what
+    it holds; an atomic write's leftover temp file (.<name>.tmp) counts as its file's. None: not one of theirs."""
+    name = path.name[1:-4] if path.name.startswith(".") and path.name.endswith(".tmp") else path.name
+    if not path.is_file():
+        return None
+    if name == "metrics.json":
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(found, dict):
+            return None
+        if "command" in found:
+            return found["command"] if found["command"] in COMMAND_FILES else None
+        return EVAL if "probe" in found else SCORE if "threshold" in found else None  # written before "command"
+    return next((command for command, files in COMMAND_FILES.items() if name in files), None)
 
 
 class Outputs:

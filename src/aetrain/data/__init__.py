@@ -37,7 +37,8 @@ from aetrain.data.spec import DataSpec
 from aetrain.errors import DataError
 from aetrain.rundir import split_record
 
-__all__ = ["SOURCES", "Data", "DataSpec", "Split", "build_data", "class_indices", "load_source", "split_samples"]
+__all__ = ["SOURCES", "Data", "DataSpec", "Split", "build_data", "class_indices", "fingerprint",
+           "fingerprint_differences", "load_source", "split_samples"]
 
 
 @dataclass(frozen=True)
@@ -180,30 +181,46 @@ def build_data(cfg: DataConfig, device: torch.device, *, seed: int, channels_las
 
 
 def _fingerprint(name: str, source: Source, split: Split) -> Future[dict[str, Any]]:
-    """Start hashing `source` on a background thread (hashlib lets go of the GIL while it hashes).
-
-    In-memory samples: sha256 of their bytes in data units (measured on a 2-core VM: digits <1 ms,
-    MNIST's 188 MB of float32 0.3 s, CIFAR-10's 614 MB 1 s), overlapping model set-up and the first
-    steps. Image folders: sha256 of each file's relative path and size, so the check costs one stat
-    per file and no reading (an image edited in place to the same size goes unnoticed).
-    """
-    def digest() -> dict[str, Any]:
-        h = hashlib.sha256()
-        samples = source.samples
-        if isinstance(samples, torch.Tensor):
-            h.update(samples.contiguous().view(-1).view(torch.uint8).numpy())
-        else:  # an image folder: its files, named from the folder (which may move)
-            files = getattr(samples, "files", [])
-            root = os.path.commonpath([str(p.parent) for p in files]) if files else ""
-            for path in files:
-                h.update(f"{os.path.relpath(path, root)}\t{path.stat().st_size}\n".encode())
-        return {"source": name, "shape": list(source.shape), "samples": split.num_samples, "train": len(split.train),
-                "val": len(split.val), "test": len(split.test), "sha256": h.hexdigest()}
-
+    """Start `fingerprint` on a background thread (hashlib lets go of the GIL while it hashes), overlapping model
+    set-up and the first steps."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aetrain-fingerprint")
-    job = pool.submit(digest)
+    job = pool.submit(fingerprint, name, source, split)
     pool.shutdown(wait=False)  # the thread ends with the job
     return job
+
+
+def fingerprint(name: str, source: Source, split: Split) -> dict[str, Any]:
+    """What a run trains on, stored in its checkpoints so that a resume and the commands after training can tell
+    other data apart: the source, the sample shape, the sample count and split sizes, and a sha256 of the samples.
+
+    In-memory samples: sha256 of their bytes in data units (measured on a 2-core VM: digits <1 ms,
+    MNIST's 188 MB of float32 0.3 s, CIFAR-10's 614 MB 1 s). Image folders: sha256 of each file's
+    relative path and size, so the check costs one stat per file and no reading (an image edited in
+    place to the same size goes unnoticed).
+    """
+    h = hashlib.sha256()
+    samples = source.samples
+    if isinstance(samples, torch.Tensor):
+        h.update(samples.contiguous().view(-1).view(torch.uint8).numpy())
+    else:  # an image folder: its files, named from the folder (which may move)
+        files = getattr(samples, "files", [])
+        root = os.path.commonpath([str(p.parent) for p in files]) if files else ""
+        for path in files:
+            h.update(f"{os.path.relpath(path, root)}\t{path.stat().st_size}\n".encode())
+    return {"source": name, "shape": list(source.shape), "samples": split.num_samples, "train": len(split.train),
+            "val": len(split.val), "test": len(split.test), "sha256": h.hexdigest()}
+
+
+def fingerprint_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """How data with fingerprint `now` differs from the data of fingerprint `saved` (a checkpoint's), each
+    difference in words; [] when they are the same data."""
+    differ = [f"{what}: {now.get(key)} here, {saved.get(key)} in the checkpoint"
+              for key, what in (("source", "source"), ("samples", "samples"), ("train", "training samples"),
+                                ("val", "validation samples")) if saved.get(key) != now.get(key)]
+    if not differ and saved.get("sha256") != now.get("sha256"):
+        differ.append(f"content (sha256 {str(now.get('sha256'))[:12]} here, {str(saved.get('sha256'))[:12]} "
+                      "in the checkpoint)")
+    return differ
 
 
 def _scaled(source: Source, train_idx: torch.Tensor, val_idx: torch.Tensor, name: str

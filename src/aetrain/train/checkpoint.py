@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from aetrain import __version__
-from aetrain.checkpoint import FORMAT, FORMAT_VERSION, config_of, load, load_weights, spec_from_checkpoint
+from aetrain.checkpoint import (FORMAT, FORMAT_VERSION, config_of, load, load_weights, resolved_data_paths,
+                                spec_from_checkpoint, stored_data_paths)
 from aetrain.config import Config, to_json
+from aetrain.data import fingerprint_differences
 from aetrain.data.spec import DataSpec
 from aetrain.errors import CheckpointError
 from aetrain.rundir import BEST, LAST
@@ -97,6 +99,7 @@ def payload(engine: Engine, ranks: list[dict[str, Any]] | None = None) -> dict[s
         "config": to_json(p.cfg),
         "data_spec": spec_dict(p.data.spec),
         "data_fingerprint": p.data.fingerprint,  # source, shape, counts, sha256: a resume on other data is refused
+        "data_paths": resolved_data_paths(p.cfg.data),  # the config's data paths as typed, made absolute here
         "model": clean_state_dict(p.model),
         "optimizer": p.optimizer.state_dict(),
         "schedule": p.schedule.state_dict(),
@@ -188,6 +191,9 @@ def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_st
                               f"(aetrain.load_model) but cannot continue; start a new run (format {FORMAT_VERSION})")
     _check_complete(ckpt)
     old, new = _flat(asdict(config_of(ckpt))), _flat(asdict(cfg))
+    for key, path in stored_data_paths(ckpt).items():  # a data file is the same file from any working directory
+        if f"data.{key}" in old:
+            old[f"data.{key}"], new[f"data.{key}"] = path, resolved_data_paths(cfg.data).get(key)
     changed = [k for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
     if changed:
@@ -242,12 +248,7 @@ def _check_same_data(path: str | None, saved: Any, now: dict[str, Any] | None) -
         log.warning("trainer.resume=%s: the checkpoint has no data fingerprint (written before aetrain stored one): "
                     "only the shape of the samples was checked", path)
         return
-    differ = [f"{what}: {now.get(key)} here, {saved.get(key)} in the checkpoint"
-              for key, what in (("source", "source"), ("samples", "samples"), ("train", "training samples"),
-                                ("val", "validation samples")) if saved.get(key) != now.get(key)]
-    if not differ and saved.get("sha256") != now.get("sha256"):
-        differ.append(f"content (sha256 {str(now.get('sha256'))[:12]} here, {str(saved.get('sha256'))[:12]} "
-                      "in the checkpoint)")
+    differ = fingerprint_differences(saved, now)
     if differ:
         raise CheckpointError(f"trainer.resume={path}: the data differs from the checkpoint's: {'; '.join(differ)}. "
                               "Resume on the data the run was trained on (its file may move, not change)")
