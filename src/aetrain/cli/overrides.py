@@ -1,5 +1,6 @@
 """The training command line's overrides, before Hydra composes them: mistakes Hydra would accept, paths quoted
-for Hydra's grammar, and `trainer.resume=RUN` turned into a continuation of RUN (its dir, its overrides).
+for Hydra's grammar, `trainer.resume=RUN` turned into a continuation of RUN (its dir, its overrides), and the
+plugins that register models of your own imported (`plugins=[file.py]`, a package's entry point for `model=name`).
 
 Argument handling only: what a run dir holds is read through `aetrain.rundir.RunDir`, and which run dir a
 checkpoint belongs to through `aetrain.rundir.own_run_dir`.
@@ -12,7 +13,8 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from aetrain.config import CHOICES
+from aetrain import plugins
+from aetrain.config import CHOICES, require_model
 from aetrain.errors import AetrainError
 from aetrain.rundir import RunDir, own_run_dir
 
@@ -110,3 +112,36 @@ def hydra_quoted(value: str) -> str:
 def given(overrides: list[str], key: str) -> bool:
     """Whether `key` is set by one of `overrides` (Hydra's `hydra.overrides.hydra` or `.task`)."""
     return any(override_key(o) == key for o in overrides)
+
+
+def plugin_arguments(args: list[str]) -> list[str]:
+    """Import the plugins the overrides name, so that their models are registered before Hydra composes:
+    `plugins=[a.py,b.py]` (the files, given back as absolute paths: the run records them, and a resume or a command
+    after training imports them from anywhere) and, for `model=<name>` (or a sweep over names) that nothing
+    registered yet, an installed package's entry point of that name. PluginError (one line) for a plugin that
+    cannot be imported; other arguments pass through unchanged."""
+    out = []
+    for arg in args:
+        key = override_key(arg)
+        if key == "plugins" and "=" in arg and not arg.startswith("~"):
+            files = _parsed(arg)
+            if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
+                raise AetrainError(f"{arg}: plugins is a list of Python files, plugins=[my_models.py] (one list: it "
+                                   "cannot be swept)")
+            files = [plugins.resolve(f) for f in files]
+            plugins.load_files(files)
+            arg = f"{arg.partition('=')[0]}=[{','.join(hydra_quoted(f) for f in files)}]"
+        elif key == "model" and "=" in arg:
+            value = _parsed(arg)
+            for name in getattr(value, "list", None) or [value]:  # model=a,b: a sweep over choices
+                require_model(name)
+        out.append(arg)
+    return out
+
+
+def _parsed(arg: str) -> Any:
+    """What Hydra's override grammar makes of `arg`'s value; the value as typed when its lexer refuses it."""
+    try:
+        return OverridesParser.create().parse_override(arg.lstrip("+")).value()
+    except Exception:  # a HydraException or a lexer error: Hydra reports it when it composes
+        return arg.partition("=")[2]

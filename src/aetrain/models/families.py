@@ -49,6 +49,7 @@ class Family:
     build: Callable[[ModelConfig, DataSpec], Autoencoder]  # a freshly initialised model on the CPU
     objectives: Callable[[ModelConfig, DataSpec], tuple[Objective, Objective]]  # (training, validation)
     galleries: tuple[Gallery, ...] = ()
+    own: bool = False  # registered by your own code (`aetrain.register_model`), which may not run on the meta device
 
 
 FAMILIES: Registry[Family] = Registry("model")
@@ -58,15 +59,20 @@ def assemble(cfg: ModelConfig, spec: DataSpec, backbone: Backbone, *, cls: type[
              code_width: int | None = None) -> Autoencoder:
     """The backbone's encoder and decoder with the output activation and the data scaling, initialised."""
     ACTIVATIONS.get(cfg.activation)  # fail on a bad name before building anything
+    output = build_output(cfg, spec)
     encoder, decoder = backbone(cfg, spec.shape, code_width=code_width or cfg.latent_dim)
+    model = cls(encoder, decoder, output, Scaling(spec.shift, spec.scale), latent_dim=cfg.latent_dim, spec=spec)
+    init_weights(model, cfg.init, cfg.activation)
+    return model
+
+
+def build_output(cfg: ModelConfig, spec: DataSpec) -> nn.Module:
+    """The output activation `model.output_activation` names; auto = sigmoid for data in [0, 1], else identity."""
     output = ("sigmoid" if spec.unit_interval else "identity") if cfg.output_activation == "auto" else cfg.output_activation
     if output not in OUTPUT_ACTIVATIONS:
         raise ConfigError(f"model.output_activation={cfg.output_activation!r} is not one of: auto, "
                           + ", ".join(OUTPUT_ACTIVATIONS.names()))
-    model = cls(encoder, decoder, OUTPUT_ACTIVATIONS.get(output)(), Scaling(spec.shift, spec.scale),
-                latent_dim=cfg.latent_dim, spec=spec)
-    init_weights(model, cfg.init, cfg.activation)
-    return model
+    return OUTPUT_ACTIVATIONS.get(output)()
 
 
 def chosen_backbone(cfg: ModelConfig) -> Backbone:
@@ -161,4 +167,4 @@ FAMILIES.add("sparse_ae", builtin(chosen_backbone, "sparse"))
 FAMILIES.add("vae", builtin(chosen_backbone, "vae"))
 
 __all__ = ["BACKBONES", "ELBO", "FAMILIES", "OBJECTIVES", "Family", "Gallery", "ObjectiveKind", "assemble",
-           "builtin", "identity"]
+           "build_output", "builtin", "identity"]
