@@ -567,7 +567,13 @@ def require_model(name: Any, files: list[str] | None = None) -> None:
         return
     loaded = plugins.load_entry_point(name)
     if not loaded and files:
-        plugins.load_files(files)
+        try:
+            plugins.load_files(files)
+        except plugins.PluginError as e:  # the run's own plugin, gone or broken since
+            raise plugins.PluginError(
+                f"model={name} comes from the run's plugin {e.file}: {e.reason}; put it back, or register "
+                f"model={name} first (plugins=[its file.py] on the command line, or import its module in Python)",
+                file=e.file, reason=e.reason) from None
         loaded = True
     if loaded and name not in CHOICES["model"]:
         source = f"plugins={_typed_list(files)}" if files else f"the entry point {name} (group {plugins.GROUP})"

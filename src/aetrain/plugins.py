@@ -22,7 +22,7 @@ import traceback
 from importlib import metadata
 from pathlib import Path
 
-from aetrain.errors import ConfigError
+from aetrain.errors import AetrainError, ConfigError
 
 GROUP = "aetrain.models"  # the entry-point group of packages that register models
 
@@ -30,7 +30,12 @@ _files: dict[Path, str] = {}  # resolved path -> module name, for the files this
 
 
 class PluginError(ConfigError):
-    """A plugin could not be found or imported, or does not register what it is named for."""
+    """A plugin could not be found or imported, or does not register what it is named for. `file` and `reason`:
+    the plugin file that failed and why, in words (`no such file`), for a caller that says more."""
+
+    def __init__(self, message: str, *, file: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.file, self.reason = file, reason or message
 
 
 def resolve(path: str) -> str:
@@ -50,16 +55,16 @@ def _load_file(path: str) -> None:
     key = file.resolve() if file.exists() else file.absolute()
     if key in _files:
         return
-    if not file.is_file():
-        raise PluginError(f"plugins=[{path}]: {'not a file' if file.exists() else 'no such file'}; "
-                          "name the Python file that registers your models")
-    if file.suffix != ".py":
-        raise PluginError(f"plugins=[{path}]: not a Python file (.py); name the file that registers your models")
+    if not file.is_file() or file.suffix != ".py":
+        reason = "not a Python file (.py)" if file.is_file() else "not a file" if file.exists() else "no such file"
+        raise PluginError(f"plugins=[{path}]: {reason}; name the Python file that registers your models", file=path,
+                          reason=reason)
     digest = hashlib.sha1(str(key).encode()).hexdigest()[:8]
     name = f"aetrain_plugin_{''.join(c if c.isalnum() else '_' for c in file.stem)}_{digest}"
     spec = importlib.util.spec_from_file_location(name, key)
     if spec is None or spec.loader is None:
-        raise PluginError(f"plugins=[{path}]: cannot be imported as a Python module")
+        raise PluginError(f"plugins=[{path}]: cannot be imported as a Python module", file=path,
+                          reason="cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses and pickling look their classes up here
     _files[key] = name
@@ -67,7 +72,9 @@ def _load_file(path: str) -> None:
         spec.loader.exec_module(module)
     except Exception as e:  # the user's code: whatever it raises is the plugin's error
         del sys.modules[name], _files[key]
-        raise PluginError(f"plugins=[{path}]: importing it failed: {_where(e, key)}{describe(e)}") from e
+        said = str(e) if isinstance(e, AetrainError) else describe(e)  # a registration refused: its own words
+        reason = f"importing it failed: {_where(e, key)}{said}"
+        raise PluginError(f"plugins=[{path}]: {reason}", file=path, reason=reason) from e
 
 
 def entry_point(name: str) -> metadata.EntryPoint | None:
@@ -90,8 +97,8 @@ def load_entry_point(name: str) -> bool:
     try:
         ep.load()
     except Exception as e:
-        raise PluginError(f"model={name}: {describe_entry_point(ep)} failed to import: {_where(e)}{describe(e)}") \
-            from e
+        said = str(e) if isinstance(e, AetrainError) else describe(e)
+        raise PluginError(f"model={name}: {describe_entry_point(ep)} failed to import: {said}") from e
     return True
 
 
@@ -107,10 +114,10 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def _where(e: BaseException, file: Path | None = None) -> str:
+def _where(e: BaseException, file: Path) -> str:
     """`line N: ` where the error arose in `file` (the plugin file), or nothing."""
     frames = traceback.extract_tb(e.__traceback__)
     if isinstance(e, SyntaxError) and e.lineno is not None:
         return f"line {e.lineno}: "
-    mine = [f for f in frames if (file is not None and Path(f.filename) == file)]
+    mine = [f for f in frames if Path(f.filename) == file]
     return f"line {mine[-1].lineno}: " if mine else ""

@@ -69,6 +69,12 @@ def resume_arguments(args: list[str]) -> list[str]:
     kept = [o for o in saved if override_key(o) not in given and not override_key(o).startswith("hydra.")
             and override_key(o) != "trainer.resume"]
     here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
+    for saved_plugins in (o for o in kept if override_key(o) == "plugins"):
+        try:
+            plugin_arguments([saved_plugins])
+        except plugins.PluginError as e:  # the run's plugin, moved or broken since
+            raise plugins.PluginError(f"trainer.resume={resume}: the run's plugin {e.file}: {e.reason}; put it back, "
+                                      "or give plugins=[its file.py] now", file=e.file, reason=e.reason) from None
     return [*kept, *args, *here]
 
 
@@ -125,6 +131,7 @@ def plugin_arguments(args: list[str]) -> list[str]:
         key = override_key(arg)
         if key == "plugins" and "=" in arg and not arg.startswith("~"):
             files = _parsed(arg)
+            files = [files] if isinstance(files, str) and files else files  # plugins=my_models.py: one file
             if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
                 raise AetrainError(f"{arg}: plugins is a list of Python files, plugins=[my_models.py] (one list: it "
                                    "cannot be swept)")
