@@ -81,6 +81,7 @@ def fit(overrides: list[str], *, config: Config | None = None, run_dir: str | Pa
     except (HydraException, OmegaConfBaseException) as ex:
         raise ConfigError(describe(ex)) from None
     where = RunDir(path) if named else RunDir.allocate(path)
+    hydra_config["mode"] = "RUN"
     hydra_config["run"]["dir"] = str(where.path)
     hydra_config["runtime"]["output_dir"] = str(where.path.absolute())
     task = tuple(a for a in args if not override_key(a).startswith("hydra."))
