@@ -60,7 +60,8 @@ def register_model(name: str, *, config: type[ModelConfig] = ModelConfig,
         origin = f"{getattr(build, '__module__', '?')}.{getattr(build, '__qualname__', repr(build))}"
         if name in FAMILIES and _origins.get(name, "") != origin:
             by = f"by {_origins[name]}" if name in _origins else "built in"
-            raise PluginError(f"{where} on {origin}: model={name} is already registered ({by}); choose another name")
+            raise PluginError(f"{where} on {getattr(build, '__qualname__', build)}: model={name} is already registered "
+                              f"({by}); choose another name")
         if not (isinstance(config, type) and dataclasses.is_dataclass(config) and issubclass(config, ModelConfig)):
             raise PluginError(f"{where}: config={config!r} is not a dataclass deriving from aetrain.ModelConfig")
         if isinstance(build, type):
