@@ -13,8 +13,6 @@ torch is imported on first use, so `aetrain --help` stays fast.
 
 import importlib.metadata as _metadata
 
-from aetrain.config import Config, ModelConfig
-
 try:
     __version__ = _metadata.version("aetrain")
 except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
@@ -22,6 +20,19 @@ except _metadata.PackageNotFoundError:  # running from a source tree that was ne
 del _metadata
 
 __all__ = ["Config", "ModelConfig", "__version__", "fit", "load_model", "register_model"]
+_CONFIG = ("Config", "ModelConfig")  # the typed config, imported when asked for (`import aetrain` stays bare)
+
+
+def __getattr__(name):
+    if name in _CONFIG:
+        from aetrain import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module 'aetrain' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*(n for n in globals() if not n.startswith("_") or n.startswith("__")), *_CONFIG})
 
 
 def load_model(path):  # -> aetrain.models.Autoencoder
@@ -39,17 +50,19 @@ def load_model(path):  # -> aetrain.models.Autoencoder
     return model_from_checkpoint(load(path, prefer=(BEST, LAST)))
 
 
-def register_model(name, *, config=ModelConfig, objective="reconstruction"):
+def register_model(name, *, config=None, objective="reconstruction"):
     """Decorator: register an nn.Module class (or a function returning one) as `model=<name>`.
 
     It is built as `build(cfg, shape, code_width=...)` and has `encode(x) -> (B, code_width)` and
     `decode(z) -> (B, *shape)` (model units). `config`: a dataclass deriving from `aetrain.ModelConfig` with the
-    model's own keys (each with a default and a comment). `objective`: reconstruction | denoising | sparse | vae
-    (their keys are added to the config), or a function `(cfg, spec) -> (training, validation)` objectives.
+    model's own keys (each with a default and a comment); None = `ModelConfig` itself. `objective`: reconstruction |
+    denoising | sparse | vae (their keys are added to the config), or a function `(cfg, spec) -> (training,
+    validation)` objectives.
     """
+    from aetrain.config import ModelConfig
     from aetrain.models.custom import register_model as register
 
-    return register(name, config=config, objective=objective)
+    return register(name, config=config or ModelConfig, objective=objective)
 
 
 def fit(overrides=(), *, config=None, run_dir=None):  # -> aetrain.cli.fit.Run
