@@ -198,6 +198,23 @@ def test_fit_raises_the_cli_s_error_and_writes_nothing(tmp_path: Path, cli) -> N
         aetrain.fit(["-m", "model.latent_dim=2,4"])
 
 
+def test_fit_takes_a_typed_config_of_a_model_imported_in_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toy_plugin(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    import toy_models  # as a notebook would: the decorator registers model=toy
+
+    cfg = aetrain.Config(model=toy_models.ToyConfig(name="toy", width=8), plugins=["toy_models.py"])
+    cfg.trainer.device, cfg.trainer.max_epochs, cfg.data.batch_size = "cpu", 1, 256
+    cfg.outputs.plot_every, cfg.outputs.tensorboard, cfg.diagnostics.enabled = 0, False, False
+    typed = aetrain.fit(config=cfg, run_dir="typed")
+    assert typed.config.plugins == [str(tmp_path / "toy_models.py")]  # recorded where it is, for loading elsewhere
+    assert (typed.run_dir / ".hydra" / "config.yaml").is_file()
+    # the same file named as a plugin is the module imported already, not a second registration
+    overrides = aetrain.fit(["plugins=[toy_models.py]", "model=toy", "model.width=8", *DIGITS], run_dir="overrides")
+    assert_same_run(typed.run_dir, overrides.run_dir)
+
+
 # --- a plugin gone since its run, a package's entry point, an objective of one's own ---------------------
 
 def test_a_run_whose_plugin_is_gone_loads_and_resumes_with_one_line_naming_it(cli, tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ Two ways in, both named by the model's registered name, never by an import path 
   asked for (`model=my_ae`, or a checkpoint of such a run), and not before.
 
 Importing is all this module does; registering is the decorator's (`aetrain.models.custom`). Each file is
-imported once per process (by its resolved path); a failure is one line naming the plugin (`PluginError`).
+imported once per process (by its resolved path; a file imported already, `import my_models`, is not imported
+again); a failure is one line naming the plugin (`PluginError`).
 Torch-free itself: what a plugin imports is its own business.
 """
 
@@ -55,6 +56,11 @@ def _load_file(path: str) -> None:
     key = file.resolve() if file.exists() else file.absolute()
     if key in _files:
         return
+    for module in list(sys.modules.values()):  # imported already (`import my_models`): its models are registered
+        known = getattr(module, "__file__", None)
+        if isinstance(known, str) and Path(known).name == key.name and Path(known).resolve() == key:
+            _files[key] = module.__name__
+            return
     if not file.is_file() or file.suffix != ".py":
         reason = "not a Python file (.py)" if file.is_file() else "not a file" if file.exists() else "no such file"
         raise PluginError(f"plugins=[{path}]: {reason}; name the Python file that registers your models", file=path,

@@ -18,14 +18,16 @@ The contract (README, "Your own model"), checked when the model is built, before
 
 Around it aetrain puts what every family has (`Autoencoder`): the data scaling, the output activation, `encode`
 and `decode` in data units, and `encoder` / `decoder` modules (views of your methods) that the training doctor
-hooks. Registering a name twice from the same class or function (a notebook cell run again, a module reloaded)
-replaces it; from another, or a built-in name, is an error.
+hooks. Registering a name twice from the same class or function (a notebook cell run again, a module reloaded, a
+file imported both as a plugin and by `import`) replaces it; from another, or a built-in name, is an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +46,7 @@ Builder = Callable[..., nn.Module]  # (cfg, shape, *, code_width) -> a module wi
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 CHECK_BATCH = 2  # samples in the batch the contract is checked on
 
-_origins: dict[str, str] = {}  # registered name -> where it was registered from (module.qualname of the builder)
+_origins: dict[str, str] = {}  # registered name -> where it was registered from (`_origin` of the builder)
 
 
 def register_model(name: str, *, config: type[ModelConfig] = ModelConfig,
@@ -57,7 +59,7 @@ def register_model(name: str, *, config: type[ModelConfig] = ModelConfig,
         where = f"@aetrain.register_model({name!r})"
         if not isinstance(name, str) or not NAME.fullmatch(name):
             raise PluginError(f"{where}: the name must be letters, digits and _, starting with a letter")
-        origin = f"{getattr(build, '__module__', '?')}.{getattr(build, '__qualname__', repr(build))}"
+        origin = _origin(build)
         if name in FAMILIES and _origins.get(name, "") != origin:
             by = f"by {_origins[name]}" if name in _origins else "built in"
             raise PluginError(f"{where} on {getattr(build, '__qualname__', build)}: model={name} is already registered "
@@ -81,6 +83,15 @@ def register_model(name: str, *, config: type[ModelConfig] = ModelConfig,
         return build
 
     return register
+
+
+def _origin(build: Builder) -> str:
+    """Where `build` was defined: its file and name (`/home/me/my_models.py:MyAE`), so that the same file imported
+    twice (as a plugin, and by `import my_models`) is one origin; its module's name where it has no file."""
+    module = sys.modules.get(getattr(build, "__module__", ""), None)
+    file = getattr(module, "__file__", None)
+    where = os.path.realpath(file) if isinstance(file, str) else getattr(build, "__module__", "?")
+    return f"{where}:{getattr(build, '__qualname__', repr(build))}"
 
 
 def _family(name: str, build: Builder, objective: Any, where: str) -> tuple[Family, type | None]:
