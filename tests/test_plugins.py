@@ -198,7 +198,8 @@ def test_fit_raises_the_cli_s_error_and_writes_nothing(tmp_path: Path, cli) -> N
         aetrain.fit(["-m", "model.latent_dim=2,4"])
 
 
-def test_fit_takes_a_typed_config_of_a_model_imported_in_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fit_takes_a_typed_config_of_a_model_imported_in_python(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     toy_plugin(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)

@@ -45,7 +45,8 @@ class Finding:
         """The one line announced during training (and kept in train.log)."""
         where = f" in {', '.join(_short(self.layers))}" if self.layers else ""
         tries = f"; try: {' | '.join(self.suggestion)}" if self.suggestion else ""
-        return f"{self.code}{where} (epoch {self.epochs[0]}): {self.message}{tries}  [aetrain doctor <run dir> for the report]"
+        return (f"{self.code}{where} (epoch {self.epochs[0]}): {self.message}{tries}"
+                "  [aetrain doctor <run dir> for the report]")
 
     def to_json(self) -> dict[str, Any]:
         return {"code": self.code, "layers": self.layers, "epochs": self.epochs, "evidence": self.evidence,

@@ -61,9 +61,9 @@ def fit(overrides: list[str], *, config: Config | None = None, run_dir: str | Pa
     if flags:
         raise ConfigError(f"aetrain.fit trains one run from overrides (key=value), not {flags[0]}; a sweep is "
                           "aetrain -m on the command line")
-    hydra = [a for a in overrides if override_key(a).startswith("hydra.")]
-    if hydra:
-        raise ConfigError(f"{hydra[0]}: aetrain.fit takes the run dir as run_dir=..., and no other hydra.* keys")
+    hydra_keys = [a for a in overrides if override_key(a).startswith("hydra.")]
+    if hydra_keys:
+        raise ConfigError(f"{hydra_keys[0]}: aetrain.fit takes the run dir as run_dir=..., and no other hydra.* keys")
     args = [*overrides, *([f"hydra.run.dir={hydra_quoted(str(run_dir))}"] if run_dir is not None else [])]
     try:
         check_overrides(args)

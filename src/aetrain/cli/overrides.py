@@ -137,7 +137,7 @@ def plugin_arguments(args: list[str]) -> list[str]:
                                    "cannot be swept)")
             files = [plugins.resolve(f) for f in files]
             plugins.load_files(files)
-            arg = f"{arg.partition('=')[0]}=[{','.join(hydra_quoted(f) for f in files)}]"
+            arg = f"plugins=[{','.join(hydra_quoted(f) for f in files)}]"  # +plugins=...: a key of the schema
         elif key == "model" and "=" in arg:
             value = _parsed(arg)
             for name in getattr(value, "list", None) or [value]:  # model=a,b: a sweep over choices
