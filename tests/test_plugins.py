@@ -90,6 +90,15 @@ def no_hydra_state() -> bool:
     return not GlobalHydra.instance().is_initialized() and not HydraConfig.initialized()
 
 
+def forget_hydra_state() -> None:
+    """Hydra's global state as a fresh process has it: none (a CLI run in this process leaves its job's config)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None
+
+
 # --- the worked example, end to end ----------------------------------------------------------------------
 
 def test_the_example_trains_like_the_cli_resumes_sweeps_and_goes_through_every_command(tmp_path: Path) -> None:
@@ -104,6 +113,7 @@ def test_the_example_trains_like_the_cli_resumes_sweeps_and_goes_through_every_c
     assert (tmp_path / "cli" / "reconstructions" / "epoch_002.png").is_file()  # the example's pictures, as a family's
 
     # from Python, twice in one process: the CLI's run, bit for bit, and nothing of Hydra left behind
+    forget_hydra_state()
     first = aetrain.fit([*args, "trainer.max_epochs=2"], run_dir=tmp_path / "fit1")
     second = aetrain.fit([*args, "trainer.max_epochs=2"], run_dir=tmp_path / "fit2")
     assert no_hydra_state()
@@ -186,14 +196,15 @@ def test_a_broken_plugin_is_one_line_before_any_run_dir(cli, tmp_path: Path, bro
 
 def test_fit_raises_the_cli_s_error_and_writes_nothing(tmp_path: Path, cli) -> None:
     plugin = toy_plugin(tmp_path, broken="Toy.encode = lambda self, x: self.enc(x)[:, :3]")
+    forget_hydra_state()
     for args in ([f"plugins=[{plugin}]", "model=toy"], ["model.latent_dim=0"], ["model=nope"],
                  [f"plugins=[{tmp_path / 'missing.py'}]"]):
-        line = one_line_error(cli(*args, *DIGITS))
         with pytest.raises(ConfigError) as raised:
             aetrain.fit([*args, *DIGITS], run_dir=tmp_path / "fit")
-        assert line == f"aetrain: error: {raised.value}", args
+        assert no_hydra_state()
+        assert one_line_error(cli(*args, *DIGITS)) == f"aetrain: error: {raised.value}", args
         assert not (tmp_path / "fit").exists()
-    assert no_hydra_state()
+        forget_hydra_state()  # what the CLI's run in this process left
     with pytest.raises(ConfigError, match="not -m"):
         aetrain.fit(["-m", "model.latent_dim=2,4"])
 
