@@ -227,6 +227,14 @@ def test_fit_takes_a_typed_config_of_a_model_imported_in_python(tmp_path: Path,
     assert_same_run(typed.run_dir, overrides.run_dir)
 
 
+@pytest.mark.slow
+def test_a_plugin_model_trains_in_several_processes_each_importing_it(cli, tmp_path: Path) -> None:
+    result = cli(f"plugins=[{toy_plugin(tmp_path)}]", "model=toy", "trainer.devices=2", *DIGITS)
+    assert result.returncode == 0, result.err
+    assert "2 processes" in (result.run_dir / "train.log").read_text()
+    assert aetrain.load_model(result.run_dir).net.enc[1].out_features == 32
+
+
 # --- a plugin gone since its run, a package's entry point, an objective of one's own ---------------------
 
 def test_a_run_whose_plugin_is_gone_loads_and_resumes_with_one_line_naming_it(cli, tmp_path: Path) -> None:
