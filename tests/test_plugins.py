@@ -227,6 +227,18 @@ def test_fit_takes_a_typed_config_of_a_model_imported_in_python(tmp_path: Path,
     assert_same_run(typed.run_dir, overrides.run_dir)
 
 
+def test_a_plugin_file_under_a_launcher_of_other_processes_is_one_line(tmp_path: Path, cli) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    plugin = toy_plugin(tmp_path)
+    result = cli.command(f"plugins=[{plugin}]", "model=toy", *DIGITS, f"hydra.sweep.dir={tmp_path / 'sweep'}", "-m",
+                         "hydra/launcher=joblib", "model.width=4,8")
+    assert one_line_error(result) == (
+        f"aetrain: error: plugins=['{plugin}'] with the JoblibLauncher: its jobs run in processes of their own, which "
+        "cannot import a plugin file; use the default launcher, or register the models from an installed package "
+        "(an entry point in group aetrain.models)")
+    assert not (tmp_path / "sweep").exists()
+
+
 @pytest.mark.slow
 def test_a_plugin_model_trains_in_several_processes_each_importing_it(cli, tmp_path: Path) -> None:
     result = cli(f"plugins=[{toy_plugin(tmp_path)}]", "model=toy", "trainer.devices=2", *DIGITS)
