@@ -121,4 +121,4 @@ def test_a_model_of_a_uint8_file_takes_and_gives_the_files_0_to_255_values(cli, 
 def test_import_aetrain_exposes_its_api_and_nothing_else() -> None:
     out = subprocess.run([sys.executable, "-c", "import aetrain; print(sorted(n for n in dir(aetrain) if "
                           "not n.startswith('__')))"], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['load_model']"
+    assert out.strip() == "['Config', 'ModelConfig', 'fit', 'load_model', 'register_model']"

@@ -24,6 +24,7 @@ import torch
 from aetrain.config import Config, DataConfig, from_json
 from aetrain.data.spec import DataSpec
 from aetrain.errors import CheckpointError, ConfigError
+from aetrain.plugins import PluginError
 from aetrain.rundir import LAST, checkpoint_dir
 
 if TYPE_CHECKING:
@@ -118,6 +119,8 @@ def config_of(ckpt: dict[str, Any]) -> Config:
         raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: it holds no config")
     try:
         return from_json(text)
+    except PluginError as e:  # a model of your own whose code is not here: not damage
+        raise CheckpointError(f"{ckpt['path']}: {e}") from None
     except (ValueError, TypeError, AttributeError, ConfigError) as e:
         raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: its config cannot be read "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aetrain import plugins
 from aetrain.errors import ConfigError
 
 Range = tuple[Callable[[Any], bool], str]  # (is the value allowed?, what is allowed, in words)
@@ -92,18 +93,16 @@ class CodeConstraint:
 
 @dataclass
 class ModelConfig:
-    """What every model family has. Families: configs/model/, `aetrain.models.FAMILIES`."""
+    """What every model family has, built in or registered by your own code (`aetrain.register_model`).
+    Families: configs/model/, `aetrain.models.FAMILIES`."""
 
     name: str = "dense_ae"  # the model family, set by model=<name>: dense_ae | conv_ae | denoising_ae | sparse_ae | vae
+    # | a registered one
     latent_dim: int = 16  # size of the code z
-    activation: str = "relu"  # hidden activation: relu, leaky_relu, prelu, elu, gelu, selu, silu, tanh, sigmoid
     output_activation: str = "auto"  # auto = sigmoid for data in [0, 1], identity for standardized data
-    init: str = "default"  # weight init: default (PyTorch's), xavier_*, kaiming_*, orthogonal
-    batch_norm: bool = False  # BatchNorm after each hidden layer; False = none
-    dropout: float = 0.0  # dropout probability after each hidden layer; 0 = off
     loss: str = "mse"  # reconstruction loss: mse | l1 | bce | smooth_l1 (mean over elements)
 
-    RANGES = {"latent_dim": AT_LEAST_1, "dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)")}
+    RANGES = {"latent_dim": AT_LEAST_1}
 
     def code_constraint(self) -> CodeConstraint | None:
         """What keeps this model's code from copying its input; None: nothing (a plain autoencoder, or a family
@@ -111,9 +110,21 @@ class ModelConfig:
         return None
 
 
+@dataclass
+class LayersConfig(ModelConfig):
+    """The layer keys of the built-in backbones (dense, conv)."""
+
+    activation: str = "relu"  # hidden activation: relu, leaky_relu, prelu, elu, gelu, selu, silu, tanh, sigmoid
+    init: str = "default"  # weight init: default (PyTorch's), xavier_*, kaiming_*, orthogonal
+    batch_norm: bool = False  # BatchNorm after each hidden layer; False = none
+    dropout: float = 0.0  # dropout probability after each hidden layer; 0 = off
+
+    RANGES = {"dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)")}
+
+
 @choice("model", "dense_ae")
 @dataclass
-class DenseAEConfig(ModelConfig):
+class DenseAEConfig(LayersConfig):
     """An MLP autoencoder."""
 
     name: str = "dense_ae"
@@ -125,7 +136,7 @@ class DenseAEConfig(ModelConfig):
 
 @choice("model", "conv_ae")
 @dataclass
-class ConvAEConfig(ModelConfig):
+class ConvAEConfig(LayersConfig):
     """A convolutional autoencoder for images of any size."""
 
     name: str = "conv_ae"
@@ -137,7 +148,7 @@ class ConvAEConfig(ModelConfig):
 
 
 @dataclass
-class BackboneModelConfig(ModelConfig):
+class BackboneModelConfig(LayersConfig):
     """A family that wraps either backbone: the keys of the one not chosen must keep their defaults."""
 
     backbone: str = "dense"  # dense | conv
@@ -147,6 +158,11 @@ class BackboneModelConfig(ModelConfig):
 
     RANGES = {"hidden_dims": WIDTHS, "channels": CHANNELS, "kernel_size": ODD}
 
+
+# The keys a built-in objective adds to a family's config (`aetrain.models.OBJECTIVES`): the built-in denoising,
+# sparse and variational families have them, and so does a model of your own registered with that objective
+# (`aetrain.register_model(name, config=..., objective="vae")` adds them to its config). Mixins, listed first
+# among a config's bases: their fields come after the family's own, and their `code_constraint` is the family's.
 
 @dataclass
 class NoiseConfig:
@@ -158,12 +174,9 @@ class NoiseConfig:
     RANGES = {"level": NON_NEGATIVE}  # and <= 1 for a share of entries (`validate`)
 
 
-@choice("model", "denoising_ae")
 @dataclass
-class DenoisingAEConfig(BackboneModelConfig):
-    """Corrupt the training inputs, reconstruct the clean ones."""
-
-    name: str = "denoising_ae"
+class DenoisingKeys:
+    """objective=denoising: corrupt the training inputs, reconstruct the clean ones."""
 
     noise: NoiseConfig = field(default_factory=NoiseConfig)  # the corruption of the training inputs
 
@@ -184,12 +197,9 @@ class SparsityConfig:
     RANGES = {"weight": NON_NEGATIVE, "target": OPEN_UNIT}
 
 
-@choice("model", "sparse_ae")
 @dataclass
-class SparseAEConfig(BackboneModelConfig):
-    """Penalise the latent code."""
-
-    name: str = "sparse_ae"
+class SparsityKeys:
+    """objective=sparse: a penalty on the code."""
 
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)  # the penalty on the code
 
@@ -200,12 +210,9 @@ class SparseAEConfig(BackboneModelConfig):
         return CodeConstraint(penalty, loosen=("model.sparsity.weight=1e-4",))
 
 
-@choice("model", "vae")
 @dataclass
-class VAEConfig(BackboneModelConfig):
-    """Variational autoencoder: a Gaussian code, sampled with the reparameterisation trick."""
-
-    name: str = "vae"
+class VariationalKeys:
+    """objective=vae: a Gaussian code, sampled with the reparameterisation trick, and its KL term."""
 
     loss: str = "auto"  # auto = bce for data in [0, 1] (a Bernoulli decoder), mse otherwise; or mse | l1 | bce |
     # smooth_l1
@@ -221,6 +228,30 @@ class VAEConfig(BackboneModelConfig):
             return None
         return CodeConstraint("a sampled code and its KL term", loosen=("model.beta=0.25", "model.kl_warmup_epochs=50"),
                               prunes_units=True, blurs=True)
+
+
+@choice("model", "denoising_ae")
+@dataclass
+class DenoisingAEConfig(DenoisingKeys, BackboneModelConfig):
+    """Corrupt the training inputs, reconstruct the clean ones."""
+
+    name: str = "denoising_ae"
+
+
+@choice("model", "sparse_ae")
+@dataclass
+class SparseAEConfig(SparsityKeys, BackboneModelConfig):
+    """Penalise the latent code."""
+
+    name: str = "sparse_ae"
+
+
+@choice("model", "vae")
+@dataclass
+class VAEConfig(VariationalKeys, BackboneModelConfig):
+    """Variational autoencoder: a Gaussian code, sampled with the reparameterisation trick."""
+
+    name: str = "vae"
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -511,17 +542,48 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # the engine's knobs
     outputs: OutputsConfig = field(default_factory=OutputsConfig)  # what a run writes for people to look at
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)  # the training doctor's measurements
+    plugins: list[str] = field(default_factory=list)  # Python files that register models of your own
+    # (@aetrain.register_model), imported before the config is composed; kept as absolute paths; [] = none
 
 
 GROUPS = tuple(CHOICES)  # the sections whose shape depends on their choice
 
 
 def default_choice(group: str, name: str) -> Any:
-    """The default config of `group=name`; ConfigError listing the choices for an unknown name."""
+    """The default config of `group=name`; ConfigError listing the choices for an unknown name. A model name
+    nothing registered yet is looked up among the installed packages' entry points (`aetrain.plugins`)."""
+    if group == "model" and name not in CHOICES[group]:
+        require_model(name)
     try:
         return CHOICES[group][name]()
     except KeyError:
         raise ConfigError(f"{group}={name!r} is not one of: {', '.join(sorted(CHOICES[group]))}") from None
+
+
+def require_model(name: Any, files: list[str] | None = None) -> None:
+    """Make `model=name` registered: by an installed entry point of that name, else by importing `files` (a run's
+    `plugins`). PluginError (one line, naming the plugin) when that fails or does not register it; nothing for a
+    name no plugin claims (the caller's lookup says which names there are)."""
+    if not isinstance(name, str) or name in CHOICES["model"]:
+        return
+    loaded = plugins.load_entry_point(name)
+    if not loaded and files:
+        try:
+            plugins.load_files(files)
+        except plugins.PluginError as e:  # the run's own plugin, gone or broken since
+            raise plugins.PluginError(
+                f"model={name} comes from the run's plugin {e.file}: {e.reason}; put it back, or register "
+                f"model={name} first (plugins=[its file.py] on the command line, or import its module in Python)",
+                file=e.file, reason=e.reason) from None
+        loaded = True
+    if loaded and name not in CHOICES["model"]:
+        source = f"plugins={_typed_list(files)}" if files else f"the entry point {name} (group {plugins.GROUP})"
+        raise plugins.PluginError(f"model={name}: {source} did not register it; decorate its model with "
+                                  f"@aetrain.register_model({name!r})")
+
+
+def _typed_list(items: list[str] | None) -> str:
+    return "[" + ",".join(items or []) + "]"
 
 
 def keys_of(section: Any) -> list[str]:
@@ -571,10 +633,10 @@ def validate(cfg: Config) -> None:
     check_ranges(s, "scheduler")
     if isinstance(m, BackboneModelConfig):
         _check_backbone_keys(m)
-    if isinstance(m, DenoisingAEConfig) and m.noise.kind != "gaussian":
+    if isinstance(m, DenoisingKeys) and m.noise.kind != "gaussian":
         _require(m.noise.level <= 1.0, "model.noise.level", f"a finite number >= 0 and <= 1 for {m.noise.kind} noise",
                  m.noise.level)
-    if isinstance(m, SparseAEConfig) and m.sparsity.kind != "kl" and m.sparsity.target != SparsityConfig().target:
+    if isinstance(m, SparsityKeys) and m.sparsity.kind != "kl" and m.sparsity.target != SparsityConfig().target:
         raise ConfigError(f"model.sparsity.target={m.sparsity.target!r} is used by model.sparsity.kind=kl only; "
                           f"this model has model.sparsity.kind={m.sparsity.kind}")
     if isinstance(o, SGDConfig):
@@ -585,7 +647,7 @@ def validate(cfg: Config) -> None:
     if isinstance(s, CosineSchedulerConfig):
         _require(0.0 <= s.min_lr < o.lr, "scheduler.min_lr", f"in [0, optimizer.lr={o.lr:g})", s.min_lr)
 
-    if m.batch_norm and cfg.data.batch_size < 2:
+    if getattr(m, "batch_norm", False) and cfg.data.batch_size < 2:
         raise ConfigError(f"model.batch_norm=true needs data.batch_size >= 2 (batch norm normalises over the batch; "
                           f"data.batch_size={cfg.data.batch_size} gives it one sample); raise it or set "
                           "model.batch_norm=false")
@@ -655,11 +717,25 @@ def from_json(text: str) -> Config:
     data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError(f"a config is a JSON object, not a {type(data).__name__}")
+    files = data.get("plugins")
+    files = files if isinstance(files, list) and all(isinstance(f, str) for f in files) else []
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("name"), str):
+        name = model["name"]
+        require_model(name, files)  # a model of your own: its plugin first, as the run had it
+        if name not in CHOICES["model"]:
+            raise plugins.PluginError(
+                f"model={name} is not registered in this process: a model of your own is registered by importing "
+                f"its module (@aetrain.register_model({name!r})), by its file (plugins=[my_models.py]) or by its "
+                f"package's entry point (group {plugins.GROUP}); built in: {', '.join(sorted(CHOICES['model']))}")
     cfg = Config()
     for f in dataclasses.fields(Config):
         if f.name not in data:
             continue
         value = data[f.name]
+        if f.name == "plugins":
+            cfg.plugins = list(files)
+            continue
         section = default_choice(f.name, value.get("name")) if f.name in CHOICES else getattr(cfg, f.name)
         setattr(cfg, f.name, _update(section, value))
     return cfg

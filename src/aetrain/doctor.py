@@ -18,6 +18,7 @@ references are the runs named in each rule. README "Training doctor" lists the s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Callable
@@ -43,8 +44,9 @@ class Finding:
     def line(self) -> str:
         """The one line announced during training (and kept in train.log)."""
         where = f" in {', '.join(_short(self.layers))}" if self.layers else ""
-        return (f"{self.code}{where} (epoch {self.epochs[0]}): {self.message}; try: {' | '.join(self.suggestion)}"
-                f"  [aetrain doctor <run dir> for the report]")
+        tries = f"; try: {' | '.join(self.suggestion)}" if self.suggestion else ""
+        return (f"{self.code}{where} (epoch {self.epochs[0]}): {self.message}{tries}"
+                "  [aetrain doctor <run dir> for the report]")
 
     def to_json(self) -> dict[str, Any]:
         return {"code": self.code, "layers": self.layers, "epochs": self.epochs, "evidence": self.evidence,
@@ -83,14 +85,22 @@ class Facts:
     lr: float = math.nan
     default_lr: float = math.nan  # the optimizer choice's default learning rate
     max_epochs: int | None = None
+    model_keys: frozenset[str] | None = None  # the model's keys (model.<key>); None = unknown: every suggestion stays
 
     @classmethod
     def of(cls, cfg: Config, shape: tuple[int, ...] | None = None) -> Facts:
         m = cfg.model
         return cls(model=m.name, latent_dim=m.latent_dim, input_size=math.prod(shape) if shape else None,
-                   image=None if shape is None else len(shape) == 3, activation=m.activation, loss=m.loss,
-                   constraint=m.code_constraint(), optimizer=cfg.optimizer.name, lr=cfg.optimizer.lr,
-                   default_lr=default_choice("optimizer", cfg.optimizer.name).lr, max_epochs=cfg.trainer.max_epochs)
+                   image=None if shape is None else len(shape) == 3, activation=getattr(m, "activation", ""),
+                   loss=m.loss, constraint=m.code_constraint(), optimizer=cfg.optimizer.name, lr=cfg.optimizer.lr,
+                   default_lr=default_choice("optimizer", cfg.optimizer.name).lr, max_epochs=cfg.trainer.max_epochs,
+                   model_keys=frozenset(f.name for f in dataclasses.fields(m)))
+
+    def can_set(self, suggestion: str) -> bool:
+        """Whether every `model.<key>=...` a suggestion sets is a key of this model (a model of your own has only
+        the keys its config declares: no model.activation, no model.batch_norm)."""
+        keys = [o.partition("=")[0] for o in suggestion.split() if o.startswith("model.")]
+        return self.model_keys is None or all(k.split(".")[1] in self.model_keys for k in keys)
 
 
 @dataclass
@@ -615,7 +625,7 @@ def diagnose(trace: Trace, facts: Facts, *, at: int | None = None) -> list[Findi
     """The findings that hold at epoch `at`; or, without it, over the whole run: each finding once, with
     every epoch it held in, the union of its layers, and the evidence of the latest epoch it held in."""
     if at is not None:
-        return [f for rule in RULES if (f := rule(trace, facts, at)) is not None]
+        return [_settable(f, facts) for rule in RULES if (f := rule(trace, facts, at)) is not None]
     merged: dict[str, Finding] = {}
     for epoch in trace.epoch_numbers():
         for rule in RULES:
@@ -629,7 +639,13 @@ def diagnose(trace: Trace, facts: Facts, *, at: int | None = None) -> list[Findi
             kept.epochs.append(epoch)
             kept.layers += [layer for layer in found.layers if layer not in kept.layers]
             kept.evidence, kept.message, kept.suggestion = found.evidence, found.message, found.suggestion
-    return [merged[code] for code in CODES if code in merged]
+    return [_settable(merged[code], facts) for code in CODES if code in merged]
+
+
+def _settable(finding: Finding, facts: Facts) -> Finding:
+    """The finding with only the suggestions this run's model can take (its keys)."""
+    finding.suggestion = [s for s in finding.suggestion if facts.can_set(s)]
+    return finding
 
 
 def verdict(trace: Trace, findings: list[Finding]) -> str:

@@ -33,6 +33,10 @@ class Registry(Generic[T]):
     def add(self, name: str, entry: T) -> None:
         self.register(name)(entry)
 
+    def replace(self, name: str, entry: T) -> None:
+        """Add `entry`, or put it in place of the one registered as `name` (a plugin registered again)."""
+        self._entries[name] = entry
+
     def get(self, name: str) -> T:
         try:
             return self._entries[name]

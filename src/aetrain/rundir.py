@@ -470,16 +470,19 @@ class RunDir:
 
     def config(self) -> Config | None:
         """The run's composed config (.hydra/config.yaml), typed; None when it has none. ConfigError when it is
-        not an aetrain config."""
+        not an aetrain config; PluginError when its model is one of your own that cannot be registered here."""
         import yaml
 
         from aetrain.config import from_json
+        from aetrain.plugins import PluginError
 
         path = self.path / HYDRA / "config.yaml"
         if not path.is_file():
             return None
         try:
             return from_json(json.dumps(yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())))
+        except PluginError:  # the run's model is one of your own, and its code is not here: say so as it is
+            raise
         except (yaml.YAMLError, OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError, ConfigError) as e:
             raise ConfigError(f"{path}: not a readable aetrain config ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None

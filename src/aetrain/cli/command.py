@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.cli.errors import describe, exit_with, unknown_key_message, usage_error
+from aetrain.cli.overrides import override_key, plugin_arguments
 from aetrain.commands import RUN, Command
 from aetrain.config import default_choice
 from aetrain.errors import AetrainError, ConfigError
@@ -76,6 +77,11 @@ def _set(obj: Any, section: str, key: str, value: str) -> Any:
 def run_on_dir(command: Command, args: list[str]) -> None:
     """`aetrain <command> <dir> [key=value ...]` of a command that takes a dir (RUN or DIR): parse the command
     line, call the command's function as its entry says, and end a user error in one line and its exit code."""
+    try:  # plugins=[file.py]: a model of your own registered before the run's checkpoint is read
+        plugin_arguments([a for a in args if override_key(a) == "plugins"])
+    except AetrainError as ex:
+        exit_with(ex)
+    args = [a for a in args if override_key(a) != "plugins"]
     keys = [a for a in args if "=" in a]
     if keys and command.config is None:
         usage_error(f"aetrain {command.name} takes a {command.argument} and no overrides; got {keys[0]}", command.name)

@@ -40,9 +40,10 @@ def command_help(command: Command, overrides: list[str]) -> str:
     if command.details is not None:
         lines += ["", textwrap.fill(command.details(), 100)]
     if command.takes == JOBS:
+        keys = training_keys(overrides)  # first: the plugins it names register their models
         lines += ["", "== Groups (pick one: group=choice) ==", *(f"{group}: {', '.join(choices)}"
                                                                 for group, choices in config_groups().items()),
-                  "", "== Keys and defaults (set any: key=value) ==", *training_keys(overrides),
+                  "", "== Keys and defaults (set any: key=value) ==", *keys,
                   "", "== Every choice's keys (the section above lists the chosen ones with their defaults and "
                   "comments: aetrain --help model=vae) ==", *choice_keys()]
     elif command.config is not None and dataclasses.fields(command.config):
@@ -85,8 +86,10 @@ def training_keys(overrides: list[str]) -> list[str]:
     from aetrain.cli.schema import compose_training, to_config
     from aetrain.errors import AetrainError
 
+    from aetrain.cli.overrides import plugin_arguments
+
     try:
-        config = to_config(compose_training(overrides))
+        config = to_config(compose_training(plugin_arguments(overrides)))
     except (AetrainError, HydraException, OmegaConfBaseException) as ex:
         exit_with(ex)
     return _yaml_lines(config, "")
@@ -140,8 +143,15 @@ def config_groups() -> dict[str, list[str]]:
     """Each config group of aetrain and its choices, from the folders of the config package."""
     from importlib.resources import files
 
+    from aetrain.config import CHOICES
+    from aetrain.plugins import entry_point_names
+
     root = files("aetrain.configs")
     folders = sorted((d for d in root.iterdir() if d.is_dir() and d.name not in ("hydra", "__pycache__")),
                      key=lambda d: d.name)
-    return {d.name: sorted(f.name.removesuffix(".yaml") for f in d.iterdir() if f.name.endswith(".yaml"))
-            for d in folders}
+    groups = {d.name: sorted(f.name.removesuffix(".yaml") for f in d.iterdir() if f.name.endswith(".yaml"))
+              for d in folders}
+    # models of your own: registered by plugins=[...] given, or offered by installed packages (not imported here)
+    own = sorted((set(CHOICES["model"]) | set(entry_point_names())) - set(groups["model"]))
+    groups["model"] += [f"{name} (plugin)" for name in own]
+    return groups

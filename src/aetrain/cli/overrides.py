@@ -1,5 +1,6 @@
 """The training command line's overrides, before Hydra composes them: mistakes Hydra would accept, paths quoted
-for Hydra's grammar, and `trainer.resume=RUN` turned into a continuation of RUN (its dir, its overrides).
+for Hydra's grammar, `trainer.resume=RUN` turned into a continuation of RUN (its dir, its overrides), and the
+plugins that register models of your own imported (`plugins=[file.py]`, a package's entry point for `model=name`).
 
 Argument handling only: what a run dir holds is read through `aetrain.rundir.RunDir`, and which run dir a
 checkpoint belongs to through `aetrain.rundir.own_run_dir`.
@@ -13,7 +14,8 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from aetrain.config import CHOICES
+from aetrain import plugins
+from aetrain.config import CHOICES, require_model
 from aetrain.errors import AetrainError
 from aetrain.rundir import RunDir, own_run_dir
 
@@ -69,6 +71,12 @@ def resume_arguments(args: list[str]) -> list[str]:
             and override_key(o) != "trainer.resume"]
     kept = _where_trained(kept, data_paths_at(resume), resume)
     here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
+    for saved_plugins in (o for o in kept if override_key(o) == "plugins"):
+        try:
+            plugin_arguments([saved_plugins])
+        except plugins.PluginError as e:  # the run's plugin, moved or broken since
+            raise plugins.PluginError(f"trainer.resume={resume}: the run's plugin {e.file}: {e.reason}; put it back, "
+                                      "or give plugins=[its file.py] now", file=e.file, reason=e.reason) from None
     return [*kept, *args, *here]
 
 
@@ -132,3 +140,37 @@ def hydra_quoted(value: str) -> str:
 def given(overrides: list[str], key: str) -> bool:
     """Whether `key` is set by one of `overrides` (Hydra's `hydra.overrides.hydra` or `.task`)."""
     return any(override_key(o) == key for o in overrides)
+
+
+def plugin_arguments(args: list[str]) -> list[str]:
+    """Import the plugins the overrides name, so that their models are registered before Hydra composes:
+    `plugins=[a.py,b.py]` (the files, given back as absolute paths: the run records them, and a resume or a command
+    after training imports them from anywhere) and, for `model=<name>` (or a sweep over names) that nothing
+    registered yet, an installed package's entry point of that name. PluginError (one line) for a plugin that
+    cannot be imported; other arguments pass through unchanged."""
+    out = []
+    for arg in args:
+        key = override_key(arg)
+        if key == "plugins" and "=" in arg and not arg.startswith("~"):
+            files = _parsed(arg)
+            files = [files] if isinstance(files, str) and files else files  # plugins=my_models.py: one file
+            if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
+                raise AetrainError(f"{arg}: plugins is a list of Python files, plugins=[my_models.py] (one list: it "
+                                   "cannot be swept)")
+            files = [plugins.resolve(f) for f in files]
+            plugins.load_files(files)
+            arg = f"plugins=[{','.join(hydra_quoted(f) for f in files)}]"  # +plugins=...: a key of the schema
+        elif key == "model" and "=" in arg:
+            value = _parsed(arg)
+            for name in getattr(value, "list", None) or [value]:  # model=a,b: a sweep over choices
+                require_model(name)
+        out.append(arg)
+    return out
+
+
+def _parsed(arg: str) -> Any:
+    """What Hydra's override grammar makes of `arg`'s value; the value as typed when its lexer refuses it."""
+    try:
+        return OverridesParser.create().parse_override(arg.lstrip("+")).value()
+    except Exception:  # a HydraException or a lexer error: Hydra reports it when it composes
+        return arg.partition("=")[2]

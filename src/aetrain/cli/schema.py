@@ -29,8 +29,20 @@ def register_configs() -> None:
         schema[group] = MISSING
     store.store(name="config_schema", node=schema)
     for group, choices in CHOICES.items():
+        presets = preset_names(group)
         for name, make in choices.items():
             store.store(group=f"schema/{group}", name=name, node=make())
+            if name not in presets:  # a model of your own (aetrain.register_model): its schema is its preset
+                store.store(group=group, name=name, node=make())
+
+
+def preset_names(group: str) -> set[str]:
+    """The choices of `group` that have a preset file in configs/<group>/."""
+    from importlib.resources import files
+
+    folder = files("aetrain.configs").joinpath(group)
+    return {f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml")} \
+        if folder.is_dir() else set()
 
 
 def check_keys(node: DictConfig, schema: type, prefix: str = "") -> None:

@@ -87,6 +87,7 @@ class SweepSummary(Callback):
         # Jobs of a second sweep would be refused by the runs already there, and the summary would
         # mix both. Hydra turns a callback's exception into a warning, hence the exits here.
         try:
+            _check_plugins_reach_the_jobs(config)
             sweep_dir = _sweep_dir(config)
             claim(sweep_dir)
         except (AetrainError, OmegaConfBaseException) as e:
@@ -99,6 +100,19 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if _current.dir is not None:
             _current.results = _summarize(_current.dir, report=_current.report)
+
+
+def _check_plugins_reach_the_jobs(config: DictConfig) -> None:
+    """A launcher that runs jobs in processes of its own (joblib, SLURM) hands them the config's classes by module
+    name; the module of a plugin file (`plugins=[...]`) exists in this process only, so its jobs could not read
+    their config: refused in one line. A package's models (entry points) are importable anywhere and go."""
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+    files = OmegaConf.select(config, "plugins", default=None)
+    if files and not launcher.endswith("BasicLauncher"):
+        name = launcher.rpartition(".")[2]
+        raise AetrainError(f"plugins={OmegaConf.to_container(files)} with the {name}: its jobs run in processes of "
+                           "their own, which cannot import a plugin file; use the default launcher, or register "
+                           "the models from an installed package (an entry point in group aetrain.models)")
 
 
 def _sweep_dir(config: DictConfig) -> Path:

@@ -43,8 +43,8 @@ from aetrain.rundir import Invocation, RunDir, cannot_create
 
 from aetrain.cli import sweep
 from aetrain.cli.errors import EXIT_JOB_FAILED, error_line, exit_with, usage_error
-from aetrain.cli.overrides import (MULTIRUN, check_overrides, given, hydra_quoted, override_key, quote_paths,
-                                   resume_arguments)
+from aetrain.cli.overrides import (MULTIRUN, check_overrides, given, hydra_quoted, override_key, plugin_arguments,
+                                   quote_paths, resume_arguments)
 from aetrain.cli.schema import register_configs, to_config
 
 _allocated: list[RunDir] = []  # the default run dirs this process allocated: released on a Ctrl-C during start-up
@@ -175,14 +175,14 @@ def _app(cfg: DictConfig) -> float | None:
 
 def main(args: list[str]) -> None:
     """`aetrain [train] [overrides...]`, `aetrain -m ...`: the Hydra app."""
-    register_configs()
     _install_one_line_errors()
     try:
         check_overrides(args)
-        args = resume_arguments(quote_paths(args))
+        args = plugin_arguments(resume_arguments(quote_paths(args)))
         args, scratch = launched_process_arguments(args)
     except AetrainError as ex:
         exit_with(ex)
+    register_configs()  # the models plugins registered too
     sys.argv = [sys.argv[0], *args]
     try:
         _app()
@@ -246,6 +246,7 @@ def run_composed(command: Command, args: list[str]) -> None:
         section = parse(command.name, own, {command.name: command.config()}, own=command.name).sections[command.name]
         validate_command(command.name, section)  # before the default dir is made
         check_overrides(overrides)
+        overrides = plugin_arguments(overrides)
         composed = compose_training(overrides, hydra=True)
         path = Path(composed.hydra.run.dir)
         with open_dict(composed):

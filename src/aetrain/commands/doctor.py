@@ -28,6 +28,7 @@ from aetrain.atomic import write_atomic
 from aetrain.config import Config
 from aetrain.doctor import Facts, Finding, Trace, diagnose, epoch_ranges, unused_units, verdict
 from aetrain.errors import ConfigError
+from aetrain.plugins import PluginError
 from aetrain.rundir import (BEST, DIAGNOSTICS, DIAGNOSTICS_PLOT, DOCTOR, LAST, METRICS, SUMMARY, RunDir, Status,
                             checkpoint_dir, read_diagnostics, read_metrics, read_summary)
 
@@ -66,14 +67,19 @@ class Report:
 def doctor(run_dir: Path) -> Report:
     """`aetrain doctor <run dir>`: diagnose the run, write doctor.json and diagnostics.png into it, and log the
     report's lines."""
-    report = run(run_dir, RunDir(run_dir).config())
+    try:
+        cfg, unread = RunDir(run_dir).config(), None
+    except PluginError as e:  # the findings need no model code: judged without the config, said in a note
+        cfg, unread = None, f"the run's config cannot be read here ({e})"
+    report = run(run_dir, cfg, unread=unread)
     for line in report.lines():
         log.info("%s", line)
     return report
 
 
-def run(run_dir: Path, cfg: Config | None) -> Report:
-    """Diagnose `run_dir` (its config `cfg`, None when it has none); writes doctor.json and diagnostics.png."""
+def run(run_dir: Path, cfg: Config | None, *, unread: str | None = None) -> Report:
+    """Diagnose `run_dir` (its config `cfg`, None when it has none, or `unread` says why it could not be read);
+    writes doctor.json and diagnostics.png."""
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: {'not a directory; give the run dir' if run_dir.exists() else 'no such run dir'}")
     try:
@@ -87,7 +93,8 @@ def run(run_dir: Path, cfg: Config | None) -> Report:
     notes = []
     shape = _sample_shape(run_dir)
     if cfg is None:
-        notes.append("no .hydra/config.yaml: rules that need the config (identity_mapping, suggestions) are generic")
+        notes.append(f"{unread or 'no .hydra/config.yaml'}: rules that need the config (identity_mapping, suggestions) "
+                     "are generic")
     elif shape is None:
         notes.append("no readable checkpoint: the input's size is unknown, so identity_mapping judges by the "
                      "reconstruction check only")

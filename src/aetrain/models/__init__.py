@@ -1,4 +1,5 @@
-"""Autoencoders by family name; each family builds its model and its objectives."""
+"""Autoencoders by family name; each family builds its model and its objectives. Families of your own:
+`register_model` (`aetrain.models.custom`)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from aetrain.config import ModelConfig
 from aetrain.data.spec import DataSpec
 from aetrain.models.base import Autoencoder, VariationalAutoencoder
 from aetrain.models.blocks import ACTIVATIONS, INITS, OUTPUT_ACTIVATIONS
-from aetrain.models.families import BACKBONES, FAMILIES, Family, Gallery
+from aetrain.models.custom import register_model
+from aetrain.models.families import BACKBONES, FAMILIES, OBJECTIVES, Family, Gallery
 from aetrain.models.objective import LOSSES, NOISE, SPARSITY, Objective, Terms
 
 __all__ = [
-    "ACTIVATIONS", "BACKBONES", "FAMILIES", "INITS", "LOSSES", "NOISE", "OUTPUT_ACTIVATIONS", "SPARSITY",
-    "Autoencoder", "Family", "Gallery", "Objective", "Terms", "VariationalAutoencoder", "build_model",
-    "build_objectives", "count_parameters",
+    "ACTIVATIONS", "BACKBONES", "FAMILIES", "INITS", "LOSSES", "NOISE", "OBJECTIVES", "OUTPUT_ACTIVATIONS",
+    "SPARSITY", "Autoencoder", "Family", "Gallery", "Objective", "Terms", "VariationalAutoencoder", "build_model",
+    "build_objectives", "count_parameters", "register_model",
 ]
 
 

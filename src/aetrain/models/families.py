@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from aetrain.config import ModelConfig
+from aetrain.config import DenoisingKeys, ModelConfig, SparsityKeys, VariationalKeys
 from aetrain.data.spec import DataSpec
 from aetrain.errors import ConfigError
 from aetrain.models.base import Autoencoder, Scaling, VariationalAutoencoder
@@ -44,9 +44,12 @@ class Gallery:
 
 @dataclass(frozen=True)
 class Family:
+    """A model family: `model=<name>` builds its model and its objectives."""
+
     build: Callable[[ModelConfig, DataSpec], Autoencoder]  # a freshly initialised model on the CPU
     objectives: Callable[[ModelConfig, DataSpec], tuple[Objective, Objective]]  # (training, validation)
     galleries: tuple[Gallery, ...] = ()
+    own: bool = False  # registered by your own code (`aetrain.register_model`), which may not run on the meta device
 
 
 FAMILIES: Registry[Family] = Registry("model")
@@ -56,29 +59,24 @@ def assemble(cfg: ModelConfig, spec: DataSpec, backbone: Backbone, *, cls: type[
              code_width: int | None = None) -> Autoencoder:
     """The backbone's encoder and decoder with the output activation and the data scaling, initialised."""
     ACTIVATIONS.get(cfg.activation)  # fail on a bad name before building anything
+    output = build_output(cfg, spec)
     encoder, decoder = backbone(cfg, spec.shape, code_width=code_width or cfg.latent_dim)
-    output = ("sigmoid" if spec.unit_interval else "identity") if cfg.output_activation == "auto" else cfg.output_activation
-    if output not in OUTPUT_ACTIVATIONS:
-        raise ConfigError(f"model.output_activation={cfg.output_activation!r} is not one of: auto, "
-                          + ", ".join(OUTPUT_ACTIVATIONS.names()))
-    model = cls(encoder, decoder, OUTPUT_ACTIVATIONS.get(output)(), Scaling(spec.shift, spec.scale),
-                latent_dim=cfg.latent_dim, spec=spec)
+    model = cls(encoder, decoder, output, Scaling(spec.shift, spec.scale), latent_dim=cfg.latent_dim, spec=spec)
     init_weights(model, cfg.init, cfg.activation)
     return model
 
 
+def build_output(cfg: ModelConfig, spec: DataSpec) -> nn.Module:
+    """The output activation `model.output_activation` names; auto = sigmoid for data in [0, 1], else identity."""
+    output = ("sigmoid" if spec.unit_interval else "identity") if cfg.output_activation == "auto" else cfg.output_activation
+    if output not in OUTPUT_ACTIVATIONS:
+        raise ConfigError(f"model.output_activation={cfg.output_activation!r} is not one of: auto, "
+                          + ", ".join(OUTPUT_ACTIVATIONS.names()))
+    return OUTPUT_ACTIVATIONS.get(output)()
+
+
 def chosen_backbone(cfg: ModelConfig) -> Backbone:
     return BACKBONES.get(cfg.backbone)
-
-
-FAMILIES.add("dense_ae", Family(lambda cfg, spec: assemble(cfg, spec, build_dense), build_reconstruction))
-FAMILIES.add("conv_ae", Family(lambda cfg, spec: assemble(cfg, spec, build_conv), build_reconstruction))
-FAMILIES.add("denoising_ae", Family(
-    lambda cfg, spec: assemble(cfg, spec, chosen_backbone(cfg)),
-    lambda cfg, spec: build_reconstruction(cfg, spec, corrupt=NOISE.get(cfg.noise.kind)(cfg.noise, spec))))
-FAMILIES.add("sparse_ae", Family(
-    lambda cfg, spec: assemble(cfg, spec, chosen_backbone(cfg)),
-    lambda cfg, spec: build_reconstruction(cfg, spec, penalty=SPARSITY.get(cfg.sparsity.kind)(cfg.sparsity))))
 
 
 class ELBO(Objective):
@@ -126,12 +124,47 @@ def _vae_objectives(cfg: ModelConfig, spec: DataSpec) -> tuple[Objective, Object
             ELBO(loss_fn, cfg.beta, cfg.kl_warmup_epochs, d, validation=True))
 
 
-FAMILIES.add("vae", Family(
-    lambda cfg, spec: assemble(cfg, spec, chosen_backbone(cfg), cls=VariationalAutoencoder,
-                               code_width=2 * cfg.latent_dim),
-    _vae_objectives,
-    galleries=(Gallery("samples", "decoded draws from the prior N(0, I)",
-                       lambda model, n, g: model.sample_model_units(n, g)),),
-))
+@dataclass(frozen=True)
+class ObjectiveKind:
+    """A built-in objective: what it trains, the config keys it adds (a mixin of `aetrain.config`), and what it needs
+    of the model. The built-in families use them, and so may a model of your own (`register_model(objective=)`)."""
 
-__all__ = ["BACKBONES", "ELBO", "FAMILIES", "Family", "Gallery", "assemble", "identity"]
+    objectives: Callable[[ModelConfig, DataSpec], tuple[Objective, Objective]]  # (training, validation)
+    keys: type | None = None  # the config keys it adds (DenoisingKeys, ...); None: none
+    variational: bool = False  # the encoder emits a mean and a log-variance per code unit (2 x latent_dim)
+    galleries: tuple[Gallery, ...] = ()  # pictures of its own
+
+
+OBJECTIVES: Registry[ObjectiveKind] = Registry("objective")
+OBJECTIVES.add("reconstruction", ObjectiveKind(build_reconstruction))
+OBJECTIVES.add("denoising", ObjectiveKind(
+    lambda cfg, spec: build_reconstruction(cfg, spec, corrupt=NOISE.get(cfg.noise.kind)(cfg.noise, spec)),
+    keys=DenoisingKeys))
+OBJECTIVES.add("sparse", ObjectiveKind(
+    lambda cfg, spec: build_reconstruction(cfg, spec, penalty=SPARSITY.get(cfg.sparsity.kind)(cfg.sparsity)),
+    keys=SparsityKeys))
+OBJECTIVES.add("vae", ObjectiveKind(
+    _vae_objectives, keys=VariationalKeys, variational=True,
+    galleries=(Gallery("samples", "decoded draws from the prior N(0, I)",
+                       lambda model, n, g: model.sample_model_units(n, g)),)))
+
+
+def builtin(backbone: Callable[[ModelConfig], Backbone], objective: str) -> Family:
+    """A built-in family: a backbone of aetrain's (chosen by the config) trained with a built-in objective."""
+    kind = OBJECTIVES.get(objective)
+    cls = VariationalAutoencoder if kind.variational else Autoencoder
+
+    def build(cfg: ModelConfig, spec: DataSpec) -> Autoencoder:
+        return assemble(cfg, spec, backbone(cfg), cls=cls, code_width=2 * cfg.latent_dim if kind.variational else None)
+
+    return Family(build, kind.objectives, kind.galleries)
+
+
+FAMILIES.add("dense_ae", builtin(lambda cfg: build_dense, "reconstruction"))
+FAMILIES.add("conv_ae", builtin(lambda cfg: build_conv, "reconstruction"))
+FAMILIES.add("denoising_ae", builtin(chosen_backbone, "denoising"))
+FAMILIES.add("sparse_ae", builtin(chosen_backbone, "sparse"))
+FAMILIES.add("vae", builtin(chosen_backbone, "vae"))
+
+__all__ = ["BACKBONES", "ELBO", "FAMILIES", "OBJECTIVES", "Family", "Gallery", "ObjectiveKind", "assemble",
+           "build_output", "builtin", "identity"]

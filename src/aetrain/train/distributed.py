@@ -191,7 +191,7 @@ class Processes(World):
         return torch.device("cuda", self.cuda_index) if self.cuda_index is not None else device
 
     def check_config(self, cfg: Config, device: torch.device) -> None:
-        if cfg.model.batch_norm and self.size > 1 and device.type != "cuda":
+        if getattr(cfg.model, "batch_norm", False) and self.size > 1 and device.type != "cuda":
             raise ConfigError("model.batch_norm=true with several processes needs CUDA: batch norm is synchronized "
                               "across processes by torch's SyncBatchNorm, which has no CPU kernels; train on GPUs, "
                               "in one process, or without batch norm")

@@ -59,14 +59,22 @@ class Need:
         return self.device_bytes + self.host_bytes - self.activation_bytes
 
 
-def estimate(cfg: Config, family: Family, spec: DataSpec, *, batch_size: int) -> Need:
-    """The memory training `family` on data of `spec` in micro-batches of `batch_size` needs at least."""
-    with torch.device("meta"):  # parameters and buffers get shapes, no storage; init draws no random numbers
-        model = family.build(cfg.model, spec)
-    p = sum(t.numel() for t in model.parameters())
+def estimate(cfg: Config, family: Family, spec: DataSpec, *, batch_size: int) -> Need | None:
+    """The memory training `family` on data of `spec` in micro-batches of `batch_size` needs at least; None for a
+    model of your own that cannot be built or run on the meta device (its code may read values; its contract is
+    checked when it is built for real, right after)."""
+    try:
+        with torch.device("meta"):  # parameters and buffers get shapes, no storage; init draws no random numbers
+            model = family.build(cfg.model, spec)
+        p = sum(t.numel() for t in model.parameters())
+        outputs = _layer_outputs(model, batch_size, spec.shape)
+    except Exception:
+        if not family.own:
+            raise
+        return None
     states = OPTIMIZERS.get(cfg.optimizer.name).states(cfg.optimizer)
     element = 4 if cfg.trainer.precision == "32" else 2
-    activations = element * _layer_outputs(model, batch_size, spec.shape)
+    activations = element * outputs
     training = FLOAT_BYTES * p * (2 + states)  # weights, gradients, optimizer state
     checkpoint = FLOAT_BYTES * p * (1 + 1 + states)  # the weights' copy, then the file's bytes (weights + state)
     return Need(p, training + activations, checkpoint, activations)
@@ -95,6 +103,8 @@ def _layer_outputs(model: torch.nn.Module, batch_size: int, shape: tuple[int, ..
 def check_fits(cfg: Config, family: Family, spec: DataSpec, device: torch.device, *, batch_size: int) -> None:
     """ConfigError in one line when the run cannot fit in the memory this machine has available."""
     need = estimate(cfg, family, spec, batch_size=batch_size)
+    if need is None:
+        return
     host = available_host_memory()
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
