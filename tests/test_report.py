@@ -403,3 +403,13 @@ def test_in_a_browser_brushing_an_axis_filters_the_rows_and_a_click_clears_it(op
     page.click(x, y)  # a click on the axis clears its brush
     assert len(visible_jobs(page)) == 6
     assert page.errors() == []
+
+
+def test_the_config_differences_name_the_plugins_a_run_imported() -> None:
+    """`plugins` is a list at the config's top, not a section: the run's page lists it with the other changes
+    (a run with a model of its own had no page: asdict() of a list)."""
+    from aetrain.config import Config
+    from aetrain.report.runs import config_differences
+
+    assert ("plugins", "[/work/my_models.py]", "[]") in config_differences(Config(plugins=["/work/my_models.py"]))
+    assert not [d for d in config_differences(Config()) if d[0] == "plugins"]

@@ -244,6 +244,9 @@ def config_differences(cfg: Config) -> list[tuple[str, str, str]]:
             default = default_choice(f.name, section.name)
         else:
             default = getattr(Config(), f.name)
+        if not dataclasses.is_dataclass(section):  # a plain key of the config's top (plugins)
+            out += [(f.name, typed(section), typed(default))] if section != default else []
+            continue
         flat, base = _flat(dataclasses.asdict(section), f.name), _flat(dataclasses.asdict(default), f.name)
         out += [(key, typed(value), typed(base.get(key))) for key, value in flat.items()
                 if key.rpartition(".")[2] != "name" and value != base.get(key)]
