@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 
 from aetrain.config import DataConfig
-from conftest import choose
+from conftest import FAST, choose, run_subprocess
 from aetrain.data import build_data
 from aetrain.data.batches import BatchPlan
 from aetrain.errors import DataError
@@ -172,3 +173,61 @@ def test_too_few_samples_for_the_split_is_a_clear_error(tmp_path: Path) -> None:
     np.save(tmp_path / "tiny.npy", np.random.rand(2, 2).astype(np.float32))
     with pytest.raises(DataError, match="data.val_fraction=0.2 leaves"):
         build_data(choose("data", "tensor_file", path=str(tmp_path / "tiny.npy")), CPU, seed=0)
+
+
+def one_line_error(result, message: str) -> None:
+    """Exit 2, one line `aetrain: error: ...` holding `message`, no traceback, no run dir."""
+    assert result.returncode == 2, result.output
+    assert result.err.startswith("aetrain: error: ") and result.err.count("\n") == 1, result.err
+    assert message in result.err, result.err
+    assert "Traceback" not in result.output
+    assert not result.run_dir.exists()
+
+
+def test_a_fifo_or_a_device_given_as_data_is_refused_instead_of_read(tmp_path: Path) -> None:
+    """Reading a named pipe blocks until something writes to it (forever, here); /dev/zero never ends."""
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32))
+    os.mkfifo(tmp_path / "fifo.npy")
+    os.symlink("/dev/zero", tmp_path / "zero.npy")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(images / f"{i}.png")
+    os.mkfifo(images / "4.png")
+    cases = {
+        "fifo.npy": (["data=tensor_file", f"data.path={tmp_path / 'fifo.npy'}"], "is a named pipe (FIFO), not a "
+                                                                                   "regular file"),
+        "zero.npy": (["data=tensor_file", f"data.path={tmp_path / 'zero.npy'}"], "is a character device, not a "
+                                                                                   "regular file"),
+        "labels": (["data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", f"data.labels={tmp_path / 'fifo.npy'}"],
+                   f"data.labels={tmp_path / 'fifo.npy'}: is a named pipe (FIFO)"),
+        "image": (["data=image_folder", f"data.path={images}", "data.image_size=8"],
+                  f"{images / '4.png'}: is a named pipe (FIFO), not a regular file"),
+    }
+    for name, (args, message) in cases.items():
+        result = run_subprocess(*FAST, *args, cwd=tmp_path, run_dir=tmp_path / f"run-{name}", timeout=120)
+        one_line_error(result, message)
+
+
+def test_a_file_that_is_not_an_array_never_gets_advice_to_unpickle_it(cli, tmp_path: Path) -> None:
+    (tmp_path / "random.npy").write_bytes(np.random.default_rng(0).bytes(4000))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(1).bytes(4000))
+    torch.save({"x": np.zeros(3)}, tmp_path / "objects.pt")  # a numpy array inside: a pickled global
+    cases = {"random.npy": "not a numpy array file", "objects.npy": "holds an array of Python objects (dtype object)",
+             "random.pt": "not a torch tensor file", "objects.pt": "holds Python objects (numpy"}
+    for name, message in cases.items():
+        result = cli(*FAST, "data=tensor_file", f"data.path={tmp_path / name}", run_dir=tmp_path / f"run-{name}")
+        one_line_error(result, message)
+        assert "allow_pickle" not in result.err and "weights_only" not in result.err, result.err
+
+
+def test_float64_data_beyond_float32s_range_is_refused_as_such(cli, tmp_path: Path) -> None:
+    rows = np.random.default_rng(0).normal(size=(40, 3))
+    rows[7, 1] = -3e300
+    np.save(tmp_path / "huge.npy", rows)
+    one_line_error(cli(*FAST, "data=tensor_file", f"data.path={tmp_path / 'huge.npy'}"),
+                   "values beyond float32's range (max |x| = 3e+300")
+    rows[7, 1] = -3e6  # float64 within float32's range trains
+    np.save(tmp_path / "big.npy", rows)
+    assert cli(*FAST, "data=tensor_file", f"data.path={tmp_path / 'big.npy'}").returncode == 0
