@@ -112,3 +112,18 @@ def test_a_model_of_a_uint8_file_takes_and_gives_the_files_0_to_255_values(cli, 
     torch.testing.assert_close(model.reconstruct(x.float()), x_hat)
     with pytest.warns(UserWarning, match=r"every value is within \[0, 1\], but this model takes values in \[0, 255\]"):
         model.reconstruct(x.float() / 255)  # [0, 1] pixels given to a 0-255 model: most likely a mistake
+
+
+def test_encode_decode_and_reconstruct_are_inference_unless_gradients_are_asked_for(trained) -> None:
+    model = aetrain.load_model(trained(*FAST))
+    x = build_data(DataConfig(), torch.device("cpu"), seed=0).val[:8]
+    z = model.encode(x)
+    for out in (z, model.decode(z), model.reconstruct(x)):
+        assert not out.requires_grad and out.grad_fn is None
+    assert model.encode(x.numpy()).numpy().shape == (8, 16)  # the common case: codes as numpy features
+    x_in = x.clone().requires_grad_()
+    loss = model.reconstruct(x_in, grad=True).square().sum() + model.decode(model.encode(x_in, grad=True),
+                                                                             grad=True).sum()
+    loss.backward()
+    assert x_in.grad is not None and x_in.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.parameters())
