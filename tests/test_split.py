@@ -124,3 +124,19 @@ def test_bad_split_keys_are_one_line_errors(cli, args: list[str], message: str) 
     result = cli(*args)
     assert result.returncode == 2 and result.err.count("\n") == 1 and message in result.err, result.err
     assert not result.run_dir.exists()
+
+
+def test_an_edited_split_json_is_refused_saying_which_samples_differ(cli) -> None:
+    result = cli(*FAST, "outputs.plot_every=0")
+    path = result.run_dir / "split.json"
+    saved = json.loads(path.read_text())
+    moved = saved["val"][3]
+    saved["val"].remove(moved)
+    saved["train"] = sorted(saved["train"] + [moved])
+    path.write_text(json.dumps(saved))
+    for command in ("eval", "score", "encode"):
+        refused = cli.command(command, str(result.run_dir))
+        assert refused.returncode == 2 and refused.err.count("\n") == 1, refused.output
+        assert (f"train/val/test 1438/359/0 now, 1439/358/0 in split.json; 1 sample in another split (sample {moved}: "
+                f"train in split.json, val now)" in refused.err), refused.err
+        assert "or split.json was edited" in refused.err

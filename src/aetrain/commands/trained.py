@@ -172,17 +172,17 @@ class RunData:
                         f"on {spec.name}) takes {kind(spec.shape)} {tuple(spec.shape)}")
 
     def _check_against_saved_split(self) -> None:
-        """The run's split.json, when it has one, must list the split recomputed now: else the data changed."""
+        """The run's split.json, when it has one, must list the split recomputed now: else the data changed, or
+        split.json was edited. The error says what differs: the counts, and which samples changed split."""
         saved = read_split(self.trained.run_dir)
         if saved is None:
             return
         s = self.split
         now = {"train": s.train.tolist(), "val": s.val.tolist(), "test": s.test.tolist()}
         if saved["num_samples"] != s.num_samples or any(saved[k] != now[k] for k in now):
-            raise DataError(f"data={self.name}: {s.num_samples} samples split into {len(s.train)}/{len(s.val)}/"
-                            f"{len(s.test)}, but the run's split.json has {saved['num_samples']} samples split into "
-                            f"{len(saved['train'])}/{len(saved['val'])}/{len(saved['test'])} (train/val/test): the "
-                            "data is not what the run was trained on")
+            raise DataError(f"data={self.name}: the split recomputed from the data differs from the run's split.json: "
+                            f"{split_difference(saved, s.num_samples, now)}; the data is not what the run was "
+                            "trained on, or split.json was edited")
 
     def roles(self) -> np.ndarray:
         """(num_samples,) str: each source sample's part in the run: train, val, test, or excluded."""
@@ -227,6 +227,31 @@ class RunData:
         of = "the run's data" if self.own else f"data={self.name}"
         which = f"{len(idx)} {SPLIT_NAMES[split]} samples" if split != "all" else f"all {len(idx)} samples"
         return self.samples(idx, f"{which} of {of}")
+
+
+def split_difference(saved: dict[str, Any], num_samples: int, now: dict[str, list[int]], *, shown: int = 3) -> str:
+    """What differs between split.json (`saved`) and the split recomputed now, in a few words: the sample counts,
+    each split's size, and the first samples whose split differs ("sample 17: val in split.json, train now")."""
+    parts = []
+    if saved["num_samples"] != num_samples:
+        parts.append(f"{num_samples} samples now, {saved['num_samples']} in split.json")
+    sizes = lambda d: "/".join(str(len(d[k])) if isinstance(d[k], list) else "?" for k in now)  # noqa: E731
+    if sizes(saved) != sizes(now):
+        parts.append(f"train/val/test {sizes(now)} now, {sizes(saved)} in split.json")
+    role_now = {i: name for name, idx in now.items() for i in idx}
+    try:
+        role_saved = {i: name for name in now for i in saved[name]}
+    except TypeError:  # not lists of indices
+        return "; ".join(parts + ["split.json's train, val and test are not lists of sample indices"])
+    moved = sorted((i for i in role_now.keys() | role_saved.keys() if role_now.get(i) != role_saved.get(i)),
+                   key=lambda i: (not isinstance(i, int), str(i) if not isinstance(i, int) else i))
+    if moved:
+        where = lambda roles, i: roles.get(i, "in no split")  # noqa: E731
+        examples = "; ".join(f"sample {i}: {where(role_saved, i)} in split.json, {where(role_now, i)} now"
+                             for i in moved[:shown])
+        more = f"; and {len(moved) - shown} more" if len(moved) > shown else ""
+        parts.append(f"{len(moved)} sample{'s' if len(moved) != 1 else ''} in another split ({examples}{more})")
+    return "; ".join(parts) or "the same samples, listed in another order"
 
 
 def same_samples(a: DataConfig, b: DataConfig) -> bool:
