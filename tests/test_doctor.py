@@ -412,3 +412,31 @@ def test_a_diagnostics_table_without_statistics_gets_a_report_and_a_note_not_a_t
     assert "1 epoch in metrics.csv" in result.out
     assert "note: no diagnostics.png: diagnostics.csv holds no per-layer statistics to draw" in result.out
     assert (run_dir / "doctor.json").is_file() and not (run_dir / "diagnostics.png").exists()
+
+
+# --- an output activation that cannot reach the data ---------------------------------------------------
+
+def test_an_output_range_that_cannot_hold_the_data_is_refused_and_old_runs_get_a_finding(cli, tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    import numpy as np
+
+    rows = np.random.default_rng(0).normal(3.0, 2.0, (300, 6)).astype(np.float32)  # standardized: values below 0
+    np.save(tmp_path / "rows.npy", rows)
+    data = ["data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", *CPU, "trainer.max_epochs=3", "model.latent_dim=2"]
+    for activation in ("sigmoid", "tanh"):
+        refused = cli(*data, f"model.output_activation={activation}", run_dir=tmp_path / activation)
+        assert refused.returncode == 2 and refused.err.count("\n") == 1, refused.output
+        assert (f"model.output_activation={activation}: {activation} outputs values in" in refused.err
+                and "use model.output_activation=auto (identity here), or identity" in refused.err)
+        assert not refused.run_dir.exists()
+    assert cli("model.output_activation=tanh", *CPU, "trainer.max_epochs=1").returncode == 0  # digits: in [0, 1]
+
+    monkeypatch.setattr("aetrain.models.objective.check_output_range", lambda cfg, spec: None)
+    monkeypatch.setattr("aetrain.models.families.check_output_range", lambda cfg, spec: None)
+    old = cli(*data, "model.output_activation=sigmoid", run_dir=tmp_path / "old")  # as aetrain trained it before
+    assert old.returncode == 0, old.err
+    report = cli.command("doctor", str(old.run_dir))
+    assert "verdict: healthy" not in report.out and "output_range in output (epochs 1-3)" in report.out, report.out
+    finding = next(f for f in doctor_json(old.run_dir)["findings"] if f["code"] == "output_range")
+    assert finding["evidence"]["output_activation"] == "sigmoid" and finding["evidence"]["data_range"][0] < 0
+    assert finding["suggestion"] == ["model.output_activation=auto"]

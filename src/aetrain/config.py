@@ -49,11 +49,16 @@ class ModelConfig:
     name: str = "dense_ae"  # the model family, set by model=<name>: dense_ae | conv_ae | denoising_ae | sparse_ae | vae
     latent_dim: int = 16  # size of the code z
     activation: str = "relu"  # hidden activation: relu, leaky_relu, prelu, elu, gelu, selu, silu, tanh, sigmoid
-    output_activation: str = "auto"  # auto = sigmoid for data in [0, 1], identity for standardized data
+    output_activation: str = "auto"  # auto = sigmoid for data in [0, 1], identity for standardized data; or sigmoid,
+    # tanh, identity (one whose range, OUTPUT_RANGES, cannot hold the training data is refused)
     init: str = "default"  # weight init: default (PyTorch's), xavier_*, kaiming_*, orthogonal
     batch_norm: bool = False  # BatchNorm after each hidden layer; False = none
     dropout: float = 0.0  # dropout probability after each hidden layer; 0 = off
     loss: str = "mse"  # reconstruction loss: mse | l1 | bce | smooth_l1 (mean over elements)
+
+
+# the open interval each model.output_activation produces (models.blocks builds them; the doctor judges runs by them)
+OUTPUT_RANGES = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0), "identity": (-math.inf, math.inf)}
 
 
 @choice("model", "dense_ae")

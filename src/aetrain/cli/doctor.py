@@ -26,8 +26,8 @@ doctor.json and diagnostics.png into the run dir. A run without diagnostics.csv 
 metrics.csv allows (overfitting, lr_too_high, lr_too_low, exploding_gradients, identity_mapping).
 
 Findings: vanishing_gradients, exploding_gradients, dead_units, saturated_units, unused_code_units,
-identity_mapping, blurry_reconstructions, overfitting, lr_too_high, lr_too_low (README, "Training
-doctor", for each rule, its threshold and what its suggestion does).
+identity_mapping, blurry_reconstructions, overfitting, lr_too_high, lr_too_low, output_range (README,
+"Training doctor", for each rule, its threshold and what its suggestion does).
 
 Example:
   aetrain doctor outputs/2026-11-23/10-00-00

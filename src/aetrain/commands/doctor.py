@@ -84,13 +84,15 @@ def run(run_dir: Path, cfg: Config | None) -> Report:
     if not metrics and not rows and not summary:
         raise ConfigError(f"{run_dir}: not an aetrain run dir (no {METRICS}, {DIAGNOSTICS} or {SUMMARY})")
     notes = []
-    shape = _sample_shape(run_dir)
+    spec = _data_spec(run_dir)
+    shape = tuple(spec.shape) if spec is not None else None
     if cfg is None:
         notes.append("no .hydra/config.yaml: rules that need the config (identity_mapping, suggestions) are generic")
     elif shape is None:
         notes.append("no readable checkpoint: the input's size is unknown, so identity_mapping judges by the "
                      "reconstruction check only")
-    facts = Facts.of(cfg, shape) if cfg is not None else Facts()
+    facts = Facts.of(cfg, shape, unit_interval=spec.unit_interval if spec else None,
+                     data_range=(spec.low, spec.high) if spec else None) if cfg is not None else Facts()
     trace = Trace()
     for record in metrics:
         trace.add_epoch(record)
@@ -151,8 +153,8 @@ def _title(cfg: Config | None, status: str, verdict_: str) -> str:
     return f"{what}: {verdict_}"
 
 
-def _sample_shape(run_dir: Path) -> tuple[int, ...] | None:
-    """One sample's shape from a checkpoint's data description (best.pt or last.pt), or None."""
+def _data_spec(run_dir: Path) -> Any:
+    """A checkpoint's data description (best.pt or last.pt: the sample shape, the model-unit range), or None."""
     from aetrain import checkpoint
     from aetrain.errors import CheckpointError
 
@@ -160,7 +162,7 @@ def _sample_shape(run_dir: Path) -> tuple[int, ...] | None:
         path = checkpoint_dir(run_dir) / name
         if path.is_file():
             try:
-                return tuple(checkpoint.spec_from_checkpoint(checkpoint.load(path)).shape)
+                return checkpoint.spec_from_checkpoint(checkpoint.load(path))
             except CheckpointError:
                 continue
     return None
