@@ -231,3 +231,51 @@ def test_float64_data_beyond_float32s_range_is_refused_as_such(cli, tmp_path: Pa
     rows[7, 1] = -3e6  # float64 within float32's range trains
     np.save(tmp_path / "big.npy", rows)
     assert cli(*FAST, "data=tensor_file", f"data.path={tmp_path / 'big.npy'}").returncode == 0
+
+
+def low_rank_rows(n: int = 400) -> np.ndarray:
+    """Rows with structure (4 latent factors), negative values, and one feature constant at 7."""
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(n, 4)) @ rng.normal(size=(4, 12)) + 0.05 * rng.normal(size=(n, 12))
+    rows[:, 5] = 7.0
+    return rows.astype(np.float32)
+
+
+def test_standardized_model_units_mean_the_same_at_any_scale_and_constant_features_are_reported(cli,
+                                                                                               tmp_path: Path) -> None:
+    """aetrain divided standard deviations below 1e-8 by 1e-8: data at 3e-10 trained on values near 0, its val/loss
+    said nothing; a constant feature seen off its value in validation blew val/loss up by 1e16."""
+    rows = low_rank_rows()
+    losses = {}
+    for scale in (1.0, 3e-10, 2e12):
+        np.save(tmp_path / "rows.npy", (rows.astype(np.float64) * scale).astype(np.float32))
+        result = cli(*FAST, "data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", "outputs.plot_every=0",
+                     run_dir=tmp_path / f"run-{scale:g}")
+        assert result.returncode == 0, result.err
+        assert ("1 of 12 features constant in the training split (5): centred, and scaled by the median standard "
+                "deviation of the others") in result.out
+        losses[scale] = float(result.metrics()[-1]["val/loss"])
+    assert losses[3e-10] == pytest.approx(losses[1.0], rel=1e-3) and losses[2e12] == pytest.approx(losses[1.0], rel=1e-3)
+    assert 0.05 < losses[1.0] < 1.5  # standard deviations: the error of a model that has learnt a little
+
+
+def test_a_checkpoint_with_the_old_scaling_loads_as_it_was_trained_and_is_not_resumed_on_other_numbers(
+        cli, tmp_path: Path) -> None:
+    import aetrain
+
+    rows = low_rank_rows()
+    np.save(tmp_path / "rows.npy", rows)
+    result = cli(*FAST, "data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", "outputs.plot_every=0")
+    for name in ("best.pt", "last.pt"):  # as aetrain wrote it before: the constant feature divided by 1e-8
+        path = result.run_dir / "checkpoints" / name
+        ckpt = torch.load(path, weights_only=True)
+        for scale in (ckpt["data_spec"]["scale"], ckpt["model"]["scaling.scale"]):
+            scale[5] = 1e-8
+        torch.save(ckpt, path)
+    model = aetrain.load_model(result.run_dir)
+    assert float(model.scaling.scale[5]) == pytest.approx(1e-8)  # the scaling it was trained with, as stored
+    x_hat = model.reconstruct(torch.from_numpy(rows[:8]))  # feature 5 comes back as 7 + 1e-8 x the model's output
+    torch.testing.assert_close(x_hat[:, 5], torch.full((8,), 7.0), atol=1e-6, rtol=0)
+    resumed = cli(f"trainer.resume={result.run_dir}", "trainer.max_epochs=3", *FAST[1:])
+    assert resumed.returncode == 2 and resumed.err.count("\n") == 1, resumed.output
+    assert "the checkpoint scaled this data into model units otherwise than this aetrain does" in resumed.err

@@ -283,11 +283,15 @@ def _tensor_file(cfg: DataConfig) -> Source:
         raise DataError(f"data.path={cfg.path}: contains NaN or infinite values")
     _require_float32_range(x, f"data.path={cfg.path}")
     x = x.float()
-    in_unit = uint8 or bool(x.min() >= 0 and x.max() <= 1)
+    low, high = float(x.min()), float(x.max())
+    # [0, 1] data is taken as it is (intensities, probabilities); data spanning less than one 8-bit grey level is
+    # not meant that way (the digits times 3e-10 would train on values of 1e-10): it is standardized
+    in_unit = uint8 or (0 <= low and high <= 1 and high - low >= UNIT_MIN_SPAN)
     x, note = _channels_first(x, cfg)
     return Source(x.contiguous(), tuple(x.shape[1:]), in_unit, uint8, note, labels=_labels_file(cfg, len(x)))
 
 
+UNIT_MIN_SPAN = 1 / 255  # float data in [0, 1] is used as it is when it spans at least one 8-bit grey level
 LAYOUTS = ("auto", "nchw", "nhwc")
 MAX_CHANNELS = 4  # gray, gray + alpha, RGB, RGBA: what `data.layout=auto` takes for a channel axis
 
