@@ -152,9 +152,10 @@ def score_histograms(scores: np.ndarray, anomaly: np.ndarray | None, threshold: 
                              "density (each group sums to 1)", title)
 
 
-def code_map(points: np.ndarray, groups: np.ndarray | None, group_title: str, title: str, axes: tuple[str, str]
-             ) -> bytes:
-    """A scatter of 2-D points coloured by group (labels or split), with a legend (or a colour bar for many)."""
+def code_map(points: np.ndarray, groups: np.ndarray | None, group_title: str, title: str, axes: tuple[str, str], *,
+             class_names: tuple[str, ...] | None = None) -> bytes:
+    """A scatter of 2-D points coloured by group (labels or split), with a legend (or a colour bar for many);
+    `class_names`: each label's name (an image folder's subfolders), shown in the legend beside the number."""
     fig = _figure(6.6, 5.6)
     ax = fig.subplots()
     size = float(np.clip(8000 / max(len(points), 1), 3, 24))  # marker area: fewer points, bigger markers
@@ -168,8 +169,10 @@ def code_map(points: np.ndarray, groups: np.ndarray | None, group_title: str, ti
             cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
             for i, name in enumerate(names):
                 mine = groups == name
+                named = f"{name} {class_names[name]}" if class_names is not None and isinstance(name, int) \
+                    and 0 <= name < len(class_names) else f"{name}"
                 ax.scatter(points[mine, 0], points[mine, 1], s=size, color=cmap(i), alpha=0.75, linewidths=0,
-                           label=f"{name} ({int(mine.sum())})")
+                           label=f"{named} ({int(mine.sum())})")
             ax.legend(title=group_title, fontsize=8, title_fontsize=9, markerscale=max(1.0, 12 / size),
                       loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         else:

@@ -122,6 +122,7 @@ class Samples:
     role: np.ndarray | None  # (n,) str: train | val | test | excluded (a class not trained on); None for other data
     labels: np.ndarray | None  # (n,) int64, or None for unlabelled data
     description: str  # "359 validation samples of digits"
+    class_names: tuple[str, ...] | None = None  # the name of each label (an image folder's subfolders); None = numbers
 
     def __len__(self) -> int:
         return len(self.index)
@@ -130,7 +131,12 @@ class Samples:
         """The samples where the boolean mask `keep` is true."""
         mask = torch.from_numpy(keep)
         return Samples(self.x[mask], self.index[keep], None if self.role is None else self.role[keep],
-                       None if self.labels is None else self.labels[keep], self.description)
+                       None if self.labels is None else self.labels[keep], self.description, self.class_names)
+
+    def label_name(self, label: int) -> str:
+        """A label as people know it: "3", or "3 (cat)" where the labels have names."""
+        names = self.class_names
+        return f"{label} ({names[label]})" if names is not None and 0 <= label < len(names) else str(label)
 
 
 class RunData:
@@ -161,6 +167,17 @@ class RunData:
     @property
     def name(self) -> str:
         return f"{self.cfg.name}" + (f" ({self.cfg.path})" if getattr(self.cfg, "path", None) else "")
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The labels' names: as the run stored them (split.json) for its own data, else as the source gives them
+        (an image folder's subfolders); None where labels are just numbers. Runs from before names were stored
+        get the source's."""
+        saved = read_split(self.trained.run_dir) if self.own else None
+        names = saved.get("class_names") if saved is not None else None
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            return tuple(names)
+        return self.source.class_names
 
     def _check_shape(self) -> None:
         spec, shape = self.trained.spec, tuple(self.source.shape)
@@ -219,7 +236,7 @@ class RunData:
         index = idx.numpy().astype(np.int64)
         labels = self.source.labels[idx].numpy() if self.source.labels is not None else None
         role = self.roles()[index] if self.own else None
-        return Samples(x, index, role, labels, description)
+        return Samples(x, index, role, labels, description, self.class_names if labels is not None else None)
 
     def select(self, split: str) -> Samples:
         """The samples of a split (train, val, test or all), described for people."""

@@ -50,6 +50,7 @@ class Split:
     train: torch.Tensor
     val: torch.Tensor
     test: torch.Tensor
+    class_names: tuple[str, ...] | None = None  # the source's name of each label (an image folder's subfolders)
 
     def excluded(self) -> torch.Tensor:
         """Indices of the samples in no split (their label is not in data.classes), sorted."""
@@ -58,9 +59,10 @@ class Split:
         return (~used).nonzero().flatten()
 
     def record(self, cfg: DataConfig) -> str:
-        """The text of the run dir's split.json."""
+        """The text of the run dir's split.json (with `class_names` when the labels have names)."""
+        names = {"class_names": list(self.class_names)} if self.class_names is not None else {}
         return split_record(self.num_samples, {"train": self.train.tolist(), "val": self.val.tolist(),
-                                               "test": self.test.tolist()}, dataclasses.asdict(cfg))
+                                               "test": self.test.tolist(), **names}, dataclasses.asdict(cfg))
 
 
 def load_source(cfg: DataConfig) -> Source:
@@ -85,7 +87,7 @@ def split_samples(cfg: DataConfig, source: Source) -> Split:
         raise DataError(f"data.test_fraction={cfg.test_fraction} leaves no test samples of {of}; raise it or set 0")
     order = candidates[torch.randperm(m, generator=torch.Generator().manual_seed(cfg.split_seed))]
     return Split(n, train=order[n_val + n_test :].sort().values, val=order[:n_val].sort().values,
-                 test=order[n_val : n_val + n_test].sort().values)
+                 test=order[n_val : n_val + n_test].sort().values, class_names=source.class_names)
 
 
 def class_indices(cfg: DataConfig, source: Source) -> torch.Tensor:
@@ -199,8 +201,9 @@ def _fingerprint(name: str, source: Source, split: Split) -> Future[dict[str, An
             root = os.path.commonpath([str(p.parent) for p in files]) if files else ""
             for path in files:
                 h.update(f"{os.path.relpath(path, root)}\t{path.stat().st_size}\n".encode())
+        names = {"class_names": list(source.class_names)} if source.class_names is not None else {}
         return {"source": name, "shape": list(source.shape), "samples": split.num_samples, "train": len(split.train),
-                "val": len(split.val), "test": len(split.test), "sha256": h.hexdigest()}
+                "val": len(split.val), "test": len(split.test), "sha256": h.hexdigest(), **names}
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aetrain-fingerprint")
     job = pool.submit(digest)

@@ -46,6 +46,7 @@ class Source:
     uint8: bool = False  # values are 0..255 integers (tensor files): scaled by 1/255
     note: str = ""  # how the samples were read, when it is not plain (a channels-last array converted): for the header
     labels: torch.Tensor | None = None  # (N,) int64 class of each sample; None = unlabelled
+    class_names: tuple[str, ...] | None = None  # the name of each label (label i: class_names[i]); None = the numbers
 
 
 SOURCES: Registry[Callable[[DataConfig], Source]] = Registry("data")
@@ -221,7 +222,8 @@ def _image_folder(cfg: DataConfig) -> Source:
         _require_regular_file(path, f"data.path={cfg.path}: {path}")
     _check_images(ds.files, cfg)
     shape = (1 if cfg.grayscale else 3, cfg.image_size, cfg.image_size)  # what the transform makes of any image
-    return Source(ds, shape, True, labels=_folder_labels(root, ds.files))
+    labels, names = _folder_labels(root, ds.files)
+    return Source(ds, shape, True, labels=labels, class_names=names)
 
 
 def _check_images(files: list[Path], cfg: DataConfig) -> None:
@@ -247,14 +249,16 @@ def _check_images(files: list[Path], cfg: DataConfig) -> None:
                         f"{'them' if more else 'it'}")
 
 
-def _folder_labels(root: Path, files: list[Path]) -> torch.Tensor | None:
+def _folder_labels(root: Path, files: list[Path]) -> tuple[torch.Tensor | None, tuple[str, ...] | None]:
     """torchvision's ImageFolder convention: the class of an image is its first-level subfolder, numbered in
-    sorted order of the folder names. None (unlabelled) when any image lies directly in `root`."""
+    sorted order of the folder names; returns (labels, the folder name of each label). (None, None), unlabelled,
+    when any image lies directly in `root`."""
     folders = [f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else None for f in files]
     if None in folders:
-        return None
-    number = {name: i for i, name in enumerate(sorted(set(folders)))}
-    return torch.tensor([number[name] for name in folders], dtype=torch.long)
+        return None, None
+    names = tuple(sorted(set(folders)))
+    number = {name: i for i, name in enumerate(names)}
+    return torch.tensor([number[name] for name in folders], dtype=torch.long), names
 
 
 @SOURCES.register("tensor_file")
