@@ -80,3 +80,17 @@ def test_help_lists_the_output_settings(cli) -> None:
     section = result.out[result.out.index("outputs:"):]
     for key in ("plot_every", "render_budget", "num_samples", "sample_seed", "grid_zoom_to", "tensorboard", "progress"):
         assert f"  {key}:" in section, key
+
+
+def test_the_header_shows_the_cpu_threads_and_trainer_num_threads_sets_them(tmp_path: Path) -> None:
+    fast = (*ARGS[:2], "trainer.max_epochs=1", "outputs.plot_every=0", "outputs.tensorboard=false")
+    default = run_subprocess(*fast, cwd=tmp_path, run_dir=tmp_path / "default", env={"OMP_NUM_THREADS": "2"})
+    assert default.returncode == 0, default.err
+    assert "device  cpu, 2 threads, precision 32" in default.out  # 0 = torch's default: OMP_NUM_THREADS here
+    one = run_subprocess(*fast, "trainer.num_threads=1", cwd=tmp_path, run_dir=tmp_path / "one",
+                         env={"OMP_NUM_THREADS": "2"})
+    assert one.returncode == 0, one.err
+    assert "device  cpu, 1 thread, precision 32" in one.out
+    bad = run_subprocess(*fast, "trainer.num_threads=-1", cwd=tmp_path, run_dir=tmp_path / "bad")
+    assert bad.returncode == 2 and bad.err.count("\n") == 1 and not bad.run_dir.exists(), bad.output
+    assert "trainer.num_threads=-1 is out of range: must be an integer >= 1, or 0 for torch's default" in bad.err

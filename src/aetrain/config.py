@@ -304,6 +304,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1  # micro-batches per optimizer step; 1 = none
     seed: int = 0  # seeds python, numpy and torch; weights, batch order, noise and dropout follow it
     deterministic: bool = False  # force deterministic kernels (needed for bit-exact CUDA runs); CPU is deterministic anyway
+    num_threads: int = 0  # CPU threads torch computes with (intra-op); 0 = torch's default: OMP_NUM_THREADS if set, else one per core. Lower it on a busy or shared machine
     log_every_n_steps: int = 50  # optimizer steps between progress updates (the only host syncs in the loop)
     resume: str | None = None  # a checkpoint file or run dir to continue from; None = start fresh
     init_from: str | None = None  # a run dir (its best.pt, else last.pt) or checkpoint file whose model weights this
@@ -488,6 +489,8 @@ def validate(cfg: Config) -> None:
 
     _require(_seed(t.seed), "trainer.seed", "an integer in [-2**63, 2**64 - 1]", t.seed)
     _require(t.max_epochs >= 1, "trainer.max_epochs", ">= 1", t.max_epochs)
+    _require(isinstance(t.num_threads, int) and t.num_threads >= 0, "trainer.num_threads",
+             "an integer >= 1, or 0 for torch's default (OMP_NUM_THREADS if set, else one per core)", t.num_threads)
     _require(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", ">= 1", t.accumulate_grad_batches)
     _require(t.gradient_clip_val is None or (_finite(t.gradient_clip_val) and t.gradient_clip_val > 0),
              "trainer.gradient_clip_val", "a finite number > 0, or null for no clipping", t.gradient_clip_val)

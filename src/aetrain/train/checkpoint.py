@@ -142,7 +142,7 @@ def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
 # live, how often to log and save, how long to train. Everything else shapes the computation,
 # so it must match for the continuation to be the run it claims to be.
 RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.init_from", "trainer.device", "trainer.compile",
-                     "trainer.cuda_graphs", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
+                     "trainer.cuda_graphs", "trainer.num_threads", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
                      "trainer.save_top_k", "trainer.early_stopping_patience", "trainer.on_nonfinite", "trainer.devices",
                      "trainer.replica_check_every_n_steps", "trainer.ddp_timeout_s", "data.root", "data.path",
                      "data.download", "data.num_workers", "outputs.", "diagnostics.")

@@ -54,7 +54,7 @@ class Header(Callback):
                       f"{count_parameters(p.model):,} parameters"),
             ("data", f"{spec.name} {'x'.join(map(str, spec.shape))}, {p.data.num_train:,} train / "
                      f"{p.data.num_val:,} val samples, batch {cfg.data.batch_size}"),
-            ("device", f"{p.data.device}, precision {cfg.trainer.precision}"),
+            ("device", f"{p.data.device}{_threads(p.data.device)}, precision {cfg.trainer.precision}"),
             ("output", str(self.run_dir)),
         ]
         if p.data.note:
@@ -70,6 +70,16 @@ class Header(Callback):
         log.info("aetrain: %s on %s for %d epoch%s", cfg.model.name, spec.name, epochs, "" if epochs == 1 else "s")
         for key, text in lines:
             log.info("  %-7s %s", key, text)
+
+
+def _threads(device: Any) -> str:
+    """The CPU threads torch computes with, when the CPU trains (trainer.num_threads)."""
+    import torch
+
+    if device.type != "cpu":
+        return ""
+    n = torch.get_num_threads()
+    return f", {n} thread{'s' if n != 1 else ''}"
 
 
 class EpochProgress(Callback):
