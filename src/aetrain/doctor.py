@@ -42,6 +42,7 @@ class Finding:
     evidence: dict[str, Any]  # named numbers (and layer names) that show it
     suggestion: list[str]  # command-line overrides to try, the most direct first; each one a whole alternative
     message: str  # one sentence with the evidence
+    gone_by: int | None = None  # the report of a run: the first later epoch at which it no longer held; None = holds
 
     def line(self) -> str:
         """The one line announced during training (and kept in train.log)."""
@@ -51,7 +52,7 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         return {"code": self.code, "layers": self.layers, "epochs": self.epochs, "evidence": self.evidence,
-                "suggestion": self.suggestion, "message": self.message}
+                "suggestion": self.suggestion, "message": self.message, "gone_by": self.gone_by}
 
 
 def _short(items: list[str], limit: int = 4) -> list[str]:
@@ -393,9 +394,12 @@ def unused_code_units(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
     units_ = sorted(units)
     effects = trace.checks[epoch]["code_unit_effect"]
     width = len(effects)
-    evidence = {"unused_units": units_, "latent_dim": width, "largest_effect": float(f"{max(effects):.3g}"),
-                "threshold": UNUSED_EFFECT}
-    if len(units_) == width:  # the decoder ignores the code: a narrower code would not help
+    finite = [e for e in effects if math.isfinite(e)]  # a code wider than the check measures: a sample of its units
+    measured = len(finite)
+    evidence = {"unused_units": units_, "latent_dim": width, "largest_effect": float(f"{max(finite):.3g}"),
+                "threshold": UNUSED_EFFECT, **({"measured_units": measured} if measured < width else {})}
+    of = f" of the {measured} measured (of {width})" if measured < width else ""
+    if len(units_) == measured:  # the decoder ignores the code: a narrower code would not help
         if facts.regulariser is None and _holds(trace, facts, epoch, vanishing_gradients, dead_units, saturated_units,
                                                 lr_too_low, lr_too_high):
             return None  # a symptom of that finding, whose suggestion is the fix
@@ -406,14 +410,15 @@ def unused_code_units(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
         else:
             fix = ["aetrain lr_find", "model.init=kaiming_normal model.batch_norm=true"]
         return Finding("unused_code_units", ["code"], [epoch], evidence, fix,
-                       f"all {width} code units are ignored: shuffling any of them changes the reconstructions by "
+                       f"all{of or f' {width}'} code units are ignored: shuffling any of them changes the reconstructions by "
                        f"less than {UNUSED_EFFECT:g} of the data's variance, so the decoder draws the same picture "
                        f"for every input" + (f" ({facts.regulariser} switched the code off)" if facts.regulariser
                                              else ""))
     if facts.model == "vae":  # its KL term switches off the units it does not need: by design (active units)
         return None
-    return Finding("unused_code_units", ["code"], [epoch], evidence, [f"model.latent_dim={width - len(units_)}"],
-                   f"{len(units_)} of {width} code units carry nothing (shuffling one changes the reconstructions by "
+    used = width - round(len(units_) * width / measured)  # estimated from the sample of a wide code
+    return Finding("unused_code_units", ["code"], [epoch], evidence, [f"model.latent_dim={max(used, 1)}"],
+                   f"{len(units_)}{of or f' of {width}'} code units carry nothing (shuffling one changes the reconstructions by "
                    f"less than {UNUSED_EFFECT:g} of the data's variance): unit{'s' if len(units_) > 1 else ''} "
                    f"{', '.join(map(str, units_[:8]))}{' ...' if len(units_) > 8 else ''}")
 
@@ -638,9 +643,30 @@ RULES: tuple[Callable[[Trace, Facts, int], Finding | None], ...] = (
     identity_mapping, unused_code_units, blurry_reconstructions, overfitting)
 
 
+# What each rule judges from: metrics.csv's epochs, the sampled steps or the reconstruction checks of
+# diagnostics.csv (or the config alone: nothing). A finding of the whole run is past when its rule had that
+# evidence at a later epoch than its last and no longer held there (`Finding.gone_by`): vanishing gradients at
+# the first step of a conv net whose encoder.0 gradient then grows 2e-5 -> 0.012 are history, not a verdict.
+# Judged per kind of evidence, so that a diagnostics.csv cut short is not taken for a problem that went away.
+EVIDENCE = {"output_range": (), "lr_too_high": ("epochs", "steps"), "exploding_gradients": ("epochs", "steps"),
+            "vanishing_gradients": ("steps",), "dead_units": ("steps",), "saturated_units": ("steps",),
+            "lr_too_low": ("epochs",), "identity_mapping": ("checks",), "unused_code_units": ("checks",),
+            "blurry_reconstructions": ("checks",), "overfitting": ("epochs",)}
+
+
+def _gone_by(trace: Trace, finding: Finding) -> int | None:
+    """The first epoch after the finding's last at which its rule had evidence (and so did not hold); None when
+    there is none: it holds to the end of what was measured."""
+    kinds = {"epochs": [r["epoch"] for r in trace.epochs if isinstance(r.get("epoch"), int)],
+             "steps": list(trace.steps), "checks": list(trace.checks)}
+    later = [e for kind in EVIDENCE.get(finding.code, ()) for e in kinds[kind] if e > max(finding.epochs)]
+    return min(later, default=None)
+
+
 def diagnose(trace: Trace, facts: Facts, *, at: int | None = None) -> list[Finding]:
     """The findings that hold at epoch `at`; or, without it, over the whole run: each finding once, with
-    every epoch it held in, the union of its layers, and the evidence of the latest epoch it held in."""
+    every epoch it held in, the union of its layers, the evidence of the latest epoch it held in, and
+    `gone_by` for one that stopped holding."""
     if at is not None:
         return [f for rule in RULES if (f := rule(trace, facts, at)) is not None]
     merged: dict[str, Finding] = {}
@@ -656,22 +682,54 @@ def diagnose(trace: Trace, facts: Facts, *, at: int | None = None) -> list[Findi
             kept.epochs.append(epoch)
             kept.layers += [layer for layer in found.layers if layer not in kept.layers]
             kept.evidence, kept.message, kept.suggestion = found.evidence, found.message, found.suggestion
+    for finding in merged.values():
+        finding.gone_by = _gone_by(trace, finding)
     return [merged[code] for code in CODES if code in merged]
 
 
 def verdict(trace: Trace, findings: list[Finding]) -> str:
-    """healthy | learning with problems | not learning | diverged."""
+    """healthy | learning with problems | not learning | diverged | too early to judge. Findings that stopped
+    holding (`gone_by`) are history, not part of the verdict."""
+    current = [f for f in findings if f.gone_by is None]
     losses = [trace.metric(e, "val/loss") for e in range(1, len(trace.epochs) + 1)]
     if trace.status == "diverged" or any(math.isinf(v) for v in losses) or \
             any(math.isnan(_num(r.get("train/loss"))) and "train/loss" in r for r in trace.epochs):
         return "diverged"
+    if too_early(trace) is not None and not current:
+        return "too early to judge"
     finite = [v for v in losses if math.isfinite(v)]
     if len(finite) >= 2 and (min(finite[1:]) > (1 - NOT_LEARNING) * finite[0] or finite[-1] > finite[0]):
         return "not learning"
     last = trace.checks[max(trace.checks)] if trace.checks else {}
     if _num(last.get("data_error")) >= MEAN_IMAGE:
         return "not learning"
-    return "healthy" if not findings else "learning with problems"
+    return "healthy" if not current else "learning with problems"
+
+
+# A verdict needs VERDICT_EPOCHS finished epochs: the rules over sustained windows (dead and saturated units,
+# unused code units, identity mapping, blurry reconstructions) need SUSTAINED_EPOCHS of them, and a healthy run
+# may not yet show the progress the "not learning" test asks for. The default run (23 optimizer steps an epoch)
+# reads "not learning" after 2 and 3 epochs by that test (val/loss 7% and 9% below epoch 1's, the reconstructions
+# at 1.01 and 0.99 of the mean image's error); from epoch 4 on it passes (20% below, 0.87), and by epoch 10 its
+# val/loss is 64% below epoch 1's.
+VERDICT_EPOCHS = SUSTAINED_EPOCHS
+
+
+def too_early(trace: Trace) -> str | None:
+    """Why the run is too short for a verdict, with what it shows so far; None when it is long enough."""
+    epochs = [r["epoch"] for r in trace.epochs if isinstance(r.get("epoch"), int)]
+    done = max(epochs, default=0)
+    if done >= VERDICT_EPOCHS:
+        return None
+    val = [v for v in (trace.metric(e, "val/loss") for e in range(1, done + 1)) if math.isfinite(v)]
+    progress = (f"; so far val/loss is {1 - min(val[1:]) / val[0]:.0%} below epoch 1's" if len(val) >= 2 and val[0] > 0
+                else "")
+    last = trace.checks[max(trace.checks)] if trace.checks else {}
+    error = _num(last.get("data_error"))
+    if math.isfinite(error):
+        progress += f"{';' if not progress else ','} the reconstructions are at {error:.2f} of the mean image's error"
+    return (f"{done} epoch{'s' if done != 1 else ''} measured: too few for a verdict, which needs {VERDICT_EPOCHS} "
+            f"(the rules over sustained windows need {SUSTAINED_EPOCHS}){progress}")
 
 
 # A run is not learning when its best val/loss after epoch 1 is not at least NOT_LEARNING below epoch
