@@ -336,9 +336,13 @@ class OutputsConfig:
     render_budget: float = 0.02  # share of the run's time pictures may take; 0 = first and last epoch only, 1 = no limit
     num_samples: int = 16  # validation samples in each reconstruction picture (and prior samples), the same ones every epoch
     sample_seed: int = 0  # picks those samples (a private generator: the run's RNG is untouched)
-    grid_zoom_to: int = 32  # pixels: smaller images are enlarged by a whole factor (nearest); 0 = native size
+    grid_zoom_to: int = 64  # pixels: smaller images are enlarged by a whole factor (nearest); 0 = native size
+    figure_format: str = "png"  # png | svg | pdf: svg and pdf also write the loss curve as vector graphics (loss_curve.svg / .pdf)
     tensorboard: bool = True  # tensorboard/: scalars every epoch and log interval, pictures when drawn; false = none
     progress: bool = True  # a live progress bar per epoch when stdout is a terminal; false = epoch lines only
+
+
+FIGURE_FORMATS = ("png", "svg", "pdf")  # outputs.figure_format: matplotlib writes each without another library
 
 
 @dataclass
@@ -516,6 +520,8 @@ def validate(cfg: Config) -> None:
     _require(1 <= u.num_samples <= 64, "outputs.num_samples", "in 1..64", u.num_samples)
     _require(_seed(u.sample_seed), "outputs.sample_seed", "an integer in [-2**63, 2**64 - 1]", u.sample_seed)
     _require(u.grid_zoom_to >= 0, "outputs.grid_zoom_to", ">= 0 (0 = native size)", u.grid_zoom_to)
+    _require(u.figure_format in FIGURE_FORMATS, "outputs.figure_format", f"one of: {', '.join(FIGURE_FORMATS)}",
+             u.figure_format)
     _require(cfg.diagnostics.every_n_steps >= 0, "diagnostics.every_n_steps", ">= 0 (0 = auto; "
              "diagnostics.enabled=false turns sampling off)", cfg.diagnostics.every_n_steps)
 

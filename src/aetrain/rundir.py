@@ -29,6 +29,13 @@ METRICS = "metrics.csv"
 SUMMARY = "summary.json"
 TRAIN_LOG = "train.log"
 LOSS_CURVE = "loss_curve.png"
+
+
+def loss_curve_vector(fmt: str) -> str:
+    """loss_curve.svg or loss_curve.pdf: the loss curve again, as vector graphics (outputs.figure_format)."""
+    return f"loss_curve.{fmt}"
+
+
 RECONSTRUCTIONS = "reconstructions"  # reconstructions/epoch_NNN.png
 TENSORBOARD = "tensorboard"
 HYDRA = ".hydra"  # the composed config, the overrides typed, Hydra's own config

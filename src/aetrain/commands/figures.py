@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aetrain.train.outputs.plots import PAD, image_grid, zoom_factor
+from aetrain.train.outputs.plots import DPI, PAD, image_grid, zoom_factor
 
 AE, PCA, FOREST = "#1f77b4", "#ff7f0e", "#2ca02c"
 NORMAL, ANOMALY = "#1f77b4", "#d62728"
@@ -24,7 +24,7 @@ def _figure(width: float, height: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -51,19 +51,22 @@ def error_histogram(series: Sequence[tuple[str, np.ndarray, str]], title: str, u
     ax = fig.subplots()
     edges, log_x = _bins(*(e for _, e, _ in series))
     for label, errors, colour in series:
-        _filled_histogram(ax, errors, edges, colour, f"{label} (mean {errors.mean():.4g})", density=False)
+        _filled_histogram(ax, errors, edges, colour, f"{label} (mean {errors.mean():.4g})", shares=False)
         ax.axvline(errors.mean(), color=colour, linestyle="--", linewidth=1.2)
-    return _finish_histogram(fig, ax, log_x, f"per-sample mean squared error ({unit})", "samples", title)
+    _finish_histogram(fig, ax, log_x, f"per-sample mean squared error ({unit})", "samples", title)
+    return _png(fig)
 
 
 def _filled_histogram(ax: Any, values: np.ndarray, edges: np.ndarray, colour: str, label: str, *,
-                      density: bool) -> None:
-    """A translucent histogram with a solid outline, so overlapping groups stay readable."""
-    ax.hist(values, bins=edges, color=colour, alpha=0.45, density=density, label=label)
-    ax.hist(values, bins=edges, color=colour, histtype="step", density=density, linewidth=1.2)
+                      shares: bool) -> None:
+    """A translucent histogram with a solid outline, so overlapping groups stay readable. `shares`: each bar is
+    the share of the group's samples in its bin (the group's bars sum to 1), else a count."""
+    weights = np.full(len(values), 1.0 / max(len(values), 1)) if shares else None
+    ax.hist(values, bins=edges, color=colour, alpha=0.45, weights=weights, label=label)
+    ax.hist(values, bins=edges, color=colour, histtype="step", weights=weights, linewidth=1.2)
 
 
-def _finish_histogram(fig: Any, ax: Any, log_x: bool, xlabel: str, ylabel: str, title: str) -> bytes:
+def _finish_histogram(fig: Any, ax: Any, log_x: bool, xlabel: str, ylabel: str, title: str) -> None:
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -71,7 +74,6 @@ def _finish_histogram(fig: Any, ax: Any, log_x: bool, xlabel: str, ylabel: str, 
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=9)
     ax.grid(True, alpha=0.3)
-    return _png(fig)
 
 
 def worst_images(originals: torch.Tensor, recons: torch.Tensor, errors: np.ndarray, title: str,
@@ -136,8 +138,18 @@ def roc_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float, str]],
     return _png(fig)
 
 
+SCORE_SHARE_LABEL = "share of the group's samples"  # per bin: each group's bars sum to 1
+
+
 def score_histograms(scores: np.ndarray, anomaly: np.ndarray | None, threshold: float, title: str, unit: str) -> bytes:
     """Anomaly scores of normal and anomalous samples (or of all, unlabelled), and the threshold."""
+    return _png(score_figure(scores, anomaly, threshold, title, unit))
+
+
+def score_figure(scores: np.ndarray, anomaly: np.ndarray | None, threshold: float, title: str, unit: str) -> Any:
+    """The figure of `score_histograms`. Each group's bars are shares of its own samples: the groups differ in
+    size by orders of magnitude, and shares (unlike a density, whose bars reach 175 when the scores are small and
+    whose areas, not heights, sum to 1) read the same on the log-spaced bins of small scores."""
     fig = _figure(7.0, 4.2)
     ax = fig.subplots()
     groups = ([("normal", scores[~anomaly], NORMAL), ("anomalous", scores[anomaly], ANOMALY)] if anomaly is not None
@@ -145,11 +157,11 @@ def score_histograms(scores: np.ndarray, anomaly: np.ndarray | None, threshold: 
     groups = [g for g in groups if len(g[1])]
     edges, log_x = _bins(*(s for _, s, _ in groups), np.array([threshold]))
     for label, values, colour in groups:
-        # density: the two groups differ in size by orders of magnitude; each histogram integrates to 1
-        _filled_histogram(ax, values, edges, colour, f"{label} ({len(values)})", density=True)
+        _filled_histogram(ax, values, edges, colour, f"{label} ({len(values)})", shares=True)
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.4g}")
-    return _finish_histogram(fig, ax, log_x, f"anomaly score: per-sample mean squared error ({unit})",
-                             "density (each group sums to 1)", title)
+    _finish_histogram(fig, ax, log_x, f"anomaly score: per-sample mean squared error ({unit})", SCORE_SHARE_LABEL,
+                      title)
+    return fig
 
 
 def code_map(points: np.ndarray, groups: np.ndarray | None, group_title: str, title: str, axes: tuple[str, str], *,

@@ -192,7 +192,7 @@ def final_table(run_dir: Path) -> list[str]:
     if s.get("stop_reason"):
         rows.insert(3, ("stopped", s["stop_reason"]))
     if s.get("loss_curve"):
-        rows.append(("loss curve", s["loss_curve"]))
+        rows.append(("loss curve", ", ".join(filter(None, [s["loss_curve"], s.get("loss_curve_vector")]))))
     if s.get("last_grid"):
         rows.append(("reconstructions", f"{s['last_grid']} (the latest picture)"))
     for folder, path in (s.get("galleries") or {}).items():

@@ -19,7 +19,8 @@ from typing import Any
 from aetrain.atomic import write_atomic
 from aetrain.errors import WriteError
 from aetrain.models import count_parameters
-from aetrain.rundir import BEST, LOSS_CURVE, RECONSTRUCTIONS, SUMMARY, TENSORBOARD, checkpoint_dir, latest_picture, read_summary
+from aetrain.rundir import (BEST, LOSS_CURVE, RECONSTRUCTIONS, SUMMARY, TENSORBOARD, checkpoint_dir, latest_picture,
+                            loss_curve_vector, read_summary)
 from aetrain.train.engine import Callback, Engine
 
 ENDED_OK = ("ok", "stopped_early")  # how a run may end and still be a result
@@ -54,6 +55,7 @@ class Summary(Callback):
     def write(self, engine: Engine, status: str, *, ended: str | None = None, error: str | None = None) -> None:
         p, st, records = engine.parts, engine.state, engine.history
         best = checkpoint_dir(self.run_dir) / BEST
+        vector = self.run_dir / loss_curve_vector(p.cfg.outputs.figure_format)
         rates = [r["samples_per_s"] for r in records if _positive(r.get("samples_per_s"))]
         train_s = sum(p.data.num_train / r for r in rates)  # training-step time behind those epochs
         data = {
@@ -83,6 +85,7 @@ class Summary(Callback):
             "galleries": {g.folder: self._relative(latest_picture(self.run_dir / g.folder, up_to=st.epoch))
                           for g in p.galleries},
             "loss_curve": self._relative(self.run_dir / LOSS_CURVE if (self.run_dir / LOSS_CURVE).exists() else None),
+            "loss_curve_vector": self._relative(vector if vector.exists() and vector.suffix != ".png" else None),
             "tensorboard": self._relative(self.run_dir / TENSORBOARD if (self.run_dir / TENSORBOARD).exists() else None),
             "run_dir": str(self.run_dir.resolve()),
             "run_id": engine.run_id,  # the same in the run's checkpoints: a resume writes here only if they match
