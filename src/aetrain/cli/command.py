@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import inspect
 import logging
@@ -157,21 +158,69 @@ def command_help(command: str, own: Any, description: str) -> str:
 
 def documented_keys(schema: type) -> list[tuple[str, str, str]]:
     """(key, default as typed on the command line, its comment in the dataclass's source) for each field."""
+    comments = field_comments(schema)
+    return [(f.name, typed(getattr(schema(), f.name)), comments.get(f.name, "")) for f in dataclasses.fields(schema)]
+
+
+def field_comments(schema: type) -> dict[str, str]:
+    """Each field's comment in the source of `schema` and of the dataclasses it inherits from (the nearest wins)."""
+    comments: dict[str, str] = {}
+    for cls in reversed(schema.__mro__):
+        if dataclasses.is_dataclass(cls):
+            comments.update(_comments_in(_class_source(cls)))
+    return comments
+
+
+def _class_source(cls: type) -> str:
+    """The source of `cls`: its `class` line to the next line at module level ("" when no source is shipped).
+    Cheaper than inspect.getsource, which parses the whole module again for every class."""
+    lines = _module_lines(cls.__module__)
+    start = next((i for i, line in enumerate(lines) if re.match(rf"class {cls.__name__}\b", line)), None)
+    if start is None:
+        return ""
+    end = next((i for i in range(start + 1, len(lines)) if lines[i][:1] not in ("", " ")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+@functools.cache
+def _module_lines(module: str) -> list[str]:
     try:
-        source = inspect.getsource(schema)
-    except (OSError, TypeError):  # no source shipped: keys and defaults only
-        source = ""
-    comments = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", source, flags=re.MULTILINE))
-    return [(f.name, _typed(getattr(schema(), f.name)), comments.get(f.name, "")) for f in dataclasses.fields(schema)]
+        return inspect.getsource(sys.modules[module]).splitlines()
+    except (OSError, TypeError, KeyError):  # no source shipped: keys and defaults only
+        return []
 
 
-def _typed(value: Any) -> str:
+def _comments_in(source: str) -> dict[str, str]:
+    """A field's comment: the one on its line, continued by the comment lines below it; or, when its line has
+    none, the comment lines right above it."""
+    comments: dict[str, str] = {}
+    block: list[str] = []  # comment lines since the last field
+    previous = None  # the last field with a comment of its own
+    for line in source.splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            block.append(text.lstrip("#").strip())
+            continue
+        field = re.match(r"^\s+(\w+):[^#]*(?:#\s*(.*))?$", line)
+        if field and not field[2] and block:  # the block is this field's comment
+            comments[field[1]] = " ".join(block)
+        elif block and previous:  # the block continues the previous field's comment
+            comments[previous] += " " + " ".join(block)
+        previous = field[1] if field and field[2] else None
+        if previous:
+            comments[previous] = field[2]
+        block = []
+    return comments
+
+
+def typed(value: Any) -> str:
+    """`value` as it is typed on the command line: null, true, [1,2], 0.001."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list):
-        return "[" + ",".join(map(_typed, value)) + "]"
+        return "[" + ",".join(map(typed, value)) + "]"
     return str(value)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from typing import Any
 
 from aetrain.cli.report import exit_with
 
@@ -36,8 +38,25 @@ def print_train_help(overrides: list[str]) -> None:
         del cfg["hydra"]
     groups = "\n".join(f"{group}: {', '.join(choices)}" for group, choices in config_groups().items())
     text = (template.replace("$APP_COMMANDS", commands_text()).replace("$APP_CONFIG_GROUPS", groups + "\n")
-            .replace("$CONFIG", OmegaConf.to_yaml(cfg)))
+            .replace("$CONFIG", "\n".join(annotated(OmegaConf.to_object(cfg))) + "\n"))
     sys.stdout.write(text)
+
+
+def annotated(config: Any, indent: str = "") -> list[str]:
+    """`config` (a dataclass) as YAML, each key with its default as typed on the command line and the comment
+    its dataclass gives it (unit, allowed values, what "off" means), as `aetrain <command> --help` shows them."""
+    from aetrain.cli.command import field_comments, typed
+
+    comments = field_comments(type(config))
+    lines = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += [f"{indent}{f.name}:", *annotated(value, indent + "  ")]
+        else:
+            comment = comments.get(f.name)
+            lines.append(f"{indent}{f.name}: {typed(value)}" + (f"  # {comment}" if comment else ""))
+    return lines
 
 
 def config_groups() -> dict[str, list[str]]:
