@@ -122,3 +122,18 @@ def test_import_aetrain_exposes_its_api_and_nothing_else() -> None:
     out = subprocess.run([sys.executable, "-c", "import aetrain; print(sorted(n for n in dir(aetrain) if "
                           "not n.startswith('__')))"], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['Config', 'ModelConfig', 'fit', 'load_model', 'register_model']"
+
+
+def test_encode_decode_and_reconstruct_are_inference_unless_gradients_are_asked_for(trained) -> None:
+    model = aetrain.load_model(trained(*FAST))
+    x = build_data(DataConfig(), torch.device("cpu"), seed=0).val[:8]
+    z = model.encode(x)
+    for out in (z, model.decode(z), model.reconstruct(x)):
+        assert not out.requires_grad and out.grad_fn is None
+    assert model.encode(x.numpy()).numpy().shape == (8, 16)  # the common case: codes as numpy features
+    x_in = x.clone().requires_grad_()
+    loss = model.reconstruct(x_in, grad=True).square().sum() + model.decode(model.encode(x_in, grad=True),
+                                                                             grad=True).sum()
+    loss.backward()
+    assert x_in.grad is not None and x_in.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.parameters())

@@ -1,4 +1,4 @@
-"""Atomic files: a reader sees the old content or the new, never a part; a link stays a snapshot."""
+"""Atomic files: a reader sees the old content or the new, never a part."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aetrain.atomic import link_atomic, write_atomic
+from aetrain.atomic import write_atomic
 
 
 def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_debris(tmp_path: Path) -> None:
@@ -30,27 +30,3 @@ def test_text_bytes_and_writer_functions_all_land_whole_in_a_new_folder(tmp_path
     assert (tmp_path / "a" / "t.json").read_text() == "{}\n"
     assert (tmp_path / "a" / "b.bin").read_bytes() == b"\x00\x01"
     assert (tmp_path / "a" / "f.txt").read_bytes() == b"written by a function"
-
-
-def test_a_linked_copy_keeps_its_content_when_the_source_is_rewritten(tmp_path: Path) -> None:
-    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
-    write_atomic(last, b"epoch 3 (best)", durable=True)
-    link_atomic(last, best)
-    write_atomic(last, b"epoch 4 (worse)", durable=True)  # the next epoch's last.pt replaces, not rewrites
-    assert best.read_bytes() == b"epoch 3 (best)"
-    write_atomic(last, b"epoch 5 (best)", durable=True)
-    link_atomic(last, best)  # over an existing best.pt
-    assert best.read_bytes() == b"epoch 5 (best)"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
-
-
-def test_where_links_are_refused_the_snapshot_is_a_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object) -> None:
-        raise PermissionError("hard links not allowed here")
-
-    monkeypatch.setattr("os.link", refuse)
-    last, best = tmp_path / "last.pt", tmp_path / "best.pt"
-    write_atomic(last, b"epoch 1", durable=True)
-    link_atomic(last, best)
-    write_atomic(last, b"epoch 2", durable=True)
-    assert best.read_bytes() == b"epoch 1"

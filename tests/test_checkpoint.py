@@ -411,3 +411,20 @@ def test_init_from_fits_a_family_with_the_same_weights(finished: Path, cli) -> N
     result = cli(*FAST, "trainer.max_epochs=1", "model=denoising_ae", f"trainer.init_from={finished}",
                  "outputs.plot_every=0")
     assert result.returncode == 0, result.output
+
+
+def test_rewriting_best_pt_in_place_leaves_last_pt_resumable(cli, tmp_path: Path) -> None:
+    """Dropping the optimizer state from best.pt before sharing it (torch.save over the file, which rewrites it
+    in place) must not touch last.pt: they are files of their own, not links to one inode."""
+    first = cli(*FAST, "trainer.save_top_k=1")
+    ckpts = first.run_dir / "checkpoints"
+    assert first.returncode == 0 and (ckpts / "best.pt").read_bytes() == (ckpts / "last.pt").read_bytes()
+    for name in ("best.pt", next(p.name for p in ckpts.glob("epoch=*.pt"))):
+        assert not os.path.samefile(ckpts / name, ckpts / "last.pt"), name
+    best = torch.load(ckpts / "best.pt", weights_only=True)
+    slim = {k: v for k, v in best.items() if k not in ("optimizer", "scaler", "rng", "meter")}
+    torch.save(slim, ckpts / "best.pt")
+    assert "optimizer" in torch.load(ckpts / "last.pt", weights_only=True)
+    resumed = cli(f"trainer.resume={first.run_dir}", "trainer.max_epochs=3", *FAST[1:])
+    assert resumed.returncode == 0, resumed.err
+    assert [int(r["epoch"]) for r in resumed.metrics()] == [1, 2, 3]

@@ -210,6 +210,21 @@ def test_a_word_that_is_no_command_is_one_line(cli) -> None:
                           f"{', '.join(__import__('aetrain.cli').cli.COMMANDS)} (see aetrain --help)\n")
 
 
+def test_the_readme_errors_section_quotes_what_aetrain_prints(cli, tmp_path: Path, monkeypatch) -> None:
+    """Its command list had gone stale (#22.30): each `$ aetrain ...` there is run, its line compared."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"^## Errors\n.*?^```\n(.*?)^```", readme, flags=re.M | re.S).group(1)
+    quoted = re.findall(r"^\$ aetrain (.*)\n(aetrain: error: .*)$", block, flags=re.M)
+    assert len(quoted) >= 5 and len(quoted) == block.count("$ aetrain")
+    monkeypatch.chdir(tmp_path)  # relative paths in the examples land here
+    for args, line in quoted:
+        result = cli.command(*shlex.split(args))
+        assert (result.returncode, result.err) == (2, line + "\n"), args
+
+
 @pytest.mark.parametrize("model", ["dense_ae", "conv_ae", "denoising_ae", "sparse_ae", "vae"])
 def test_every_model_preset_trains_through_the_cli(cli, model: str) -> None:
     result = cli(*FAST, f"model={model}")

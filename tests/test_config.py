@@ -206,6 +206,10 @@ def test_a_key_of_the_backbone_not_chosen_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"model.channels=\[8\] is used by model.backbone=conv only"):
         validate(cfg)
     validate(Config(model=DenoisingAEConfig(backbone="conv", channels=[8])))
+    # the VAE's dense widths default to [256, 256, 128]: its conv backbone keeps them, and is not refused for it
+    validate(compose_config("model=vae", "model.backbone=conv"))
+    with pytest.raises(ConfigError, match=r"model.hidden_dims=\[256, 128\] is used by model.backbone=dense only"):
+        validate(compose_config("model=vae", "model.backbone=conv", "model.hidden_dims=[256,128]"))
 
 
 def test_a_section_whose_name_does_not_match_its_shape_is_refused() -> None:

@@ -51,8 +51,8 @@ def test_piped_output_is_plain_lines_the_log_file_holds_too(tmp_path: Path) -> N
     # the header: model, size, data, device, precision, where the outputs go (one line, however long)
     assert lines[0] == "aetrain: dense_ae on digits for 2 epochs"
     assert re.fullmatch(r"  model   dense_ae \(latent 16\), [\d,]+ parameters", lines[1])
-    assert lines[2:5] == ["  data    digits 1x8x8, 1,438 train / 359 val samples, batch 128",
-                          "  device  cpu, precision 32", f"  output  {run_dir}"]
+    assert lines[2] == "  data    digits 1x8x8, 1,438 train / 359 val samples, batch 128"
+    assert re.fullmatch(r"  device  cpu, \d+ threads?, precision 32", lines[3]) and lines[4] == f"  output  {run_dir}"
     assert [line.split("  ")[0] for line in lines if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
     # the final table says where everything is
     table = "\n".join(lines[lines.index(next(x for x in lines if x.startswith("aetrain: finished in"))):])
@@ -80,9 +80,37 @@ def test_help_lists_the_output_settings(cli) -> None:
     result = cli("--help")
     assert result.returncode == 0
     section = result.out[result.out.index("outputs:"):]
-    for key in ("plot_every", "render_budget", "num_samples", "sample_seed", "grid_zoom_to", "tensorboard", "progress",
-                "report"):
+    for key in ("plot_every", "render_budget", "num_samples", "sample_seed", "grid_zoom_to", "figure_format",
+                "tensorboard", "progress", "report"):
         assert f"  {key}:" in section, key
+    assert "  figure_format: png  # png | svg | pdf: " in section  # the allowed values, as typed
+
+
+@pytest.mark.parametrize("choices", [[], ["model=vae", "data=tensor_file", "scheduler=onecycle", "optimizer=sgd"]])
+def test_help_says_what_every_key_means(cli, choices: list[str]) -> None:
+    """Each key with its default and its dataclass's comment (unit, allowed values, what off means), as the
+    other commands' --help: the keys alone said nothing of outputs.figure_format's png | svg | pdf."""
+    result = cli("--help", *choices)
+    assert result.returncode == 0, result.err
+    keys = result.out[result.out.index("== Keys and defaults"):result.out.index("== Every choice's keys")].splitlines()[1:]
+    values = [line for line in keys if line.startswith("  ") and not line.endswith(":")]
+    assert len(values) > 40
+    assert all(re.match(r"^ +\w+: \S+  # \S", line) for line in values), [v for v in values if "  # " not in v]
+    assert "  every_n_steps: 0  # optimizer steps between sampled steps" in result.out  # a comment above its field
+
+
+def test_the_header_shows_the_cpu_threads_and_trainer_num_threads_sets_them(tmp_path: Path) -> None:
+    fast = (*ARGS[:2], "trainer.max_epochs=1", "outputs.plot_every=0", "outputs.tensorboard=false")
+    default = run_subprocess(*fast, cwd=tmp_path, run_dir=tmp_path / "default", env={"OMP_NUM_THREADS": "2"})
+    assert default.returncode == 0, default.err
+    assert "device  cpu, 2 threads, precision 32" in default.out  # 0 = torch's default: OMP_NUM_THREADS here
+    one = run_subprocess(*fast, "trainer.num_threads=1", cwd=tmp_path, run_dir=tmp_path / "one",
+                         env={"OMP_NUM_THREADS": "2"})
+    assert one.returncode == 0, one.err
+    assert "device  cpu, 1 thread, precision 32" in one.out
+    bad = run_subprocess(*fast, "trainer.num_threads=-1", cwd=tmp_path, run_dir=tmp_path / "bad")
+    assert bad.returncode == 2 and bad.err.count("\n") == 1 and not bad.run_dir.exists(), bad.output
+    assert "trainer.num_threads=-1 is out of range: must be an integer >= 1, or 0 for torch's default" in bad.err
 
 
 # --- what the console says: early stopping after its epoch, every line on an ASCII console, the running loss --------

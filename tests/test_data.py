@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 
 from aetrain.config import DataConfig
-from conftest import choose
+from conftest import FAST, choose, run_subprocess
 from aetrain.data import build_data
 from aetrain.data.batches import BatchPlan
 from aetrain.errors import DataError
@@ -349,3 +350,109 @@ def test_a_failed_download_removes_what_it_created_and_only_that(cli, tmp_path: 
     result = cli(*FAST, "data=mnist", f"data.root={root}", "data.download=true")
     assert_one_line_error(result, f"data.download=true: could not fetch MNIST into {root}")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def one_line_error(result, message: str) -> None:
+    """Exit 2, one line `aetrain: error: ...` holding `message`, no traceback, no run dir."""
+    assert result.returncode == 2, result.output
+    assert result.err.startswith("aetrain: error: ") and result.err.count("\n") == 1, result.err
+    assert message in result.err, result.err
+    assert "Traceback" not in result.output
+    assert not result.run_dir.exists()
+
+
+def test_a_fifo_or_a_device_given_as_data_is_refused_instead_of_read(tmp_path: Path) -> None:
+    """Reading a named pipe blocks until something writes to it (forever, here); /dev/zero never ends."""
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32))
+    os.mkfifo(tmp_path / "fifo.npy")
+    os.symlink("/dev/zero", tmp_path / "zero.npy")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(images / f"{i}.png")
+    os.mkfifo(images / "4.png")
+    cases = {
+        "fifo.npy": (["data=tensor_file", f"data.path={tmp_path / 'fifo.npy'}"], "is a named pipe (FIFO), not a "
+                                                                                   "regular file"),
+        "zero.npy": (["data=tensor_file", f"data.path={tmp_path / 'zero.npy'}"], "is a character device, not a "
+                                                                                   "regular file"),
+        "labels": (["data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", f"data.labels={tmp_path / 'fifo.npy'}"],
+                   f"data.labels={tmp_path / 'fifo.npy'}: is a named pipe (FIFO)"),
+        "image": (["data=image_folder", f"data.path={images}", "data.image_size=8"],
+                  f"{images / '4.png'}: is a named pipe (FIFO), not a regular file"),
+    }
+    for name, (args, message) in cases.items():
+        result = run_subprocess(*FAST, *args, cwd=tmp_path, run_dir=tmp_path / f"run-{name}", timeout=120)
+        one_line_error(result, message)
+
+
+def test_a_file_that_is_not_an_array_never_gets_advice_to_unpickle_it(cli, tmp_path: Path) -> None:
+    (tmp_path / "random.npy").write_bytes(np.random.default_rng(0).bytes(4000))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(1).bytes(4000))
+    torch.save({"x": np.zeros(3)}, tmp_path / "objects.pt")  # a numpy array inside: a pickled global
+    cases = {"random.npy": "not a numpy array file", "objects.npy": "holds an array of Python objects (dtype object)",
+             "random.pt": "not a torch tensor file", "objects.pt": "holds Python objects (numpy"}
+    for name, message in cases.items():
+        result = cli(*FAST, "data=tensor_file", f"data.path={tmp_path / name}", run_dir=tmp_path / f"run-{name}")
+        one_line_error(result, message)
+        assert "allow_pickle" not in result.err and "weights_only" not in result.err, result.err
+
+
+def test_float64_data_beyond_float32s_range_is_refused_as_such(cli, tmp_path: Path) -> None:
+    rows = np.random.default_rng(0).normal(size=(40, 3))
+    rows[7, 1] = -3e300
+    np.save(tmp_path / "huge.npy", rows)
+    one_line_error(cli(*FAST, "data=tensor_file", f"data.path={tmp_path / 'huge.npy'}"),
+                   "values beyond float32's range (max |x| = 3e+300")
+    rows[7, 1] = -3e6  # float64 within float32's range trains
+    np.save(tmp_path / "big.npy", rows)
+    assert cli(*FAST, "data=tensor_file", f"data.path={tmp_path / 'big.npy'}").returncode == 0
+
+
+def low_rank_rows(n: int = 400) -> np.ndarray:
+    """Rows with structure (4 latent factors), negative values, and one feature constant at 7."""
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(n, 4)) @ rng.normal(size=(4, 12)) + 0.05 * rng.normal(size=(n, 12))
+    rows[:, 5] = 7.0
+    return rows.astype(np.float32)
+
+
+def test_standardized_model_units_mean_the_same_at_any_scale_and_constant_features_are_reported(cli,
+                                                                                               tmp_path: Path) -> None:
+    """aetrain divided standard deviations below 1e-8 by 1e-8: data at 3e-10 trained on values near 0, its val/loss
+    said nothing; a constant feature seen off its value in validation blew val/loss up by 1e16."""
+    rows = low_rank_rows()
+    losses = {}
+    for scale in (1.0, 3e-10, 2e12):
+        np.save(tmp_path / "rows.npy", (rows.astype(np.float64) * scale).astype(np.float32))
+        result = cli(*FAST, "data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", "outputs.plot_every=0",
+                     run_dir=tmp_path / f"run-{scale:g}")
+        assert result.returncode == 0, result.err
+        assert ("1 of 12 features constant in the training split (5): centred, and scaled by the median standard "
+                "deviation of the others") in result.out
+        losses[scale] = float(result.metrics()[-1]["val/loss"])
+    assert losses[3e-10] == pytest.approx(losses[1.0], rel=1e-3) and losses[2e12] == pytest.approx(losses[1.0], rel=1e-3)
+    assert 0.05 < losses[1.0] < 1.5  # standard deviations: the error of a model that has learnt a little
+
+
+def test_a_checkpoint_with_the_old_scaling_loads_as_it_was_trained_and_is_not_resumed_on_other_numbers(
+        cli, tmp_path: Path) -> None:
+    import aetrain
+
+    rows = low_rank_rows()
+    np.save(tmp_path / "rows.npy", rows)
+    result = cli(*FAST, "data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", "outputs.plot_every=0")
+    for name in ("best.pt", "last.pt"):  # as aetrain wrote it before: the constant feature divided by 1e-8
+        path = result.run_dir / "checkpoints" / name
+        ckpt = torch.load(path, weights_only=True)
+        for scale in (ckpt["data_spec"]["scale"], ckpt["model"]["scaling.scale"]):
+            scale[5] = 1e-8
+        torch.save(ckpt, path)
+    model = aetrain.load_model(result.run_dir)
+    assert float(model.scaling.scale[5]) == pytest.approx(1e-8)  # the scaling it was trained with, as stored
+    x_hat = model.reconstruct(torch.from_numpy(rows[:8]))  # feature 5 comes back as 7 + 1e-8 x the model's output
+    torch.testing.assert_close(x_hat[:, 5], torch.full((8,), 7.0), atol=1e-6, rtol=0)
+    resumed = cli(f"trainer.resume={result.run_dir}", "trainer.max_epochs=3", *FAST[1:])
+    assert resumed.returncode == 2 and resumed.err.count("\n") == 1, resumed.output
+    assert "the checkpoint scaled this data into model units otherwise than this aetrain does" in resumed.err

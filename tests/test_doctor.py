@@ -29,6 +29,7 @@ CPU = ["trainer.device=cpu", "outputs.plot_every=0"]
 
 
 def diagnostics_rows(run_dir: Path) -> list[dict[str, str]]:
+    csv.field_size_limit(2**30)  # a cell per code unit: wide codes make long cells
     with open(run_dir / "diagnostics.csv", newline="") as f:
         return list(csv.DictReader(f))
 
@@ -416,13 +417,16 @@ def test_a_climbing_loss_is_lr_too_high_but_adam_noise_near_zero_is_not() -> Non
 
 
 def test_verdicts() -> None:
-    healthy = trace_of([(0.1, 0.1), (0.05, 0.05), (0.02, 0.02)])
+    healthy = trace_of([(0.1 / e, 0.1 / e) for e in range(1, 13)])
     assert doctor.verdict(healthy, []) == "healthy"
-    flat = trace_of([(0.1, 0.1), (0.099, 0.099), (0.098, 0.098)])
+    flat = trace_of([(0.1 - 0.0005 * e, 0.1 - 0.0005 * e) for e in range(12)])  # 5.5% in 12 epochs
     assert doctor.verdict(flat, []) == "not learning"
     diverged = trace_of([(0.1, 0.1)])
     diverged.status = "diverged"
     assert doctor.verdict(diverged, []) == "diverged"
+    short = trace_of([(0.1, 0.1), (0.099, 0.099), (0.098, 0.098)])  # 3 epochs: no evidence either way
+    assert doctor.verdict(short, []) == "too early to judge"
+    assert "3 epochs measured: too few for a verdict, which needs 10" in doctor.too_early(short)
 
 
 def test_the_auto_interval_samples_twice_an_epoch_and_at_most_every_10_steps() -> None:
@@ -445,3 +449,118 @@ def test_a_diagnostics_table_without_statistics_gets_a_report_and_a_note_not_a_t
     assert "1 epoch in metrics.csv" in result.out
     assert "note: no diagnostics.png: diagnostics.csv holds no per-layer statistics to draw" in result.out
     assert (run_dir / "doctor.json").is_file() and not (run_dir / "diagnostics.png").exists()
+
+
+# --- an output activation that cannot reach the data ---------------------------------------------------
+
+def test_an_output_range_that_cannot_hold_the_data_is_refused_and_old_runs_get_a_finding(cli, tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    import numpy as np
+
+    rows = np.random.default_rng(0).normal(3.0, 2.0, (300, 6)).astype(np.float32)  # standardized: values below 0
+    np.save(tmp_path / "rows.npy", rows)
+    data = ["data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", *CPU, "trainer.max_epochs=3", "model.latent_dim=2"]
+    for activation in ("sigmoid", "tanh"):
+        refused = cli(*data, f"model.output_activation={activation}", run_dir=tmp_path / activation)
+        assert refused.returncode == 2 and refused.err.count("\n") == 1, refused.output
+        assert (f"model.output_activation={activation}: {activation} outputs values in" in refused.err
+                and "use model.output_activation=auto (identity here), or identity" in refused.err)
+        assert not refused.run_dir.exists()
+    assert cli("model.output_activation=tanh", *CPU, "trainer.max_epochs=1").returncode == 0  # digits: in [0, 1]
+
+    monkeypatch.setattr("aetrain.models.objective.check_output_range", lambda cfg, spec: None)
+    monkeypatch.setattr("aetrain.models.families.check_output_range", lambda cfg, spec: None)
+    old = cli(*data, "model.output_activation=sigmoid", run_dir=tmp_path / "old")  # as aetrain trained it before
+    assert old.returncode == 0, old.err
+    report = cli.command("doctor", str(old.run_dir))
+    assert "verdict: healthy" not in report.out and "output_range in output (epochs 1-3)" in report.out, report.out
+    finding = next(f for f in doctor_json(old.run_dir)["findings"] if f["code"] == "output_range")
+    assert finding["evidence"]["output_activation"] == "sigmoid" and finding["evidence"]["data_range"][0] < 0
+    assert finding["suggestion"] == ["model.output_activation=auto"]
+
+
+# --- the code-unit check of a wide code ----------------------------------------------------------------
+
+def unchunked_unit_change(model, check) -> torch.Tensor:
+    """The check as it was first written: every unit of the code shuffled at once."""
+    z = model.code(check.samples[: check.num_effect]).float()
+    m, width = z.shape
+    base = model.generate(z).float().reshape(m, -1)
+    shuffled = z.expand(width, m, width).clone()
+    units = torch.arange(width)
+    shuffled[units, :, units] = z[check.effect_order].T
+    out = model.generate(shuffled.reshape(width * m, width)).float().reshape(width, m, -1)
+    return (out - base).square().mean(dim=(1, 2))
+
+
+@pytest.mark.parametrize("width", [16, 100])
+def test_the_code_unit_check_decodes_in_bounded_chunks_and_samples_a_wide_code(width: int) -> None:
+    from aetrain.train.diagnostics import EFFECT_UNITS_MAX, ReconstructionCheck, measured_units, unit_chunk
+
+    parts = build_parts(digits_config(model=DenseAEConfig(latent_dim=width, hidden_dims=[32])))
+    model, check = parts.model.eval(), ReconstructionCheck(parts.data)
+    with torch.inference_mode():
+        effects = check._unit_change(model)
+        full = unchunked_unit_change(model, check)
+    measured = measured_units(width)
+    assert len(measured) == min(width, EFFECT_UNITS_MAX) and len(effects) == width
+    assert torch.isnan(effects).sum() == width - len(measured)  # the units not measured, and only those
+    torch.testing.assert_close(effects[measured], full[measured], rtol=1e-5, atol=1e-12)
+    assert unit_chunk(16, 64) == 16 and unit_chunk(100_000, 64) * 64 * 100_000 <= 16 * 2**20  # 64 MB a chunk
+
+
+def test_a_very_wide_code_trains_through_the_doctors_check_and_counts_in_the_memory_estimate(cli) -> None:
+    """The check used to hold latent^2 x 64 floats at once: 102 GB for 20,000 units, a traceback after epoch 1."""
+    result = cli(*CPU, "trainer.max_epochs=1", "data.batch_size=128", "model.latent_dim=20000", "model.hidden_dims=[8]")
+    assert result.returncode == 0, result.output
+    check = [r for r in diagnostics_rows(result.run_dir) if r["layer"] == "reconstruction"][0]
+    effects = [float(v) for v in check["code_unit_effect"].split()]
+    assert len(effects) == 20000 and sum(math.isfinite(v) for v in effects) == 64
+    report = cli.command("doctor", str(result.run_dir))  # reads the long cells back
+    assert report.returncode == 0 and "verdict:" in report.out, report.output
+
+    from aetrain.models import FAMILIES
+    from aetrain.train.memory import doctor_check_bytes, estimate
+
+    cfg = digits_config(model=DenseAEConfig(latent_dim=20000, hidden_dims=[8]))
+    spec = build_parts(digits_config()).data.spec
+    with torch.device("meta"):
+        model = FAMILIES.get("dense_ae").build(cfg.model, spec)
+    check_bytes = doctor_check_bytes(cfg, model, spec)
+    assert check_bytes > 4 * 64 * 20000  # at least the shuffled codes of one unit
+    assert estimate(cfg, FAMILIES.get("dense_ae"), spec, batch_size=128).activation_bytes >= check_bytes
+    cfg.diagnostics.enabled = False
+    assert doctor_check_bytes(cfg, model, spec) == 0
+
+
+# --- short runs, and findings that went away (#22.9) ----------------------------------------------------
+
+def test_a_run_read_after_a_few_epochs_is_too_early_to_judge_not_not_learning(cli) -> None:
+    trained = cli(*CPU, "trainer.max_epochs=3")
+    report = cli.command("doctor", str(trained.run_dir))
+    assert report.returncode == 0, report.output
+    assert "verdict: too early to judge" in report.out and "not learning" not in report.out, report.out
+    assert "note: 3 epochs measured: too few for a verdict, which needs 10" in report.out
+    assert "so far val/loss is" in report.out and "the reconstructions are at" in report.out
+    assert doctor_json(trained.run_dir)["verdict"] == "too early to judge"
+
+
+def test_a_finding_that_stopped_holding_is_reported_as_past_not_as_the_verdict(cli) -> None:
+    """A conv net's first layer may start with a tiny gradient that grows (2e-5 -> 0.012 on an image folder): the
+    finding of its first epoch is history once the gradient flows."""
+    trained = cli(*CPU, "trainer.max_epochs=12")
+    path = trained.run_dir / "diagnostics.csv"
+    rows = diagnostics_rows(trained.run_dir)
+    for row in rows:  # epoch 1's sampled steps as such a run measured them: encoder.1's gradient vanishing
+        if row["epoch"] == "1" and row["layer"] == "encoder.1":
+            row["grad_norm"] = "1e-9"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    report = cli.command("doctor", str(trained.run_dir))
+    assert report.returncode == 0, report.output
+    assert "verdict: healthy" in report.out and "findings: none now" in report.out, report.out
+    assert "vanishing_gradients in encoder.1 (at epoch 1, gone by epoch 2)" in report.out
+    finding = doctor_json(trained.run_dir)["findings"][0]
+    assert finding["code"] == "vanishing_gradients" and finding["gone_by"] == 2

@@ -172,3 +172,15 @@ def test_same_seed_same_numbers_other_seed_other_numbers() -> None:
     a, b, c = (weights(e) for e in runs)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_a_cosine_warm_up_as_long_as_the_run_is_refused_naming_the_runs_steps(cli) -> None:
+    """It used to be cut to the run silently: the run ended at the peak rate, never decayed."""
+    result = cli("trainer.max_epochs=2", "data.batch_size=128", "trainer.device=cpu", "scheduler=cosine")
+    assert result.returncode == 2 and result.err.count("\n") == 1, result.output
+    assert ("scheduler.warmup_steps=100 is not shorter than the run, which takes 24 optimizer steps" in result.err
+            and "below 24" in result.err)
+    assert not result.run_dir.exists()
+    result = cli("trainer.max_epochs=2", "data.batch_size=128", "trainer.device=cpu", "scheduler=cosine",
+                 "scheduler.warmup_steps=23", "outputs.plot_every=0")
+    assert result.returncode == 0, result.err

@@ -24,7 +24,7 @@ GOLDEN = {
     "dense_ae": {"train/loss": 0.084907487, "val/loss": 0.078094013},
     "sparse_ae": {"train/loss": 0.10474794, "train/penalty": 0.0077625634, "val/loss": 0.077745833,
                   "val/penalty": 0.0097763306},
-    "vae": {"train/loss": 0.47408611, "train/kl": 0.081988692, "val/loss": 0.51545501, "val/kl": 0.022904502},
+    "vae": {"train/loss": 0.45372483, "train/kl": 0.011368721, "val/loss": 0.46087116, "val/kl": 0.0011760864},
 }
 
 

@@ -16,7 +16,7 @@ from aetrain.config import Config, DataConfig, OutputsConfig, TrainerConfig
 from aetrain.commands.train import run
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.outputs.pictures import DrawClock
-from aetrain.train.outputs.plots import PAD, LossCurve, grid_size
+from aetrain.train.outputs.plots import DPI, HEADER_PX, PAD, LossCurve, grid_size, label_width, labelled_size
 
 from conftest import FAST, call_main
 import subprocess
@@ -26,7 +26,9 @@ from conftest import read_only
 
 EPOCHS = 3
 DIGIT = (1, 8, 8)
-ZOOM = 4  # outputs.grid_zoom_to=32 over 8x8 digits
+ZOOM = 8  # outputs.grid_zoom_to=64 over 8x8 digits
+ROWS = ["original", "reconstruction"]
+DENOISING_ROWS = ["original", "corrupted input", "reconstruction"]
 SUMMARY_KEYS = {"status", "error", "best_val_loss", "final_val_loss", "best_epoch", "epochs", "steps", "wall_time_s",
                 "samples_per_s", "num_parameters", "device", "precision", "model", "data", "best_checkpoint",
                 "last_grid"}
@@ -37,6 +39,15 @@ def png(path: Path) -> np.ndarray:
         image.load()
         assert image.format == "PNG"
         return np.asarray(image.convert("RGB"))
+
+
+def grid_of(picture: np.ndarray, names: list[str]) -> np.ndarray:
+    """The grid of a reconstruction picture: below its title line, right of its row names."""
+    return picture[HEADER_PX:, label_width(names):]
+
+
+def picture_size(num_samples: int, names: list[str]) -> tuple[int, int]:
+    return labelled_size(grid_size(num_samples, len(names), DIGIT, ZOOM), names)
 
 
 def grid_row(grid: np.ndarray, row: int, tile: int = 8 * ZOOM) -> np.ndarray:
@@ -60,21 +71,22 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_loss_curve_is_a_png_redrawn_by_the_run(digits_run: Path) -> None:
     image = png(digits_run / "loss_curve.png")
-    assert image.shape == (500, 700, 3)
+    assert image.shape == (5 * DPI, 7 * DPI, 3) == (750, 1050, 3)  # 7 x 5 inches, sharp enough to print
     assert image.std() > 10  # lines and labels, not a blank canvas
 
 
 def test_every_epoch_has_a_grid_with_originals_above_reconstructions_in_the_same_layout(digits_run: Path) -> None:
     grids = sorted((digits_run / "reconstructions").glob("*.png"))
     assert [g.name for g in grids] == [f"epoch_{e:03d}.png" for e in range(1, EPOCHS + 1)]
-    first, last = png(grids[0]), png(grids[-1])
     for g in grids:
-        assert png(g).shape[:2] == grid_size(16, 2, DIGIT, ZOOM) == (2 * (32 + PAD) + PAD, 16 * (32 + PAD) + PAD)
+        assert png(g).shape[:2] == picture_size(16, ROWS)
+    assert grid_size(16, 2, DIGIT, ZOOM) == (2 * (64 + PAD) + PAD, 16 * (64 + PAD) + PAD)
+    first, last = grid_of(png(grids[0]), ROWS), grid_of(png(grids[-1]), ROWS)
     assert (first[:PAD] == 255).all() and (first[:, :PAD] == 255).all()  # white frame and gaps between tiles
     assert np.array_equal(grid_row(first, 0), grid_row(last, 0))  # the same validation samples every epoch
     assert not np.array_equal(grid_row(first, 1), grid_row(last, 1))  # reconstructions improve
-    # zoomed with nearest neighbour: each 4x4 block of a tile is one pixel of the digit
-    tile = grid_row(first, 0)[:, PAD : PAD + 32, 0].astype(int)
+    # zoomed with nearest neighbour: each 8x8 block of a tile is one pixel of the digit
+    tile = grid_row(first, 0)[:, PAD : PAD + 64, 0].astype(int)
     assert (tile == np.repeat(np.repeat(tile[::ZOOM, ::ZOOM], ZOOM, 0), ZOOM, 1)).all()
 
 
@@ -89,7 +101,7 @@ def test_tensorboard_holds_one_point_per_epoch_and_the_grids(digits_run: Path) -
     assert [e.value for e in events.Scalars("val/loss")] == pytest.approx([float(r["val/loss"]) for r in rows])
     images = events.Images("reconstructions")
     assert len(images) == EPOCHS
-    assert (images[0].height, images[0].width) == grid_size(16, 2, DIGIT, ZOOM)
+    assert (images[0].height, images[0].width) == picture_size(16, ROWS)
 
 
 def test_summary_json_holds_the_numbers_of_metrics_csv(digits_run: Path) -> None:
@@ -108,6 +120,7 @@ def test_summary_json_holds_the_numbers_of_metrics_csv(digits_run: Path) -> None
     assert summary["wall_time_s"] > 0 and summary["samples_per_s"] > 0
     assert (digits_run / summary["best_checkpoint"]).is_file()
     assert summary["last_grid"] == f"reconstructions/epoch_{EPOCHS:03d}.png"
+    assert (summary["loss_curve"], summary["loss_curve_vector"]) == ("loss_curve.png", None)  # png only by default
 
 
 def test_denoising_grid_adds_the_corrupted_inputs_the_same_every_epoch(cli) -> None:
@@ -115,7 +128,8 @@ def test_denoising_grid_adds_the_corrupted_inputs_the_same_every_epoch(cli) -> N
                  "outputs.num_samples=8")
     assert result.returncode == 0, result.err
     first, last = (png(result.run_dir / f"reconstructions/epoch_{e:03d}.png") for e in (1, 2))
-    assert first.shape[:2] == last.shape[:2] == grid_size(8, 3, DIGIT, ZOOM)
+    assert first.shape[:2] == last.shape[:2] == picture_size(8, DENOISING_ROWS)
+    first, last = grid_of(first, DENOISING_ROWS), grid_of(last, DENOISING_ROWS)
     originals, corrupted = grid_row(first, 0), grid_row(first, 1)
     assert not np.array_equal(originals, corrupted)
     assert (corrupted <= originals).all()  # masking only zeroes pixels
@@ -130,7 +144,7 @@ def test_tabular_rows_get_a_heatmap_picture(cli, tmp_path: Path) -> None:
     pictures = sorted((result.run_dir / "reconstructions").glob("*.png"))
     assert [p.name for p in pictures] == ["epoch_001.png", "epoch_002.png"]  # first and last: always drawn
     first, last = png(pictures[0]), png(pictures[1])
-    assert first.shape == last.shape and first.shape[1] == 1100
+    assert first.shape == last.shape and first.shape[1] == 11 * DPI
     assert first.std() > 10 and not np.array_equal(first, last)
 
 
@@ -245,8 +259,64 @@ def test_loss_curve_draws_long_runs_penalties_and_a_diverged_epoch() -> None:
                for e in epochs]
     records[-1]["val/loss"] = float("nan")
     columns = ["train/loss", "train/reconstruction", "train/penalty", "train/grad_norm", "val/loss", "val/penalty"]
-    image = LossCurve("sparse_ae on digits", columns).draw(records)
-    assert image.shape == (500, 700, 3) and image.std() > 10
+    curve = LossCurve("sparse_ae on digits", columns)
+    image = curve.draw(records)
+    assert image.shape == (6.4 * DPI, 7 * DPI, 3) and image.std() > 10  # the penalty gets a panel of its own
+    assert [line.get_label() for line in curve.term_ax.get_lines() if line.get_visible()] == [
+        "train penalty", "validation penalty"]
+
+
+# --- pictures people can read (#22.30) ------------------------------------------------------------------
+
+def test_reconstruction_pictures_name_their_rows_and_say_the_epoch(digits_run: Path) -> None:
+    """They were 546 x 70 px strips of tiles, no labels, no epoch: the text is there now, in the margins."""
+    picture = png(digits_run / "reconstructions" / "epoch_003.png")
+    names, title = picture[HEADER_PX:, : label_width(ROWS)], picture[:HEADER_PX]
+    assert (names < 128).any() and (title < 128).any()  # dark text on the white margins
+    assert picture.shape[1] >= 1000 and picture.shape[0] >= 150  # 64-pixel tiles: readable at a glance
+    first = png(digits_run / "reconstructions" / "epoch_001.png")
+    assert not np.array_equal(first[:HEADER_PX], picture[:HEADER_PX])  # the epoch differs, so does its title
+    assert np.array_equal(first[HEADER_PX:, : label_width(ROWS)], names)  # the row names do not
+
+
+def test_a_vae_draws_its_samples_large_and_a_kl_term_that_spans_decades_gets_its_own_panel(cli) -> None:
+    result = cli(*FAST, "model=vae", "outputs.tensorboard=false")
+    assert result.returncode == 0, result.err
+    samples = png(result.run_dir / "samples/epoch_002.png")
+    assert samples.shape[0] >= HEADER_PX + 4 * (64 + PAD) and samples.shape[1] >= 4 * (64 + PAD)  # was 136 x 136
+    records = [{"epoch": e, "train/loss": 0.5 / e ** 0.2, "val/loss": 0.52 / e ** 0.2, "train/reconstruction": 0.45,
+                "val/reconstruction": 0.47, "train/kl": 10.0 ** -e, "val/kl": 10.0 ** -e, "lr": 1e-3}
+               for e in range(1, 7)]
+    columns = ["train/loss", "train/reconstruction", "train/kl", "train/grad_norm", "val/loss", "val/reconstruction",
+               "val/kl"]
+    curve = LossCurve("vae on digits", columns)
+    curve.draw(records)
+    assert curve.loss_ax.get_yscale() == "linear" and curve.term_ax.get_yscale() == "log"
+    low, high = curve.loss_ax.get_ylim()
+    assert 0 < low and high / low < 2  # the losses fill their panel: the KL's six decades are not on their axis
+    assert {line.get_label() for line in curve.loss_ax.get_lines() if line.get_visible()} >= {
+        "train loss", "validation loss", "train reconstruction", "validation reconstruction"}
+
+
+@pytest.mark.parametrize("fmt", ["svg", "pdf"])
+def test_the_loss_curve_is_written_as_vector_graphics_on_request(cli, fmt: str) -> None:
+    result = cli(*FAST, f"outputs.figure_format={fmt}", "outputs.tensorboard=false")
+    assert result.returncode == 0, result.err
+    vector = (result.run_dir / f"loss_curve.{fmt}").read_bytes()
+    if fmt == "pdf":
+        assert vector.startswith(b"%PDF") and vector.rstrip().endswith(b"%%EOF")
+        assert b"/FontFile2" in vector and b"/Type3" not in vector  # TrueType embedded, as publishers ask
+    else:
+        import xml.etree.ElementTree as ET
+
+        assert ET.fromstring(vector).tag == "{http://www.w3.org/2000/svg}svg"
+    png(result.run_dir / "loss_curve.png")  # for the console, summary.json and a quick look
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert (summary["loss_curve"], summary["loss_curve_vector"]) == ("loss_curve.png", f"loss_curve.{fmt}")
+    assert f"loss_curve.png, loss_curve.{fmt}" in result.out
+    refused = cli(*FAST, "outputs.figure_format=jpg", run_dir=result.run_dir.parent / "refused")
+    assert refused.returncode == 2 and refused.err.count("\n") == 1 and not refused.run_dir.exists()
+    assert "outputs.figure_format='jpg' is out of range: must be one of: png, svg, pdf" in refused.err
 
 
 # --- an output dir made read-only mid-run: one line, and a failed summary -------------------------------------------

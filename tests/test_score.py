@@ -123,3 +123,24 @@ def test_each_digit_trained_alone_tells_its_held_out_samples_from_the_other_digi
     detection = json.loads((train.run_dir / "score/metrics.json").read_text())["detection"]
     assert detection["autoencoder"]["auroc"] >= 0.95, detection
     assert {"pca", "isolation_forest"} <= set(detection) and "IsolationForest" in result.out
+
+
+def test_score_histograms_bars_are_shares_of_each_group_as_their_label_says() -> None:
+    """They were densities labelled 'each group sums to 1' and reached 175 (their areas summed to 1)."""
+    from aetrain.commands.figures import SCORE_SHARE_LABEL, score_figure
+
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.gamma(2.0, 0.002, 300), rng.gamma(2.0, 0.02, 40)])  # small errors: densities ~100
+    anomaly = np.arange(340) >= 300
+    fig = score_figure(scores, anomaly, float(np.quantile(scores[:300], 0.99)), "digits", "values in [0, 1]")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == SCORE_SHARE_LABEL == "share of the group's samples"
+    fig.canvas.draw()
+    label = ax.yaxis.label.get_window_extent()
+    assert 0 <= label.y0 and label.y1 <= fig.bbox.height and label.x0 >= 0  # all of it on the picture
+    from matplotlib.patches import Rectangle
+
+    bars = [p for p in ax.patches if isinstance(p, Rectangle)]  # the filled histograms' bars (outlines: polygons)
+    assert len({p.get_facecolor() for p in bars}) == 2
+    for colour in {p.get_facecolor() for p in bars}:
+        assert sum(p.get_height() for p in bars if p.get_facecolor() == colour) == pytest.approx(1.0)

@@ -124,3 +124,44 @@ def test_bad_split_keys_are_one_line_errors(cli, args: list[str], message: str) 
     result = cli(*args)
     assert result.returncode == 2 and result.err.count("\n") == 1 and message in result.err, result.err
     assert not result.run_dir.exists()
+
+
+def test_an_edited_split_json_is_refused_saying_which_samples_differ(cli) -> None:
+    result = cli(*FAST, "outputs.plot_every=0")
+    path = result.run_dir / "split.json"
+    saved = json.loads(path.read_text())
+    moved = saved["val"][3]
+    saved["val"].remove(moved)
+    saved["train"] = sorted(saved["train"] + [moved])
+    path.write_text(json.dumps(saved))
+    for command in ("eval", "score", "encode"):
+        refused = cli.command(command, str(result.run_dir))
+        assert refused.returncode == 2 and refused.err.count("\n") == 1, refused.output
+        assert (f"train/val/test 1438/359/0 now, 1439/358/0 in split.json; 1 sample in another split (sample {moved}: "
+                f"train in split.json, val now)" in refused.err), refused.err
+        assert "or split.json was edited" in refused.err
+
+
+def test_an_image_folders_class_names_are_stored_with_the_run_and_used_by_the_commands(cli, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for c, folder in enumerate(["ant", "bee", "cat"]):
+        (tmp_path / "imgs" / folder).mkdir(parents=True)
+        for i in range(12):
+            pixels = np.clip(rng.normal(60 + 70 * c, 20, (8, 8)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / folder / f"{i}.png")
+    data = ["data=image_folder", f"data.path={tmp_path / 'imgs'}", "data.image_size=8", "data.grayscale=true",
+            "data.num_workers=0", "data.val_fraction=0.25"]
+    result = cli(*FAST, *data, "outputs.plot_every=0", "data.classes=[0,1]")
+    assert result.returncode == 0, result.err
+    assert json.loads((result.run_dir / "split.json").read_text())["class_names"] == ["ant", "bee", "cat"]
+    ckpt = torch.load(result.run_dir / "checkpoints/last.pt", weights_only=True)
+    assert ckpt["data_fingerprint"]["class_names"] == ["ant", "bee", "cat"]
+    encoded = cli.command("encode", str(result.run_dir))
+    assert encoded.returncode == 0 and "labels 0 (ant), 1 (bee), 2 (cat)" in encoded.out, encoded.output
+    scored = cli.command("score", str(result.run_dir))
+    assert scored.returncode == 0 and "normal: classes 0 (ant), 1 (bee) (" in scored.out, scored.output
+    assert json.loads((result.run_dir / "score/metrics.json").read_text())["class_names"] == ["ant", "bee", "cat"]
+    split = json.loads((result.run_dir / "split.json").read_text())
+    del split["class_names"]  # a run from before names were stored: the folder still names them
+    (result.run_dir / "split.json").write_text(json.dumps(split))
+    assert "labels 0 (ant), 1 (bee), 2 (cat)" in cli.command("encode", str(result.run_dir)).out

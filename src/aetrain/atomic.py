@@ -37,23 +37,6 @@ def write_atomic(path: Path, data: bytes | str | Callable[[IO[bytes]], None], *,
         _fsync_dir(path.parent)
 
 
-def link_atomic(src: Path, dst: Path) -> None:
-    """Make `dst` hold what `src` holds now, atomically and durably.
-
-    A hard link costs no copy; it stays a snapshot because every writer here replaces files
-    (a new inode) rather than rewriting them. Where links are not allowed, it copies.
-    """
-    tmp = _temp(dst)
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        write_atomic(dst, src.read_bytes(), durable=True)
-        return
-    os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
-
-
 def _temp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aetrain.config import CodeConstraint, Config, default_choice
+from aetrain.config import OUTPUT_RANGES, CodeConstraint, Config, default_choice
 from aetrain.rundir import Status
 
 # --- findings --------------------------------------------------------------------------------------
@@ -40,6 +40,7 @@ class Finding:
     evidence: dict[str, Any]  # named numbers (and layer names) that show it
     suggestion: list[str]  # command-line overrides to try, the most direct first; each one a whole alternative
     message: str  # one sentence with the evidence
+    gone_by: int | None = None  # the report of a run: the first later epoch at which it no longer held; None = holds
 
     def line(self) -> str:
         """The one line announced during training (and kept in train.log)."""
@@ -50,7 +51,7 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         return {"code": self.code, "layers": self.layers, "epochs": self.epochs, "evidence": self.evidence,
-                "suggestion": self.suggestion, "message": self.message}
+                "suggestion": self.suggestion, "message": self.message, "gone_by": self.gone_by}
 
 
 def epoch_ranges(epochs: list[int]) -> str:
@@ -86,15 +87,21 @@ class Facts:
     default_lr: float = math.nan  # the optimizer choice's default learning rate
     max_epochs: int | None = None
     model_keys: frozenset[str] | None = None  # the model's keys (model.<key>); None = unknown: every suggestion stays
+    output_activation: str = "auto"
+    unit_interval: bool | None = None  # the data in model units lies in [0, 1]; None when unknown
+    data_range: tuple[float, float] | None = None  # the training split's smallest and largest model-unit value
 
     @classmethod
-    def of(cls, cfg: Config, shape: tuple[int, ...] | None = None) -> Facts:
+    def of(cls, cfg: Config, shape: tuple[int, ...] | None = None, *, unit_interval: bool | None = None,
+           data_range: tuple[float, float] | None = None) -> Facts:
         m = cfg.model
         return cls(model=m.name, latent_dim=m.latent_dim, input_size=math.prod(shape) if shape else None,
                    image=None if shape is None else len(shape) == 3, activation=getattr(m, "activation", ""),
                    loss=m.loss, constraint=m.code_constraint(), optimizer=cfg.optimizer.name, lr=cfg.optimizer.lr,
                    default_lr=default_choice("optimizer", cfg.optimizer.name).lr, max_epochs=cfg.trainer.max_epochs,
-                   model_keys=frozenset(f.name for f in dataclasses.fields(m)))
+                   model_keys=frozenset(f.name for f in dataclasses.fields(m)),
+                   output_activation=getattr(m, "output_activation", "auto"), unit_interval=unit_interval,
+                   data_range=data_range)
 
     def can_set(self, suggestion: str) -> bool:
         """Whether every `model.<key>=...` a suggestion sets is a key of this model (a model of your own has only
@@ -399,9 +406,12 @@ def unused_code_units(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
     units_ = sorted(units)
     effects = trace.checks[epoch]["code_unit_effect"]
     width = len(effects)
-    evidence = {"unused_units": units_, "latent_dim": width, "largest_effect": float(f"{max(effects):.3g}"),
-                "threshold": UNUSED_EFFECT}
-    if len(units_) == width:  # the decoder ignores the code: a narrower code would not help
+    finite = [e for e in effects if math.isfinite(e)]  # a code wider than the check measures: a sample of its units
+    measured = len(finite)
+    evidence = {"unused_units": units_, "latent_dim": width, "largest_effect": float(f"{max(finite):.3g}"),
+                "threshold": UNUSED_EFFECT, **({"measured_units": measured} if measured < width else {})}
+    of = f" of the {measured} measured (of {width})" if measured < width else ""
+    if len(units_) == measured:  # the decoder ignores the code: a narrower code would not help
         constraint = facts.constraint
         if constraint is None and _holds(trace, facts, epoch, vanishing_gradients, dead_units, saturated_units,
                                          lr_too_low, lr_too_high):
@@ -409,13 +419,14 @@ def unused_code_units(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
         fix = list(constraint.loosen) if constraint is not None and constraint.loosen else \
             ["aetrain lr_find", "model.init=kaiming_normal model.batch_norm=true"]
         return Finding("unused_code_units", ["code"], [epoch], evidence, fix,
-                       f"all {width} code units are ignored: shuffling any of them changes the reconstructions by "
+                       f"all{of or f' {width}'} code units are ignored: shuffling any of them changes the reconstructions by "
                        f"less than {UNUSED_EFFECT:g} of the data's variance, so the decoder draws the same picture "
                        f"for every input" + (f" ({constraint.what} switched the code off)" if constraint else ""))
     if facts.constraint is not None and facts.constraint.prunes_units:  # by design (a VAE's active units)
         return None
-    return Finding("unused_code_units", ["code"], [epoch], evidence, [f"model.latent_dim={width - len(units_)}"],
-                   f"{len(units_)} of {width} code units carry nothing (shuffling one changes the reconstructions by "
+    used = width - round(len(units_) * width / measured)  # estimated from the sample of a wide code
+    return Finding("unused_code_units", ["code"], [epoch], evidence, [f"model.latent_dim={max(used, 1)}"],
+                   f"{len(units_)}{of or f' of {width}'} code units carry nothing (shuffling one changes the reconstructions by "
                    f"less than {UNUSED_EFFECT:g} of the data's variance): unit{'s' if len(units_) > 1 else ''} "
                    f"{', '.join(map(str, units_[:8]))}{' ...' if len(units_) > 8 else ''}")
 
@@ -522,6 +533,28 @@ def overfitting(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
                    f"{_fmt(train_now)}")
 
 
+# The output activation cannot produce the data: the training split's values in model units (from the run's
+# checkpoint) reach beyond the activation's range (OUTPUT_RANGES). Sigmoid on standardized data cannot output
+# the negative half of any feature: on standardized rows it ended at val/loss 0.579 against 0.0066 with auto (88x),
+# with every other finding silent. Training refuses such a setting; this judges runs made before it did.
+def output_range(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
+    if facts.data_range is None or facts.unit_interval is None:
+        return None
+    name = facts.output_activation
+    if name == "auto":
+        name = "sigmoid" if facts.unit_interval else "identity"
+    lo, hi = OUTPUT_RANGES.get(name, (-math.inf, math.inf))
+    low, high = facts.data_range
+    if lo <= low and high <= hi:
+        return None
+    fit = "model.output_activation=auto"
+    return Finding("output_range", ["output"], [epoch],
+                   {"output_activation": name, "output_range": [lo, hi], "data_range": [low, high]}, [fit],
+                   f"model.output_activation={facts.output_activation} outputs values in ({lo:g}, {hi:g}), but the "
+                   f"training data spans [{low:.3g}, {high:.3g}] in model units: the reconstructions can never reach "
+                   "the values outside")
+
+
 # lr_too_high holds at an epoch when any of these does:
 # - the run diverged in it (a NaN or infinite loss stopped it);
 # - a sampled step changed the weights by more than UPDATE_RATIO_HIGH of their norm (the median of
@@ -616,14 +649,35 @@ def lr_too_low(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
 # Every rule, in the report's order. A rule is named after the finding it makes: the finding codes (CODES, which
 # `aetrain doctor --help` lists) are its names, so a new rule is one function and its entry here.
 RULES: tuple[Callable[[Trace, Facts, int], Finding | None], ...] = (
-    lr_too_high, exploding_gradients, vanishing_gradients, dead_units, saturated_units, lr_too_low,
+    output_range, lr_too_high, exploding_gradients, vanishing_gradients, dead_units, saturated_units, lr_too_low,
     identity_mapping, unused_code_units, blurry_reconstructions, overfitting)
 CODES = tuple(rule.__name__ for rule in RULES)
 
 
+# What each rule judges from: metrics.csv's epochs, the sampled steps or the reconstruction checks of
+# diagnostics.csv (or the config alone: nothing). A finding of the whole run is past when its rule had that
+# evidence at a later epoch than its last and no longer held there (`Finding.gone_by`): vanishing gradients at
+# the first step of a conv net whose encoder.0 gradient then grows 2e-5 -> 0.012 are history, not a verdict.
+# Judged per kind of evidence, so that a diagnostics.csv cut short is not taken for a problem that went away.
+EVIDENCE = {"output_range": (), "lr_too_high": ("epochs", "steps"), "exploding_gradients": ("epochs", "steps"),
+            "vanishing_gradients": ("steps",), "dead_units": ("steps",), "saturated_units": ("steps",),
+            "lr_too_low": ("epochs",), "identity_mapping": ("checks",), "unused_code_units": ("checks",),
+            "blurry_reconstructions": ("checks",), "overfitting": ("epochs",)}
+
+
+def _gone_by(trace: Trace, finding: Finding) -> int | None:
+    """The first epoch after the finding's last at which its rule had evidence (and so did not hold); None when
+    there is none: it holds to the end of what was measured."""
+    kinds = {"epochs": [r["epoch"] for r in trace.epochs if isinstance(r.get("epoch"), int)],
+             "steps": list(trace.steps), "checks": list(trace.checks)}
+    later = [e for kind in EVIDENCE.get(finding.code, ()) for e in kinds[kind] if e > max(finding.epochs)]
+    return min(later, default=None)
+
+
 def diagnose(trace: Trace, facts: Facts, *, at: int | None = None) -> list[Finding]:
     """The findings that hold at epoch `at`; or, without it, over the whole run: each finding once, with
-    every epoch it held in, the union of its layers, and the evidence of the latest epoch it held in."""
+    every epoch it held in, the union of its layers, the evidence of the latest epoch it held in, and
+    `gone_by` for one that stopped holding."""
     if at is not None:
         return [_settable(f, facts) for rule in RULES if (f := rule(trace, facts, at)) is not None]
     merged: dict[str, Finding] = {}
@@ -639,6 +693,8 @@ def diagnose(trace: Trace, facts: Facts, *, at: int | None = None) -> list[Findi
             kept.epochs.append(epoch)
             kept.layers += [layer for layer in found.layers if layer not in kept.layers]
             kept.evidence, kept.message, kept.suggestion = found.evidence, found.message, found.suggestion
+    for finding in merged.values():
+        finding.gone_by = _gone_by(trace, finding)
     return [_settable(merged[code], facts) for code in CODES if code in merged]
 
 
@@ -649,18 +705,48 @@ def _settable(finding: Finding, facts: Facts) -> Finding:
 
 
 def verdict(trace: Trace, findings: list[Finding]) -> str:
-    """healthy | learning with problems | not learning | diverged."""
+    """healthy | learning with problems | not learning | diverged | too early to judge. Findings that stopped
+    holding (`gone_by`) are history, not part of the verdict."""
+    current = [f for f in findings if f.gone_by is None]
     losses = [trace.metric(e, "val/loss") for e in range(1, len(trace.epochs) + 1)]
     if trace.status == "diverged" or any(math.isinf(v) for v in losses) or \
             any(math.isnan(_num(r.get("train/loss"))) and "train/loss" in r for r in trace.epochs):
         return "diverged"
+    if too_early(trace) is not None and not current:
+        return "too early to judge"
     finite = [v for v in losses if math.isfinite(v)]
     if len(finite) >= 2 and (min(finite[1:]) > (1 - NOT_LEARNING) * finite[0] or finite[-1] > finite[0]):
         return "not learning"
     last = trace.checks[max(trace.checks)] if trace.checks else {}
     if _num(last.get("data_error")) >= MEAN_IMAGE:
         return "not learning"
-    return "healthy" if not findings else "learning with problems"
+    return "healthy" if not current else "learning with problems"
+
+
+# A verdict needs VERDICT_EPOCHS finished epochs: the rules over sustained windows (dead and saturated units,
+# unused code units, identity mapping, blurry reconstructions) need SUSTAINED_EPOCHS of them, and a healthy run
+# may not yet show the progress the "not learning" test asks for. The default run (23 optimizer steps an epoch)
+# reads "not learning" after 2 and 3 epochs by that test (val/loss 7% and 9% below epoch 1's, the reconstructions
+# at 1.01 and 0.99 of the mean image's error); from epoch 4 on it passes (20% below, 0.87), and by epoch 10 its
+# val/loss is 64% below epoch 1's.
+VERDICT_EPOCHS = SUSTAINED_EPOCHS
+
+
+def too_early(trace: Trace) -> str | None:
+    """Why the run is too short for a verdict, with what it shows so far; None when it is long enough."""
+    epochs = [r["epoch"] for r in trace.epochs if isinstance(r.get("epoch"), int)]
+    done = max(epochs, default=0)
+    if done >= VERDICT_EPOCHS:
+        return None
+    val = [v for v in (trace.metric(e, "val/loss") for e in range(1, done + 1)) if math.isfinite(v)]
+    progress = (f"; so far val/loss is {1 - min(val[1:]) / val[0]:.0%} below epoch 1's" if len(val) >= 2 and val[0] > 0
+                else "")
+    last = trace.checks[max(trace.checks)] if trace.checks else {}
+    error = _num(last.get("data_error"))
+    if math.isfinite(error):
+        progress += f"{';' if not progress else ','} the reconstructions are at {error:.2f} of the mean image's error"
+    return (f"{done} epoch{'s' if done != 1 else ''} measured: too few for a verdict, which needs {VERDICT_EPOCHS} "
+            f"(the rules over sustained windows need {SUSTAINED_EPOCHS}){progress}")
 
 
 # A run is not learning when its best val/loss after epoch 1 is not at least NOT_LEARNING below epoch

@@ -49,6 +49,13 @@ METRICS = "metrics.csv"
 SUMMARY = "summary.json"
 TRAIN_LOG = "train.log"
 LOSS_CURVE = "loss_curve.png"
+
+
+def loss_curve_vector(fmt: str) -> str:
+    """loss_curve.svg or loss_curve.pdf: the loss curve again, as vector graphics (outputs.figure_format)."""
+    return f"loss_curve.{fmt}"
+
+
 RECONSTRUCTIONS = "reconstructions"  # reconstructions/epoch_NNN.png
 TENSORBOARD = "tensorboard"
 HYDRA = ".hydra"  # the composed config, the overrides typed, Hydra's own config
@@ -145,8 +152,13 @@ def number(text: str | None) -> float | int:
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
+# diagnostics.csv has a number per code unit in one cell: ~10 characters x latent_dim, beyond csv's 128 kB default
+CSV_FIELD_LIMIT = 2**30
+
+
 def _read_table(path: Path) -> tuple[list[dict[str, str]], list[str]] | None:
     """A CSV file's rows (as dicts) and columns; None when there is no such file."""
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)

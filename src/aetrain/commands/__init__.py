@@ -181,9 +181,9 @@ def _findings() -> str:
 Why a run is (not) learning, per layer, with the overrides to try. Reads the run dir of a finished,
 failed, diverged, interrupted or still running run: metrics.csv, diagnostics.csv (written while
 training unless diagnostics.enabled=false), summary.json and the run's .hydra/config.yaml. Prints the
-run's verdict (healthy, learning with problems, not learning, diverged), each finding with its
-evidence and the overrides to try, and a per-layer table; writes doctor.json and diagnostics.png into
-the run dir. A run without diagnostics.csv gets the findings metrics.csv allows (overfitting,
+run's verdict (healthy, learning with problems, not learning, diverged, or too early to judge before
+10 epochs), each finding with its evidence and the overrides to try (findings that stopped holding apart,
+as past), and a per-layer table; writes doctor.json and diagnostics.png into the run dir. A run without diagnostics.csv gets the findings metrics.csv allows (overfitting,
 lr_too_high, lr_too_low, exploding_gradients, identity_mapping).
 """)
 def _doctor(run_dir: Path) -> Any:

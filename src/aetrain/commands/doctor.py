@@ -26,7 +26,7 @@ import numpy as np
 
 from aetrain.atomic import write_atomic
 from aetrain.config import Config
-from aetrain.doctor import Facts, Finding, Trace, diagnose, epoch_ranges, unused_units, verdict
+from aetrain.doctor import Facts, Finding, Trace, diagnose, epoch_ranges, too_early, unused_units, verdict
 from aetrain.errors import ConfigError
 from aetrain.plugins import PluginError
 from aetrain.rundir import (BEST, DIAGNOSTICS, DIAGNOSTICS_PLOT, DOCTOR, LAST, METRICS, SUMMARY, RunDir, Status,
@@ -48,13 +48,20 @@ class Report:
 
     def lines(self) -> list[str]:
         out = [f"aetrain doctor: {self.run_dir}", f"  run:     {self.status}", f"  verdict: {self.verdict}"]
-        if not self.findings:
-            out.append("  findings: none")
-        for f in self.findings:
-            where = f" in {', '.join(f.layers[:6])}{' ...' if len(f.layers) > 6 else ''}" if f.layers else ""
-            out.append(f"  {f.code}{where} (epoch{'s' if len(f.epochs) > 1 else ''} {epoch_ranges(f.epochs)})")
+        current = [f for f in self.findings if f.gone_by is None]
+        past = [f for f in self.findings if f.gone_by is not None]
+        if not current:
+            out.append("  findings: none" + (" now" if past else ""))
+        for f in current:
+            out.append(f"  {f.code}{_where(f)} (epoch{'s' if len(f.epochs) > 1 else ''} {epoch_ranges(f.epochs)})")
             out.append(f"      {f.message}")
             out.append(f"      try: {'  |  '.join(f.suggestion)}")
+        if past:
+            out.append("  past findings (they held, then stopped; not part of the verdict):")
+        for f in past:
+            out.append(f"  {f.code}{_where(f)} (at epoch{'s' if len(f.epochs) > 1 else ''} "
+                       f"{epoch_ranges(f.epochs)}, gone by epoch {f.gone_by})")
+            out.append(f"      {f.message}")
         if self.layers:
             out.append("  per layer (median over the first and the last sampled epoch):")
             out.extend("    " + line for line in layer_table(self.layers))
@@ -77,6 +84,10 @@ def doctor(run_dir: Path) -> Report:
     return report
 
 
+def _where(f: Finding) -> str:
+    return f" in {', '.join(f.layers[:6])}{' ...' if len(f.layers) > 6 else ''}" if f.layers else ""
+
+
 def run(run_dir: Path, cfg: Config | None, *, unread: str | None = None) -> Report:
     """Diagnose `run_dir` (its config `cfg`, None when it has none, or `unread` says why it could not be read);
     writes doctor.json and diagnostics.png."""
@@ -91,14 +102,16 @@ def run(run_dir: Path, cfg: Config | None, *, unread: str | None = None) -> Repo
     if not metrics and not rows and not summary:
         raise ConfigError(f"{run_dir}: not an aetrain run dir (no {METRICS}, {DIAGNOSTICS} or {SUMMARY})")
     notes = []
-    shape = _sample_shape(run_dir)
+    spec = _data_spec(run_dir)
+    shape = tuple(spec.shape) if spec is not None else None
     if cfg is None:
         notes.append(f"{unread or 'no .hydra/config.yaml'}: rules that need the config (identity_mapping, suggestions) "
                      "are generic")
     elif shape is None:
         notes.append("no readable checkpoint: the input's size is unknown, so identity_mapping judges by the "
                      "reconstruction check only")
-    facts = Facts.of(cfg, shape) if cfg is not None else Facts()
+    facts = Facts.of(cfg, shape, unit_interval=spec.unit_interval if spec else None,
+                     data_range=(spec.low, spec.high) if spec else None) if cfg is not None else Facts()
     trace = Trace()
     for record in metrics:
         trace.add_epoch(record)
@@ -112,6 +125,9 @@ def run(run_dir: Path, cfg: Config | None, *, unread: str | None = None) -> Repo
         notes.append(f"no {DIAGNOSTICS} (diagnostics.enabled=false, or a run from before diagnostics): judged from "
                      f"{METRICS} alone; per-layer findings need diagnostics")
     status = _status(summary, metrics)
+    early = too_early(trace)
+    if early is not None and trace.status != "diverged":
+        notes.insert(0, early)
     layers = layer_summary(trace, findings)
     report = Report(run_dir, status, verdict(trace, findings), findings, layers, bool(rows), notes=notes)
     files = {DOCTOR: lambda: json.dumps({
@@ -159,8 +175,8 @@ def _title(cfg: Config | None, status: str, verdict_: str) -> str:
     return f"{what}: {verdict_}"
 
 
-def _sample_shape(run_dir: Path) -> tuple[int, ...] | None:
-    """One sample's shape from a checkpoint's data description (best.pt or last.pt), or None."""
+def _data_spec(run_dir: Path) -> Any:
+    """A checkpoint's data description (best.pt or last.pt: the sample shape, the model-unit range), or None."""
     from aetrain import checkpoint
     from aetrain.errors import CheckpointError
 
@@ -168,7 +184,7 @@ def _sample_shape(run_dir: Path) -> tuple[int, ...] | None:
         path = checkpoint_dir(run_dir) / name
         if path.is_file():
             try:
-                return tuple(checkpoint.spec_from_checkpoint(checkpoint.load(path)).shape)
+                return checkpoint.spec_from_checkpoint(checkpoint.load(path))
             except CheckpointError:
                 continue
     return None
@@ -187,7 +203,7 @@ def layer_summary(trace: Trace, findings: list[Finding]) -> list[dict[str, Any]]
     flagged: dict[str, list[str]] = {}
     for f in findings:
         for layer in f.layers:
-            flagged.setdefault(layer, []).append(f.code)
+            flagged.setdefault(layer, []).append(f.code if f.gone_by is None else f"{f.code} (past)")
     out = []
     for layer in order:
         entry: dict[str, Any] = {"layer": layer, "kind": next(p[layer]["kind"] for p in first + last if layer in p)}
@@ -199,6 +215,7 @@ def layer_summary(trace: Trace, findings: list[Finding]) -> list[dict[str, Any]]
         if layer == "code" and effects:
             entry["unused_units"] = len(unused_units(effects))
             entry["latent_dim"] = len(effects)
+            entry["measured_units"] = sum(math.isfinite(e) for e in effects)  # a sample of a wide code
         entry["findings"] = flagged.get(layer, [])
         out.append(entry)
     return out
@@ -230,7 +247,9 @@ def layer_table(layers: list[dict[str, Any]]) -> list[str]:
     for e in layers:
         share = pair(e, "dead_share", ".0%") or pair(e, "saturated_share", ".0%")
         if e["layer"] == "code" and "unused_units" in e:
-            share = f"{e['unused_units']} of {e['latent_dim']} units unused"
+            of = e["latent_dim"] if e.get("measured_units", e["latent_dim"]) == e["latent_dim"] else \
+                f"{e['measured_units']} measured (of {e['latent_dim']})"
+            share = f"{e['unused_units']} of {of} units unused"
         rows.append((e["layer"], e["kind"], pair(e, "grad_norm", ".2g"), pair(e, "update_ratio", ".1e"), share,
                      ", ".join(e["findings"])))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -260,7 +279,8 @@ def plot(trace: Trace, findings: list[Finding], *, title: str) -> bytes | None:
     flagged: dict[str, list[str]] = {}
     for f in findings:
         for layer in f.layers:
-            flagged.setdefault(layer, []).append(f.code)
+            flagged.setdefault(layer, []).append(f.code if f.gone_by is None else f"{f.code}, past")
+    current = {layer for f in findings if f.gone_by is None for layer in f.layers}
 
     def grid(rows: list[str], stat: str | tuple[str, ...]) -> np.ndarray:
         stats = (stat,) if isinstance(stat, str) else stat
@@ -306,7 +326,7 @@ def plot(trace: Trace, findings: list[Finding], *, title: str) -> bytes | None:
         ax.set_yticks(np.arange(len(rows)) + 0.5)
         ax.set_yticklabels([labels[r] for r in rows], fontsize=8)
         for label, r in zip(ax.get_yticklabels(), rows):
-            if r in flagged:
+            if r in current:  # a past finding is named, in black
                 label.set_color("#d62728")
                 label.set_fontweight("bold")
         ax.set_ylim(len(rows), 0)  # the input side on top

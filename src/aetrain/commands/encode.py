@@ -51,11 +51,13 @@ def encode(run: str | Path, cfg: EncodeConfig, data: DataConfig | None = None) -
     out.add("indices.npy", _npy(samples.index))
     if samples.labels is not None:
         out.add("labels.npy", _npy(samples.labels.astype(np.int64)))
-    out.add("codes.png", figures.code_map(points, groups, group_title, title, axes))
+    names = samples.class_names if samples.labels is not None else None
+    out.add("codes.png", figures.code_map(points, groups, group_title, title, axes, class_names=names))
     written = out.write()
     log_lines([f"aetrain encode: {trained.run_dir} ({trained.description})",
                f"  {samples.description} -> codes {codes.shape[0]} x {codes.shape[1]}"
-               + (f", labels {', '.join(map(str, np.unique(samples.labels)[:20]))}" if samples.labels is not None else ""),
+               + (f", labels {', '.join(samples.label_name(int(v)) for v in np.unique(samples.labels)[:20])}"
+                  if samples.labels is not None else ""),
                f"  codes.png: {method}",
                f"  wrote {', '.join(relative(p, trained.run_dir) for p in written)}"])
     return {"num_samples": len(codes), "latent_dim": codes.shape[1], "map": method,

@@ -46,19 +46,22 @@ def error_histogram(series: Sequence[tuple[str, np.ndarray, str]], title: str, u
     ax = fig.subplots()
     edges, log_x = _bins(*(e for _, e, _ in series))
     for label, errors, colour in series:
-        _filled_histogram(ax, errors, edges, colour, f"{label} (mean {errors.mean():.4g})", density=False)
+        _filled_histogram(ax, errors, edges, colour, f"{label} (mean {errors.mean():.4g})", shares=False)
         ax.axvline(errors.mean(), color=colour, linestyle="--", linewidth=1.2)
-    return _finish_histogram(fig, ax, log_x, f"per-sample mean squared error ({unit})", "samples", title)
+    _finish_histogram(fig, ax, log_x, f"per-sample mean squared error ({unit})", "samples", title)
+    return _png(fig)
 
 
 def _filled_histogram(ax: Any, values: np.ndarray, edges: np.ndarray, colour: str, label: str, *,
-                      density: bool) -> None:
-    """A translucent histogram with a solid outline, so overlapping groups stay readable."""
-    ax.hist(values, bins=edges, color=colour, alpha=0.45, density=density, label=label)
-    ax.hist(values, bins=edges, color=colour, histtype="step", density=density, linewidth=1.2)
+                      shares: bool) -> None:
+    """A translucent histogram with a solid outline, so overlapping groups stay readable. `shares`: each bar is
+    the share of the group's samples in its bin (the group's bars sum to 1), else a count."""
+    weights = np.full(len(values), 1.0 / max(len(values), 1)) if shares else None
+    ax.hist(values, bins=edges, color=colour, alpha=0.45, weights=weights, label=label)
+    ax.hist(values, bins=edges, color=colour, histtype="step", weights=weights, linewidth=1.2)
 
 
-def _finish_histogram(fig: Any, ax: Any, log_x: bool, xlabel: str, ylabel: str, title: str) -> bytes:
+def _finish_histogram(fig: Any, ax: Any, log_x: bool, xlabel: str, ylabel: str, title: str) -> None:
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel)
@@ -66,7 +69,6 @@ def _finish_histogram(fig: Any, ax: Any, log_x: bool, xlabel: str, ylabel: str, 
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=9)
     ax.grid(True, alpha=0.3)
-    return _png(fig)
 
 
 def worst_images(originals: torch.Tensor, recons: torch.Tensor, errors: np.ndarray, title: str,
@@ -131,8 +133,18 @@ def roc_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float, str]],
     return _png(fig)
 
 
+SCORE_SHARE_LABEL = "share of the group's samples"  # per bin: each group's bars sum to 1
+
+
 def score_histograms(scores: np.ndarray, anomaly: np.ndarray | None, threshold: float, title: str, unit: str) -> bytes:
     """Anomaly scores of normal and anomalous samples (or of all, unlabelled), and the threshold."""
+    return _png(score_figure(scores, anomaly, threshold, title, unit))
+
+
+def score_figure(scores: np.ndarray, anomaly: np.ndarray | None, threshold: float, title: str, unit: str) -> Any:
+    """The figure of `score_histograms`. Each group's bars are shares of its own samples: the groups differ in
+    size by orders of magnitude, and shares (unlike a density, whose bars reach 175 when the scores are small and
+    whose areas, not heights, sum to 1) read the same on the log-spaced bins of small scores."""
     fig = _figure(7.0, 4.2)
     ax = fig.subplots()
     groups = ([("normal", scores[~anomaly], NORMAL), ("anomalous", scores[anomaly], ANOMALY)] if anomaly is not None
@@ -140,16 +152,17 @@ def score_histograms(scores: np.ndarray, anomaly: np.ndarray | None, threshold: 
     groups = [g for g in groups if len(g[1])]
     edges, log_x = _bins(*(s for _, s, _ in groups), np.array([threshold]))
     for label, values, colour in groups:
-        # density: the two groups differ in size by orders of magnitude; each histogram integrates to 1
-        _filled_histogram(ax, values, edges, colour, f"{label} ({len(values)})", density=True)
+        _filled_histogram(ax, values, edges, colour, f"{label} ({len(values)})", shares=True)
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.4g}")
-    return _finish_histogram(fig, ax, log_x, f"anomaly score: per-sample mean squared error ({unit})",
-                             "density (each group sums to 1)", title)
+    _finish_histogram(fig, ax, log_x, f"anomaly score: per-sample mean squared error ({unit})", SCORE_SHARE_LABEL,
+                      title)
+    return fig
 
 
-def code_map(points: np.ndarray, groups: np.ndarray | None, group_title: str, title: str, axes: tuple[str, str]
-             ) -> bytes:
-    """A scatter of 2-D points coloured by group (labels or split), with a legend (or a colour bar for many)."""
+def code_map(points: np.ndarray, groups: np.ndarray | None, group_title: str, title: str, axes: tuple[str, str], *,
+             class_names: tuple[str, ...] | None = None) -> bytes:
+    """A scatter of 2-D points coloured by group (labels or split), with a legend (or a colour bar for many);
+    `class_names`: each label's name (an image folder's subfolders), shown in the legend beside the number."""
     fig = _figure(6.6, 5.6)
     ax = fig.subplots()
     size = float(np.clip(8000 / max(len(points), 1), 3, 24))  # marker area: fewer points, bigger markers
@@ -163,8 +176,10 @@ def code_map(points: np.ndarray, groups: np.ndarray | None, group_title: str, ti
             cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
             for i, name in enumerate(names):
                 mine = groups == name
+                named = f"{name} {class_names[name]}" if class_names is not None and isinstance(name, int) \
+                    and 0 <= name < len(class_names) else f"{name}"
                 ax.scatter(points[mine, 0], points[mine, 1], s=size, color=cmap(i), alpha=0.75, linewidths=0,
-                           label=f"{name} ({int(mine.sum())})")
+                           label=f"{named} ({int(mine.sum())})")
             ax.legend(title=group_title, fontsize=8, title_fontsize=9, markerscale=max(1.0, 12 / size),
                       loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         else:

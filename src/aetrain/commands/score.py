@@ -75,6 +75,7 @@ def score(run: str | Path, cfg: ScoreConfig, data: DataConfig | None = None) -> 
                       "of_them_scored": same},
         "flagged": int(flagged.sum()),
         "normal_classes": normal_classes,
+        "class_names": list(samples.class_names) if samples.class_names is not None else None,
         "anomalies": None if anomaly is None else int(anomaly.sum()),
         "detection": detection if detection else {"skipped": reason},
     }
@@ -89,12 +90,20 @@ def score(run: str | Path, cfg: ScoreConfig, data: DataConfig | None = None) -> 
     if detection:
         out.add("roc.png", figures.roc_curves([(name, *_roc(anomaly, s), detection[key]["auroc"], colour)
                                                for (name, s, colour), key in zip(methods, detection)],
-                                              f"normal: classes {normal_classes}, anomalous: the others\n{title}"))
+                                              f"normal: {_classes(samples, normal_classes)}, anomalous: the "
+                                              f"others\n{title}"))
     out.add("scores.png", figures.score_histograms(scores, anomaly if detection else None, threshold, title,
                                                    trained.short_units))
     written = out.write()
     log_lines(_report(trained, cfg, result, samples, detection, reason, pca.name, written))
     return result
+
+
+def _classes(samples: Samples, classes: list[int] | None) -> str:
+    """"classes [0, 2]", with the labels' names where they have them: "classes 0 (ant), 2 (cat)"."""
+    if classes is None or samples.class_names is None:
+        return f"classes {classes}"
+    return f"class{'es' if len(classes) > 1 else ''} {', '.join(samples.label_name(c) for c in classes)}"
 
 
 def _scored(target: RunData, split: str) -> Samples:
@@ -188,7 +197,7 @@ def _report(trained: Trained, cfg: ScoreConfig, result: dict[str, Any], samples:
                      "see, train with data.test_fraction > 0 (or data.classes=[...]), or score other data")
     if detection:
         normal = len(samples) - result["anomalies"]
-        lines.append(f"  normal: classes {result['normal_classes']} ({normal} samples); anomalous: the other "
+        lines.append(f"  normal: {_classes(samples, result['normal_classes'])} ({normal} samples); anomalous: the other "
                      f"{result['anomalies']}, of which {result['flagged_anomalies']} flagged; {result['flagged_normal']} "
                      "normal samples flagged")
         names = {"autoencoder": "autoencoder", "pca": pca_name, "isolation_forest": "IsolationForest"}

@@ -54,6 +54,7 @@ from aetrain.train.outputs.console import final_table
 from aetrain.train.precision import Precision, build_clip, trainable
 from aetrain.train.signals import Interrupt
 from aetrain.train.step import GradientProbe, TrainStep
+from aetrain.train.threads import set_num_threads
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def build_parts(cfg: Config, world: World | None = None) -> Parts:
         validate(cfg)
         graphs_policy(t.cuda_graphs), COMPILE_MODES.get(t.compile_mode)  # names checked before the data loads
         device = world.device(resolve_device(t.device))
+        set_num_threads(t.num_threads)
         world.check_config(cfg, device)
         family = FAMILIES.get(cfg.model.name)
         seed_everything(t.seed, t.deterministic)

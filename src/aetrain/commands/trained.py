@@ -160,6 +160,7 @@ class Samples:
     role: np.ndarray | None  # (n,) str: train | val | test | excluded (a class not trained on); None for other data
     labels: np.ndarray | None  # (n,) int64, or None for unlabelled data
     description: str  # "359 validation samples of digits"
+    class_names: tuple[str, ...] | None = None  # the name of each label (an image folder's subfolders); None = numbers
 
     def __len__(self) -> int:
         return len(self.index)
@@ -168,7 +169,12 @@ class Samples:
         """The samples where the boolean mask `keep` is true."""
         mask = torch.from_numpy(keep)
         return Samples(self.x[mask], self.index[keep], None if self.role is None else self.role[keep],
-                       None if self.labels is None else self.labels[keep], self.description)
+                       None if self.labels is None else self.labels[keep], self.description, self.class_names)
+
+    def label_name(self, label: int) -> str:
+        """A label as people know it: "3", or "3 (cat)" where the labels have names."""
+        names = self.class_names
+        return f"{label} ({names[label]})" if names is not None and 0 <= label < len(names) else str(label)
 
 
 class RunData:
@@ -266,6 +272,17 @@ class RunData:
                  if getattr(self.cfg, k, None) != getattr(self.trained.data, k, None)]
         return "the run's data" + (f" (found at data.{', data.'.join(moved)})" if moved else "")
 
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The labels' names: as the run stored them (split.json) for its own data, else as the source gives them
+        (an image folder's subfolders); None where labels are just numbers. Runs from before names were stored
+        get the source's."""
+        saved = read_split(self.trained.run_dir) if self.own else None
+        names = saved.get("class_names") if saved is not None else None
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            return tuple(names)
+        return self.source.class_names
+
     def _check_shape(self) -> None:
         spec, shape = self.trained.spec, tuple(self.source.shape)
         if shape == spec.shape:
@@ -276,17 +293,17 @@ class RunData:
                         f"on {spec.name}) takes {kind(spec.shape)} {tuple(spec.shape)}")
 
     def _check_against_saved_split(self) -> None:
-        """The run's split.json, when it has one, must list the split recomputed now: else the data changed."""
+        """The run's split.json, when it has one, must list the split recomputed now: else the data changed, or
+        split.json was edited. The error says what differs: the counts, and which samples changed split."""
         saved = read_split(self.trained.run_dir)
         if saved is None:
             return
         s = self.split
         now = {"train": s.train.tolist(), "val": s.val.tolist(), "test": s.test.tolist()}
         if saved["num_samples"] != s.num_samples or any(saved[k] != now[k] for k in now):
-            raise DataError(f"data={self.name}: {s.num_samples} samples split into {len(s.train)}/{len(s.val)}/"
-                            f"{len(s.test)}, but the run's split.json has {saved['num_samples']} samples split into "
-                            f"{len(saved['train'])}/{len(saved['val'])}/{len(saved['test'])} (train/val/test): the "
-                            "data is not what the run was trained on")
+            raise DataError(f"data={self.name}: the split recomputed from the data differs from the run's split.json: "
+                            f"{split_difference(saved, s.num_samples, now)}; the data is not what the run was "
+                            "trained on, or split.json was edited")
 
     def roles(self) -> np.ndarray:
         """(num_samples,) str: each source sample's part in the run: train, val, test, or excluded."""
@@ -323,7 +340,7 @@ class RunData:
         index = idx.numpy().astype(np.int64)
         labels = self.source.labels[idx].numpy() if self.source.labels is not None else None
         role = self.roles()[index] if self.own else None
-        return Samples(x, index, role, labels, description)
+        return Samples(x, index, role, labels, description, self.class_names if labels is not None else None)
 
     def select(self, split: str) -> Samples:
         """The samples of a split (train, val, test or all), described for people."""
@@ -331,6 +348,31 @@ class RunData:
         of = self.described
         which = f"{len(idx)} {SPLIT_NAMES[split]} samples" if split != "all" else f"all {len(idx)} samples"
         return self.samples(idx, f"{which} of {of}")
+
+
+def split_difference(saved: dict[str, Any], num_samples: int, now: dict[str, list[int]], *, shown: int = 3) -> str:
+    """What differs between split.json (`saved`) and the split recomputed now, in a few words: the sample counts,
+    each split's size, and the first samples whose split differs ("sample 17: val in split.json, train now")."""
+    parts = []
+    if saved["num_samples"] != num_samples:
+        parts.append(f"{num_samples} samples now, {saved['num_samples']} in split.json")
+    sizes = lambda d: "/".join(str(len(d[k])) if isinstance(d[k], list) else "?" for k in now)  # noqa: E731
+    if sizes(saved) != sizes(now):
+        parts.append(f"train/val/test {sizes(now)} now, {sizes(saved)} in split.json")
+    role_now = {i: name for name, idx in now.items() for i in idx}
+    try:
+        role_saved = {i: name for name in now for i in saved[name]}
+    except TypeError:  # not lists of indices
+        return "; ".join(parts + ["split.json's train, val and test are not lists of sample indices"])
+    moved = sorted((i for i in role_now.keys() | role_saved.keys() if role_now.get(i) != role_saved.get(i)),
+                   key=lambda i: (not isinstance(i, int), str(i) if not isinstance(i, int) else i))
+    if moved:
+        where = lambda roles, i: roles.get(i, "in no split")  # noqa: E731
+        examples = "; ".join(f"sample {i}: {where(role_saved, i)} in split.json, {where(role_now, i)} now"
+                             for i in moved[:shown])
+        more = f"; and {len(moved) - shown} more" if len(moved) > shown else ""
+        parts.append(f"{len(moved)} sample{'s' if len(moved) != 1 else ''} in another split ({examples}{more})")
+    return "; ".join(parts) or "the same samples, listed in another order"
 
 
 def same_samples(a: DataConfig, b: DataConfig, *, moved: bool = False) -> bool:

@@ -9,7 +9,8 @@ Scaling to model units, decided once from the training split and stored in the m
 - images from torchvision datasets, image folders and digits are already in [0, 1]: unchanged;
 - uint8 tensor files are divided by 255;
 - float tensor files within [0, 1] are unchanged; any other float data is standardized, per
-  feature for rows and per channel for images.
+  feature for rows and per channel for images (`standardization`: a feature that is constant to
+  float32's resolution is centred and scaled like the others, and named in the run's header).
 
 The split (`Split`) is a pure function of the data config: `data.classes` keeps the samples of
 those labels, then `data.split_seed` shuffles them into validation, test and training samples.
@@ -50,6 +51,7 @@ class Split:
     train: torch.Tensor
     val: torch.Tensor
     test: torch.Tensor
+    class_names: tuple[str, ...] | None = None  # the source's name of each label (an image folder's subfolders)
 
     def excluded(self) -> torch.Tensor:
         """Indices of the samples in no split (their label is not in data.classes), sorted."""
@@ -58,9 +60,10 @@ class Split:
         return (~used).nonzero().flatten()
 
     def record(self, cfg: DataConfig) -> str:
-        """The text of the run dir's split.json."""
+        """The text of the run dir's split.json (with `class_names` when the labels have names)."""
+        names = {"class_names": list(self.class_names)} if self.class_names is not None else {}
         return split_record(self.num_samples, {"train": self.train.tolist(), "val": self.val.tolist(),
-                                               "test": self.test.tolist()}, dataclasses.asdict(cfg))
+                                               "test": self.test.tolist(), **names}, dataclasses.asdict(cfg))
 
 
 def load_source(cfg: DataConfig) -> Source:
@@ -85,7 +88,7 @@ def split_samples(cfg: DataConfig, source: Source) -> Split:
         raise DataError(f"data.test_fraction={cfg.test_fraction} leaves no test samples of {of}; raise it or set 0")
     order = candidates[torch.randperm(m, generator=torch.Generator().manual_seed(cfg.split_seed))]
     return Split(n, train=order[n_val + n_test :].sort().values, val=order[:n_val].sort().values,
-                 test=order[n_val : n_val + n_test].sort().values)
+                 test=order[n_val : n_val + n_test].sort().values, class_names=source.class_names)
 
 
 def class_indices(cfg: DataConfig, source: Source) -> torch.Tensor:
@@ -163,13 +166,14 @@ def build_data(cfg: DataConfig, device: torch.device, *, seed: int, channels_las
     eval_batch_size = max(4 * cfg.batch_size, 256)  # no gradients to hold: larger batches run faster
 
     if isinstance(source.samples, torch.Tensor):
-        train, val, spec = _scaled(source, train_idx, val_idx, cfg.name)
+        train, val, spec, constant = _scaled(source, train_idx, val_idx, cfg.name)
         home = device if _fits(device, train, val) else torch.device("cpu")
         if home.type == "cpu" and device.type == "cuda":
             train, val = train.pin_memory(), val.pin_memory()
         train, val = train.to(home, memory_format=memory_format), val.to(home, memory_format=memory_format)
+        note = "; ".join(n for n in (source.note, _constant_note(constant, spec)) if n)
         return Data(spec, TensorBatches(train, plan, device), val, device, eval_batch_size, 0, memory_format,
-                    note=source.note, split=split,
+                    note=note, split=split,
                     fingerprint_job=_fingerprint(cfg.name, source, split))
 
     spec = DataSpec(cfg.name, source.shape, True, torch.tensor(0.0), torch.tensor(1.0), 0.0, 1.0)
@@ -207,8 +211,9 @@ def fingerprint(name: str, source: Source, split: Split) -> dict[str, Any]:
         root = os.path.commonpath([str(p.parent) for p in files]) if files else ""
         for path in files:
             h.update(f"{os.path.relpath(path, root)}\t{path.stat().st_size}\n".encode())
+    names = {"class_names": list(source.class_names)} if source.class_names is not None else {}
     return {"source": name, "shape": list(source.shape), "samples": split.num_samples, "train": len(split.train),
-            "val": len(split.val), "test": len(split.test), "sha256": h.hexdigest()}
+            "val": len(split.val), "test": len(split.test), "sha256": h.hexdigest(), **names}
 
 
 def fingerprint_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -224,22 +229,71 @@ def fingerprint_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[
 
 
 def _scaled(source: Source, train_idx: torch.Tensor, val_idx: torch.Tensor, name: str
-            ) -> tuple[torch.Tensor, torch.Tensor, DataSpec]:
+            ) -> tuple[torch.Tensor, torch.Tensor, DataSpec, list[int]]:
+    """Training and validation samples in model units, the spec holding the scaling, and the features (rows) or
+    channels (images) found constant in the training split."""
     x = source.samples
     train = x[train_idx]
+    constant: list[int] = []
     if source.uint8:
         shift, scale = torch.tensor(0.0), torch.tensor(255.0)
     elif source.in_unit_interval:
         shift, scale = torch.tensor(0.0), torch.tensor(1.0)
     else:  # statistics of the training split only: validation stays unseen
-        dims = (0,) if train.ndim == 2 else (0, 2, 3)
-        shift = train.mean(dim=dims, keepdim=True)[0]  # (D,) or (C, 1, 1)
-        scale = train.std(dim=dims, keepdim=True)[0].clamp_min(1e-8)
+        shift, scale, constant = standardization(train)
     train = (train - shift) / scale
     val = (x[val_idx] - shift) / scale
     unit = source.uint8 or source.in_unit_interval
     spec = DataSpec(name, source.shape, unit, shift, scale, float(train.min()), float(train.max()))
-    return train.contiguous(), val.contiguous(), spec
+    return train.contiguous(), val.contiguous(), spec, constant
+
+
+# A feature whose standard deviation over the training split is at most this share of its largest |value| is
+# constant: float32 resolves about 1.2e-7 of a value, so what varies below ~8 of its steps is rounding, not
+# signal. Relative to the feature itself, so the rule is the same at any scale of the data.
+CONSTANT_RELATIVE_STD = 1e-6
+# float32 squares underflow below ~1e-19 and overflow above ~1e19: data beyond these is measured in float64
+FLOAT32_SQUARES = (1e-15, 1e15)
+
+
+def standardization(train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(shift, scale, constant): the training split's mean and standard deviation per feature (rows, (D,)) or
+    per channel (images, (C, 1, 1)), and the indices of the constant ones.
+
+    A constant feature (see CONSTANT_RELATIVE_STD; an exact 0 included) is shifted to 0 by its mean and
+    scaled by the median standard deviation of the features that vary (by the data's largest |value| if
+    none varies, 1 for data that is all zeros), so that an error in it counts as much as in any other
+    feature. The model's units then mean the same at any scale of the data: data multiplied by 3e-10 gets
+    the model-unit values of the original, and its val/loss (aetrain before 0.x divided any standard
+    deviation below 1e-8 by 1e-8 instead, so that such data trained on values near 0 with a val/loss that
+    said nothing). Old checkpoints keep the scaling they stored.
+    """
+    dims = (0,) if train.ndim == 2 else (0, 2, 3)
+    magnitude = train.abs().amax(dim=dims)  # (D,) or (C,)
+    tiny, huge = FLOAT32_SQUARES
+    wide = bool(((magnitude > 0) & (magnitude < tiny)).any() or (magnitude > huge).any())
+    stats = train.double() if wide else train  # float32 stays as it always was: the same numbers as before
+    shift = stats.mean(dim=dims, keepdim=True)[0]  # (D,) or (C, 1, 1)
+    std = stats.std(dim=dims, keepdim=True)[0]
+    flat_std, flat_magnitude = std.reshape(-1), magnitude.to(std.dtype)
+    is_constant = flat_std <= CONSTANT_RELATIVE_STD * flat_magnitude
+    if bool(is_constant.any()):
+        varying = flat_std[~is_constant]
+        fill = varying.median() if len(varying) else flat_magnitude.max()
+        fill = fill if float(fill) > 0 else torch.ones((), dtype=std.dtype)
+        std = torch.where(is_constant.reshape(std.shape), fill, std)
+    return shift.float(), std.float(), is_constant.nonzero().flatten().tolist()
+
+
+def _constant_note(constant: list[int], spec: DataSpec) -> str:
+    """The header's line about constant features, or ""."""
+    if not constant:
+        return ""
+    what = "channels" if spec.is_image else "features"
+    total = spec.shape[0]
+    shown = ", ".join(map(str, constant[:8])) + (", ..." if len(constant) > 8 else "")
+    return (f"{len(constant)} of {total} {what} constant in the training split ({shown}): centred, and scaled "
+            f"by the median standard deviation of the others")
 
 
 def _fits(device: torch.device, *tensors: torch.Tensor) -> bool:

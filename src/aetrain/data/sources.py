@@ -14,7 +14,10 @@ from __future__ import annotations
 import contextlib
 import gzip
 import importlib.util
+import pickle
+import re
 import shutil
+import stat
 import urllib.error
 import warnings
 import zlib
@@ -43,6 +46,7 @@ class Source:
     uint8: bool = False  # values are 0..255 integers (tensor files): scaled by 1/255
     note: str = ""  # how the samples were read, when it is not plain (a channels-last array converted): for the header
     labels: torch.Tensor | None = None  # (N,) int64 class of each sample; None = unlabelled
+    class_names: tuple[str, ...] | None = None  # the name of each label (label i: class_names[i]); None = the numbers
 
 
 SOURCES: Registry[Callable[[DataConfig], Source]] = Registry("data")
@@ -187,7 +191,8 @@ class ImageFiles(Dataset):
         from torchvision import transforms
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
-        self.files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        # every entry named like an image that is not a folder: a FIFO or device among them is refused by the source
+        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and not p.is_dir())
         self.grayscale = grayscale
         self.transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
 
@@ -213,9 +218,12 @@ def _image_folder(cfg: DataConfig) -> Source:
     ds = ImageFiles(root, cfg.image_size, cfg.grayscale)
     if len(ds) == 0:
         raise DataError(f"data.path={cfg.path}: no image files found (looked for png, jpg, jpeg, bmp, ...)")
+    for path in ds.files:  # before Pillow opens any: a FIFO would block the check forever
+        _require_regular_file(path, f"data.path={cfg.path}: {path}")
     _check_images(ds.files, cfg)
     shape = (1 if cfg.grayscale else 3, cfg.image_size, cfg.image_size)  # what the transform makes of any image
-    return Source(ds, shape, True, labels=_folder_labels(root, ds.files))
+    labels, names = _folder_labels(root, ds.files)
+    return Source(ds, shape, True, labels=labels, class_names=names)
 
 
 def _check_images(files: list[Path], cfg: DataConfig) -> None:
@@ -241,14 +249,16 @@ def _check_images(files: list[Path], cfg: DataConfig) -> None:
                         f"{'them' if more else 'it'}")
 
 
-def _folder_labels(root: Path, files: list[Path]) -> torch.Tensor | None:
+def _folder_labels(root: Path, files: list[Path]) -> tuple[torch.Tensor | None, tuple[str, ...] | None]:
     """torchvision's ImageFolder convention: the class of an image is its first-level subfolder, numbered in
-    sorted order of the folder names. None (unlabelled) when any image lies directly in `root`."""
+    sorted order of the folder names; returns (labels, the folder name of each label). (None, None), unlabelled,
+    when any image lies directly in `root`."""
     folders = [f.relative_to(root).parts[0] if len(f.relative_to(root).parts) > 1 else None for f in files]
     if None in folders:
-        return None
-    number = {name: i for i, name in enumerate(sorted(set(folders)))}
-    return torch.tensor([number[name] for name in folders], dtype=torch.long)
+        return None, None
+    names = tuple(sorted(set(folders)))
+    number = {name: i for i, name in enumerate(names)}
+    return torch.tensor([number[name] for name in folders], dtype=torch.long), names
 
 
 @SOURCES.register("tensor_file")
@@ -273,14 +283,19 @@ def _tensor_file(cfg: DataConfig) -> Source:
     if x.dtype == torch.bool or x.is_complex():
         raise DataError(f"data.path={cfg.path}: dtype {x.dtype}; needs real numbers")
     uint8 = x.dtype == torch.uint8
-    x = x.float()
-    if not torch.isfinite(x).all():
+    if not torch.isfinite(x).all():  # in the file's own dtype: float64 beyond float32's range is another problem
         raise DataError(f"data.path={cfg.path}: contains NaN or infinite values")
-    in_unit = uint8 or bool(x.min() >= 0 and x.max() <= 1)
+    _require_float32_range(x, f"data.path={cfg.path}")
+    x = x.float()
+    low, high = float(x.min()), float(x.max())
+    # [0, 1] data is taken as it is (intensities, probabilities); data spanning less than one 8-bit grey level is
+    # not meant that way (the digits times 3e-10 would train on values of 1e-10): it is standardized
+    in_unit = uint8 or (0 <= low and high <= 1 and high - low >= UNIT_MIN_SPAN)
     x, note = _channels_first(x, cfg)
     return Source(x.contiguous(), tuple(x.shape[1:]), in_unit, uint8, note, labels=_labels_file(cfg, len(x)))
 
 
+UNIT_MIN_SPAN = 1 / 255  # float data in [0, 1] is used as it is when it spans at least one 8-bit grey level
 LAYOUTS = ("auto", "nchw", "nhwc")
 MAX_CHANNELS = 4  # gray, gray + alpha, RGB, RGBA: what `data.layout=auto` takes for a channel axis
 
@@ -312,17 +327,83 @@ def _channels_first(x: torch.Tensor, cfg: DataConfig) -> tuple[torch.Tensor, str
 
 def _read_array(path: Path, setting: str, readable: str) -> Any:
     """What a .npy (without pickles) or .pt (weights_only) file holds; a one-line DataError naming `setting`
-    when it cannot be read, with `readable` saying which files are."""
-    try:
-        if path.suffix == ".npy":
-            return torch.from_numpy(np.load(path, allow_pickle=False))
-        if path.suffix == ".pt":
+    when it cannot be read, with `readable` saying which files are. Never advises unpickling: numpy and torch
+    suggest `allow_pickle=` or `weights_only=False` for files they cannot read, which would run the file's code."""
+    _require_regular_file(path, setting)
+    if path.suffix == ".npy":
+        return torch.from_numpy(_read_npy(path, setting))
+    if path.suffix == ".pt":
+        try:
             with warnings.catch_warnings():  # torch's notes on a sparse tensor's loading: it is refused later
                 warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
                 return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # numpy and torch raise many kinds on a damaged or foreign file
-        raise DataError(f"{setting}: cannot read it as {path.suffix} array: {e}") from None
+        except pickle.UnpicklingError as e:
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch names the Python object it refused
+            if found:
+                raise DataError(f"{setting}: holds Python objects ({found.group(1)}), which aetrain does not unpickle "
+                                "(unpickling can run code); save a tensor: torch.save(tensor, path)") from None
+            raise DataError(f"{setting}: not a torch tensor file (torch.save writes a zip archive; this is not "
+                            "one, or it is damaged)") from None
+        except Exception as e:  # empty, truncated, damaged: torch raises many kinds
+            raise DataError(f"{setting}: cannot read it as .pt array: {_first_line(e)}") from None
     raise DataError(f"{setting}: unknown file type; {readable}")
+
+
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
+
+
+def _read_npy(path: Path, setting: str) -> np.ndarray:
+    """A .npy file's array. numpy.load takes any file that lacks the .npy header for a pickle and, with
+    allow_pickle=False, advises loading it with allow_pickle: random bytes, or a renamed file, are "not a
+    numpy array file" here instead."""
+    with open(path, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    if head != NPY_MAGIC:
+        raise DataError(f"{setting}: not a numpy array file (a .npy file starts with \\x93NUMPY, written by "
+                        "numpy.save; this one does not)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # an array of Python objects: its elements are pickles
+            raise DataError(f"{setting}: holds an array of Python objects (dtype object), which aetrain does not "
+                            "unpickle (unpickling can run code); save an array of numbers") from None
+        raise DataError(f"{setting}: cannot read it as .npy array: {_first_line(e)}") from None
+    except Exception as e:  # a truncated or damaged file
+        raise DataError(f"{setting}: cannot read it as .npy array: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _require_regular_file(path: Path, setting: str) -> None:
+    """Refuse anything but a regular file (symlinks followed) before it is opened: reading a FIFO blocks until
+    another process writes to it, possibly forever, and a device such as /dev/zero never ends."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise DataError(f"{setting}: cannot read it ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in FILE_KINDS if test(mode)), "a special file")
+        raise DataError(f"{setting}: is {kind}, not a regular file; data is read from regular files only")
+
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _require_float32_range(x: torch.Tensor, setting: str) -> None:
+    """Float64 values beyond float32's range would become infinite where aetrain computes (float32)."""
+    if x.is_floating_point() and x.element_size() > 4 and x.numel():
+        largest = float(x.abs().max())
+        if largest > FLOAT32_MAX:
+            raise DataError(f"{setting}: values beyond float32's range (max |x| = {largest:.3g}; float32 holds up to "
+                            f"{FLOAT32_MAX:.3g}), in which aetrain trains; rescale the data (divide it by a power of "
+                            "ten) before saving it")
 
 
 def _labels_file(cfg: DataConfig, n: int) -> torch.Tensor | None:
@@ -330,7 +411,7 @@ def _labels_file(cfg: DataConfig, n: int) -> torch.Tensor | None:
     if cfg.labels is None:
         return None
     path = Path(cfg.labels)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"data.labels={cfg.labels}: no such file; it should hold {n} integer labels (.npy or .pt)")
     y = _read_array(path, f"data.labels={cfg.labels}", "labels are read from .npy or .pt")
     if not isinstance(y, torch.Tensor) or y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] != 1):

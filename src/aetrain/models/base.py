@@ -10,7 +10,8 @@ Two views of the same network:
   digits, torchvision sets and image folders as floats in [0, 1]; a tensor file's own values
   (a uint8 file's 0..255, float rows and images in their own units). They check what they are
   given (array type, dtype, shape, and the value range of data known to lie in an interval) and
-  raise `InputError`, a ValueError, with one line saying what the model takes.
+  raise `InputError`, a ValueError, with one line saying what the model takes. They are inference:
+  no autograd graph unless asked for with `grad=True`.
 """
 
 from __future__ import annotations
@@ -82,18 +83,23 @@ class Autoencoder(nn.Module):
         z = self.code(x)
         return z, self.generate(z)
 
-    def encode(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Data in the training data's units (N, *input_shape) -> code (N, latent_dim)."""
-        return self.code(self.scaling(self._data(x, "x")))
+    def encode(self, x: torch.Tensor | np.ndarray, *, grad: bool = False) -> torch.Tensor:
+        """Data in the training data's units (N, *input_shape) -> code (N, latent_dim).
 
-    def decode(self, z: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Code (N, latent_dim) -> data in the training data's units (N, *input_shape)."""
-        return self.scaling.inverse(self.generate(self._batch(z, "z", (self.latent_dim,), "codes")))
+        Inference: no autograd graph is kept (the result has requires_grad=False and `.numpy()` works);
+        `grad=True` keeps it, for gradients with respect to `x` or the weights."""
+        with torch.set_grad_enabled(grad):
+            return self.code(self.scaling(self._data(x, "x")))
 
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """decode(encode(x)) without gradients, in the training data's units."""
-        return self.scaling.inverse(self.generate(self.code(self.scaling(self._data(x, "x")))))
+    def decode(self, z: torch.Tensor | np.ndarray, *, grad: bool = False) -> torch.Tensor:
+        """Code (N, latent_dim) -> data in the training data's units (N, *input_shape); `grad` as for `encode`."""
+        with torch.set_grad_enabled(grad):
+            return self.scaling.inverse(self.generate(self._batch(z, "z", (self.latent_dim,), "codes")))
+
+    def reconstruct(self, x: torch.Tensor | np.ndarray, *, grad: bool = False) -> torch.Tensor:
+        """decode(encode(x)) in the training data's units; `grad` as for `encode`."""
+        with torch.set_grad_enabled(grad):
+            return self.scaling.inverse(self.generate(self.code(self.scaling(self._data(x, "x")))))
 
     def _data(self, x: Any, name: str) -> torch.Tensor:
         """`x` as a float32 batch on the model's device, checked against the data the model was trained on."""

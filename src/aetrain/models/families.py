@@ -23,8 +23,8 @@ from aetrain.models.base import Autoencoder, Scaling, VariationalAutoencoder
 from aetrain.models.blocks import ACTIVATIONS, OUTPUT_ACTIVATIONS, init_weights
 from aetrain.models.conv import build_conv
 from aetrain.models.dense import build_dense
-from aetrain.models.objective import (NOISE, SPARSITY, Objective, Terms, build_reconstruction, identity,
-                                      loss_function)
+from aetrain.models.objective import (NOISE, SPARSITY, Objective, Terms, build_reconstruction, check_output_range,
+                                      identity, loss_function, output_activation)
 from aetrain.registry import Registry
 
 Backbone = Callable[..., tuple[nn.Module, nn.Module]]  # (cfg, shape, *, code_width) -> (encoder, decoder)
@@ -68,7 +68,7 @@ def assemble(cfg: ModelConfig, spec: DataSpec, backbone: Backbone, *, cls: type[
 
 def build_output(cfg: ModelConfig, spec: DataSpec) -> nn.Module:
     """The output activation `model.output_activation` names; auto = sigmoid for data in [0, 1], else identity."""
-    output = ("sigmoid" if spec.unit_interval else "identity") if cfg.output_activation == "auto" else cfg.output_activation
+    output = output_activation(cfg, spec)
     if output not in OUTPUT_ACTIVATIONS:
         raise ConfigError(f"model.output_activation={cfg.output_activation!r} is not one of: auto, "
                           + ", ".join(OUTPUT_ACTIVATIONS.names()))
@@ -119,6 +119,7 @@ class ELBO(Objective):
 
 
 def _vae_objectives(cfg: ModelConfig, spec: DataSpec) -> tuple[Objective, Objective]:
+    check_output_range(cfg, spec)
     loss_fn, d = loss_function(cfg, spec), math.prod(spec.shape)
     return (ELBO(loss_fn, cfg.beta, cfg.kl_warmup_epochs, d, validation=False),
             ELBO(loss_fn, cfg.beta, cfg.kl_warmup_epochs, d, validation=True))

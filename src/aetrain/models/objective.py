@@ -14,12 +14,13 @@ objectives with a schedule of their own (the VAE's KL warm-up) use and others ig
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from aetrain.config import ModelConfig, NoiseConfig, SparsityConfig
+from aetrain.config import OUTPUT_RANGES, ModelConfig, NoiseConfig, SparsityConfig
 from aetrain.data.spec import DataSpec
 from aetrain.errors import ConfigError
 from aetrain.registry import Registry
@@ -83,6 +84,27 @@ def _kl(cfg: SparsityConfig) -> Penalty:
     return penalty
 
 
+def output_activation(cfg: ModelConfig, spec: DataSpec) -> str:
+    """The output activation `model.output_activation` names; `auto` is sigmoid for data in [0, 1], else identity."""
+    return ("sigmoid" if spec.unit_interval else "identity") if cfg.output_activation == "auto" else cfg.output_activation
+
+
+def check_output_range(cfg: ModelConfig, spec: DataSpec) -> None:
+    """Refuse an output activation whose range cannot hold the training data (in model units): sigmoid cannot
+    output the negative half of standardized data, tanh nothing beyond +-1, and the run would train a model that
+    cannot reconstruct (val/loss 88x auto's on standardized rows). Checked when training builds its objectives,
+    not when a model is loaded: checkpoints of such runs still load."""
+    name = output_activation(cfg, spec)
+    lo, hi = OUTPUT_RANGES.get(name, (-math.inf, math.inf))
+    if spec.low < lo or spec.high > hi:
+        units = "values in [0, 1]" if spec.unit_interval else "standardized"
+        fit = "auto (identity here), or identity" if not spec.unit_interval else "auto (sigmoid here), or identity"
+        raise ConfigError(f"model.output_activation={cfg.output_activation}: {name} outputs values in ({lo:g}, {hi:g}), "
+                          f"but the training data of '{spec.name}' spans [{spec.low:.3g}, {spec.high:.3g}] in model "
+                          f"units ({units}), which its reconstructions could never reach; use "
+                          f"model.output_activation={fit}")
+
+
 def loss_function(cfg: ModelConfig, spec: DataSpec) -> LossFn:
     """The reconstruction loss `model.loss` names; `auto` is bce for data in [0, 1], mse otherwise."""
     name = ("bce" if spec.unit_interval else "mse") if cfg.loss == "auto" else cfg.loss
@@ -136,6 +158,7 @@ class Reconstruction(Objective):
 def build_reconstruction(cfg: ModelConfig, spec: DataSpec, *, corrupt: Corruption = identity,
                          penalty: Penalty = no_penalty) -> tuple[Objective, Objective]:
     """(training objective, validation objective). Validation sees clean inputs."""
+    check_output_range(cfg, spec)
     loss_fn = loss_function(cfg, spec)
     return (Reconstruction(loss_fn, corrupt, penalty, validation=False),
             Reconstruction(loss_fn, identity, penalty, validation=True))

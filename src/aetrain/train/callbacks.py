@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from aetrain.atomic import link_atomic, write_atomic
+from aetrain.atomic import write_atomic
 from aetrain.rundir import BEST, LAST, Status, checkpoint_dir
 from aetrain.errors import DivergenceError, WriteError
 from aetrain.train import checkpoint
@@ -26,8 +26,13 @@ class Checkpointer(Callback):
 
     - checkpoints/last.pt after every epoch, every `every_n_steps` optimizer steps if set, and
       when a signal stops the run (mid-epoch: resuming continues from that exact step);
-    - checkpoints/best.pt, a snapshot of last.pt, whenever val/loss improves;
-    - with `top_k` > 0, snapshots of the k best epochs as epoch=NNN-val_loss=X.pt.
+    - checkpoints/best.pt, the same bytes as that last.pt in a file of its own, whenever val/loss improves;
+    - with `top_k` > 0, the k best epochs as epoch=NNN-val_loss=X.pt, files of their own too.
+
+    Each file is written on its own (temp file, fsync, rename), never hard-linked to another: a user who
+    rewrites best.pt in place (torch.save of a slimmed copy) must not change last.pt, which a resume reads.
+    The second write costs the checkpoint's bytes once more on the background thread, in epochs that improve
+    (README "What a checkpoint holds" has the numbers).
 
     The state is serialized on the training thread (a consistent snapshot) and written to disk
     on a background thread while training goes on: the fsync of a large model takes long. One
@@ -85,12 +90,8 @@ class Checkpointer(Callback):
         try:
             write_atomic(last, data, durable=True)
             self.on_disk[LAST] = point
-            for path in snapshots:
-                try:
-                    link_atomic(last, path)
-                except OSError as e:
-                    e.filename = str(path)
-                    raise
+            for path in snapshots:  # files of their own, not links: rewriting one in place never changes another
+                write_atomic(path, data, durable=True)
                 if path.name == BEST:
                     self.on_disk[BEST] = point
             if self.top_k:

@@ -145,7 +145,7 @@ def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
 # live, how often to log and save, how long to train. Everything else shapes the computation,
 # so it must match for the continuation to be the run it claims to be.
 RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.init_from", "trainer.device", "trainer.compile",
-                     "trainer.cuda_graphs", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
+                     "trainer.cuda_graphs", "trainer.num_threads", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
                      "trainer.save_top_k", "trainer.early_stopping_patience", "trainer.on_nonfinite", "trainer.devices",
                      "trainer.replica_check_every_n_steps", "trainer.ddp_timeout_s", "data.root", "data.path",
                      "data.download", "data.num_workers", "outputs.", "diagnostics.", "plugins")
@@ -207,6 +207,7 @@ def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_st
         raise CheckpointError(f"trainer.resume={path}: the checkpoint's data has samples of shape {saved_shape}, "
                               f"data '{spec.name}' has {spec.shape}")
     _check_same_data(path, ckpt.get("data_fingerprint"), fingerprint)
+    _check_same_scaling(path, ckpt, spec)
     if per_step_schedule and old["trainer.max_epochs"] != cfg.trainer.max_epochs:
         raise CheckpointError(f"trainer.max_epochs={cfg.trainer.max_epochs}: scheduler={cfg.scheduler.name} was planned "
                               f"over trainer.max_epochs={old['trainer.max_epochs']} and cannot be stretched on resume; "
@@ -252,6 +253,21 @@ def _check_same_data(path: str | None, saved: Any, now: dict[str, Any] | None) -
     if differ:
         raise CheckpointError(f"trainer.resume={path}: the data differs from the checkpoint's: {'; '.join(differ)}. "
                               "Resume on the data the run was trained on (its file may move, not change)")
+
+
+def _check_same_scaling(path: str | None, ckpt: dict[str, Any], spec: DataSpec) -> None:
+    """The same data must come into model units as it did for the checkpoint. It does, unless the checkpoint
+    was written by an aetrain that scaled otherwise: before the scale-relative rule for constant features
+    (aetrain.data.standardization), a standard deviation below 1e-8 was taken as 1e-8."""
+    saved = spec_from_checkpoint(ckpt)
+    same = all(a.shape == b.shape and torch.equal(a.float(), b.detach().float().cpu())
+               for a, b in ((saved.shift, spec.shift), (saved.scale, spec.scale)))
+    if not same:
+        raise CheckpointError(f"trainer.resume={path}: the checkpoint scaled this data into model units otherwise "
+                              "than this aetrain does (written before constant features were scaled like the others, "
+                              "when a standard deviation below 1e-8 counted as 1e-8): continuing would train on other "
+                              "numbers. Its model still loads and means what it did (aetrain.load_model, eval, encode, "
+                              "score, export); to train on, start a new run")
 
 
 def _processes(n: int) -> str:

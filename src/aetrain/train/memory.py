@@ -75,6 +75,7 @@ def estimate(cfg: Config, family: Family, spec: DataSpec, *, batch_size: int) ->
     states = OPTIMIZERS.get(cfg.optimizer.name).states(cfg.optimizer)
     element = 4 if cfg.trainer.precision == "32" else 2
     activations = element * outputs
+    activations = max(activations, doctor_check_bytes(cfg, model, spec))  # each at its own moment, after the other
     training = FLOAT_BYTES * p * (2 + states)  # weights, gradients, optimizer state
     checkpoint = FLOAT_BYTES * p * (1 + 1 + states)  # the weights' copy, then the file's bytes (weights + state)
     return Need(p, training + activations, checkpoint, activations)
@@ -98,6 +99,17 @@ def _layer_outputs(model: torch.nn.Module, batch_size: int, shape: tuple[int, ..
         for hook in hooks:
             hook.remove()
     return total
+
+
+def doctor_check_bytes(cfg: Config, model: torch.nn.Module, spec: DataSpec) -> int:
+    """The training doctor's code-unit check (`ReconstructionCheck`, once an epoch, diagnostics.enabled): the
+    shuffled codes of one chunk and the model's layer outputs for each, in float32. It runs between epochs, when
+    a training batch's activations are gone, so it counts against them, not on top. 0 with diagnostics off."""
+    from aetrain.train.diagnostics import EFFECT_SAMPLES, unit_check_elements
+
+    if not cfg.diagnostics.enabled:
+        return 0
+    return FLOAT_BYTES * unit_check_elements(cfg.model.latent_dim, EFFECT_SAMPLES, _layer_outputs(model, 1, spec.shape))
 
 
 def check_fits(cfg: Config, family: Family, spec: DataSpec, device: torch.device, *, batch_size: int) -> None:

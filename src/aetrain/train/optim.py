@@ -19,6 +19,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from aetrain.config import OptimizerConfig, SchedulerConfig
+from aetrain.errors import ConfigError
 from aetrain.registry import Registry
 
 Params = list[torch.Tensor]
@@ -108,7 +109,13 @@ class OnPlateau(Schedule):
 
 
 def _cosine(opt: torch.optim.Optimizer, c: Any, total_steps: int) -> Schedule:
-    warmup = min(c.warmup_steps, total_steps - 1)
+    if c.warmup_steps >= total_steps:  # it used to be cut short silently: the run ended at the peak rate, undecayed
+        raise ConfigError(f"scheduler.warmup_steps={c.warmup_steps} is not shorter than the run, which takes "
+                          f"{total_steps} optimizer step{'s' if total_steps != 1 else ''} (trainer.max_epochs x the "
+                          "optimizer steps of an epoch): the rate would still be rising when it ends, never decayed; "
+                          f"set scheduler.warmup_steps below {total_steps} (a tenth of the run: "
+                          f"{total_steps // 10}) or train longer")
+    warmup = c.warmup_steps
     decay = lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps - warmup, 1), eta_min=c.min_lr)
     if warmup == 0:
         return PerStep(decay)

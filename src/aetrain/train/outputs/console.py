@@ -54,7 +54,7 @@ class Header(Callback):
                       f"{count_parameters(p.model):,} parameters"),
             ("data", f"{spec.name} {'x'.join(map(str, spec.shape))}, {p.data.num_train:,} train / "
                      f"{p.data.num_val:,} val samples, batch {cfg.data.batch_size}"),
-            ("device", f"{p.data.device}, precision {cfg.trainer.precision}"),
+            ("device", f"{p.data.device}{_threads(p.data.device)}, precision {cfg.trainer.precision}"),
             ("output", str(self.run_dir)),
         ]
         if p.data.note:
@@ -70,6 +70,16 @@ class Header(Callback):
         log.info("aetrain: %s on %s for %d epoch%s", cfg.model.name, spec.name, epochs, "" if epochs == 1 else "s")
         for key, text in lines:
             log.info("  %-7s %s", key, text)
+
+
+def _threads(device: Any) -> str:
+    """The CPU threads torch computes with, when the CPU trains (trainer.num_threads)."""
+    import torch
+
+    if device.type != "cpu":
+        return ""
+    n = torch.get_num_threads()
+    return f", {n} thread{'s' if n != 1 else ''}"
 
 
 class EpochProgress(Callback):
@@ -182,7 +192,7 @@ def final_table(run_dir: Path) -> list[str]:
     if s.get("stop_reason"):
         rows.insert(3, ("stopped", s["stop_reason"]))
     if s.get("loss_curve"):
-        rows.append(("loss curve", s["loss_curve"]))
+        rows.append(("loss curve", ", ".join(filter(None, [s["loss_curve"], s.get("loss_curve_vector")]))))
     if s.get("last_grid"):
         rows.append(("reconstructions", f"{s['last_grid']} (the latest picture)"))
     for folder, path in (s.get("galleries") or {}).items():

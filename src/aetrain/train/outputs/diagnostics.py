@@ -51,7 +51,9 @@ class Diagnostics(Callback):
         self.probe.start(st.step)
         self.steps_per_epoch = len(p.windows)
         self.check = ReconstructionCheck(p.data)
-        self.facts = doctor.Facts.of(p.cfg, p.data.spec.shape)
+        spec = p.data.spec
+        self.facts = doctor.Facts.of(p.cfg, spec.shape, unit_interval=spec.unit_interval,
+                                     data_range=(spec.low, spec.high))
         self.trace = doctor.Trace()
         earlier = self._earlier_rows(engine)
         text = io.StringIO()

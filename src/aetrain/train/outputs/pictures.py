@@ -1,9 +1,11 @@
 """The pictures a run draws: loss_curve.png, reconstructions/epoch_NNN.png, and each gallery of the
 model's family (the VAE's samples/epoch_NNN.png), on the epochs `DrawClock` picks.
 
-- loss_curve.png: every loss term per epoch (train and validation) and the learning rate;
+- loss_curve.png: every loss term per epoch (train and validation) and the learning rate (also
+  loss_curve.svg or .pdf with outputs.figure_format);
 - reconstructions/: the same validation samples every epoch, originals above reconstructions
-  (with the corrupted inputs between them for denoising runs), or heatmaps of original against
+  (with the corrupted inputs between them for denoising runs), each row named and the epoch
+  above them, or heatmaps of original against
   reconstructed features for tabular rows;
 - <gallery>/: what the family draws (the VAE: decoded draws from the prior, the same draws every
   epoch, so what changes between pictures is the model).
@@ -32,7 +34,7 @@ from aetrain.atomic import write_atomic
 from aetrain.config import OutputsConfig
 from aetrain.models import Gallery
 from aetrain.models.objective import identity
-from aetrain.rundir import LOSS_CURVE, RECONSTRUCTIONS, picture_name
+from aetrain.rundir import LOSS_CURVE, RECONSTRUCTIONS, loss_curve_vector, picture_name
 from aetrain.train.engine import Callback, Engine, metric_columns
 from aetrain.train.outputs import plots
 from aetrain.train.outputs.tensorboard import ImageSink
@@ -120,7 +122,9 @@ class Views:
         if not self.spec.is_image:
             return self.heatmaps.draw(x_hat.flatten(1).float().cpu().numpy(), epoch)
         rows = [self.samples, self.inputs, x_hat] if self.denoising else [self.samples, x_hat]
-        return plots.image_grid([self._display(r) for r in rows], self.zoom)
+        names = ["original", "corrupted input", "reconstruction"] if self.denoising else ["original", "reconstruction"]
+        title = f"epoch {epoch:03d}: {len(self.samples)} validation samples, the same every epoch"
+        return plots.labelled_grid([self._display(r) for r in rows], self.zoom, names=names, title=title)
 
     def gallery(self, gallery: Gallery, epoch: int) -> np.ndarray:
         generator = torch.Generator().manual_seed(self.cfg.sample_seed)  # the same draws every epoch
@@ -130,7 +134,7 @@ class Views:
         per_row = math.ceil(math.sqrt(len(x)))
         rows = [self._display(r) for r in x.split(per_row)]
         rows[-1] = torch.cat([rows[-1], torch.ones(per_row - len(rows[-1]), *x.shape[1:], device=x.device)])
-        return plots.image_grid(rows, self.zoom)
+        return plots.labelled_grid(rows, self.zoom, title=f"epoch {epoch:03d}: {len(x)} {gallery.title}")
 
     def _display(self, x: torch.Tensor) -> torch.Tensor:
         """Model units -> [0, 1] for viewing: as they are for unit-interval data, else by the originals' range."""
@@ -176,6 +180,9 @@ class Pictures(Callback):
                 self.curve = plots.LossCurve(f"{p.cfg.model.name} on {p.data.spec.name}", metric_columns(p))
                 self.views = Views(engine, self.cfg)
             write_atomic(self.run_dir / LOSS_CURVE, plots.encode_png(self.curve.draw(engine.history)))
+            if self.cfg.figure_format != "png":  # the same figure as vector graphics, on request
+                fmt = self.cfg.figure_format
+                write_atomic(self.run_dir / loss_curve_vector(fmt), self.curve.vector(fmt))
             # a grid shows the model at an epoch's end: not one stopped part-way into the next
             if epoch > 0 and engine.state.step_in_epoch == 0 and engine.history[-1]["epoch"] == epoch:
                 self._write(RECONSTRUCTIONS, self.views.reconstructions(epoch), epoch, step)

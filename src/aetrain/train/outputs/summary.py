@@ -26,6 +26,7 @@ from aetrain.rundir import (
     Status,
     checkpoint_dir,
     latest_picture,
+    loss_curve_vector,
 )
 from aetrain.train.engine import Callback, Engine
 
@@ -58,6 +59,7 @@ class Summary(Callback):
     def write(self, engine: Engine, status: Status = Status.RUNNING, *, error: str | None = None) -> None:
         p, st, records = engine.parts, engine.state, engine.history
         best = checkpoint_dir(self.run_dir) / BEST
+        vector = self.run_dir / loss_curve_vector(p.cfg.outputs.figure_format)
         rates = [r["samples_per_s"] for r in records if _positive(r.get("samples_per_s"))]
         train_s = sum(p.data.num_train / r for r in rates)  # training-step time behind those epochs
         data = {
@@ -87,6 +89,7 @@ class Summary(Callback):
             "galleries": {g.folder: self._relative(latest_picture(self.run_dir / g.folder, up_to=st.epoch))
                           for g in p.galleries},
             "loss_curve": self._relative(self.run_dir / LOSS_CURVE if (self.run_dir / LOSS_CURVE).exists() else None),
+            "loss_curve_vector": self._relative(vector if vector.exists() and vector.suffix != ".png" else None),
             "tensorboard": self._relative(self.run_dir / TENSORBOARD if (self.run_dir / TENSORBOARD).exists()
                                           else None),
             "run_dir": str(self.run_dir.resolve()),
