@@ -9,7 +9,8 @@ A run dir's life (each step exists once, here):
 - `RunDir.allocate(base)`: a new dir, `base` or `base_2`, `base_3`... (created atomically, so two
   runs started in the same second get a dir each); or `RunDir(path)` for a dir the user named;
 - `claimed()`: this process holds it while it trains (a second process is refused);
-- `refuse_taken()`: a fresh run never writes over what another run left there;
+- `refuse_taken()`: a fresh run never writes over what another run left there, and no run writes into a
+  folder that holds anything but a run (`refuse_foreign()`: a folder of one's own, the working dir);
 - `record(invocation)`: the composed config and the overrides typed, as text in .hydra/ (a
   resumed run adds .hydra/resume-N/), read back by `saved_overrides()` and `config()`;
 - `write_summary()`: summary.json, atomically; its `status` and `ended` say a `Status`;
@@ -289,11 +290,19 @@ def cannot_create(error: OSError, key: str) -> str:
     return f"cannot create the output dir {error.filename}: {reason}; choose another with {key}=DIR"
 
 
+def check_dir_name(text: str, key: str) -> None:
+    """ConfigError for an empty dir name (`hydra.run.dir=`, an unset `$VAR`): it would name the working dir."""
+    if not text.strip():
+        raise ConfigError(f"{key}={text} is empty: name the dir ({key}=DIR), or leave {key} out for a new dir under "
+                          "outputs/")
+
+
 class RunDir:
     """One run's directory and its lifecycle (see the module docstring). `key` is the setting the user chooses
     it with (`hydra.run.dir`; a sweep's job dir: `hydra.sweep.dir`), which every message names."""
 
     def __init__(self, path: str | Path, *, key: str = "hydra.run.dir", made: tuple[Path, ...] = ()) -> None:
+        check_dir_name(str(path), key)  # Path("") is the working dir
         self.path = Path(path)
         self.key = key
         self.made = made  # the dirs `allocate` created (this one first, then its parents): `release` may remove them
@@ -370,8 +379,7 @@ class RunDir:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
-                raise RunDirInUse(f"{self.key}={self.path} is in use by another aetrain process ({_holder(path)}); "
-                                  f"wait for it to end or choose another {self.key}") from None
+                raise RunDirInUse(_in_use_message(self.key, self.path, _holder(path))) from None
             try:
                 if os.fstat(fd).st_ino == os.stat(path).st_ino:
                     return fd
@@ -404,12 +412,59 @@ class RunDir:
 
     def refuse_taken(self, *, what: str = "a run", resumable: bool = True) -> None:
         """A fresh run never writes over what a run left in the dir: RunDirTaken naming what is there, and how to
-        continue it (`resumable`: it is a training run's dir, `trainer.resume` continues it)."""
+        continue it (`resumable`: it is a training run's dir, `trainer.resume` continues it). Nor into a dir that
+        holds anything else (`refuse_foreign`)."""
         found = self.holding()
         if found:
             advice = f"continue it with trainer.resume={self.path} or " if resumable else ""
             raise RunDirTaken(f"{self.key}={self.path} already holds {what} ({found}); {advice}choose another "
                               f"{self.key}")
+        self.refuse_foreign()
+
+    def refuse_foreign(self) -> None:
+        """A run writes only into a new dir, an empty one, or a run's own: RunDirTaken naming what a dir that holds
+        files but no run (a folder of one's own, the working dir) holds; nothing there is written or appended to.
+        A dir that holds a run passes here (a resume continues it; `refuse_taken` refuses a fresh run there)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"cannot create the output dir {self.path}: a file is in the way; choose another with "
+                              f"{self.key}=DIR")
+        if self.holding() is not None:
+            return
+        found = self.contents()
+        if found:
+            holder = self.in_use()
+            if holder is not None:  # a run that has not written its first results yet
+                raise RunDirInUse(_in_use_message(self.key, self.path, holder))
+            listed = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+            raise RunDirTaken(f"{self.key}={self.path} is not empty and holds no aetrain run ({listed}): a run "
+                              f"writes only into a new or empty dir; choose another {self.key}")
+
+    def in_use(self) -> str | None:
+        """Who holds the dir (`pid 4242 on host since ...`) while a live aetrain process trains there, else None.
+        Only looks: creates no file, takes no claim."""
+        path = self.path / LOCK
+        if fcntl is None:
+            return _holder(path) if path.exists() else None
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # let go at once (the close): only a live holder blocks it
+        except OSError:
+            return _holder(path)
+        finally:
+            os.close(fd)
+        return None
+
+    def contents(self) -> list[str]:
+        """What the dir holds, sorted (a folder's name ends in /); [] when it is missing or empty. A lock file
+        that a run killed before writing anything left behind does not count."""
+        try:
+            entries = sorted(self.path.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [f"{p.name}/" if p.is_dir() else p.name for p in entries if p.name != LOCK]
 
     def release(self) -> None:
         """Remove the dir if it is empty (a run that ended before writing anything), and the parents `allocate`
@@ -540,6 +595,10 @@ def _yaml_loader() -> type:
         |[-+]?\.(?:inf|Inf|INF)
         |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
     return Loader
+
+
+def _in_use_message(key: str, path: Path, holder: str) -> str:
+    return f"{key}={path} is in use by another aetrain process ({holder}); wait for it to end or choose another {key}"
 
 
 def _holder(path: Path) -> str:

@@ -14,10 +14,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from aetrain.config import CHOICES
 from aetrain.errors import AetrainError
-from aetrain.rundir import RunDir, own_run_dir
+from aetrain.rundir import RunDir, check_dir_name, own_run_dir
 
 PATH_KEYS = ("hydra.run.dir", "trainer.resume", "trainer.init_from", "data.path", "data.root")
 MULTIRUN = {"-m", "--multirun"}
+DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")  # where a run or a sweep writes
 
 
 def override_key(override: str) -> str:
@@ -26,12 +27,15 @@ def override_key(override: str) -> str:
 
 
 def check_overrides(args: list[str]) -> None:
-    """Mistakes Hydra would accept or answer with a traceback: `model=null`, `optimizer.name=sgd`."""
+    """Mistakes Hydra would accept or answer with a traceback: `model=null`, `optimizer.name=sgd`, an empty
+    `hydra.run.dir=` (an unset `$VAR`)."""
     for arg in args:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
         if not sep:
             continue
+        if key in DIR_KEYS and _read_by_hydra(value) == "":
+            check_dir_name("", key)  # Hydra would make it the working dir
         multirun_or_show = (MULTIRUN | {"-c", "--cfg", "-i", "--info"}) & set(args)
         if key == "hparams_search" and value != "null" and not multirun_or_show:
             raise AetrainError(f"hparams_search={value} is a search: run it as a multirun, aetrain -m "

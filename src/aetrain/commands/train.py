@@ -146,6 +146,7 @@ def run_job(config: Config | Callable[[], Config], run_dir: RunDir, *, invocatio
     try:
         if callable(config):
             config = config()
+        run_dir.refuse_foreign()  # a folder of one's own: refused before anything (a lock file, train.log) goes there
         processes = launch.processes_to_launch(config.trainer)
         if processes > 1:
             validate(config)  # a config error is one line from here, before any process starts
