@@ -168,6 +168,14 @@ def test_an_output_dir_that_cannot_be_created_is_one_line(tmp_path: Path, where:
     assert ("taken" in line) if where == "a file" else True
 
 
+@pytest.mark.parametrize("args", [["optimizer.lr=-1"], ["trainer.devices=2", "data=tensor_file",
+                                                         "data.path=missing.npy"]], ids=["value", "data, 2 processes"])
+def test_a_rejected_run_leaves_no_default_dir_behind(tmp_path: Path, args: list[str]) -> None:
+    result = run_subprocess(*FAST, *args, cwd=tmp_path, command=("train",))
+    one_line_error(result)
+    assert list(tmp_path.iterdir()) == [], sorted(tmp_path.rglob("*"))  # not even an empty outputs/<date>/
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_start_up_is_one_line_exit_130_and_leaves_nothing(tmp_path: Path) -> None:
     import signal

@@ -472,6 +472,8 @@ class RunDir:
         for path in self.made or (self.path,):
             try:
                 path.rmdir()
+            except FileNotFoundError:  # released already (the processes of a data-parallel run release it too)
+                continue
             except OSError:
                 return
 
