@@ -176,6 +176,25 @@ def test_a_rejected_run_leaves_no_default_dir_behind(tmp_path: Path, args: list[
     assert list(tmp_path.iterdir()) == [], sorted(tmp_path.rglob("*"))  # not even an empty outputs/<date>/
 
 
+@pytest.mark.parametrize(("args", "made"), [
+    ([], "outputs/<date>"), (["hydra.run.dir=outputs/x"], "outputs/x"), (["-m", "model.latent_dim=3,4"],
+    "outputs/multirun/<date>"), (["-m", "hydra.sweep.dir=outputs"], "outputs"), (["lr_find"], "outputs/lr_find/<date>"),
+    (["lr_find", "hydra.run.dir=outputs/x"], "outputs/x"), (["lr_find", "hydra.run.dir=outputs"], "outputs")],
+    ids=lambda v: " ".join(v) or "train" if isinstance(v, list) else "")
+def test_a_file_named_outputs_in_the_way_is_one_line_naming_it(cli, tmp_path: Path, monkeypatch, args: list[str],
+                                                               made: str) -> None:
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").write_text("a file, not a folder")
+    key = "hydra.sweep.dir" if "-m" in args else "hydra.run.dir"
+    line = one_line_error(cli.command(*args, *FAST))
+    pattern = re.escape(f"aetrain: error: cannot create the output dir {made}: the file outputs is in the way; "
+                        f"choose another with {key}=DIR").replace("<date>", r"\d{4}-\d\d-\d\d")
+    assert re.fullmatch(pattern, line), line
+    assert [p.name for p in tmp_path.iterdir()] == ["outputs"] and (tmp_path / "outputs").is_file()
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_start_up_is_one_line_exit_130_and_leaves_nothing(tmp_path: Path) -> None:
     import signal

@@ -285,9 +285,12 @@ class RunDirInUse(RunDirTaken):
 
 
 def cannot_create(error: OSError, key: str) -> str:
-    """The one line for an output dir that cannot be made, naming the setting that chooses another (`key`)."""
-    reason = "a file is in the way" if isinstance(error, FileExistsError) else error.strerror
-    return f"cannot create the output dir {error.filename}: {reason}; choose another with {key}=DIR"
+    """The one line for an output dir that cannot be made, naming the setting that chooses another (`key`) and,
+    when a file stands where a folder must go (`outputs`, the dir itself), that file."""
+    path = Path(error.filename)
+    blocker = next((p for p in (*reversed(path.parents), path) if p.exists() and not p.is_dir()), None)
+    reason = f"the file {blocker} is in the way" if blocker is not None else error.strerror
+    return f"cannot create the output dir {path}: {reason}; choose another with {key}=DIR"
 
 
 def check_dir_name(text: str, key: str) -> None:
@@ -350,7 +353,7 @@ class RunDir:
         it is empty then (a run refused before writing anything leaves nothing behind).
         """
         made = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.make()
         path = self.path / LOCK
         fd = self._lock(path)
         try:
@@ -365,6 +368,14 @@ class RunDir:
             if made:
                 with contextlib.suppress(OSError):
                     self.path.rmdir()  # only when empty
+
+    def make(self) -> None:
+        """Create the dir (and its parents) if missing; ConfigError (naming the key, and a file in the way) when it
+        cannot be made."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(cannot_create(e, self.key)) from None
 
     def _lock(self, path: Path) -> int:
         while True:
@@ -391,8 +402,8 @@ class RunDir:
         """Create the file `name` in the dir (made when missing) exclusively, holding `text`: True when this call
         created it, False when it was there already (of two processes marking one dir at once, one gets True). A
         sweep marks its dir so. ConfigError (naming the key) when the dir cannot be made."""
+        self.make()
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
@@ -426,8 +437,7 @@ class RunDir:
         files but no run (a folder of one's own, the working dir) holds; nothing there is written or appended to.
         A dir that holds a run passes here (a resume continues it; `refuse_taken` refuses a fresh run there)."""
         if self.path.exists() and not self.path.is_dir():
-            raise ConfigError(f"cannot create the output dir {self.path}: a file is in the way; choose another with "
-                              f"{self.key}=DIR")
+            raise ConfigError(cannot_create(FileExistsError(17, "File exists", str(self.path)), self.key))
         if self.holding() is not None:
             return
         found = self.contents()
