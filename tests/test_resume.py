@@ -326,6 +326,22 @@ def test_a_corrupt_overrides_file_is_one_line_naming_it(finished: Path, tmp_path
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.parametrize("content", ["{\"status\": \"runn", "[1, 2]\n"], ids=["cut", "a list"])
+def test_a_corrupt_summary_is_one_line_naming_it_and_the_run_never_continues_elsewhere(
+        finished: Path, tmp_path: Path, cli, monkeypatch, content: str) -> None:
+    monkeypatch.chdir(tmp_path)  # where a new run dir would go: outputs/
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    (run_dir / "summary.json").write_text(content)
+    before = snapshot(run_dir)
+    for resume in (run_dir, run_dir / "checkpoints" / "last.pt"):
+        line = one_line_error(cli.command(f"trainer.resume={resume}", "trainer.max_epochs=3"))
+        run_id = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["run_id"]
+        assert line.startswith(f"aetrain: error: {run_dir / 'summary.json'} is damaged (") and \
+            f'replace it with {{"run_id": "{run_id}"}} to continue the run in its dir' in line, line
+    assert snapshot(run_dir) == before and not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.parametrize("name", ["a,b", "ünï 日本", "it's [x]=1"])
 def test_a_run_dir_whose_name_needs_quoting_resumes_as_typed_and_quoted(tmp_path: Path, name: str) -> None:
     quoted = "'" + name.replace("'", "\\'") + "'"  # how Hydra's grammar wants it on the command line

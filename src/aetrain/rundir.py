@@ -120,16 +120,36 @@ def own_run_dir(path: str | Path, run_id: Any) -> Path | None:
     checkpoint from before run ids (run_id None) belongs to such a `<dir>` when it has `.hydra/config.yaml`
     and a summary.json without a run id (run_id not a string counts as None). Anything else (a copy kept in a
     folder of one's own, or put into another run's checkpoints/) is not in its run dir: continuing it must not
-    write there.
+    write there. A damaged `<dir>/summary.json` is a ConfigError naming it (never read as "elsewhere").
     """
     p = Path(path)
     if not p.is_dir() and p.parent.name != CHECKPOINTS:
         return None
     run_dir = run_dir_of(p)
-    found = read_summary(run_dir).get("run_id")
+    found = _summary_for_resume(run_dir, path, run_id).get("run_id")
     if isinstance(run_id, str):
         return run_dir if found == run_id else None
     return run_dir if found is None and (run_dir / HYDRA / "config.yaml").is_file() else None
+
+
+def _summary_for_resume(run_dir: Path, path: str | Path, run_id: Any) -> dict[str, Any]:
+    """summary.json as a dict ({} when there is none) for deciding whether a checkpoint may continue in its dir.
+    A damaged one is a ConfigError naming it: read as missing, the run would silently continue elsewhere."""
+    summary = run_dir / SUMMARY
+    try:
+        data = json.loads(summary.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        data, reason = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    else:
+        reason = f"a JSON {type(data).__name__}, not an object"
+    if isinstance(data, dict):
+        return data
+    fix = f'replace it with {{"run_id": "{run_id}"}}' if isinstance(run_id, str) else "repair it"
+    raise ConfigError(f"{summary} is damaged ({reason}); it says which run the dir holds, so a resume of {path} "
+                      f"cannot tell whether to continue there: {fix} to continue the run in its dir, or move it away "
+                      f"to continue in a new run dir without the earlier epochs' metrics")
 
 
 def number(text: str | None) -> float | int:
