@@ -246,6 +246,31 @@ def test_a_checkpoint_copied_into_another_runs_checkpoints_folder_does_not_conti
     assert [int(r["epoch"]) for r in metrics_rows(tmp_path / "continued")] == [3]
 
 
+def test_an_older_checkpoint_of_a_run_branches_into_a_new_dir_and_leaves_the_run_alone(
+        tmp_path: Path, cli, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the new run dir goes under outputs/ here
+    first = cli(*FAST, "trainer.save_top_k=2", "outputs.plot_every=0", run_dir=tmp_path / "run")
+    assert first.returncode == 0, first.output
+    [older] = (first.run_dir / "checkpoints").glob("epoch=001-*.pt")  # epoch 1: the run went on to epoch 2
+    before = snapshot(first.run_dir)
+
+    line = one_line_error(cli(f"trainer.resume={older}", "trainer.max_epochs=3", run_dir=first.run_dir))
+    assert line == f"aetrain: error: trainer.resume={older} holds epoch 1, and its run went on to epoch 2 (its " \
+                   f"last.pt): continuing it in {first.run_dir} would overwrite what came after; leave out " \
+                   "hydra.run.dir to continue it in a new run dir (or name a new one), or continue the run from its " \
+                   f"newest with trainer.resume={first.run_dir}"
+
+    branched = cli.command(f"trainer.resume={older}", "trainer.max_epochs=3")
+    assert branched.returncode == 0, branched.output
+    [new] = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert f"{older} holds epoch 1, and its run went on to epoch 2: continuing it in a new run dir, " \
+           f"{new.relative_to(tmp_path)}, with the metrics up to epoch 1; {first.run_dir} is left as it is" \
+           in branched.out
+    assert snapshot(first.run_dir) == before  # the run keeps its epoch 2, its metrics and its checkpoints
+    rows = metrics_rows(new)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and rows[0] == metrics_rows(first.run_dir)[0]
+
+
 # --- a resume on other data is refused, naming what differs ---------------------------------------------------------
 
 @pytest.fixture

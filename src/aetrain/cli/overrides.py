@@ -51,9 +51,10 @@ def check_overrides(args: list[str]) -> None:
 def resume_arguments(args: list[str]) -> list[str]:
     """`trainer.resume=X` continues X's run: in X's run dir, composed from the overrides that run was
     started (or last resumed) with. Arguments given now win over saved ones; `hydra.run.dir=...`
-    given now sends the continuation elsewhere. A checkpoint that is not in its own run dir
-    (aetrain.rundir.own_run_dir) continues in a new run dir, from this command line alone: the folder
-    it is kept in is never written to. Other command lines pass through unchanged."""
+    given now sends the continuation elsewhere, and so does a checkpoint the run went on after (its
+    best.pt: `aetrain.checkpoint.behind_its_run`), into a new default dir. A checkpoint that is not in
+    its own run dir (aetrain.rundir.own_run_dir) continues in a new run dir, from this command line
+    alone: the folder it is kept in is never written to. Other command lines pass through unchanged."""
     at = max((i for i, a in enumerate(args) if a.startswith("trainer.resume=")), default=None)
     if at is None or args[at] == "trainer.resume=null" or MULTIRUN & set(args):
         return args
@@ -61,16 +62,19 @@ def resume_arguments(args: list[str]) -> list[str]:
     if not resume:
         return args
     args = [*args[:at], f"trainer.resume={hydra_quoted(resume)}", *args[at + 1 :]]  # a,b or ünï 日本 as one path
-    from aetrain.checkpoint import run_id  # torch: only for a resume
+    from aetrain.checkpoint import behind_its_run, load  # torch: only for a resume
 
-    run_dir = own_run_dir(resume, run_id(resume))
+    ckpt = load(resume, mmap=True)
+    run_dir = own_run_dir(resume, ckpt.get("run_id"))
     if run_dir is None:  # kept outside its run dir: a new run dir, composed from this command line
         return args
     given = {override_key(a) for a in args}
     saved = RunDir(run_dir).saved_overrides()
     kept = [o for o in saved if override_key(o) not in given and not override_key(o).startswith("hydra.")
             and override_key(o) != "trainer.resume"]
-    here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
+    # an older checkpoint of the run (best.pt) branches into a new run dir: the run went on after it
+    here = [] if "hydra.run.dir" in given or behind_its_run(ckpt, run_dir) else \
+        [f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
     return [*kept, *args, *here]
 
 

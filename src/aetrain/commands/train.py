@@ -233,7 +233,13 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
             checkpoint.check_resumable(cfg, ckpt, parts.data.spec, per_step_schedule=parts.schedule.per_step,
                                        fingerprint=parts.data.fingerprint, world_size=world.size)
         previous = own_run_dir(t.resume, ckpt.get("run_id")) if ckpt is not None else None
+        behind = checkpoints.behind_its_run(ckpt, previous) if previous is not None else None
         in_place = previous is not None and previous.resolve() == out_dir.resolve()
+        if in_place and behind:
+            raise RunDirTaken(f"trainer.resume={t.resume} holds {behind[0]}, and its run went on to {behind[1]} "
+                              f"(its last.pt): continuing it in {out_dir} would overwrite what came after; leave out "
+                              f"hydra.run.dir to continue it in a new run dir (or name a new one), or continue the "
+                              f"run from its newest with trainer.resume={previous}")
         if not in_place:
             RunDir(out_dir).refuse_taken()  # a fresh run (or a continuation elsewhere) never writes over another
         history = _earlier_epochs(previous, ckpt) if ckpt is not None else []
@@ -246,6 +252,9 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
     if ckpt is not None and previous is None:
         log.info("%s is not in the run dir it was written in: continuing it in %s without its earlier epochs' "
                  "metrics; the folder it is kept in is left alone", t.resume, out_dir)
+    elif behind:
+        log.info("%s holds %s, and its run went on to %s: continuing it in a new run dir, %s, with the metrics up to "
+                 "%s; %s is left as it is", t.resume, *behind, out_dir, behind[0], previous)
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(out_dir / SPLIT, parts.data.split.record(cfg.data))  # which samples validate: for the commands
