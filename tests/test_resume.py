@@ -367,6 +367,25 @@ def test_a_corrupt_summary_is_one_line_naming_it_and_the_run_never_continues_els
     assert snapshot(run_dir) == before and not (tmp_path / "outputs").exists()
 
 
+def test_an_edited_config_yaml_is_refused_on_resume_naming_the_keys_and_the_overrides_that_apply_it(
+        finished: Path, tmp_path: Path, cli) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    config = run_dir / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("max_epochs: 2", "max_epochs: 3")
+                      .replace("log_every_n_steps: 50", "log_every_n_steps: 5"))
+    before = snapshot(run_dir)
+    line = one_line_error(cli(f"trainer.resume={run_dir}", run_dir=run_dir))
+    assert line == f"aetrain: error: {config} differs from the config the run's overrides compose (trainer.max_epochs: " \
+                   "3 in the file, 2 composed; trainer.log_every_n_steps: 5 in the file, 50 composed): a resume " \
+                   "composes it from .hydra/overrides.yaml, so an edit of config.yaml would go unused; to use the " \
+                   "file's values add trainer.max_epochs=3 trainer.log_every_n_steps=5, or undo the edit to keep the run's"
+    assert snapshot(run_dir) == before
+    resumed = cli(f"trainer.resume={run_dir}", "trainer.max_epochs=3", "trainer.log_every_n_steps=5", run_dir=run_dir)
+    assert resumed.returncode == 0, resumed.output
+    assert [int(r["epoch"]) for r in metrics_rows(run_dir)] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("name", ["a,b", "ünï 日本", "it's [x]=1"])
 def test_a_run_dir_whose_name_needs_quoting_resumes_as_typed_and_quoted(tmp_path: Path, name: str) -> None:
     quoted = "'" + name.replace("'", "\\'") + "'"  # how Hydra's grammar wants it on the command line

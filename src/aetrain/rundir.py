@@ -28,7 +28,7 @@ import json
 import math
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -568,6 +568,38 @@ class RunDir:
             raise ConfigError(f"{path}: not a readable aetrain config ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
+    def refuse_edits(self, config: dict[str, Any], overrides: Sequence[str]) -> None:
+        """A resume composes the run's config from its recorded overrides, not from .hydra/config.yaml: ConfigError
+        when that file (the newest: .hydra/resume-N/config.yaml after a resume) says otherwise than `config` (the
+        resume's, as plain data) for a key that `overrides` (the resume's, the run's own among them) does not set
+        anew, which is an edit of the file that would go unused. The line names each such key and the overrides
+        that take the file's values. A file that cannot be read is left to the resume's own checks."""
+        import yaml
+
+        path = next((d / "config.yaml" for d in (*reversed(self._resumes()), self.path / HYDRA)
+                     if (d / "config.yaml").is_file()), None)
+        try:
+            recorded = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader()) if path else None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return
+        if not isinstance(recorded, dict):
+            return
+        key = lambda o: o.partition("=")[0].lstrip("+~")  # noqa: E731
+        try:
+            saved = {key(o): o for o in self.saved_overrides()}  # the last of a key's overrides is the one that holds
+        except ConfigError:
+            saved = {}
+        anew = {key(o) for o in overrides if saved.get(key(o)) != o} | {"trainer.resume"}
+        now, then = _flat(config), _flat(recorded)
+        edits = [(key, then[key], value) for key, value in now.items()
+                 if key in then and not _same(then[key], value) and not _covered(key, anew)]
+        if edits:
+            said = "; ".join(f"{k}: {_text(a)} in the file, {_text(b)} composed" for k, a, b in edits)
+            raise ConfigError(f"{path} differs from the config the run's overrides compose ({said}): a resume "
+                              "composes it from .hydra/overrides.yaml, so an edit of config.yaml would go unused; to "
+                              f"use the file's values add {' '.join(_override(k, a) for k, a, _ in edits)}, or undo "
+                              "the edit to keep the run's")
+
     def job_num(self) -> int | None:
         """The job number Hydra gave the run in a sweep (.hydra/hydra.yaml), or None."""
         import yaml
@@ -609,6 +641,38 @@ class RunDir:
         summary = self.summary()
         summary.update(status=Status.FAILED.outcome, error=error)
         self.write_summary(summary, final=True)
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+def _covered(key: str, given: set[str]) -> bool:
+    """Whether an override of one of `given` sets `key`: the key itself, or its group's choice (`model=`)."""
+    return any(key == g or key.startswith(f"{g}.") for g in given)
+
+
+def _text(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":")).strip('"')
+
+
+def _override(key: str, value: Any) -> str:
+    """The override that sets `key` to `value`: `trainer.max_epochs=30`; a group's name is its choice, `model=vae`."""
+    group, _, leaf = key.rpartition(".")
+    return f"{group}={value}" if leaf == "name" and "." not in group else f"{key}={_text(value)}"
 
 
 def _yaml_loader() -> type:

@@ -19,6 +19,7 @@ line; only rank 0 (`world.is_main`) gets the outputs and writes the run dir.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import math
@@ -229,10 +230,12 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
     t = cfg.trainer
     with world.agreement():
         ckpt = checkpoints.load(t.resume) if t.resume else None
+        previous = own_run_dir(t.resume, ckpt.get("run_id")) if ckpt is not None else None
+        if previous is not None and invocation is not None:  # composed from the run's overrides (the CLI's resume):
+            RunDir(previous).refuse_edits(dataclasses.asdict(cfg), invocation.overrides)  # before what they imply
         if ckpt is not None:
             checkpoint.check_resumable(cfg, ckpt, parts.data.spec, per_step_schedule=parts.schedule.per_step,
                                        fingerprint=parts.data.fingerprint, world_size=world.size)
-        previous = own_run_dir(t.resume, ckpt.get("run_id")) if ckpt is not None else None
         behind = checkpoints.behind_its_run(ckpt, previous) if previous is not None else None
         in_place = previous is not None and previous.resolve() == out_dir.resolve()
         if in_place and behind:
