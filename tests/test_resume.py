@@ -429,6 +429,28 @@ def test_a_second_ctrl_c_during_the_final_table_is_one_line_and_keeps_the_checkp
     assert checkpoints.load(result.run_dir)["state"]["epoch"] == 1
 
 
+def test_a_second_ctrl_c_prints_no_results_and_the_summary_agrees_with_last_pt(cli, monkeypatch) -> None:
+    import signal
+
+    from aetrain import checkpoint as checkpoints
+    from aetrain.train.callbacks import EarlyStopping
+
+    def two_ctrl_cs(self, engine, record) -> None:  # epoch 2 counted, its checkpoint not yet written
+        if record["epoch"] == 2:
+            engine.interrupt.handle(signal.SIGINT)
+            engine.interrupt.handle(signal.SIGINT)  # the second: KeyboardInterrupt, at once
+
+    monkeypatch.setattr(EarlyStopping, "on_epoch_end", two_ctrl_cs)
+    result = cli(*FAST, "trainer.max_epochs=3", "outputs.plot_every=0")
+    assert one_line_error(result, code=130).startswith("aetrain: interrupted by SIGINT")
+    assert "finished" not in result.out and "stopped (" not in result.out and "best val/loss" not in result.out
+    saved = checkpoints.load(result.run_dir)["state"]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert (saved["epoch"], saved["step"]) == (1, 12)
+    assert (summary["ended"], summary["epochs"], summary["steps"]) == ("interrupted", 1, 12)
+    assert summary["error"] == "Interrupted: aborted by a second SIGINT; last.pt holds after epoch 1, step 12 of the run"
+
+
 @pytest.mark.slow
 def test_two_real_ctrl_cs_at_any_distance_end_in_one_line_and_a_loadable_checkpoint(tmp_path: Path) -> None:
     import signal
@@ -451,7 +473,11 @@ def test_two_real_ctrl_cs_at_any_distance_end_in_one_line_and_a_loadable_checkpo
         assert proc.returncode == 130, (gap, out, err)
         assert "Traceback" not in out + err and "Exception ignored" not in err, (gap, err)
         assert err.count("\n") == 1 and err.startswith("aetrain: interrupted by SIGINT"), (gap, err)
-        checkpoints.load(run_dir)  # the last complete checkpoint, whichever it is
+        saved = checkpoints.load(run_dir)["state"]  # the last complete checkpoint, whichever it is
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert (summary["ended"], summary["epochs"], summary["steps"]) == ("interrupted", saved["epoch"],
+                                                                           saved["step"]), (gap, summary)
+        assert "finished" not in out and "stopped (running)" not in out, (gap, out)
 
 
 def test_the_interrupt_and_the_resume_name_the_same_point_in_the_same_words(cli, monkeypatch) -> None:

@@ -278,9 +278,13 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
         log.info("resuming %s %s", t.resume, engine.where())  # the words of the interrupt that stopped it
     _warn_if_code_is_as_wide_as_the_input(cfg.model, parts.data.spec.shape)  # once the run is known to go ahead
     last = checkpoint_dir(out_dir) / LAST
+    aborted = False  # a second Ctrl-C: no final table (summary.json says how the run ended)
     with engine.interrupt.installed(), long_lived_objects_frozen():
         try:
             state = engine.fit()
+        except KeyboardInterrupt:
+            aborted = True
+            raise
         except Interrupted as e:
             raise Interrupted(f"{e}; saved {last}; resume with: {_resume_command(cfg, out_dir, world)}",
                               e.exit_code - 128) from None
@@ -295,7 +299,7 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
             raise
         finally:
             engine.interrupt.end()  # training is over: a signal now (a launcher stopping the rest) is ignored
-            if world.is_main:
+            if world.is_main and not aborted:
                 for line in final_table(out_dir):
                     log.info("%s", line)
     return {"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "epochs": state.epoch,
