@@ -27,6 +27,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,10 @@ HYDRA = ".hydra"  # the composed config, the overrides typed, Hydra's own config
 CHECKPOINTS = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
 SPLIT = "split.json"  # the source indices of the train/val/test samples, written when training starts
+
+# what a run writes before its first last.pt, train.log aside: `RunDir.start_over` clears it
+FIRST_ATTEMPT = (SUMMARY, METRICS, "diagnostics.csv", SPLIT, LOSS_CURVE, HYDRA, CHECKPOINTS, TENSORBOARD,
+                 RECONSTRUCTIONS, "samples")
 
 # The commands after training, each writing into its own folder of the run dir (or `<command>.out`).
 EVAL = "eval"  # aetrain eval
@@ -455,13 +460,14 @@ class RunDir:
     def refuse_foreign(self) -> None:
         """A run writes only into a new dir, an empty one, or a run's own: RunDirTaken naming what a dir that holds
         files but no run (a folder of one's own, the working dir) holds; nothing there is written or appended to.
-        A dir that holds a run passes here (a resume continues it; `refuse_taken` refuses a fresh run there)."""
+        A dir that holds a run passes here (a resume continues it; `refuse_taken` refuses a fresh run there), and
+        so does one that holds only a train.log: an attempt that ended before its first result (`start_over`)."""
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(cannot_create(FileExistsError(17, "File exists", str(self.path)), self.key))
         if self.holding() is not None:
             return
         found = self.contents()
-        if found:
+        if found and found != [TRAIN_LOG]:  # a log alone: an attempt that ended before its first result (continued)
             holder = self.in_use()
             if holder is not None:  # a run that has not written its first results yet
                 raise RunDirInUse(_in_use_message(self.key, self.path, holder))
@@ -486,6 +492,23 @@ class RunDir:
         finally:
             os.close(fd)
         return None
+
+    def start_over(self) -> list[str]:
+        """Clear what an attempt that never saved a checkpoint wrote (its process killed in its first epoch, or a
+        failure before it), so the job can start again in its dir; its train.log stays, the new attempt's lines
+        follow. Under the dir's claim: a dir a live process trains into is refused (RunDirInUse), never cleared.
+        Returns the names cleared. A dir with a checkpoint is left as it is (it is continued, not started over)."""
+        if not self.path.is_dir() or (checkpoint_dir(self.path) / LAST).exists():
+            return []
+        with self.claimed():
+            cleared = [name for name in FIRST_ATTEMPT if (self.path / name).exists()]
+            for name in cleared:
+                path = self.path / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        return cleared
 
     def contents(self) -> list[str]:
         """What the dir holds, sorted (a folder's name ends in /); [] when it is missing or empty. A lock file

@@ -78,6 +78,14 @@ def _task(cfg: DictConfig) -> float | None:
     relaunch = ["train", *hc.overrides.task, f"hydra.run.dir={hydra_quoted(str(out_dir))}",
                 *([f"hydra.job.num={hc.job.num}"] if sweep_job else [])]  # the job's number: the sweep's table
     config: Any = lambda: to_config(cfg)  # noqa: E731
+    resumed = sweep.resume_job(hc, out_dir) if sweep_job else None  # hydra.launcher.resume=true: kept, continued...
+    if resumed == sweep.FINISHED:  # its result stands: not trained again, its dir not touched
+        best = run_dir.summary().get("best_val_loss")
+        sys.stdout.write(f"job {hc.job.num} finished before: kept (best val/loss {best:.5g})\n" if isinstance(best, float)
+                         else f"job {hc.job.num} finished before: kept\n")
+        return float(best) if isinstance(best, (int, float)) else None
+    if resumed == sweep.CONTINUE:
+        config = _continued(config, out_dir)
     if not sweep_job:
         try:
             config = config()
@@ -98,6 +106,17 @@ def _task(cfg: DictConfig) -> float | None:
         _fail(ex)
     except AetrainError as ex:
         _fail(ex)
+
+
+def _continued(make: Any, run_dir: Path) -> Any:
+    """A sweep job's config made to continue the job's run from its dir (its last.pt), as trainer.resume would."""
+
+    def config() -> Any:
+        made = make()
+        made.trainer.resume = str(run_dir)
+        return made
+
+    return config
 
 
 def _say_starting(config: Any, run_dir: RunDir) -> None:
@@ -199,6 +218,9 @@ def _app(cfg: DictConfig) -> float | None:
 def main(args: list[str]) -> None:
     """`aetrain [train] [overrides...]`, `aetrain -m ...`: the Hydra app."""
     register_configs()
+    from hydra_plugins.aetrain_plain.plain_launcher import register  # hydra/launcher=plain, the default
+
+    register()  # known to Hydra under any install, editable included
     _install_one_line_errors()
     try:
         check_overrides(args)
