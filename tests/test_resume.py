@@ -376,10 +376,11 @@ def test_an_edited_config_yaml_is_refused_on_resume_naming_the_keys_and_the_over
                       .replace("log_every_n_steps: 50", "log_every_n_steps: 5"))
     before = snapshot(run_dir)
     line = one_line_error(cli(f"trainer.resume={run_dir}", run_dir=run_dir))
-    assert line == f"aetrain: error: {config} differs from the config the run's overrides compose (trainer.max_epochs: " \
-                   "3 in the file, 2 composed; trainer.log_every_n_steps: 5 in the file, 50 composed): a resume " \
-                   "composes it from .hydra/overrides.yaml, so an edit of config.yaml would go unused; to use the " \
-                   "file's values add trainer.max_epochs=3 trainer.log_every_n_steps=5, or undo the edit to keep the run's"
+    assert line == f"aetrain: error: {config} differs from the config the run's overrides compose " \
+                   "(trainer.max_epochs: 3 in the file, 2 composed; trainer.log_every_n_steps: 5 in the file, 50 " \
+                   "composed): a resume composes it from .hydra/overrides.yaml, so an edit of config.yaml would go " \
+                   "unused; to use the file's values add trainer.max_epochs=3 trainer.log_every_n_steps=5, or undo " \
+                   "the edit to keep the run's"
     assert snapshot(run_dir) == before
     resumed = cli(f"trainer.resume={run_dir}", "trainer.max_epochs=3", "trainer.log_every_n_steps=5", run_dir=run_dir)
     assert resumed.returncode == 0, resumed.output
@@ -448,7 +449,8 @@ def test_a_second_ctrl_c_prints_no_results_and_the_summary_agrees_with_last_pt(c
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert (saved["epoch"], saved["step"]) == (1, 12)
     assert (summary["ended"], summary["epochs"], summary["steps"]) == ("interrupted", 1, 12)
-    assert summary["error"] == "Interrupted: aborted by a second SIGINT; last.pt holds after epoch 1, step 12 of the run"
+    assert summary["error"] == "Interrupted: aborted by a second SIGINT; last.pt holds after epoch 1, step 12 of " \
+                               "the run"
 
 
 @pytest.mark.slow

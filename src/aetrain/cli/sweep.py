@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.cli.errors import exit_with
 from aetrain.cli.overrides import given, hydra_quoted, override_key
-from aetrain.commands.sweep import (CONTINUE, FINISHED, START, JobResult, claim, prepare_resume, refuse_resume,
+from aetrain.commands.sweep import (CONTINUE, FINISHED, JobResult, claim, prepare_resume, refuse_resume,
                                    summarize, table)
 from aetrain.errors import AetrainError, ConfigError, Interrupted
 from aetrain.rundir import RunDir

@@ -81,8 +81,8 @@ def _task(cfg: DictConfig) -> float | None:
     resumed = sweep.resume_job(hc, out_dir) if sweep_job else None  # hydra.launcher.resume=true: kept, continued...
     if resumed == sweep.FINISHED:  # its result stands: not trained again, its dir not touched
         best = run_dir.summary().get("best_val_loss")
-        sys.stdout.write(f"job {hc.job.num} finished before: kept (best val/loss {best:.5g})\n" if isinstance(best, float)
-                         else f"job {hc.job.num} finished before: kept\n")
+        said = f" (best val/loss {best:.5g})" if isinstance(best, float) else ""
+        sys.stdout.write(f"job {hc.job.num} finished before: kept{said}\n")
         return float(best) if isinstance(best, (int, float)) else None
     if resumed == sweep.CONTINUE:
         config = _continued(config, out_dir)

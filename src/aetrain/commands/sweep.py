@@ -430,7 +430,8 @@ def refuse_resume(sweep_dir: Path, overrides: list[str]) -> None:
     import yaml
 
     try:
-        started = yaml.safe_load((sweep_dir / "multirun.yaml").read_text(encoding="utf-8"))["hydra"]["overrides"]["task"]
+        recorded = yaml.safe_load((sweep_dir / "multirun.yaml").read_text(encoding="utf-8"))
+        started = recorded["hydra"]["overrides"]["task"]
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError):
         return  # no record of the sweep's command line: its jobs' own records are checked (refuse_resume_jobs)
     if isinstance(started, list) and started != list(overrides):
