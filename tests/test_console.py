@@ -47,7 +47,9 @@ def test_piped_output_is_plain_lines_the_log_file_holds_too(tmp_path: Path) -> N
     result = run_subprocess(*ARGS, cwd=tmp_path, run_dir=run_dir)
     assert result.returncode == 0, result.err
     assert "\r" not in result.output and "\x1b" not in result.output  # no redraws, no colours
-    lines = result.out.splitlines()
+    starting, *lines = result.out.splitlines()  # the start-up line, on the console only (see the next test)
+    assert starting == f"aetrain: starting dense_ae on digits, 2 epochs, in {run_dir}: loading torch, the data and " \
+                       "the model"
     # the header: model, size, data, device, precision, where the outputs go (one line, however long)
     assert lines[0] == "aetrain: dense_ae on digits for 2 epochs"
     assert re.fullmatch(r"  model   dense_ae \(latent 16\), [\d,]+ parameters", lines[1])
@@ -60,7 +62,20 @@ def test_piped_output_is_plain_lines_the_log_file_holds_too(tmp_path: Path) -> N
                  f"tensorboard --logdir {run_dir / 'tensorboard'}"):
         assert text in table, text
     log = [line.split("] ", 1)[1] for line in (run_dir / "train.log").read_text().splitlines()]
-    assert log == lines  # train.log: everything the console showed
+    assert log == lines  # train.log: everything the console showed from the header on
+
+
+def test_the_start_up_line_comes_once_the_config_is_valid_and_before_torch_is_imported(tmp_path: Path) -> None:
+    fake = tmp_path / "no_torch" / "torch"  # importing torch (seconds; tens of them on a busy machine) fails here
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('torch is being imported')\n")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(fake.parent), os.environ.get("PYTHONPATH")]))}
+    result = run_subprocess(*ARGS, cwd=tmp_path, env=env)
+    assert result.out.splitlines()[0] == f"aetrain: starting dense_ae on digits, 2 epochs, in {result.run_dir}: " \
+                                         "loading torch, the data and the model"
+    assert "torch is being imported" in result.err
+    invalid = run_subprocess(*ARGS, "optimizer.lr=-1", cwd=tmp_path, env=env)  # a bad config: its line, no other
+    assert invalid.out == "" and invalid.err.startswith("aetrain: error: optimizer.lr=-1.0 is out of range")
 
 
 @pytest.mark.slow

@@ -246,6 +246,31 @@ def test_a_checkpoint_copied_into_another_runs_checkpoints_folder_does_not_conti
     assert [int(r["epoch"]) for r in metrics_rows(tmp_path / "continued")] == [3]
 
 
+def test_an_older_checkpoint_of_a_run_branches_into_a_new_dir_and_leaves_the_run_alone(
+        tmp_path: Path, cli, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the new run dir goes under outputs/ here
+    first = cli(*FAST, "trainer.save_top_k=2", "outputs.plot_every=0", run_dir=tmp_path / "run")
+    assert first.returncode == 0, first.output
+    [older] = (first.run_dir / "checkpoints").glob("epoch=001-*.pt")  # epoch 1: the run went on to epoch 2
+    before = snapshot(first.run_dir)
+
+    line = one_line_error(cli(f"trainer.resume={older}", "trainer.max_epochs=3", run_dir=first.run_dir))
+    assert line == f"aetrain: error: trainer.resume={older} holds epoch 1, and its run went on to epoch 2 (its " \
+                   f"last.pt): continuing it in {first.run_dir} would overwrite what came after; leave out " \
+                   "hydra.run.dir to continue it in a new run dir (or name a new one), or continue the run from its " \
+                   f"newest with trainer.resume={first.run_dir}"
+
+    branched = cli.command(f"trainer.resume={older}", "trainer.max_epochs=3")
+    assert branched.returncode == 0, branched.output
+    [new] = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
+    assert f"{older} holds epoch 1, and its run went on to epoch 2: continuing it in a new run dir, " \
+           f"{new.relative_to(tmp_path)}, with the metrics up to epoch 1; {first.run_dir} is left as it is" \
+           in branched.out
+    assert snapshot(first.run_dir) == before  # the run keeps its epoch 2, its metrics and its checkpoints
+    rows = metrics_rows(new)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and rows[0] == metrics_rows(first.run_dir)[0]
+
+
 # --- a resume on other data is refused, naming what differs ---------------------------------------------------------
 
 @pytest.fixture
@@ -326,6 +351,42 @@ def test_a_corrupt_overrides_file_is_one_line_naming_it(finished: Path, tmp_path
     assert snapshot(run_dir) == before
 
 
+@pytest.mark.parametrize("content", ["{\"status\": \"runn", "[1, 2]\n"], ids=["cut", "a list"])
+def test_a_corrupt_summary_is_one_line_naming_it_and_the_run_never_continues_elsewhere(
+        finished: Path, tmp_path: Path, cli, monkeypatch, content: str) -> None:
+    monkeypatch.chdir(tmp_path)  # where a new run dir would go: outputs/
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    (run_dir / "summary.json").write_text(content)
+    before = snapshot(run_dir)
+    for resume in (run_dir, run_dir / "checkpoints" / "last.pt"):
+        line = one_line_error(cli.command(f"trainer.resume={resume}", "trainer.max_epochs=3"))
+        run_id = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["run_id"]
+        assert line.startswith(f"aetrain: error: {run_dir / 'summary.json'} is damaged (") and \
+            f'replace it with {{"run_id": "{run_id}"}} to continue the run in its dir' in line, line
+    assert snapshot(run_dir) == before and not (tmp_path / "outputs").exists()
+
+
+def test_an_edited_config_yaml_is_refused_on_resume_naming_the_keys_and_the_overrides_that_apply_it(
+        finished: Path, tmp_path: Path, cli) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir)
+    config = run_dir / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace("max_epochs: 2", "max_epochs: 3")
+                      .replace("log_every_n_steps: 50", "log_every_n_steps: 5"))
+    before = snapshot(run_dir)
+    line = one_line_error(cli(f"trainer.resume={run_dir}", run_dir=run_dir))
+    assert line == f"aetrain: error: {config} differs from the config the run's overrides compose " \
+                   "(trainer.max_epochs: 3 in the file, 2 composed; trainer.log_every_n_steps: 5 in the file, 50 " \
+                   "composed): a resume composes it from .hydra/overrides.yaml, so an edit of config.yaml would go " \
+                   "unused; to use the file's values add trainer.max_epochs=3 trainer.log_every_n_steps=5, or undo " \
+                   "the edit to keep the run's"
+    assert snapshot(run_dir) == before
+    resumed = cli(f"trainer.resume={run_dir}", "trainer.max_epochs=3", "trainer.log_every_n_steps=5", run_dir=run_dir)
+    assert resumed.returncode == 0, resumed.output
+    assert [int(r["epoch"]) for r in metrics_rows(run_dir)] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("name", ["a,b", "ünï 日本", "it's [x]=1"])
 def test_a_run_dir_whose_name_needs_quoting_resumes_as_typed_and_quoted(tmp_path: Path, name: str) -> None:
     quoted = "'" + name.replace("'", "\\'") + "'"  # how Hydra's grammar wants it on the command line
@@ -369,6 +430,29 @@ def test_a_second_ctrl_c_during_the_final_table_is_one_line_and_keeps_the_checkp
     assert checkpoints.load(result.run_dir)["state"]["epoch"] == 1
 
 
+def test_a_second_ctrl_c_prints_no_results_and_the_summary_agrees_with_last_pt(cli, monkeypatch) -> None:
+    import signal
+
+    from aetrain import checkpoint as checkpoints
+    from aetrain.train.callbacks import EarlyStopping
+
+    def two_ctrl_cs(self, engine, record) -> None:  # epoch 2 counted, its checkpoint not yet written
+        if record["epoch"] == 2:
+            engine.interrupt.handle(signal.SIGINT)
+            engine.interrupt.handle(signal.SIGINT)  # the second: KeyboardInterrupt, at once
+
+    monkeypatch.setattr(EarlyStopping, "on_epoch_end", two_ctrl_cs)
+    result = cli(*FAST, "trainer.max_epochs=3", "outputs.plot_every=0")
+    assert one_line_error(result, code=130).startswith("aetrain: interrupted by SIGINT")
+    assert "finished" not in result.out and "stopped (" not in result.out and "best val/loss" not in result.out
+    saved = checkpoints.load(result.run_dir)["state"]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert (saved["epoch"], saved["step"]) == (1, 12)
+    assert (summary["ended"], summary["epochs"], summary["steps"]) == ("interrupted", 1, 12)
+    assert summary["error"] == "Interrupted: aborted by a second SIGINT; last.pt holds after epoch 1, step 12 of " \
+                               "the run"
+
+
 @pytest.mark.slow
 def test_two_real_ctrl_cs_at_any_distance_end_in_one_line_and_a_loadable_checkpoint(tmp_path: Path) -> None:
     import signal
@@ -391,7 +475,11 @@ def test_two_real_ctrl_cs_at_any_distance_end_in_one_line_and_a_loadable_checkpo
         assert proc.returncode == 130, (gap, out, err)
         assert "Traceback" not in out + err and "Exception ignored" not in err, (gap, err)
         assert err.count("\n") == 1 and err.startswith("aetrain: interrupted by SIGINT"), (gap, err)
-        checkpoints.load(run_dir)  # the last complete checkpoint, whichever it is
+        saved = checkpoints.load(run_dir)["state"]  # the last complete checkpoint, whichever it is
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert (summary["ended"], summary["epochs"], summary["steps"]) == ("interrupted", saved["epoch"],
+                                                                           saved["step"]), (gap, summary)
+        assert "finished" not in out and "stopped (running)" not in out, (gap, out)
 
 
 def test_the_interrupt_and_the_resume_name_the_same_point_in_the_same_words(cli, monkeypatch) -> None:

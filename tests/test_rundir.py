@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST, metrics_rows, one_line_error, read_only, run_subprocess, start
+from conftest import FAST, metrics_rows, one_line_error, read_only, run_subprocess, snapshot, start
 
 # --- two runs started at once never share a run dir -----------------------------------------------------------------
 
@@ -114,6 +114,33 @@ def test_two_sweeps_into_one_explicit_dir_at_once_one_runs_the_other_is_refused(
     assert all(len(metrics_rows(tmp_path / "sweep" / job)) == 3 for job in ("0", "1"))
 
 
+# --- a folder that is not a run's is never trained into -------------------------------------------------------------
+
+def test_a_folder_that_holds_files_but_no_run_is_refused_naming_them_and_left_alone(cli, tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    (mine / "reconstructions").mkdir(parents=True)
+    for name in ("notes.txt", "train.log", "split.json", "reconstructions/epoch_001.png"):
+        (mine / name).write_text(f"the user's {name}")
+    before = snapshot(mine)
+    for command in ((), ("lr_find",)):
+        line = one_line_error(cli.command(*command, f"hydra.run.dir={mine}", *FAST))
+        assert f"hydra.run.dir={mine} is not empty and holds no aetrain run (notes.txt, reconstructions/, " \
+               "split.json, train.log): a run writes only into a new or empty dir" in line, line
+        assert snapshot(mine) == before and sorted(p.name for p in mine.iterdir()) == [
+            "notes.txt", "reconstructions", "split.json", "train.log"]
+
+
+@pytest.mark.parametrize("args", [["hydra.run.dir="], ["-m", "hydra.sweep.dir=", "model.latent_dim=3,4"]],
+                         ids=["run", "sweep"])
+def test_an_empty_dir_name_is_one_line_and_nothing_goes_into_the_working_dir(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "notes.txt").write_text("the working dir of a user whose $RUN_DIR was unset")
+    result = run_subprocess(*args, *FAST, "trainer.max_epochs=1", cwd=tmp_path, command=("train",))
+    key = next(a for a in args if a.endswith("=")).rstrip("=")
+    assert one_line_error(result) == f"aetrain: error: {key}= is empty: name the dir ({key}=DIR), or leave {key} " \
+                                     "out for a new dir under outputs/"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 # --- an output dir that cannot be created: one line, exit 2; Ctrl-C during start-up leaves nothing ------------------
 
 @pytest.mark.parametrize("where", ["a file", "under /proc", "in a read-only dir (default dir)",
@@ -139,6 +166,33 @@ def test_an_output_dir_that_cannot_be_created_is_one_line(tmp_path: Path, where:
         read_only(cwd, False)
     assert "cannot create" in line, line
     assert ("taken" in line) if where == "a file" else True
+
+
+@pytest.mark.parametrize("args", [["optimizer.lr=-1"], ["trainer.devices=2", "data=tensor_file",
+                                                         "data.path=missing.npy"]], ids=["value", "data, 2 processes"])
+def test_a_rejected_run_leaves_no_default_dir_behind(tmp_path: Path, args: list[str]) -> None:
+    result = run_subprocess(*FAST, *args, cwd=tmp_path, command=("train",))
+    one_line_error(result)
+    assert list(tmp_path.iterdir()) == [], sorted(tmp_path.rglob("*"))  # not even an empty outputs/<date>/
+
+
+@pytest.mark.parametrize(("args", "made"), [
+    ([], "outputs/<date>"), (["hydra.run.dir=outputs/x"], "outputs/x"), (["-m", "model.latent_dim=3,4"],
+    "outputs/multirun/<date>"), (["-m", "hydra.sweep.dir=outputs"], "outputs"), (["lr_find"], "outputs/lr_find/<date>"),
+    (["lr_find", "hydra.run.dir=outputs/x"], "outputs/x"), (["lr_find", "hydra.run.dir=outputs"], "outputs")],
+    ids=lambda v: " ".join(v) or "train" if isinstance(v, list) else "")
+def test_a_file_named_outputs_in_the_way_is_one_line_naming_it(cli, tmp_path: Path, monkeypatch, args: list[str],
+                                                               made: str) -> None:
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").write_text("a file, not a folder")
+    key = "hydra.sweep.dir" if "-m" in args else "hydra.run.dir"
+    line = one_line_error(cli.command(*args, *FAST))
+    pattern = re.escape(f"aetrain: error: cannot create the output dir {made}: the file outputs is in the way; "
+                        f"choose another with {key}=DIR").replace("<date>", r"\d{4}-\d\d-\d\d")
+    assert re.fullmatch(pattern, line), line
+    assert [p.name for p in tmp_path.iterdir()] == ["outputs"] and (tmp_path / "outputs").is_file()
 
 
 @pytest.mark.slow

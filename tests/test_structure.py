@@ -26,7 +26,7 @@ LAYERS = [
     {"aetrain.device", "aetrain.drawing"},  # where a command runs, and the drawing every picture shares
     {"aetrain.doctor"},  # the training doctor's rules: torch-free, used by train (live) and commands (doctor)
     {"aetrain.config", "aetrain.rundir", "aetrain.registry", "aetrain.atomic", "aetrain.errors", "aetrain.launch",
-     "aetrain.plugins"},
+     "aetrain.plugins", "aetrain.console"},
 ]
 HYDRA_FREE = ["aetrain.commands", "aetrain.train", "aetrain.report", "aetrain.checkpoint", "aetrain.models",
               "aetrain.data", "aetrain.config", "aetrain.rundir", "aetrain.doctor", "aetrain.launch", "aetrain.plugins"]

@@ -129,6 +129,78 @@ def test_an_interrupted_job_stops_the_sweep_with_its_summary(cli, tmp_path: Path
     assert [(r["job"], r["status"]) for r in summary_rows(sweep_dir)] == [("0", "ok"), ("1", "failed")]
 
 
+def test_an_interrupted_sweep_is_finished_by_the_command_it_prints(cli, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+    import signal
+
+    from aetrain.train.engine import Engine
+    from conftest import snapshot
+
+    check = Engine.check_interrupt
+
+    def ctrl_c_in_job_1(self: Engine) -> None:  # in its epoch 2, after epoch 1's last.pt
+        if self.parts.cfg.model.latent_dim == 4 and self.state.step == 8:
+            self.interrupt.handle(signal.SIGINT)
+        check(self)
+
+    monkeypatch.setattr(Engine, "check_interrupt", ctrl_c_in_job_1)
+    sweep_dir = tmp_path / "sweep"
+    args = [*TINY, "trainer.max_epochs=2", "model.latent_dim=3,4,5,6", f"hydra.sweep.dir={sweep_dir}", "-m"]
+    stopped = cli.command(*args)
+    monkeypatch.undo()
+    assert stopped.returncode == 130, stopped.output
+    said, _, command = stopped.err.strip().partition("; resume the sweep with: ")
+    assert said.startswith("aetrain: interrupted by SIGINT in epoch 2") and command.endswith(
+        f"hydra.sweep.dir={sweep_dir} hydra.launcher.resume=true"), stopped.err
+    # job 2: as a process killed in its first epoch leaves it (no last.pt); job 3 never started
+    attempt = sweep_dir / "2"
+    (attempt / ".hydra").mkdir(parents=True)
+    (attempt / ".hydra" / "overrides.yaml").write_text(
+        (sweep_dir / "1" / ".hydra" / "overrides.yaml").read_text().replace("latent_dim=4", "latent_dim=5"))
+    (attempt / "summary.json").write_text('{"status": "running", "ended": null, "epochs": 0}')
+    (attempt / "train.log").write_text("the first attempt, killed\n")
+    finished = snapshot(sweep_dir / "0")
+
+    resumed = cli.command(*shlex.split(command)[1:])
+    assert resumed.returncode == 0, resumed.output
+    assert "job 0 finished before: kept" in resumed.out
+    assert snapshot(sweep_dir / "0") == finished  # not trained again, not touched
+    for job in ("1", "2", "3"):
+        assert [int(r["epoch"]) for r in csv.DictReader(open(sweep_dir / job / "metrics.csv"))] == [1, 2], job
+    assert "resuming" in (sweep_dir / "1" / "train.log").read_text()  # continued from its epoch 1
+    assert (attempt / "train.log").read_text().startswith("the first attempt, killed\n")  # started again, log kept
+    assert sorted((r["job"], r["status"]) for r in summary_rows(sweep_dir)) == [
+        ("0", "ok"), ("1", "ok"), ("2", "ok"), ("3", "ok")]
+
+
+@pytest.mark.parametrize("case", ["no dir named", "no sweep there", "another sweep's jobs", "optuna"])
+def test_a_resume_that_cannot_finish_the_sweep_is_one_line_before_any_job_runs(cli, tmp_path: Path,
+                                                                              case: str) -> None:
+    sweep_dir = tmp_path / "sweep"
+    args = [*TINY, "model.latent_dim=3,4", "hydra.launcher.resume=true", "-m"]
+    if case != "no dir named":
+        args.insert(0, f"hydra.sweep.dir={sweep_dir}")
+    if case == "another sweep's jobs":
+        (sweep_dir / "0" / ".hydra").mkdir(parents=True)
+        (sweep_dir / "0" / ".hydra" / "overrides.yaml").write_text("- model.latent_dim=7\n")
+        (sweep_dir / "multirun.yaml").write_text("hydra:\n  overrides:\n    task: ['model.latent_dim=7,8']\n")
+    if case == "optuna":
+        sweep_dir.mkdir()
+        args.insert(0, "hparams_search=optuna")
+    before = sorted(tmp_path.rglob("*"))
+    result = cli.command(*args)
+    assert result.returncode == 2 and result.err.count("\n") == 1, result.output
+    expected = {"no dir named": "hydra.launcher.resume=true finishes an interrupted sweep in its dir: name it with "
+                                "hydra.sweep.dir=<the sweep's dir>",
+                "no sweep there": f"hydra.sweep.dir={sweep_dir} holds no sweep to resume",
+                "another sweep's jobs": f"hydra.sweep.dir={sweep_dir} holds a sweep of model.latent_dim=7,8, not of "
+                                        "trainer.max_epochs=1 ",
+                "optuna": "hydra.launcher.resume=true resumes a grid sweep; an Optuna search proposes new trials"}
+    assert expected[case] in result.err, result.err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_optuna_search_runs_the_asked_number_of_trials(cli, tmp_path: Path) -> None:
     sweep_dir = tmp_path / "optuna"
     result = cli("hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY, f"hydra.sweep.dir={sweep_dir}", "-m")

@@ -112,6 +112,31 @@ def run_data(ckpt: dict[str, Any]) -> DataConfig:
     return dataclasses.replace(data, **paths)
 
 
+def behind_its_run(ckpt: dict[str, Any], run_dir: Path) -> tuple[str, str] | None:
+    """Whether the run in `run_dir` (the checkpoint's own, see `aetrain.rundir.own_run_dir`) went on after the
+    checkpoint `ckpt` (a best.pt, a top-k file): None when `ckpt` is the run's newest, as far as its last.pt says
+    (also when the run has no last.pt); else both points in words, (`epoch 5`, `epoch 20`), for the line that says
+    why it is not continued in place: that would overwrite the later epochs' checkpoints and metrics."""
+    last = checkpoint_dir(run_dir) / LAST
+    if not last.is_file() or Path(ckpt["path"]).resolve() == last.resolve():
+        return None
+    try:
+        newest = load(last, mmap=True)["state"]
+        here = ckpt["state"]
+        if newest["step"] <= here["step"]:
+            return None
+        return _point(here), _point(newest)
+    except (CheckpointError, KeyError, TypeError):
+        return None  # a last.pt that cannot be read says nothing against continuing in place
+
+
+def _point(state: dict[str, Any]) -> str:
+    """`epoch 5` at an epoch boundary, `step 130 (in epoch 6)` inside one."""
+    if state.get("step_in_epoch"):
+        return f"step {state['step']} (in epoch {state['epoch'] + 1})"
+    return f"epoch {state['epoch']}"
+
+
 def config_of(ckpt: dict[str, Any]) -> Config:
     """The config a checkpoint was trained with; CheckpointError when it is missing or damaged."""
     text = ckpt.get("config")

@@ -9,7 +9,8 @@ A run dir's life (each step exists once, here):
 - `RunDir.allocate(base)`: a new dir, `base` or `base_2`, `base_3`... (created atomically, so two
   runs started in the same second get a dir each); or `RunDir(path)` for a dir the user named;
 - `claimed()`: this process holds it while it trains (a second process is refused);
-- `refuse_taken()`: a fresh run never writes over what another run left there;
+- `refuse_taken()`: a fresh run never writes over what another run left there, and no run writes into a
+  folder that holds anything but a run (`refuse_foreign()`: a folder of one's own, the working dir);
 - `record(invocation)`: the composed config and the overrides typed, as text in .hydra/ (a
   resumed run adds .hydra/resume-N/), read back by `saved_overrides()` and `config()`;
 - `write_summary()`: summary.json, atomically; its `status` and `ended` say a `Status`;
@@ -26,8 +27,9 @@ import itertools
 import json
 import math
 import os
+import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -62,6 +64,10 @@ HYDRA = ".hydra"  # the composed config, the overrides typed, Hydra's own config
 CHECKPOINTS = "checkpoints"
 LAST, BEST = "last.pt", "best.pt"
 SPLIT = "split.json"  # the source indices of the train/val/test samples, written when training starts
+
+# what a run writes before its first last.pt, train.log aside: `RunDir.start_over` clears it
+FIRST_ATTEMPT = (SUMMARY, METRICS, "diagnostics.csv", SPLIT, LOSS_CURVE, HYDRA, CHECKPOINTS, TENSORBOARD,
+                 RECONSTRUCTIONS, "samples")
 
 # The commands after training, each writing into its own folder of the run dir (or `<command>.out`).
 EVAL = "eval"  # aetrain eval
@@ -129,16 +135,36 @@ def own_run_dir(path: str | Path, run_id: Any) -> Path | None:
     checkpoint from before run ids (run_id None) belongs to such a `<dir>` when it has `.hydra/config.yaml`
     and a summary.json without a run id (run_id not a string counts as None). Anything else (a copy kept in a
     folder of one's own, or put into another run's checkpoints/) is not in its run dir: continuing it must not
-    write there.
+    write there. A damaged `<dir>/summary.json` is a ConfigError naming it (never read as "elsewhere").
     """
     p = Path(path)
     if not p.is_dir() and p.parent.name != CHECKPOINTS:
         return None
     run_dir = run_dir_of(p)
-    found = read_summary(run_dir).get("run_id")
+    found = _summary_for_resume(run_dir, path, run_id).get("run_id")
     if isinstance(run_id, str):
         return run_dir if found == run_id else None
     return run_dir if found is None and (run_dir / HYDRA / "config.yaml").is_file() else None
+
+
+def _summary_for_resume(run_dir: Path, path: str | Path, run_id: Any) -> dict[str, Any]:
+    """summary.json as a dict ({} when there is none) for deciding whether a checkpoint may continue in its dir.
+    A damaged one is a ConfigError naming it: read as missing, the run would silently continue elsewhere."""
+    summary = run_dir / SUMMARY
+    try:
+        data = json.loads(summary.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        data, reason = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    else:
+        reason = f"a JSON {type(data).__name__}, not an object"
+    if isinstance(data, dict):
+        return data
+    fix = f'replace it with {{"run_id": "{run_id}"}}' if isinstance(run_id, str) else "repair it"
+    raise ConfigError(f"{summary} is damaged ({reason}); it says which run the dir holds, so a resume of {path} "
+                      f"cannot tell whether to continue there: {fix} to continue the run in its dir, or move it away "
+                      f"to continue in a new run dir without the earlier epochs' metrics")
 
 
 def number(text: str | None) -> float | int:
@@ -299,9 +325,19 @@ class RunDirInUse(RunDirTaken):
 
 
 def cannot_create(error: OSError, key: str) -> str:
-    """The one line for an output dir that cannot be made, naming the setting that chooses another (`key`)."""
-    reason = "a file is in the way" if isinstance(error, FileExistsError) else error.strerror
-    return f"cannot create the output dir {error.filename}: {reason}; choose another with {key}=DIR"
+    """The one line for an output dir that cannot be made, naming the setting that chooses another (`key`) and,
+    when a file stands where a folder must go (`outputs`, the dir itself), that file."""
+    path = Path(error.filename)
+    blocker = next((p for p in (*reversed(path.parents), path) if p.exists() and not p.is_dir()), None)
+    reason = f"the file {blocker} is in the way" if blocker is not None else error.strerror
+    return f"cannot create the output dir {path}: {reason}; choose another with {key}=DIR"
+
+
+def check_dir_name(text: str, key: str) -> None:
+    """ConfigError for an empty dir name (`hydra.run.dir=`, an unset `$VAR`): it would name the working dir."""
+    if not text.strip():
+        raise ConfigError(f"{key}={text} is empty: name the dir ({key}=DIR), or leave {key} out for a new dir under "
+                          "outputs/")
 
 
 class RunDir:
@@ -309,6 +345,7 @@ class RunDir:
     it with (`hydra.run.dir`; a sweep's job dir: `hydra.sweep.dir`), which every message names."""
 
     def __init__(self, path: str | Path, *, key: str = "hydra.run.dir", made: tuple[Path, ...] = ()) -> None:
+        check_dir_name(str(path), key)  # Path("") is the working dir
         self.path = Path(path)
         self.key = key
         self.made = made  # the dirs `allocate` created (this one first, then its parents): `release` may remove them
@@ -356,7 +393,7 @@ class RunDir:
         it is empty then (a run refused before writing anything leaves nothing behind).
         """
         made = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.make()
         path = self.path / LOCK
         fd = self._lock(path)
         try:
@@ -372,6 +409,14 @@ class RunDir:
                 with contextlib.suppress(OSError):
                     self.path.rmdir()  # only when empty
 
+    def make(self) -> None:
+        """Create the dir (and its parents) if missing; ConfigError (naming the key, and a file in the way) when it
+        cannot be made."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(cannot_create(e, self.key)) from None
+
     def _lock(self, path: Path) -> int:
         while True:
             if fcntl is None:
@@ -385,8 +430,7 @@ class RunDir:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
-                raise RunDirInUse(f"{self.key}={self.path} is in use by another aetrain process ({_holder(path)}); "
-                                  f"wait for it to end or choose another {self.key}") from None
+                raise RunDirInUse(_in_use_message(self.key, self.path, _holder(path))) from None
             try:
                 if os.fstat(fd).st_ino == os.stat(path).st_ino:
                     return fd
@@ -398,8 +442,8 @@ class RunDir:
         """Create the file `name` in the dir (made when missing) exclusively, holding `text`: True when this call
         created it, False when it was there already (of two processes marking one dir at once, one gets True). A
         sweep marks its dir so. ConfigError (naming the key) when the dir cannot be made."""
+        self.make()
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
@@ -419,12 +463,76 @@ class RunDir:
 
     def refuse_taken(self, *, what: str = "a run", resumable: bool = True) -> None:
         """A fresh run never writes over what a run left in the dir: RunDirTaken naming what is there, and how to
-        continue it (`resumable`: it is a training run's dir, `trainer.resume` continues it)."""
+        continue it (`resumable`: it is a training run's dir, `trainer.resume` continues it). Nor into a dir that
+        holds anything else (`refuse_foreign`)."""
         found = self.holding()
         if found:
             advice = f"continue it with trainer.resume={self.path} or " if resumable else ""
             raise RunDirTaken(f"{self.key}={self.path} already holds {what} ({found}); {advice}choose another "
                               f"{self.key}")
+        self.refuse_foreign()
+
+    def refuse_foreign(self) -> None:
+        """A run writes only into a new dir, an empty one, or a run's own: RunDirTaken naming what a dir that holds
+        files but no run (a folder of one's own, the working dir) holds; nothing there is written or appended to.
+        A dir that holds a run passes here (a resume continues it; `refuse_taken` refuses a fresh run there), and
+        so does one that holds only a train.log: an attempt that ended before its first result (`start_over`)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(cannot_create(FileExistsError(17, "File exists", str(self.path)), self.key))
+        if self.holding() is not None:
+            return
+        found = self.contents()
+        if found and found != [TRAIN_LOG]:  # a log alone: an attempt that ended before its first result (continued)
+            holder = self.in_use()
+            if holder is not None:  # a run that has not written its first results yet
+                raise RunDirInUse(_in_use_message(self.key, self.path, holder))
+            listed = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+            raise RunDirTaken(f"{self.key}={self.path} is not empty and holds no aetrain run ({listed}): a run "
+                              f"writes only into a new or empty dir; choose another {self.key}")
+
+    def in_use(self) -> str | None:
+        """Who holds the dir (`pid 4242 on host since ...`) while a live aetrain process trains there, else None.
+        Only looks: creates no file, takes no claim."""
+        path = self.path / LOCK
+        if fcntl is None:
+            return _holder(path) if path.exists() else None
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # let go at once (the close): only a live holder blocks it
+        except OSError:
+            return _holder(path)
+        finally:
+            os.close(fd)
+        return None
+
+    def start_over(self) -> list[str]:
+        """Clear what an attempt that never saved a checkpoint wrote (its process killed in its first epoch, or a
+        failure before it), so the job can start again in its dir; its train.log stays, the new attempt's lines
+        follow. Under the dir's claim: a dir a live process trains into is refused (RunDirInUse), never cleared.
+        Returns the names cleared. A dir with a checkpoint is left as it is (it is continued, not started over)."""
+        if not self.path.is_dir() or (checkpoint_dir(self.path) / LAST).exists():
+            return []
+        with self.claimed():
+            cleared = [name for name in FIRST_ATTEMPT if (self.path / name).exists()]
+            for name in cleared:
+                path = self.path / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        return cleared
+
+    def contents(self) -> list[str]:
+        """What the dir holds, sorted (a folder's name ends in /); [] when it is missing or empty. A lock file
+        that a run killed before writing anything left behind does not count."""
+        try:
+            entries = sorted(self.path.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return [f"{p.name}/" if p.is_dir() else p.name for p in entries if p.name != LOCK]
 
     def release(self) -> None:
         """Remove the dir if it is empty (a run that ended before writing anything), and the parents `allocate`
@@ -432,6 +540,8 @@ class RunDir:
         for path in self.made or (self.path,):
             try:
                 path.rmdir()
+            except FileNotFoundError:  # released already (the processes of a data-parallel run release it too)
+                continue
             except OSError:
                 return
 
@@ -499,6 +609,38 @@ class RunDir:
             raise ConfigError(f"{path}: not a readable aetrain config ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
+    def refuse_edits(self, config: dict[str, Any], overrides: Sequence[str]) -> None:
+        """A resume composes the run's config from its recorded overrides, not from .hydra/config.yaml: ConfigError
+        when that file (the newest: .hydra/resume-N/config.yaml after a resume) says otherwise than `config` (the
+        resume's, as plain data) for a key that `overrides` (the resume's, the run's own among them) does not set
+        anew, which is an edit of the file that would go unused. The line names each such key and the overrides
+        that take the file's values. A file that cannot be read is left to the resume's own checks."""
+        import yaml
+
+        path = next((d / "config.yaml" for d in (*reversed(self._resumes()), self.path / HYDRA)
+                     if (d / "config.yaml").is_file()), None)
+        try:
+            recorded = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader()) if path else None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return
+        if not isinstance(recorded, dict):
+            return
+        key = lambda o: o.partition("=")[0].lstrip("+~")  # noqa: E731
+        try:
+            saved = {key(o): o for o in self.saved_overrides()}  # the last of a key's overrides is the one that holds
+        except ConfigError:
+            saved = {}
+        anew = {key(o) for o in overrides if saved.get(key(o)) != o} | {"trainer.resume"}
+        now, then = _flat(config), _flat(recorded)
+        edits = [(key, then[key], value) for key, value in now.items()
+                 if key in then and not _same(then[key], value) and not _covered(key, anew)]
+        if edits:
+            said = "; ".join(f"{k}: {_text(a)} in the file, {_text(b)} composed" for k, a, b in edits)
+            raise ConfigError(f"{path} differs from the config the run's overrides compose ({said}): a resume "
+                              "composes it from .hydra/overrides.yaml, so an edit of config.yaml would go unused; to "
+                              f"use the file's values add {' '.join(_override(k, a) for k, a, _ in edits)}, or undo "
+                              "the edit to keep the run's")
+
     def job_num(self) -> int | None:
         """The job number Hydra gave the run in a sweep (.hydra/hydra.yaml), or None."""
         import yaml
@@ -542,6 +684,38 @@ class RunDir:
         self.write_summary(summary, final=True)
 
 
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+def _covered(key: str, given: set[str]) -> bool:
+    """Whether an override of one of `given` sets `key`: the key itself, or its group's choice (`model=`)."""
+    return any(key == g or key.startswith(f"{g}.") for g in given)
+
+
+def _text(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":")).strip('"')
+
+
+def _override(key: str, value: Any) -> str:
+    """The override that sets `key` to `value`: `trainer.max_epochs=30`; a group's name is its choice, `model=vae`."""
+    group, _, leaf = key.rpartition(".")
+    return f"{group}={value}" if leaf == "name" and "." not in group else f"{key}={_text(value)}"
+
+
 def _yaml_loader() -> type:
     """PyYAML's safe loader reading numbers as YAML 1.2 and OmegaConf do: `1e-08` is a float, not a string."""
     import re
@@ -558,6 +732,10 @@ def _yaml_loader() -> type:
         |[-+]?\.(?:inf|Inf|INF)
         |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
     return Loader
+
+
+def _in_use_message(key: str, path: Path, holder: str) -> str:
+    return f"{key}={path} is in use by another aetrain process ({holder}); wait for it to end or choose another {key}"
 
 
 def _holder(path: Path) -> str:

@@ -17,10 +17,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from aetrain import plugins
 from aetrain.config import CHOICES, require_model
 from aetrain.errors import AetrainError
-from aetrain.rundir import RunDir, own_run_dir
+from aetrain.rundir import RunDir, check_dir_name, own_run_dir
 
 PATH_KEYS = ("hydra.run.dir", "trainer.resume", "trainer.init_from", "data.path", "data.root")
 MULTIRUN = {"-m", "--multirun"}
+DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")  # where a run or a sweep writes
 
 
 def override_key(override: str) -> str:
@@ -29,12 +30,15 @@ def override_key(override: str) -> str:
 
 
 def check_overrides(args: list[str]) -> None:
-    """Mistakes Hydra would accept or answer with a traceback: `model=null`, `optimizer.name=sgd`."""
+    """Mistakes Hydra would accept or answer with a traceback: `model=null`, `optimizer.name=sgd`, an empty
+    `hydra.run.dir=` (an unset `$VAR`)."""
     for arg in args:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
         if not sep:
             continue
+        if key in DIR_KEYS and _read_by_hydra(value) == "":
+            check_dir_name("", key)  # Hydra would make it the working dir
         multirun_or_show = (MULTIRUN | {"-c", "--cfg", "-i", "--info"}) & set(args)
         if key == "hparams_search" and value != "null" and not multirun_or_show:
             raise AetrainError(f"hparams_search={value} is a search: run it as a multirun, aetrain -m "
@@ -50,9 +54,10 @@ def check_overrides(args: list[str]) -> None:
 def resume_arguments(args: list[str]) -> list[str]:
     """`trainer.resume=X` continues X's run: in X's run dir, composed from the overrides that run was
     started (or last resumed) with. Arguments given now win over saved ones; `hydra.run.dir=...`
-    given now sends the continuation elsewhere. A checkpoint that is not in its own run dir
-    (aetrain.rundir.own_run_dir) continues in a new run dir, from this command line alone: the folder
-    it is kept in is never written to. Other command lines pass through unchanged."""
+    given now sends the continuation elsewhere, and so does a checkpoint the run went on after (its
+    best.pt: `aetrain.checkpoint.behind_its_run`), into a new default dir. A checkpoint that is not in
+    its own run dir (aetrain.rundir.own_run_dir) continues in a new run dir, from this command line
+    alone: the folder it is kept in is never written to. Other command lines pass through unchanged."""
     at = max((i for i, a in enumerate(args) if a.startswith("trainer.resume=")), default=None)
     if at is None or args[at] == "trainer.resume=null" or MULTIRUN & set(args):
         return args
@@ -60,17 +65,20 @@ def resume_arguments(args: list[str]) -> list[str]:
     if not resume:
         return args
     args = [*args[:at], f"trainer.resume={hydra_quoted(resume)}", *args[at + 1 :]]  # a,b or ünï 日本 as one path
-    from aetrain.checkpoint import data_paths_at, run_id  # torch: only for a resume
+    from aetrain.checkpoint import behind_its_run, load, stored_data_paths  # torch: only for a resume
 
-    run_dir = own_run_dir(resume, run_id(resume))
+    ckpt = load(resume, mmap=True)
+    run_dir = own_run_dir(resume, ckpt.get("run_id"))
     if run_dir is None:  # kept outside its run dir: a new run dir, composed from this command line
         return args
     given = {override_key(a) for a in args}
     saved = RunDir(run_dir).saved_overrides()
     kept = [o for o in saved if override_key(o) not in given and not override_key(o).startswith("hydra.")
             and override_key(o) != "trainer.resume"]
-    kept = _where_trained(kept, data_paths_at(resume), resume)
-    here = [] if "hydra.run.dir" in given else [f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
+    kept = _where_trained(kept, stored_data_paths(ckpt), resume)
+    # an older checkpoint of the run (best.pt) branches into a new run dir: the run went on after it
+    here = [] if "hydra.run.dir" in given or behind_its_run(ckpt, run_dir) else \
+        [f"hydra.run.dir={hydra_quoted(str(run_dir))}"]
     for saved_plugins in (o for o in kept if override_key(o) == "plugins"):
         try:
             plugin_arguments([saved_plugins])

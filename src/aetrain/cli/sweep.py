@@ -7,12 +7,15 @@ its end, and how a user's interrupt leaves a sweep. The report itself is `aetrai
 - `finish` hands the jobs' results to the CLI for its exit code, and summarises a sweep whose sweeper
   stopped before its end;
 - `Stopped` carries a user's interrupt out of a job through Hydra's sweepers, which would otherwise
-  count it as one more failed job and go on.
+  count it as one more failed job and go on; its line ends in the command that resumes the sweep;
+- `hydra.launcher.resume=true` (hydra/launcher=plain, the default: `hydra_plugins.aetrain_plain`) finishes an
+  interrupted sweep in its dir: `resume_job` is each job's part, called by the task.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,22 +26,42 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.cli.errors import exit_with
-from aetrain.cli.overrides import given, hydra_quoted
-from aetrain.commands.sweep import JobResult, claim, summarize, table, write_report_page
-from aetrain.errors import AetrainError
+from aetrain.cli.overrides import given, hydra_quoted, override_key
+from aetrain.commands.sweep import (JobResult, claim, prepare_resume, refuse_resume,
+                                   summarize, table, write_report_page)
+from aetrain.errors import AetrainError, ConfigError, Interrupted
 from aetrain.rundir import RunDir
+
+
+PLAIN = "hydra_plugins.aetrain_plain.plain_launcher.PlainLauncher"  # the launcher that takes hydra.launcher.resume
 
 
 class Stopped(BaseException):
     """A job was interrupted (Ctrl-C, SIGTERM): the whole sweep stops.
 
     A BaseException, so that Hydra's job runner and sweepers, which catch Exception, let it
-    through instead of recording one more failed job and starting the next.
+    through instead of recording one more failed job and starting the next. Its `error` says, in
+    place of the job's own resume command, the command that resumes the whole sweep.
     """
 
-    def __init__(self, error: BaseException) -> None:
+    def __init__(self, error: Interrupted) -> None:
         super().__init__(str(error))
         self.error = error
+        command = resume_command()
+        if command is not None:
+            said = str(error).split("; resume with: ")[0]
+            self.error = Interrupted(f"{said}; resume the sweep with: {command}", error.exit_code - 128,
+                                     reported=getattr(error, "reported", False))
+
+
+def resume_command() -> str | None:
+    """The command that finishes the sweep under way: the one given, in its dir, with hydra.launcher.resume=true;
+    None when its launcher cannot resume (joblib, SLURM) or no sweep is under way."""
+    if _current.dir is None or not _current.resumable:
+        return None
+    given = [a for a in sys.argv[1:] if override_key(a) not in ("hydra.sweep.dir", "hydra.launcher.resume")]
+    return " ".join(["aetrain", *map(shlex.quote, given), shlex.quote(f"hydra.sweep.dir={_current.dir}"),
+                     "hydra.launcher.resume=true"])
 
 
 @dataclass
@@ -48,6 +71,7 @@ class _Sweep:
     dir: Path | None = None
     results: list[JobResult] | None = None
     report: bool = True  # outputs.report: report.html after the summary
+    resumable: bool = False  # its launcher takes hydra.launcher.resume (this module's BasicLauncher)
 
 
 _current = _Sweep()
@@ -74,6 +98,7 @@ def finish() -> list[JobResult] | None:
     Ctrl-C), so the jobs that ran are still in the table. Forgets the sweep: call it once.
     """
     sweep, _current.dir, _current.results = _Sweep(_current.dir, _current.results, _current.report), None, None
+    _current.resumable = False
     if sweep.dir is None:
         return None
     return sweep.results if sweep.results is not None else _summarize(sweep.dir, report=sweep.report)
@@ -86,14 +111,20 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Jobs of a second sweep would be refused by the runs already there, and the summary would
         # mix both. Hydra turns a callback's exception into a warning, hence the exits here.
+        resuming = OmegaConf.select(config, "hydra.launcher.resume", default=False) is True
         try:
             _check_plugins_reach_the_jobs(config)
-            sweep_dir = _sweep_dir(config)
-            claim(sweep_dir)
+            if resuming:  # the sweep's own dir, checked by the launcher (BasicLauncher.launch)
+                _check_resumable(config)
+                sweep_dir = Path(config.hydra.sweep.dir)
+            else:
+                sweep_dir = _sweep_dir(config)
+                claim(sweep_dir)
         except (AetrainError, OmegaConfBaseException) as e:
             exit_with(e)
         _current.dir, _current.results = sweep_dir, None
         _current.report = OmegaConf.select(config, "outputs.report", default=True) is not False
+        _current.resumable = OmegaConf.select(config, "hydra.launcher._target_", default="") == PLAIN
         if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
             _route_optuna_logs()
 
@@ -125,6 +156,26 @@ def _sweep_dir(config: DictConfig) -> Path:
         config.hydra.sweep.dir = str(sweep_dir)
         config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quoted(str(sweep_dir))}")
     return sweep_dir
+
+
+def _check_resumable(config: DictConfig) -> None:
+    """hydra.launcher.resume=true: the sweep named by hydra.sweep.dir, and a grid (an Optuna search proposes other
+    trials on every run)."""
+    if not given(list(config.hydra.overrides.hydra), "hydra.sweep.dir"):
+        raise ConfigError("hydra.launcher.resume=true finishes an interrupted sweep in its dir: name it with "
+                          "hydra.sweep.dir=<the sweep's dir>")
+    if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+        raise ConfigError("hydra.launcher.resume=true resumes a grid sweep; an Optuna search proposes new trials on "
+                          "every run (keep its study in hydra.sweeper.storage to continue a search)")
+    refuse_resume(Path(config.hydra.sweep.dir), list(config.hydra.overrides.task))  # before Hydra writes there
+
+
+def resume_job(hc: Any, run_dir: Path) -> str | None:
+    """In a job of a sweep resumed with hydra.launcher.resume=true (`hc`: its Hydra config), what becomes of it
+    (`aetrain.commands.sweep.prepare_resume`); None in any other job."""
+    if OmegaConf.select(hc, "launcher.resume", default=False) is not True:
+        return None
+    return prepare_resume(run_dir)
 
 
 def _route_optuna_logs() -> None:

@@ -38,6 +38,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aetrain import launch
 from aetrain.commands import Command
+from aetrain.config import validate
 from aetrain.errors import AetrainError, ConfigError, Interrupted
 from aetrain.rundir import Invocation, RunDir, cannot_create
 
@@ -67,17 +68,37 @@ class DefaultRunDir(Callback):
 
 
 def _task(cfg: DictConfig) -> float | None:
-    """Hydra's job: the composed config to `run_job`; what stops it, to one line and an exit code."""
-    from aetrain.commands import train  # torch: seconds to import
-
+    """Hydra's job: the composed config to `run_job`; what stops it, to one line and an exit code. A single run's
+    config is checked first, and the start-up line printed, before torch is imported (seconds, on a busy machine
+    tens of them); a sweep job's config errors are the job's own (recorded, the sweep goes on)."""
     hc = HydraConfig.get()
     sweep_job = hc.mode == RunMode.MULTIRUN
     out_dir = Path(hc.runtime.output_dir)
     run_dir = next((d for d in _allocated if d.path.resolve() == out_dir.resolve()), None) or RunDir(out_dir)
     relaunch = ["train", *hc.overrides.task, f"hydra.run.dir={hydra_quoted(str(out_dir))}",
                 *([f"hydra.job.num={hc.job.num}"] if sweep_job else [])]  # the job's number: the sweep's table
+    config: Any = lambda: to_config(cfg)  # noqa: E731
+    resumed = sweep.resume_job(hc, out_dir) if sweep_job else None  # hydra.launcher.resume=true: kept, continued...
+    if resumed == sweep.FINISHED:  # its result stands: not trained again, its dir not touched
+        best = run_dir.summary().get("best_val_loss")
+        said = f" (best val/loss {best:.5g})" if isinstance(best, float) else ""
+        sys.stdout.write(f"job {hc.job.num} finished before: kept{said}\n")
+        return float(best) if isinstance(best, (int, float)) else None
+    if resumed == sweep.CONTINUE:
+        config = _continued(config, out_dir)
+    if not sweep_job:
+        try:
+            config = config()
+            validate(config)
+        except AetrainError as ex:
+            run_dir.release()
+            _fail(ex)
+        if not launch.launched():  # the processes aetrain starts itself say nothing more than rank 0's header
+            _say_starting(config, run_dir)
+    from aetrain.commands import train  # torch: seconds to import
+
     try:
-        return train.run_job(lambda: to_config(cfg), run_dir, invocation=_invocation(cfg, hc),
+        return train.run_job(config, run_dir, invocation=_invocation(cfg, hc),
                              job=hc.job.num if sweep_job else None, relaunch=relaunch)
     except Interrupted as ex:
         if sweep_job:
@@ -85,6 +106,27 @@ def _task(cfg: DictConfig) -> float | None:
         _fail(ex)
     except AetrainError as ex:
         _fail(ex)
+
+
+def _continued(make: Any, run_dir: Path) -> Any:
+    """A sweep job's config made to continue the job's run from its dir (its last.pt), as trainer.resume would."""
+
+    def config() -> Any:
+        made = make()
+        made.trainer.resume = str(run_dir)
+        return made
+
+    return config
+
+
+def _say_starting(config: Any, run_dir: RunDir) -> None:
+    """The first line of a run, as soon as its config is known to be valid: on the console only (its train.log may
+    not be written before the run dir is known to be free), since the header follows once torch, the data and the
+    model are loaded."""
+    epochs = config.trainer.max_epochs
+    sys.stdout.write(f"aetrain: starting {config.model.name} on {config.data.name}, {epochs} epoch"
+                     f"{'' if epochs == 1 else 's'}, in {run_dir.path}: loading torch, the data and the model\n")
+    sys.stdout.flush()
 
 
 def _invocation(cfg: DictConfig, hc: Any) -> Invocation:
@@ -175,6 +217,9 @@ def _app(cfg: DictConfig) -> float | None:
 
 def main(args: list[str]) -> None:
     """`aetrain [train] [overrides...]`, `aetrain -m ...`: the Hydra app."""
+    from hydra_plugins.aetrain_plain.plain_launcher import register  # hydra/launcher=plain, the default
+
+    register()  # known to Hydra under any install, editable included
     _install_one_line_errors()
     try:
         check_overrides(args)

@@ -75,6 +75,8 @@ def command(name: str, **entry: Any) -> Callable[[Callable[..., Any]], Callable[
          usage=("aetrain [train] [group=choice ...] [key=value ...]  one run, into outputs/<date>/<time>/",
                 "aetrain -m key=a,b other=c,d                      a sweep, one job per combination",
                 "aetrain -m hparams_search=optuna                  an Optuna search (hydra.sweeper.n_trials=20)",
+                "aetrain -m <a sweep's overrides> hydra.sweep.dir=DIR hydra.launcher.resume=true",
+                "                                                  finish an interrupted sweep in its dir",
                 "aetrain --cfg job [overrides]                     print the composed config"),
          examples=("aetrain model=conv_ae trainer.device=cuda trainer.precision=16-mixed",
                    "aetrain model=denoising_ae model.backbone=conv model.noise.level=0.3",
@@ -223,7 +225,8 @@ Read every job of a sweep (its run dir's summary.json, else its metrics.csv) and
 summary, as `aetrain -m` does at its end: sweep_summary.csv (one row per job, best objective first,
 failed jobs last), sweep_objective.png, sweep_curves.png, report.html and the table on the console. For a sweep
 whose sweeper was killed, or that is still running: jobs that did not finish are listed as failed
-("did not finish"), with what they wrote so far.
+("did not finish"), with what they wrote so far. To finish such a sweep, run its command line again
+with hydra.sweep.dir=<the dir> hydra.launcher.resume=true (aetrain train --help).
 """)
 def _sweep(sweep_dir: Path) -> Any:
     from aetrain.commands.sweep import summarize_dir

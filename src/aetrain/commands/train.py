@@ -19,6 +19,7 @@ line; only rank 0 (`world.is_main`) gets the outputs and writes the run dir.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import math
@@ -148,6 +149,7 @@ def run_job(config: Config | Callable[[], Config], run_dir: RunDir, *, invocatio
     try:
         if callable(config):
             config = config()
+        run_dir.refuse_foreign()  # a folder of one's own: refused before anything (a lock file, train.log) goes there
         processes = launch.processes_to_launch(config.trainer)
         if processes > 1:
             validate(config)  # a config error is one line from here, before any process starts
@@ -230,11 +232,19 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
     t = cfg.trainer
     with world.agreement():
         ckpt = checkpoints.load(t.resume) if t.resume else None
+        previous = own_run_dir(t.resume, ckpt.get("run_id")) if ckpt is not None else None
+        if previous is not None and invocation is not None:  # composed from the run's overrides (the CLI's resume):
+            RunDir(previous).refuse_edits(dataclasses.asdict(cfg), invocation.overrides)  # before what they imply
         if ckpt is not None:
             checkpoint.check_resumable(cfg, ckpt, parts.data.spec, per_step_schedule=parts.schedule.per_step,
                                        fingerprint=parts.data.fingerprint, world_size=world.size)
-        previous = own_run_dir(t.resume, ckpt.get("run_id")) if ckpt is not None else None
+        behind = checkpoints.behind_its_run(ckpt, previous) if previous is not None else None
         in_place = previous is not None and previous.resolve() == out_dir.resolve()
+        if in_place and behind:
+            raise RunDirTaken(f"trainer.resume={t.resume} holds {behind[0]}, and its run went on to {behind[1]} "
+                              f"(its last.pt): continuing it in {out_dir} would overwrite what came after; leave out "
+                              f"hydra.run.dir to continue it in a new run dir (or name a new one), or continue the "
+                              f"run from its newest with trainer.resume={previous}")
         if not in_place:
             RunDir(out_dir).refuse_taken()  # a fresh run (or a continuation elsewhere) never writes over another
         history = _earlier_epochs(previous, ckpt) if ckpt is not None else []
@@ -247,6 +257,9 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
     if ckpt is not None and previous is None:
         log.info("%s is not in the run dir it was written in: continuing it in %s without its earlier epochs' "
                  "metrics; the folder it is kept in is left alone", t.resume, out_dir)
+    elif behind:
+        log.info("%s holds %s, and its run went on to %s: continuing it in a new run dir, %s, with the metrics up to "
+                 "%s; %s is left as it is", t.resume, *behind, out_dir, behind[0], previous)
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(out_dir / SPLIT, parts.data.split.record(cfg.data))  # which samples validate: for the commands
@@ -267,9 +280,13 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
         log.info("resuming %s %s", t.resume, engine.where())  # the words of the interrupt that stopped it
     _warn_if_code_is_as_wide_as_the_input(cfg.model, parts.data.spec.shape)  # once the run is known to go ahead
     last = checkpoint_dir(out_dir) / LAST
+    aborted = False  # a second Ctrl-C: no final table (summary.json says how the run ended)
     with engine.interrupt.installed(), long_lived_objects_frozen():
         try:
             state = engine.fit()
+        except KeyboardInterrupt:
+            aborted = True
+            raise
         except Interrupted as e:
             raise Interrupted(f"{e}; saved {last}; resume with: {_resume_command(cfg, out_dir, world)}",
                               e.exit_code - 128) from None
@@ -284,7 +301,7 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
             raise
         finally:
             engine.interrupt.end()  # training is over: a signal now (a launcher stopping the rest) is ignored
-            if world.is_main:
+            if world.is_main and not aborted:
                 for line in final_table(out_dir):
                     log.info("%s", line)
     return {"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch, "epochs": state.epoch,

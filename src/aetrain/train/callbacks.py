@@ -55,6 +55,7 @@ class Checkpointer(Callback):
         self.writes = writes  # False on the data-parallel processes other than rank 0
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aetrain-checkpoint")
         self.pending: Future[None] | None = None
+        self.latest: Future[None] | None = None  # the newest write, waited for or not
         self.on_disk: dict[str, Point] = {}  # LAST / BEST -> the point each file holds, once written
 
     def on_fit_start(self, engine: Engine) -> None:
@@ -82,7 +83,7 @@ class Checkpointer(Callback):
         boundary = st.step_in_epoch == 0
         point = Point(st.epoch, st.step, engine.history[-1]["val/loss"] if engine.history and boundary else math.nan,
                       boundary)
-        self.pending = self.writer.submit(self._write, data, list(snapshots), point)
+        self.pending = self.latest = self.writer.submit(self._write, data, list(snapshots), point)
 
     def _write(self, data: bytes, snapshots: list[Path], point: Point) -> None:
         last = self.dir / LAST
@@ -149,6 +150,19 @@ class Checkpointer(Callback):
             self.writer.shutdown(wait=True)
             if engine.status is Status.INTERRUPTED:
                 engine.world.barrier()  # last.pt is on disk before any process ends
+
+
+    def on_abort(self, engine: Engine) -> None:
+        """A second Ctrl-C: no new checkpoint; the write in flight is let finish (the process would wait for it on
+        its way out anyway), so that what last.pt holds is settled before summary.json describes it. A failed write
+        leaves the previous last.pt, which is complete."""
+        self.pending = None
+        if self.latest is not None:  # also one whose wait the Ctrl-C cut short
+            try:
+                self.latest.result()
+            except WriteError:
+                pass
+        self.writer.shutdown(wait=False)
 
 
 class Point(NamedTuple):

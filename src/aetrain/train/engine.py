@@ -248,6 +248,11 @@ class Callback:
         ok, stopped_early, interrupted (a signal; the state may be mid-epoch), diverged or failed;
         engine.stop_reason says why, when it stopped before trainer.max_epochs."""
 
+    def on_abort(self, engine: Engine) -> None:
+        """Instead of (or amid) on_fit_end, when a second Ctrl-C aborts the run at once, wherever it landed: only
+        what must agree with the checkpoints on disk (a write in flight settled, summary.json saying how the run
+        ended), nothing slow. engine.state may be ahead of last.pt: read what a checkpoint holds from disk."""
+
 
 @dataclass
 class Engine:
@@ -267,23 +272,38 @@ class Engine:
     def fit(self) -> TrainState:
         self._call("on_fit_start")
         try:
-            while self.state.epoch < self.parts.cfg.trainer.max_epochs and self.stop_reason is None:
-                self.run_epoch()
-        except Interrupted:
-            self.status = Status.INTERRUPTED
-            raise
-        except Exception as e:
-            error = self.world.explain(e)  # a lost process: one clear line instead of the backend's error
-            self.status = Status.DIVERGED if isinstance(error, DivergenceError) else Status.FAILED
-            if error is e:
+            try:
+                while self.state.epoch < self.parts.cfg.trainer.max_epochs and self.stop_reason is None:
+                    self.run_epoch()
+            except Interrupted:
+                self.status = Status.INTERRUPTED
                 raise
-            raise error from e
-        else:
-            self.status = Status.OK if self.stop_reason is None else Status.STOPPED_EARLY
-        finally:
-            if self.status is not Status.RUNNING:  # not after a second Ctrl-C: that one aborts at once
-                self._end()
+            except Exception as e:
+                error = self.world.explain(e)  # a lost process: one clear line instead of the backend's error
+                self.status = Status.DIVERGED if isinstance(error, DivergenceError) else Status.FAILED
+                if error is e:
+                    raise
+                raise error from e
+            else:
+                self.status = Status.OK if self.stop_reason is None else Status.STOPPED_EARLY
+            finally:
+                if self.status is not Status.RUNNING:  # not after a second Ctrl-C: that one aborts at once
+                    self._end()
+        except KeyboardInterrupt:  # a second Ctrl-C, in training or while the run was ending
+            self._abort()
+            raise
         return self.state
+
+    def _abort(self) -> None:
+        """Every callback's on_abort, each once, whatever the others do; a run that had not ended is interrupted
+        (one that had finished training keeps its status)."""
+        if self.status is Status.RUNNING:
+            self.status = Status.INTERRUPTED
+        for cb in self.callbacks:
+            try:
+                cb.on_abort(self)
+            except Exception as e:  # the abort goes on: the run's own line says what happened
+                log.warning("while aborting the run: %s: %s", type(e).__name__, e)
 
     def _end(self) -> None:
         """Every callback's on_fit_end, also when one fails (a full disk): each gets to close its files and
@@ -385,10 +405,10 @@ class Engine:
         if signum is not None:
             raise Interrupted(f"interrupted by {signal.Signals(signum).name} {self.where()}", signum)
 
-    def where(self) -> str:
-        """The point the run is at, as every message says it: `after epoch 2, step 90 of the run` at an
-        epoch boundary, `in epoch 3 (step 12 of 45), step 102 of the run` inside one."""
-        st = self.state
+    def where(self, state: TrainState | None = None) -> str:
+        """The point the run is at (or `state` is), as every message says it: `after epoch 2, step 90 of the run`
+        at an epoch boundary, `in epoch 3 (step 12 of 45), step 102 of the run` inside one."""
+        st = self.state if state is None else state
         inside = f"in epoch {st.epoch + 1} (step {st.step_in_epoch} of {len(self.parts.windows)})" \
             if st.step_in_epoch else f"after epoch {st.epoch}"
         return f"{inside}, step {st.step} of the run"

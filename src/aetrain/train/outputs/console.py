@@ -1,7 +1,7 @@
 """What the console shows: a header, a line per epoch, a live progress bar, and a final table of results and files.
 
 Everything but the progress bar goes through `logging`, so train.log holds what the console
-showed. The console handler itself (`console_handler`, named in
+showed. The console handler itself (`aetrain.console.console_handler`, named in
 configs/hydra/job_logging/aetrain.yaml) is rich on a terminal and plain lines otherwise: a log
 file, CI or a cluster's job output gets no redraws, colours or wrapping at 80 columns.
 """
@@ -23,20 +23,6 @@ from aetrain.rundir import Status, read_summary
 from aetrain.train.engine import Callback, Engine
 
 log = logging.getLogger(__name__)
-
-
-def is_terminal() -> bool:
-    """True when stdout is an interactive terminal: the only place redraws belong."""
-    return sys.stdout is not None and sys.stdout.isatty()
-
-
-def console_handler(**rich_options: Any) -> logging.Handler:
-    """The log handler for the console: rich on a terminal, one plain line per message otherwise."""
-    if is_terminal():
-        from rich.logging import RichHandler
-
-        return RichHandler(**rich_options)
-    return logging.StreamHandler(sys.stdout)
 
 
 class Header(Callback):

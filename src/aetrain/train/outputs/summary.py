@@ -15,10 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from aetrain.errors import WriteError
+from aetrain.errors import AetrainError, WriteError
 from aetrain.models import count_parameters
 from aetrain.rundir import (
     BEST,
+    LAST,
     LOSS_CURVE,
     RECONSTRUCTIONS,
     TENSORBOARD,
@@ -28,7 +29,7 @@ from aetrain.rundir import (
     latest_picture,
     loss_curve_vector,
 )
-from aetrain.train.engine import Callback, Engine
+from aetrain.train.engine import Callback, Engine, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,24 @@ class Summary(Callback):
                 raise
             log.warning("%s", WriteError.of(e, " (the run's final status)"))  # the run's own error follows
 
-    def write(self, engine: Engine, status: Status = Status.RUNNING, *, error: str | None = None) -> None:
-        p, st, records = engine.parts, engine.state, engine.history
+    def on_abort(self, engine: Engine) -> None:
+        """A second Ctrl-C: the run's end as the checkpoint on disk has it (engine.state may be past last.pt: an
+        epoch counted whose checkpoint was never written), so that summary.json and last.pt agree."""
+        state = _saved_state(self.run_dir)
+        if state is None:
+            return
+        records = [r for r in engine.history if r["epoch"] <= state.epoch]
+        ended = engine.status
+        error = None if ended.is_result else \
+            f"Interrupted: aborted by a second SIGINT; last.pt holds {engine.where(state)}"
+        self.write(engine, ended, error=error, state=state, records=records)
+
+    def write(self, engine: Engine, status: Status = Status.RUNNING, *, error: str | None = None,
+              state: TrainState | None = None, records: list[dict[str, Any]] | None = None) -> None:
+        """summary.json from the engine (or from `state` and `records`: what a checkpoint holds)."""
+        p = engine.parts
+        st = engine.state if state is None else state
+        records = engine.history if records is None else records
         best = checkpoint_dir(self.run_dir) / BEST
         vector = self.run_dir / loss_curve_vector(p.cfg.outputs.figure_format)
         rates = [r["samples_per_s"] for r in records if _positive(r.get("samples_per_s"))]
@@ -109,6 +126,18 @@ class Summary(Callback):
         if isinstance(earlier, (int, float)) and math.isfinite(earlier):
             return float(earlier)
         return sum(r["epoch_time_s"] for r in engine.history if _positive(r.get("epoch_time_s")))
+
+
+def _saved_state(run_dir: Path) -> TrainState | None:
+    """The counters of the run's last.pt (a fresh TrainState when there is none yet); None when it cannot be read."""
+    from aetrain import checkpoint as checkpoints
+
+    if not (checkpoint_dir(run_dir) / LAST).is_file():
+        return TrainState()
+    try:
+        return TrainState(**checkpoints.load(run_dir, mmap=True)["state"])
+    except (AetrainError, KeyError, TypeError):
+        return None
 
 
 def _error_in_flight(ended: Status) -> str | None:
