@@ -38,6 +38,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aetrain import launch
 from aetrain.commands import Command
+from aetrain.commands.sweep import CONTINUE, FINISHED
 from aetrain.config import validate
 from aetrain.errors import AetrainError, ConfigError, Interrupted
 from aetrain.rundir import Invocation, RunDir, cannot_create
@@ -79,12 +80,12 @@ def _task(cfg: DictConfig) -> float | None:
                 *([f"hydra.job.num={hc.job.num}"] if sweep_job else [])]  # the job's number: the sweep's table
     config: Any = lambda: to_config(cfg)  # noqa: E731
     resumed = sweep.resume_job(hc, out_dir) if sweep_job else None  # hydra.launcher.resume=true: kept, continued...
-    if resumed == sweep.FINISHED:  # its result stands: not trained again, its dir not touched
+    if resumed == FINISHED:  # its result stands: not trained again, its dir not touched
         best = run_dir.summary().get("best_val_loss")
         said = f" (best val/loss {best:.5g})" if isinstance(best, float) else ""
         sys.stdout.write(f"job {hc.job.num} finished before: kept{said}\n")
         return float(best) if isinstance(best, (int, float)) else None
-    if resumed == sweep.CONTINUE:
+    if resumed == CONTINUE:
         config = _continued(config, out_dir)
     if not sweep_job:
         try:
