@@ -251,6 +251,8 @@ class Engine:
     status: str = "running"  # then ok | stopped_early | interrupted | diverged | failed
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names the run in its checkpoints and summary.json;
     # kept on resume, so a checkpoint can tell its own run dir from a folder it was copied into
+    notes: dict[str, Any] = field(default_factory=dict)  # extra keys summary.json records about how the run trained
+    # (a member of a fused sweep group: {"fused": {...}}, see aetrain.fused); none for a run of its own
 
     def fit(self) -> TrainState:
         self._call("on_fit_start")

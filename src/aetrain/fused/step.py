@@ -1,0 +1,196 @@
+"""The optimizer step of a fused group: one batched forward and backward, then each member's own update.
+
+`FusedStep` has the interface of `aetrain.train.step.TrainStep` (`begin`, `forward_backward`,
+`update`; see `aetrain.train.step.Step`), so a loop drives it like a single run's step and
+`aetrain.train.graphs.build_step` can capture it as one CUDA graph:
+
+- `forward_backward(x, weight)`: `x` is (B, K, *shape), sample b of every member at x[b] (so
+  len(x) is the micro-batch's sample count, as for a single run). Each member's inputs are
+  corrupted by its own objective from its own random stream (`Streams`), the fused network runs
+  once, and each member's terms are computed by its own objective on its slice of the outputs
+  (`Objective.terms`): the same code and numbers as its job alone. The loss backpropagated is the
+  sum of the members' `loss * weight`, so each member's gradient is its own, at its own scale.
+  Returns the terms flattened, `loss@0, reconstruction@0, ..., loss@1, ...` (`names`).
+- `update()`: for each member, exactly `TrainStep.update`: unscale, the training doctor's probe,
+  measure (and clip) the member's own gradient norm, the member's optimizer step (skipped for a
+  non-finite norm under `trainer.on_nonfinite=skip`), then all gradients are zeroed at once.
+  The members' norms land in `norms` (K,); the return value is their sum (one number, for a
+  caller that wants one, as the graph wrapper's self-check does).
+
+Gradients: every stacked weight of the fused network has a gradient tensor that lives as long as
+the step, and each member parameter's `.grad` is its slice of it (a view). The backward pass adds
+into it in place; `update` zeroes it for all members in one call instead of each optimizer's
+`zero_grad`. A member that is `frozen` (it diverged, mid-epoch) still runs in the batched pass
+until the group regroups, but takes no update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from aetrain.models import Objective, Terms
+from aetrain.models.objective import identity
+from aetrain.train.precision import Clip, Precision
+from aetrain.train.step import GradientProbe, admit_always, admit_if_finite
+from aetrain.fused.net import FusedAutoencoder, Streams
+
+
+@dataclass
+class MemberStep:
+    """One member's part of the step: what `TrainStep` holds for a single run."""
+
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    clip: Clip
+    params: list[torch.Tensor]  # the member's trainable parameters (views into the fused network's)
+    admit: Callable[[torch.Tensor], bool]
+    probe: GradientProbe = field(default_factory=GradientProbe)
+    frozen: bool = False  # diverged: no more updates (left out when the group regroups)
+
+
+class Probes:
+    """The members' probes as one, for a caller that asks whether this step is sampled (a graphed step runs a
+    sampled step eagerly) and tells the probes of a step taken without them (a replayed graph)."""
+
+    def __init__(self, members: Sequence[MemberStep]) -> None:
+        self.members = members
+
+    @property
+    def sampling(self) -> bool:
+        return any(m.probe.sampling for m in self.members)
+
+    def before_update(self, step: Any) -> None:
+        for m in self.members:
+            m.probe.before_update(m)
+
+    def after_update(self, step: Any) -> None:
+        for m in self.members:
+            m.probe.after_update(m)
+
+
+class Optimizers:
+    """The members' optimizers seen as one (param groups and state of all), for the graph wrapper's capture."""
+
+    def __init__(self, members: Sequence[MemberStep]) -> None:
+        self.members = members
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [g for m in self.members for g in m.optimizer.param_groups]
+
+    @property
+    def state(self) -> dict[Any, Any]:
+        return {p: s for m in self.members for p, s in m.optimizer.state.items()}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for m in self.members:
+            for p in m.params:
+                if p.grad is not None:
+                    p.grad.zero_()  # views of the stacked gradients: never set to None
+
+
+class FusedObjective:
+    """The members' objectives as one: flattened term names, and progress set on each."""
+
+    def __init__(self, members: Sequence[MemberStep]) -> None:
+        self.members = members
+        self.terms_per_member = members[0].objective.names
+        self.names = tuple(f"{n}@{k}" for k in range(len(members)) for n in self.terms_per_member)
+
+    def set_progress(self, epochs: float) -> None:
+        for m in self.members:
+            m.objective.set_progress(epochs)
+
+
+class FusedStep:
+    def __init__(self, net: FusedAutoencoder, members: Sequence[MemberStep], *, memory_format: torch.memory_format,
+                 autocast: Any) -> None:
+        self.net = net  # the fused network; its stacked weights are the members' parameters
+        self.members = list(members)
+        self.memory_format = memory_format  # each member's samples' layout in its job alone (4-d images)
+        self.autocast = autocast  # the group's precision's autocast (the same for every member)
+        self.objective = FusedObjective(self.members)
+        self.names = self.objective.names
+        self.optimizer = Optimizers(self.members)
+        self.probe = Probes(self.members)
+        self.precision = members[0].precision  # for a caller that reads the scaler's state (disabled: 32 and bf16)
+        self.params = [p for p in net.parameters() if p.requires_grad]  # the stacked weights
+        # what a graph wrapper checks: a member that reads its gradient norm on the host keeps the group eager
+        self.admit = admit_always if all(m.admit is admit_always for m in members) else admit_if_finite
+        self.accumulating = lambda: contextlib.nullcontext()
+        self.corrupts = any(m.objective.corrupt is not identity for m in members)
+        self.norms = torch.zeros(len(members), device=self.params[0].device)  # (K,): each member's grad norm
+        self.grads = [torch.zeros_like(p) for p in self.params]
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+        self._link_members()
+
+    def _link_members(self) -> None:
+        """Each member parameter's gradient: its slice of the stacked gradient (the same slice as its data)."""
+        stacked = {p.data.untyped_storage().data_ptr(): (p, g) for p, g in zip(self.params, self.grads)}
+        for m in self.members:
+            for p in m.params:
+                base, grad = stacked[p.data.untyped_storage().data_ptr()]
+                p.grad = grad.as_strided(p.shape, p.stride(), p.storage_offset() - base.storage_offset())
+
+    def begin(self, epochs: float, micro_batches: int = 1) -> None:
+        """Before an optimizer step's `micro_batches`: each member's progress in epochs once it is done."""
+        self.objective.set_progress(epochs)
+
+    def forward_backward(self, x: torch.Tensor, weight: float) -> Terms:
+        """Forward and backward of one micro-batch (B, K, *shape) of every member; `weight`: its share of the
+        step's samples (the same for every member: they share the batch sizes)."""
+        xs = member_major(x, self.memory_format)  # (K, B, *shape), each member's batch laid out as its job's
+        inputs = self._corrupted(xs) if self.corrupts else xs
+        self.net.hooks = self.probe.sampling
+        with self.autocast:
+            outputs = self.net(inputs)  # each (K, B, ...)
+            parts = [o.unbind(0) for o in outputs]  # unbind's backward stacks: one gradient tensor, not K
+            terms = [m.objective.terms(xs[k], tuple(p[k] for p in parts)) for k, m in enumerate(self.members)]
+        total = torch.stack([m.precision.scaler.scale(t["loss"] * weight) for m, t in zip(self.members, terms)])
+        total.sum().backward()  # d(sum)/d(member loss) = 1: each member's gradient is its own
+        return {f"{n}@{k}": t[n] for k, t in enumerate(terms) for n in self.objective.terms_per_member}
+
+    def _corrupted(self, xs: torch.Tensor) -> torch.Tensor:
+        """Each member's inputs as its objective corrupts them, drawn from its own stream."""
+        streams = self.net.streams()
+        out = []
+        for k, m in enumerate(self.members):
+            with streams.of(k):
+                out.append(m.objective.corrupt(xs[k]))
+        return torch.stack(out)
+
+    def update(self) -> torch.Tensor:
+        """Each member's update, as `TrainStep.update` makes it; every gradient is zeroed after."""
+        for k, m in enumerate(self.members):
+            if m.frozen:
+                continue
+            scaler = m.precision.scaler
+            scaler.unscale_(m.optimizer)  # clipping thresholds are in true gradient units
+            m.probe.before_update(m)
+            grad_norm = m.clip(m.params)  # this member's own gradients: never the stack's
+            if m.admit(grad_norm):
+                scaler.step(m.optimizer)
+            scaler.update()
+            m.probe.after_update(m)
+            self.norms[k] = grad_norm
+        torch._foreach_zero_(self.grads)
+        return self.norms.sum()
+
+
+def member_major(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """(B, K, *shape) -> (K, B, *shape): one copy, each member's batch laid out as the data's samples are (a
+    channels-last image batch stays channels-last), as the batch its job alone gathers."""
+    b, k = x.shape[:2]
+    if x.dim() == 5 and memory_format == torch.channels_last:
+        out = torch.empty((k * b, *x.shape[2:]), dtype=x.dtype, device=x.device, memory_format=memory_format)
+        out = out.view(k, b, *x.shape[2:])
+    else:
+        out = torch.empty((k, b, *x.shape[2:]), dtype=x.dtype, device=x.device)
+    return out.copy_(x.transpose(0, 1))
