@@ -16,6 +16,7 @@ SRC = Path(__file__).parents[1] / "src"
 # Each layer may import the layers after it, never the ones before (or, within a layer, in a cycle).
 LAYERS = [
     {"aetrain.cli"},
+    {"aetrain.fused"},  # fused sweeps: many jobs of one shape trained as one, each through the train command's parts
     {"aetrain.commands"},
     {"aetrain.train"},
     {"aetrain.checkpoint"},  # reading checkpoints: the model a checkpoint holds
@@ -24,7 +25,7 @@ LAYERS = [
     {"aetrain.doctor"},  # the training doctor's rules: torch-free, used by train (live) and commands (doctor)
     {"aetrain.config", "aetrain.rundir", "aetrain.registry", "aetrain.atomic", "aetrain.errors", "aetrain.launch"},
 ]
-HYDRA_FREE = ["aetrain.commands", "aetrain.train", "aetrain.checkpoint", "aetrain.models", "aetrain.data",
+HYDRA_FREE = ["aetrain.fused", "aetrain.commands", "aetrain.train", "aetrain.checkpoint", "aetrain.models", "aetrain.data",
               "aetrain.config", "aetrain.rundir", "aetrain.doctor", "aetrain.launch"]
 
 

@@ -159,9 +159,10 @@ class FusedEngine:
             while self.live:
                 self.run_epoch()
         except Interrupted as e:
+            signum = e.exit_code - 128
             for m in self.live:
-                self._end(m, "interrupted", Interrupted(f"interrupted by {signal.Signals(e.signum).name} "
-                                                        f"{m.engine.where()}", e.signum))
+                self._end(m, "interrupted", Interrupted(f"interrupted by {signal.Signals(signum).name} "
+                                                        f"{m.engine.where()}", signum))
             raise
         except Exception as e:  # the group's own computation failed: every member still training with it
             for m in self.live:

@@ -185,6 +185,7 @@ def _train_one(configs: Sequence[Config], run_dirs: Sequence[Path], callbacks: S
             with context(k):
                 rundirs.initial_weights(opened[k], parts_of[k])
                 engine = rundirs.engine(opened[k], parts_of[k], callbacks[k])
+            engine.interrupt = interrupt  # a member asking to stop (a callback, as the signal handler does) stops all
             rng = RngState.current(built.data.device) if opened[k].ckpt is not None else rng_of[k]  # restored
             group_members.append(Member(k, engine, parts_of[k].step, rng))
         first = parts_of[going[0]]

@@ -76,7 +76,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def shape_key(cfg: Config) -> str:
     """What must be equal for two configs to train as one group: everything but the fusible keys, and
     whether the model has dropout layers at all."""
-    keys = {k: v for k, v in flat(cfg).items() if not fusible(k)}
+    keys = {k: v for k, v in flat(cfg).items() if not fusible(k) and k != "trainer.resume"}  # (resume: a member's own)
     keys["model.dropout>0"] = cfg.model.dropout > 0
     return json.dumps(keys, sort_keys=True, default=str)
 
@@ -91,8 +91,6 @@ def unfusable(cfg: Config) -> str | None:
     if t.precision == "16-mixed":
         return "trainer.precision=16-mixed: each member would need its own loss scaling, which is not fused " \
                "(bf16-mixed and 32 fuse)"
-    if t.resume:
-        return f"trainer.resume={t.resume}: a job given a checkpoint to continue trains alone"
     if cfg.model.activation == "prelu":
         return "model.activation=prelu: its learned slope is not fused"
     if cfg.data.name == "image_folder":
@@ -120,6 +118,8 @@ def group_configs(configs: Sequence[Config], *, max_group: int = DEFAULT_MAX_GRO
     by_shape: dict[str, list[int]] = {}
     for i, cfg in enumerate(configs):
         why = unfusable(cfg)
+        if cfg.trainer.resume:  # a fused sweep resumes its members itself (README: Fused sweeps)
+            why = f"trainer.resume={cfg.trainer.resume}: a job given a checkpoint to continue trains alone"
         if why is not None:
             grouping.alone[i] = why
         else:

@@ -1,0 +1,341 @@
+"""Fused sweeps (aetrain.fused): K jobs of one shape trained as one batched network, each member a normal run
+whose numbers equal its job trained alone.
+
+Exactness is asserted bit for bit (metrics.csv rows without timings, last.pt's and best.pt's weights,
+diagnostics.csv) on one CPU thread, which every test here runs with (`one_thread`); the README says where
+several threads round differently (convolutions' weight gradients).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from aetrain.config import Config, NoiseConfig, SparsityConfig
+from aetrain.errors import Interrupted
+from aetrain.commands.train import run
+from aetrain.fused import group_configs, train_group
+from aetrain.fused.grouping import FUSIBLE, fusible, shape_key
+from aetrain.models import FAMILIES
+from aetrain.train.engine import Callback, Engine
+from conftest import choose, digits_config, last_weights, metrics_rows, without_timing
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def job(model: Any = None, *, optimizer: Any = None, scheduler: Any = None, **trainer: Any) -> Config:
+    """A short CPU run on the digits (2 epochs, batch 128, diagnostics on, no pictures)."""
+    cfg = digits_config(**({"model": model} if model is not None else {}))
+    if optimizer is not None:
+        cfg.optimizer = optimizer
+    if scheduler is not None:
+        cfg.scheduler = scheduler
+    for key, value in trainer.items():
+        setattr(cfg.trainer, key, value)
+    return cfg
+
+
+def assert_same(alone: Path, fused: Path) -> None:
+    """Member == job alone: metrics rows, both checkpoints' weights, diagnostics.csv, best val/loss."""
+    assert without_timing(metrics_rows(fused)) == without_timing(metrics_rows(alone)), fused
+    for name in ("last.pt", "best.pt"):
+        a, b = last_weights(alone, name), last_weights(fused, name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (fused, name, key)
+    assert (fused / "diagnostics.csv").read_text() == (alone / "diagnostics.csv").read_text()
+    sa, sf = summary(alone), summary(fused)
+    for key in ("status", "ended", "best_val_loss", "best_epoch", "epochs", "steps", "stop_reason"):
+        assert sf[key] == sa[key], key
+
+
+def summary(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def alone_and_fused(tmp_path: Path, configs: list[Config]) -> list[tuple[Path, Path]]:
+    pairs = [(tmp_path / f"alone{k}", tmp_path / f"fused{k}") for k in range(len(configs))]
+    for cfg, (alone, _) in zip(configs, pairs):
+        try:
+            run(copy.deepcopy(cfg), alone)
+        except Exception:  # a job that fails alone (divergence) is compared as it failed
+            pass
+    results = train_group(configs, [fused for _, fused in pairs])
+    assert [r.run_dir for r in results] == [fused for _, fused in pairs]
+    return pairs
+
+
+# --- every family ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", FAMILIES.names())
+def test_each_member_equals_its_job_alone_for_every_family(tmp_path: Path, family: str) -> None:
+    configs = [job(choose("model", family), optimizer=choose("optimizer", "adam", lr=lr), seed=seed)
+               for lr, seed in [(1e-3, 0), (3e-3, 1), (1e-3, 2)]]
+    pairs = alone_and_fused(tmp_path, configs)
+    for alone, fused in pairs:
+        assert_same(alone, fused)
+        assert summary(fused)["fused"]["members"] == 3
+    assert len({last_weights(f)["decoder.0.bias"].sum().item() for _, f in pairs}) == 3  # three different runs
+
+
+# --- every fusible key ---------------------------------------------------------------------------------
+
+def _adam(**keys: Any) -> Any:
+    return choose("optimizer", "adam", **keys)
+
+
+def _model(name: str, **keys: Any) -> Any:
+    return choose("model", name, **keys)
+
+
+KEY_CASES = {
+    # optimizer numbers, init, clipping (both algorithms), max_epochs, the non-finite policy
+    "adam": [job(optimizer=_adam(lr=1e-3, weight_decay=0.0, betas=[0.9, 0.999], eps=1e-8), seed=0),
+             job(_model("dense_ae", init="xavier_uniform"), optimizer=_adam(lr=3e-3, weight_decay=1e-4,
+                 betas=[0.8, 0.99], eps=1e-6), seed=1, gradient_clip_val=0.5, max_epochs=3),
+             job(_model("dense_ae", init="kaiming_normal"), optimizer=_adam(lr=1e-2, betas=[0.9, 0.9]), seed=2,
+                 gradient_clip_val=0.01, gradient_clip_algorithm="value", max_epochs=1, on_nonfinite="skip")],
+    "sgd": [job(optimizer=choose("optimizer", "sgd", lr=0.05, momentum=0.9, nesterov=True)),
+            job(optimizer=choose("optimizer", "sgd", lr=0.1, momentum=0.5, nesterov=False, weight_decay=1e-3))],
+    "rmsprop": [job(optimizer=choose("optimizer", "rmsprop", lr=1e-3, alpha=0.99)),
+                job(optimizer=choose("optimizer", "rmsprop", lr=3e-4, alpha=0.9, momentum=0.5, eps=1e-6))],
+    "step": [job(scheduler=choose("scheduler", "step", step_size=1, gamma=0.5)),
+             job(scheduler=choose("scheduler", "step", step_size=2, gamma=0.9), max_epochs=3)],
+    "exponential": [job(scheduler=choose("scheduler", "exponential", gamma=0.5)),
+                    job(scheduler=choose("scheduler", "exponential", gamma=0.9))],
+    "cosine": [job(scheduler=choose("scheduler", "cosine", warmup_steps=0)),
+               job(scheduler=choose("scheduler", "cosine", warmup_steps=5, min_lr=1e-4), max_epochs=3)],
+    "onecycle": [job(scheduler=choose("scheduler", "onecycle", pct_start=0.3)),
+                 job(scheduler=choose("scheduler", "onecycle", pct_start=0.5, cycle_momentum=False))],
+    "plateau": [job(scheduler=choose("scheduler", "plateau", factor=0.5, patience=0), max_epochs=3),
+                job(optimizer=_adam(lr=3e-2), scheduler=choose("scheduler", "plateau", factor=0.2, patience=0),
+                    max_epochs=3)],
+    # each member's noise and dropout masks from its own stream
+    "noise": [job(_model("denoising_ae", noise=NoiseConfig("gaussian", 0.1), dropout=0.1)),
+              job(_model("denoising_ae", noise=NoiseConfig("masking", 0.3), dropout=0.3), seed=1),
+              job(_model("denoising_ae", noise=NoiseConfig("salt_pepper", 0.2), dropout=0.2), seed=2)],
+    "sparsity": [job(_model("sparse_ae", sparsity=SparsityConfig("l1", 1e-3))),
+                 job(_model("sparse_ae", sparsity=SparsityConfig("l1", 1e-2), loss="smooth_l1")),
+                 job(_model("sparse_ae", sparsity=SparsityConfig("kl", 1e-2, 0.2)))],
+    "vae": [job(_model("vae", beta=1.0, kl_warmup_epochs=0.0)),
+            job(_model("vae", beta=0.5, kl_warmup_epochs=1.5)),
+            job(_model("vae", beta=4.0, kl_warmup_epochs=10.0), seed=3)],
+    # grouped convolutions, batch norm over K * C channels, each member's dropout masks, accumulation
+    "conv": [job(_model("conv_ae", batch_norm=True, dropout=0.1), accumulate_grad_batches=2),
+             job(_model("conv_ae", batch_norm=True, dropout=0.2), optimizer=_adam(lr=3e-3), seed=1,
+                 accumulate_grad_batches=2)],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(KEY_CASES))
+def test_each_member_equals_its_job_alone_for_every_fusible_key(tmp_path: Path, case: str) -> None:
+    configs = KEY_CASES[case]
+    assert len({shape_key(c) for c in configs}) == 1  # they differ in fusible keys alone
+    for alone, fused in alone_and_fused(tmp_path, copy.deepcopy(configs)):
+        assert_same(alone, fused)
+
+
+def test_the_key_cases_vary_every_fusible_key() -> None:
+    """The fusible keys the cases above sweep: every entry of FUSIBLE but those of outputs, logging and checkpoints
+    (per-member callbacks, checked by the output tests) and trainer.init_from (its own test)."""
+    from aetrain.fused.grouping import flat
+
+    varied = set()
+    for configs in KEY_CASES.values():
+        rows = [flat(c) for c in configs]
+        varied |= {k for k in rows[0] if len({json.dumps(r[k]) for r in rows}) > 1}
+    untested = [key for key, _ in FUSIBLE if not any(fusible(v) and (v == key or v.startswith(key)) for v in varied)]
+    assert set(untested) <= {"trainer.early_stopping_patience", "trainer.init_from", "trainer.log_every_n_steps",
+                             "trainer.checkpoint_every_n_steps", "trainer.save_top_k", "outputs.", "diagnostics."}, untested
+
+
+# --- grouping ----------------------------------------------------------------------------------------------
+
+def test_a_mixed_sweep_is_grouped_by_shape_and_the_rest_train_alone_with_a_reason() -> None:
+    def dense(**keys: Any) -> Config:
+        cfg = job(**{k: v for k, v in keys.items() if k in ("seed", "compile", "devices", "precision")})
+        for key, value in keys.items():
+            if key in ("lr",):
+                cfg.optimizer.lr = value
+            elif key in ("latent_dim", "dropout", "hidden_dims"):
+                setattr(cfg.model, key, value)
+        return cfg
+
+    configs = [dense(lr=1e-3, seed=0), dense(lr=3e-3, seed=0), dense(lr=1e-3, seed=1), dense(lr=3e-3, seed=1),  # 0-3
+               job(_model("conv_ae")),  # 4: no partner
+               dense(latent_dim=8), dense(latent_dim=8, seed=5),  # 5, 6: another shape
+               dense(compile=True), dense(devices=2), dense(precision="16-mixed"),  # 7-9: cannot fuse
+               dense(dropout=0.1), dense(dropout=0.2),  # 10, 11: dropout rates fuse among rates > 0
+               dense(seed=9)]  # 12: the shape of 0-3
+    grouping = group_configs(configs, max_group=3)
+    assert grouping.groups == [[0, 1, 2], [3, 12], [5, 6], [10, 11]]  # 5 of one shape: split into 3 + 2
+    assert sorted(grouping.alone) == [4, 7, 8, 9]
+    assert grouping.alone[4].startswith("no other job of this batch has its shape (it differs in model.")
+    assert grouping.alone[7] == "trainer.compile=true: a compiled model trains alone"
+    assert grouping.alone[8] == "trainer.devices=2: a data-parallel job trains alone"
+    assert grouping.alone[9].startswith("trainer.precision=16-mixed:")
+    assert grouping.group_of(12) == 1 and grouping.group_of(4) is None
+
+
+def test_fusible_keys_are_exactly_those_the_readme_lists() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Fused sweeps"):]
+    for key, _ in FUSIBLE:
+        assert f"`{key.rstrip('.')}" in section, key
+    assert fusible("optimizer.lr") and fusible("scheduler.gamma") and fusible("trainer.seed")
+    assert not fusible("optimizer.name") and not fusible("scheduler.name") and not fusible("model.latent_dim")
+
+
+# --- members are independent -------------------------------------------------------------------------------
+
+def test_a_diverging_member_fails_alone_and_the_others_go_on(tmp_path: Path) -> None:
+    model = _model("dense_ae", output_activation="identity")  # unbounded: sgd at lr 10 blows up at step 7
+    configs = [job(model, optimizer=choose("optimizer", "sgd", lr=lr), max_epochs=3, checkpoint_every_n_steps=3)
+               for lr in (0.01, 10.0, 0.02)]
+    results = train_group(copy.deepcopy(configs), [tmp_path / f"fused{k}" for k in range(3)])
+    assert [r.status for r in results] == ["ok", "diverged", "ok"]
+    for k, cfg in enumerate(configs):
+        try:
+            run(copy.deepcopy(cfg), tmp_path / f"alone{k}")
+        except Exception:
+            assert k == 1
+    diverged, alone = summary(tmp_path / "fused1"), summary(tmp_path / "alone1")
+    assert diverged["status"] == "failed" and diverged["ended"] == "diverged"
+    assert diverged["error"] == alone["error"] and diverged["error"].startswith("DivergenceError: non-finite loss at")
+    assert not (tmp_path / "fused1" / "metrics.csv").exists() and not (tmp_path / "alone1" / "metrics.csv").exists()
+    before, alone_before = last_weights(tmp_path / "fused1"), last_weights(tmp_path / "alone1")  # step 6's, finite
+    assert all(torch.equal(before[key], alone_before[key]) for key in before)
+    for k in (0, 2):
+        assert_same(tmp_path / f"alone{k}", tmp_path / f"fused{k}")
+
+
+def test_a_member_that_stops_early_or_sooner_ends_alone(tmp_path: Path) -> None:
+    configs = [job(max_epochs=4), job(optimizer=_adam(lr=0.1), max_epochs=4, early_stopping_patience=1),
+               job(seed=1, max_epochs=3, early_stopping_patience=3)]
+    pairs = alone_and_fused(tmp_path, configs)
+    for alone, fused in pairs:
+        assert_same(alone, fused)
+    ends = [summary(fused) for _, fused in pairs]
+    assert [(s["ended"], s["epochs"]) for s in ends] == [("ok", 4), ("stopped_early", 2), ("ok", 3)]
+    # a member that ended stops costing: its share of the group's time is the smallest
+    assert ends[1]["fused"]["share_s"] < ends[0]["fused"]["share_s"]
+
+
+class StopAt(Callback):
+    """Deliver a stop request (what the SIGINT handler does) at a step of the run."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step(self, engine: Engine) -> None:
+        if engine.state.step == self.step:
+            engine.interrupt.handle(signal.SIGINT)
+
+
+def test_an_interrupted_group_leaves_every_member_resumable_and_resumes_exactly(tmp_path: Path) -> None:
+    """Stopped mid-epoch: each member's last.pt continues, alone (today's single-run resume) or in the group,
+    to the numbers of its job trained alone without a stop."""
+    configs = [job(_model("denoising_ae", dropout=0.1), optimizer=_adam(lr=lr), seed=seed, max_epochs=3)
+               for lr, seed in [(1e-3, 0), (3e-3, 1), (1e-3, 2)]]  # noise and dropout: the streams must resume too
+    dirs = [tmp_path / f"fused{k}" for k in range(3)]
+    with pytest.raises(Interrupted) as info:
+        train_group(copy.deepcopy(configs), dirs, callbacks=[[], [StopAt(17)], []])
+    assert "interrupted by SIGINT in epoch 2 (step 5 of 12), step 17 of the run" in str(info.value)
+    assert "saved last.pt of 3 member(s)" in str(info.value)
+    for d in dirs:
+        assert summary(d)["ended"] == "interrupted"
+        assert torch.load(d / "checkpoints" / "last.pt", weights_only=True)["state"]["step"] == 17
+
+    alone_cfg = copy.deepcopy(configs[2])  # member 2 continues alone, with the single-run code
+    alone_cfg.trainer.resume = str(dirs[2])
+    run(alone_cfg, dirs[2])
+    results = train_group(copy.deepcopy(configs), dirs, resume=True)  # 0 and 1 continue as a group
+    assert [r.status for r in results] == ["ok", "ok", "skipped"]
+    for k, cfg in enumerate(configs):
+        run(copy.deepcopy(cfg), tmp_path / f"alone{k}")
+        assert_same(tmp_path / f"alone{k}", dirs[k])
+
+
+# --- memory -------------------------------------------------------------------------------------------------
+
+def test_a_group_too_large_for_the_memory_is_split_before_it_starts(tmp_path: Path, monkeypatch) -> None:
+    from aetrain.data import build_data
+    from aetrain.fused import build
+    from aetrain.train.memory import estimate
+
+    configs = [job(seed=s) for s in range(4)]
+    spec = build_data(configs[0].data, torch.device("cpu"), seed=0).spec
+    need = estimate(configs[0], FAMILIES.get("dense_ae"), spec, batch_size=128)
+    monkeypatch.setattr(build, "available_host_memory", lambda: int(2.5 * (need.device_bytes + need.host_bytes)))
+    pairs = alone_and_fused(tmp_path, configs)
+    for alone, fused in pairs:
+        assert_same(alone, fused)
+    assert [(summary(f)["fused"]["group"], summary(f)["fused"]["members"]) for _, f in pairs] == \
+        [("0.0", 2), ("0.0", 2), ("0.1", 2), ("0.1", 2)]
+
+
+def test_a_group_out_of_memory_in_its_first_step_is_halved(tmp_path: Path, monkeypatch, caplog) -> None:
+    from aetrain.fused.engine import FusedEngine
+
+    trial = FusedEngine.trial
+
+    def small_memory(engine: FusedEngine) -> None:
+        if len(engine.members) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        trial(engine)
+
+    monkeypatch.setattr(FusedEngine, "trial", small_memory)
+    configs = [job(seed=s) for s in range(4)]
+    pairs = alone_and_fused(tmp_path, configs)
+    for alone, fused in pairs:
+        assert_same(alone, fused)
+    assert "a group of 4 ran out of memory in its first step (CUDA out of memory. Tried to allocate 2.00 GiB " \
+           "(simulated)): halving it" in caplog.text
+    assert [summary(f)["fused"]["group"] for _, f in pairs] == ["0.0", "0.0", "0.1", "0.1"]
+
+
+# --- a member is a normal run -------------------------------------------------------------------------------
+
+def test_each_member_writes_a_complete_run_dir_with_its_own_output_settings(tmp_path: Path) -> None:
+    import aetrain
+
+    configs = [job(seed=0, checkpoint_every_n_steps=5, save_top_k=1, log_every_n_steps=4),
+               job(seed=1)]
+    configs[0].outputs.plot_every, configs[0].outputs.tensorboard = 1, True
+    pairs = alone_and_fused(tmp_path, configs)
+    for alone, fused in pairs:
+        assert_same(alone, fused)  # pictures and TensorBoard leave the numbers alone
+    drawn, plain = pairs[0][1], pairs[1][1]
+    for name in ("loss_curve.png", "reconstructions/epoch_001.png", "reconstructions/epoch_002.png", "split.json",
+                 "diagnostics.csv", "metrics.csv", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (drawn / name).is_file(), name
+    assert list((drawn / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(list((drawn / "checkpoints").glob("epoch=*-val_loss=*.pt"))) == 1
+    assert not (plain / "loss_curve.png").exists() and not (plain / "tensorboard").exists()
+    assert (plain / "split.json").read_text() == (pairs[1][0] / "split.json").read_text()
+    model = aetrain.load_model(drawn)
+    assert model.reconstruct(torch.rand(2, 1, 8, 8)).shape == (2, 1, 8, 8)
+    fused = summary(drawn)["fused"]
+    assert fused["group"] == "0" and fused["members"] == 2 and fused["index"] == 0
+    assert 0 < fused["share_s"] <= fused["group_wall_time_s"]
+
+
+def test_a_member_can_start_from_another_runs_weights(tmp_path: Path) -> None:
+    run(job(max_epochs=1), tmp_path / "source")
+    configs = [job(init_from=str(tmp_path / "source")), job(seed=1)]
+    for alone, fused in alone_and_fused(tmp_path, configs):
+        assert_same(alone, fused)
