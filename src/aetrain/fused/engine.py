@@ -182,7 +182,7 @@ class FusedEngine:
                 outputs = self.net(xs)
             torch.stack([o.float().sum() for o in outputs]).sum().backward()
         finally:
-            torch._foreach_zero_(self.fused.grads)
+            self.fused.optimizer.zero_grad(set_to_none=True)
             self.net.train()
 
     def _regroup(self, *, force: bool = False) -> None:

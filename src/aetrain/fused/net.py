@@ -145,6 +145,37 @@ def _stack(tensors: Sequence[torch.Tensor], *, cat: bool = False) -> torch.Tenso
     return (torch.cat if cat else torch.stack)([t.detach() for t in tensors])
 
 
+class BatchedLinear(torch.autograd.Function):
+    """y = x W^T + b for every member: (K, B, in), (K, out, in), (K, out) -> (K, B, out).
+
+    The backward pass is written out so that the weights' gradient comes out as (K, out, in) contiguous, the
+    layout of the stacked weight (autograd's own would be a transposed view, which it copies before keeping);
+    each member's part is what `F.linear`'s backward computes for it (checked bit for bit). Under autocast the
+    product runs in the autocast dtype, as a linear layer's does, and the gradients return in the weights' dtype.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        ctx.save_for_backward(x, weight)
+        ctx.dtypes = (x.dtype, weight.dtype)
+        with torch.autocast(device, enabled=False):
+            return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad = grad.to(x.dtype)
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x = torch.bmm(grad, weight) if need_x else None  # (K, B, out) @ (K, out, in)
+        grad_w = torch.bmm(grad.transpose(1, 2), x) if need_w else None  # (K, out, B) @ (K, B, in)
+        grad_b = grad.sum(1) if need_b else None
+        return grad_x, grad_w, grad_b
+
+
 class FusedLinear(FusedLayer):
     takes = MEMBERS
 
@@ -158,7 +189,7 @@ class FusedLinear(FusedLayer):
             m.weight.data, m.bias.data = self.weight.data[k], self.bias.data[k]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias.unsqueeze(1), h, self.weight.transpose(1, 2))  # (K, B, in) -> (K, B, out)
+        return BatchedLinear.apply(h, self.weight, self.bias)  # (K, B, in) -> (K, B, out)
 
 
 class FusedConv(FusedLayer):

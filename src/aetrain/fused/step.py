@@ -17,11 +17,17 @@
   The members' norms land in `norms` (K,); the return value is their sum (one number, for a
   caller that wants one, as the graph wrapper's self-check does).
 
-Gradients: every stacked weight of the fused network has a gradient tensor that lives as long as
-the step, and each member parameter's `.grad` is its slice of it (a view). The backward pass adds
-into it in place; `update` zeroes it for all members in one call instead of each optimizer's
-`zero_grad`. A member that is `frozen` (it diverged, mid-epoch) still runs in the batched pass
-until the group regroups, but takes no update.
+Gradients: the backward pass leaves one gradient per stacked weight of the fused network (autograd
+keeps it, no copy); `update` points each member parameter's `.grad` at its slice (a view), so
+every member's optimizer, clipping and probe see their own gradients as in a run alone, and then
+drops them all (`set_to_none`, as a run's `zero_grad` does). A member that is `frozen` (it
+diverged, mid-epoch) still runs in the batched pass until the group regroups, but takes no update.
+
+Optimizer steps: members whose param groups hold equal hyperparameters (a sweep's members that
+differ only in their seed, or share a learning rate) step in one call of their optimizer class
+over all their tensors (`MergedSteps`): for Adam, AdamW and SGD one fused kernel instead of one per
+member. The kernels compute every element alone, so this is the members' own update bit for bit;
+each optimizer's state stays its own (checkpoints hold exactly a run's optimizer state).
 """
 
 from __future__ import annotations
@@ -77,8 +83,9 @@ class Probes:
 class Optimizers:
     """The members' optimizers seen as one (param groups and state of all), for the graph wrapper's capture."""
 
-    def __init__(self, members: Sequence[MemberStep]) -> None:
+    def __init__(self, members: Sequence[MemberStep], stacked: Sequence[torch.Tensor]) -> None:
         self.members = members
+        self.stacked = stacked  # the fused network's weights, whose gradients the members' are views of
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -90,9 +97,37 @@ class Optimizers:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for m in self.members:
-            for p in m.params:
-                if p.grad is not None:
-                    p.grad.zero_()  # views of the stacked gradients: never set to None
+            m.optimizer.zero_grad(set_to_none)
+        for p in self.stacked:
+            p.grad = None
+
+
+class MergedSteps:
+    """The optimizer steps of members as few calls: the param groups of all of them, merged where their
+    hyperparameters are equal, stepped by one optimizer of their class (the `umbrella`) whose state is the
+    members' own state dicts. LR schedules keep changing the members' groups; they are read at every step."""
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        first = optimizers[0]
+        params = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
+        hyper = {k: v for k, v in first.param_groups[0].items() if k in first.defaults}
+        self.umbrella = type(first)(params, **hyper)  # checks nothing new; its groups and state are set per step
+
+    def step(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        merged: dict[tuple, dict[str, Any]] = {}
+        state: dict[torch.Tensor, Any] = {}
+        for opt in optimizers:
+            for group in opt.param_groups:
+                key = tuple((k, id(v) if isinstance(v, torch.Tensor) else v) for k, v in group.items() if k != "params")
+                target = merged.setdefault(key, {**group, "params": []})
+                for p in group["params"]:
+                    target["params"].append(p)
+                    if p.grad is not None:
+                        state[p] = opt.state[p]  # the member's own dict: the umbrella fills and updates it in place
+            opt._opt_called = True  # what an LR schedule checks before its first step
+        self.umbrella.param_groups = list(merged.values())
+        self.umbrella.state = state
+        self.umbrella.step()
 
 
 class FusedObjective:
@@ -117,27 +152,28 @@ class FusedStep:
         self.autocast = autocast  # the group's precision's autocast (the same for every member)
         self.objective = FusedObjective(self.members)
         self.names = self.objective.names
-        self.optimizer = Optimizers(self.members)
+        self.params = [p for p in net.parameters() if p.requires_grad]  # the stacked weights
+        self.optimizer = Optimizers(self.members, self.params)
         self.probe = Probes(self.members)
         self.precision = members[0].precision  # for a caller that reads the scaler's state (disabled: 32 and bf16)
-        self.params = [p for p in net.parameters() if p.requires_grad]  # the stacked weights
         # what a graph wrapper checks: a member that reads its gradient norm on the host keeps the group eager
         self.admit = admit_always if all(m.admit is admit_always for m in members) else admit_if_finite
         self.accumulating = lambda: contextlib.nullcontext()
         self.corrupts = any(m.objective.corrupt is not identity for m in members)
         self.norms = torch.zeros(len(members), device=self.params[0].device)  # (K,): each member's grad norm
-        self.grads = [torch.zeros_like(p) for p in self.params]
-        for p, g in zip(self.params, self.grads):
-            p.grad = g
-        self._link_members()
+        self.merged = MergedSteps([m.optimizer for m in members]) \
+            if not any(m.precision.scaler.is_enabled() for m in members) else None  # fp16: each its scaler's step
+        # each member parameter: (its stacked weight, its slice's offset there), for pointing its .grad at its slice
+        where = {p.untyped_storage().data_ptr(): p for p in self.params}
+        self.slices = [[(where[p.untyped_storage().data_ptr()], p.shape, p.stride(), p.storage_offset())
+                        for p in m.params] for m in self.members]
 
-    def _link_members(self) -> None:
-        """Each member parameter's gradient: its slice of the stacked gradient (the same slice as its data)."""
-        stacked = {p.data.untyped_storage().data_ptr(): (p, g) for p, g in zip(self.params, self.grads)}
-        for m in self.members:
-            for p in m.params:
-                base, grad = stacked[p.data.untyped_storage().data_ptr()]
-                p.grad = grad.as_strided(p.shape, p.stride(), p.storage_offset() - base.storage_offset())
+    def _link_grads(self) -> None:
+        """Each member parameter's gradient: its slice of its stacked weight's gradient (views, no copy)."""
+        for m, slices in zip(self.members, self.slices):
+            for p, (base, shape, stride, offset) in zip(m.params, slices):
+                grad = base.grad
+                p.grad = None if grad is None else grad.as_strided(shape, stride, offset - base.storage_offset())
 
     def begin(self, epochs: float, micro_batches: int = 1) -> None:
         """Before an optimizer step's `micro_batches`: each member's progress in epochs once it is done."""
@@ -167,20 +203,35 @@ class FusedStep:
         return torch.stack(out)
 
     def update(self) -> torch.Tensor:
-        """Each member's update, as `TrainStep.update` makes it; every gradient is zeroed after."""
-        for k, m in enumerate(self.members):
-            if m.frozen:
-                continue
-            scaler = m.precision.scaler
-            scaler.unscale_(m.optimizer)  # clipping thresholds are in true gradient units
+        """Each member's update, as `TrainStep.update` makes it (unscale, probe, measure and clip, step, scaler
+        update, probe), the optimizer steps merged (`MergedSteps`); then every gradient is dropped."""
+        self._link_grads()
+        live = [(k, m) for k, m in enumerate(self.members) if not m.frozen]
+        norms, admitted = [], []
+        for k, m in live:
+            m.precision.scaler.unscale_(m.optimizer)  # clipping thresholds are in true gradient units
             m.probe.before_update(m)
             grad_norm = m.clip(m.params)  # this member's own gradients: never the stack's
+            norms.append(grad_norm)
             if m.admit(grad_norm):
-                scaler.step(m.optimizer)
-            scaler.update()
+                admitted.append(m)
+        if self.merged is not None:
+            if admitted:
+                self.merged.step([m.optimizer for m in admitted])
+        else:
+            for m in admitted:
+                m.precision.scaler.step(m.optimizer)
+        for k, m in live:
+            m.precision.scaler.update()
             m.probe.after_update(m)
-            self.norms[k] = grad_norm
-        torch._foreach_zero_(self.grads)
+        if live:
+            index = torch.tensor([k for k, _ in live], device=self.norms.device)
+            self.norms.index_copy_(0, index, torch.stack(norms).to(self.norms.dtype))
+        for p in self.params:
+            p.grad = None
+        for _, m in live:
+            for p in m.params:
+                p.grad = None
         return self.norms.sum()
 
 
