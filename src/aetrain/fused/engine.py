@@ -136,6 +136,8 @@ class FusedEngine:
         self.started = time.perf_counter()
         self.shares = {m.index: 0.0 for m in self.members}  # seconds of the group's time each member accounts for
         self.since = self.started
+        for m in self.members:
+            m.engine.clock = self.clock_of(m)
         self.active: list[Member] = []  # the members in the fused network, in its order
         self.net: FusedAutoencoder | None = None
         self.step: Any = None
@@ -401,6 +403,17 @@ class FusedEngine:
         except Exception as e:  # a writer failed while ending a run that ended well: the run failed
             m.engine.status, m.error = "failed", e
             log.error("%s: %s", type(e).__name__, e)
+
+    def clock_of(self, m: Member) -> Callable[[], float]:
+        """Member m's own time: its share of the group's time so far (what its outputs.render_budget is a share
+        of, as a run alone's is of its wall time; K members drawing 2% each of the group's whole time would
+        together spend 2K%)."""
+        def clock() -> float:
+            live = self.live
+            running = (time.perf_counter() - self.since) / len(live) if m in live else 0.0
+            return self.shares[m.index] + running
+
+        return clock
 
     def _account(self) -> None:
         """Share the group's time since the last call evenly between the members training in it."""

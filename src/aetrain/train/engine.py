@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,6 +254,8 @@ class Engine:
     # kept on resume, so a checkpoint can tell its own run dir from a folder it was copied into
     notes: dict[str, Any] = field(default_factory=dict)  # extra keys summary.json records about how the run trained
     # (a member of a fused sweep group: {"fused": {...}}, see aetrain.fused); none for a run of its own
+    clock: Callable[[], float] = time.perf_counter  # the run's own time in seconds, which outputs.render_budget is a
+    # share of: the wall clock; for a member of a fused group its share of the group's time (aetrain.fused.engine)
 
     def fit(self) -> TrainState:
         self._call("on_fit_start")
