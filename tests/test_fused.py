@@ -339,3 +339,27 @@ def test_a_member_can_start_from_another_runs_weights(tmp_path: Path) -> None:
     configs = [job(init_from=str(tmp_path / "source")), job(seed=1)]
     for alone, fused in alone_and_fused(tmp_path, configs):
         assert_same(alone, fused)
+
+
+# --- CUDA graphs -------------------------------------------------------------------------------------------
+
+def test_the_fused_step_runs_inside_the_graph_wrapper_with_the_same_numbers(tmp_path: Path, monkeypatch) -> None:
+    """`GraphedTrainStep` (what trainer.cuda_graphs captures on a GPU) wraps the fused step as it wraps a run's:
+    through the CPU stand-in for CUDA graphs, the members' numbers are their jobs' alone."""
+    from aetrain.fused import group
+    from aetrain.train.graphs import GraphedTrainStep
+    from test_graphs import PythonGraphs
+
+    backend = PythonGraphs()
+
+    def graphed(cfg: Config, step: Any, device: Any, sizes: list[int], *, eager_only: str | None = None) -> Any:
+        assert eager_only is None  # no member draws random numbers here: nothing keeps the group eager
+        return GraphedTrainStep(step, backend, batch_size=max(sizes), accumulate=cfg.trainer.accumulate_grad_batches,
+                                strict=True)
+
+    monkeypatch.setattr(group, "build_step", graphed)
+    configs = [job(optimizer=_adam(lr=lr), seed=seed, gradient_clip_val=clip)
+               for lr, seed, clip in [(1e-3, 0, None), (3e-3, 1, 0.5), (1e-3, 2, None)]]
+    for alone, fused in alone_and_fused(tmp_path, configs):
+        assert_same(alone, fused)
+    assert backend.captures == 1

@@ -73,11 +73,13 @@ class Probes:
 
     def before_update(self, step: Any) -> None:
         for m in self.members:
-            m.probe.before_update(m)
+            if not m.frozen:
+                m.probe.before_update(m)
 
     def after_update(self, step: Any) -> None:
         for m in self.members:
-            m.probe.after_update(m)
+            if not m.frozen:
+                m.probe.after_update(m)
 
 
 class Optimizers:
@@ -207,10 +209,12 @@ class FusedStep:
         update, probe), the optimizer steps merged (`MergedSteps`); then every gradient is dropped."""
         self._link_grads()
         live = [(k, m) for k, m in enumerate(self.members) if not m.frozen]
+        for _, m in live:
+            m.precision.scaler.unscale_(m.optimizer)  # clipping thresholds are in true gradient units
+        # every member's probe (a graph wrapper swaps `probe` for one that does nothing while it warms up)
+        self.probe.before_update(self)
         norms, admitted = [], []
         for k, m in live:
-            m.precision.scaler.unscale_(m.optimizer)  # clipping thresholds are in true gradient units
-            m.probe.before_update(m)
             grad_norm = m.clip(m.params)  # this member's own gradients: never the stack's
             norms.append(grad_norm)
             if m.admit(grad_norm):
@@ -221,9 +225,9 @@ class FusedStep:
         else:
             for m in admitted:
                 m.precision.scaler.step(m.optimizer)
-        for k, m in live:
+        for _, m in live:
             m.precision.scaler.update()
-            m.probe.after_update(m)
+        self.probe.after_update(self)
         if live:
             index = torch.tensor([k for k, _ in live], device=self.norms.device)
             self.norms.index_copy_(0, index, torch.stack(norms).to(self.norms.dtype))
