@@ -363,3 +363,97 @@ def test_the_fused_step_runs_inside_the_graph_wrapper_with_the_same_numbers(tmp_
     for alone, fused in alone_and_fused(tmp_path, configs):
         assert_same(alone, fused)
     assert backend.captures == 1
+
+
+# --- hydra/launcher=fused -----------------------------------------------------------------------------------
+
+SWEEP = ["trainer.max_epochs=2", "data.batch_size=128", "trainer.device=cpu", "outputs.plot_every=0",
+         "outputs.tensorboard=false", "outputs.progress=false"]
+
+
+def summary_csv(sweep_dir: Path) -> dict[str, dict[str, str]]:
+    import csv
+
+    with open(sweep_dir / "sweep_summary.csv", newline="") as f:
+        return {row["job"]: row for row in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_a_fused_sweep_trains_and_summarises_as_the_basic_one_with_the_same_numbers(cli, tmp_path: Path) -> None:
+    grid = ["optimizer.lr=1e-3,3e-3", "trainer.seed=0,1", "trainer.precision=32,16-mixed", *SWEEP]
+    basic = cli.command("-m", *grid, f"hydra.sweep.dir={tmp_path / 'basic'}")
+    fused = cli.command("-m", "hydra/launcher=fused", "hydra.launcher.max_group=2", *grid,
+                        f"hydra.sweep.dir={tmp_path / 'fused'}")
+    assert basic.returncode == 0 and fused.returncode == 0, fused.output
+    # the four fp16 jobs cannot fuse: each trains alone, one line each saying why; the others fuse in pairs
+    alone = [line for line in fused.output.splitlines() if "trains alone" in line]
+    assert len(alone) == 4 and all("trainer.precision=16-mixed: each member would need its own loss scaling" in line
+                                   for line in alone), fused.output
+    rows = summary_csv(tmp_path / "fused")
+    groups = {job: row["group"] for job, row in rows.items()}
+    assert sorted(groups.values()) == ["", "", "", "", "0", "0", "4", "4"], groups  # max_group=2 splits 0, 2, 4, 6
+    assert list(next(iter(rows.values())))[-1] == "group"
+    for job in rows:
+        assert_same(tmp_path / "basic" / job, tmp_path / "fused" / job)
+        for name in ("train.log", ".hydra/config.yaml", ".hydra/overrides.yaml"):
+            assert (tmp_path / "fused" / job / name).is_file(), (job, name)
+    member = tmp_path / "fused" / next(job for job, g in groups.items() if g)
+    own = f"output  {member}"  # a line of the member's header
+    assert own in (member / "train.log").read_text() and "epoch 2/2" in (member / "train.log").read_text()
+    assert own not in fused.out and "fused group 0: epoch 2, 2 member(s) trained" in fused.out  # the group's lines
+    evaluated = cli.command("eval", str(member), "device=cpu", "probe_samples=0")
+    assert evaluated.returncode == 0, evaluated.output  # a member is a run for every command after training
+
+
+@pytest.mark.slow
+def test_optuna_trains_each_batch_of_n_jobs_trials_as_a_group(cli, tmp_path: Path) -> None:
+    result = cli.command("-m", "hparams_search=optuna", "hydra/launcher=fused", "hydra.sweeper.n_jobs=3",
+                         "hydra.sweeper.n_trials=6", *SWEEP, f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.output
+    rows = summary_csv(tmp_path)
+    assert sorted((job, row["group"]) for job, row in rows.items()) == [
+        ("0", "0"), ("1", "0"), ("2", "0"), ("3", "3"), ("4", "3"), ("5", "3")]
+    assert all(row["status"] == "ok" for row in rows.values())
+    assert "Best value:" in result.output
+
+
+def test_a_bad_max_group_is_one_line(cli, tmp_path: Path) -> None:
+    result = cli.command("-m", "hydra/launcher=fused", "hydra.launcher.max_group=0", *SWEEP,
+                         f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 2
+    assert "hydra.launcher.max_group=0 is out of range: must be an integer >= 1" in result.err
+
+
+@pytest.mark.slow
+def test_an_interrupted_fused_sweep_continues_with_the_command_it_prints(cli, tmp_path: Path) -> None:
+    """Ctrl-C in a fused sweep: every member saves last.pt, and the line printed resumes the sweep to the numbers
+    of the sweep never stopped (each member's checkpoint continues where the group stopped)."""
+    import shlex
+    import subprocess
+    import sys
+    import time
+
+    grid = ["optimizer.lr=1e-3,3e-3", "trainer.seed=0,1", *SWEEP, "trainer.max_epochs=6"]
+    sweep_dir = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "aetrain", "-m", "hydra/launcher=fused", *grid,
+                             f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (sweep_dir / "0" / "metrics.csv").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out + err
+    assert "saved last.pt of 4 member(s)" in err and "resume the sweep with: aetrain " in err, err
+    for job in "0123":
+        assert summary(sweep_dir / job)["ended"] == "interrupted"
+        assert (sweep_dir / job / "checkpoints" / "last.pt").is_file()
+    command = shlex.split(err.split("resume the sweep with: ")[1].strip())
+    assert command[0] == "aetrain" and command[-1] == "hydra.launcher.resume=true"
+    resumed = cli.command(*command[1:])
+    assert resumed.returncode == 0, resumed.output
+    whole = cli.command("-m", "hydra/launcher=fused", *grid, f"hydra.sweep.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0
+    for job in "0123":
+        assert_same(tmp_path / "whole" / job, sweep_dir / job)
+        assert summary(sweep_dir / job)["epochs"] == 6

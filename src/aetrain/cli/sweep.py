@@ -42,7 +42,8 @@ NAMED_CURVES = 10  # jobs named in sweep_curves.png's legend, best first; the ot
 CURVE_COLOURS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9", "black"]  # tab10 without its grey
 MARKER = ".aetrain-sweep"  # created exclusively when a sweep starts: two sweeps never share a dir
 OBJECTIVE_PNG = "sweep_objective.png"
-COLUMNS = ["job", "overrides", "status", "error", "best_val_loss", "epochs", "wall_time_s", "run_dir"]
+COLUMNS = ["job", "overrides", "status", "error", "best_val_loss", "epochs", "wall_time_s", "run_dir",
+           "group"]  # fused sweeps (i23): the fused group a job trained in, "" for a job trained alone
 
 
 @dataclass
@@ -57,6 +58,7 @@ class JobResult:
     best_val_loss: float = math.nan  # the objective; NaN when the job has none
     epochs: int | None = None  # epochs trained; None when unknown
     wall_time_s: float | None = None  # training time; None when unknown
+    group: str = ""  # fused sweeps (i23): the fused group it trained in (summary.json "fused"); "" when alone
 
     @property
     def ok(self) -> bool:
@@ -110,6 +112,8 @@ def read_job(run_dir: Path) -> JobResult:
     if summary.get("wall_time_s") is not None:
         result.wall_time_s = _float(summary["wall_time_s"])
 
+    fused = summary.get("fused")  # fused sweeps (i23)
+    result.group = str(fused.get("group", "")) if isinstance(fused, dict) else ""  # fused sweeps (i23)
     status = summary.get("status")
     if status in ("ok", "failed"):
         result.status, result.error = status, _one_line(summary.get("error") or "")
@@ -191,7 +195,7 @@ def write_csv(results: list[JobResult], path: Path) -> None:
             f"{r.best_val_loss:.8g}" if math.isfinite(r.best_val_loss) else "",
             "" if r.epochs is None else r.epochs,
             "" if r.wall_time_s is None else f"{r.wall_time_s:.2f}",
-            str(r.run_dir),
+            str(r.run_dir), r.group,  # fused sweeps (i23): the group column
         ])
     write_atomic(path, text.getvalue())  # a reader never sees half a table
 
@@ -248,6 +252,9 @@ def print_table(results: list[JobResult], sweep_dir: Path) -> None:
     table.add_column("epochs", justify="right")
     table.add_column("time", justify="right")
     table.add_column("overrides", overflow="fold")  # wrapped on a narrow terminal, never cut
+    grouped = any(r.group for r in results)  # fused sweeps (i23): a group column when jobs trained fused
+    if grouped:  # fused sweeps (i23)
+        table.add_column("group", justify="right")  # fused sweeps (i23)
     if failed:
         table.add_column("error", overflow="fold")
     best = results[0] if results[0].ranked else None
@@ -257,7 +264,8 @@ def print_table(results: list[JobResult], sweep_dir: Path) -> None:
             f"{r.best_val_loss:.5g}" if math.isfinite(r.best_val_loss) else "-",
             "-" if r.epochs is None else str(r.epochs),
             "-" if r.wall_time_s is None else f"{r.wall_time_s:.1f}s",
-            " ".join(_short(o) for o in overrides), *([r.error] if failed else []),
+            " ".join(_short(o) for o in overrides), *([r.group or "-"] if grouped else []),  # fused sweeps (i23)
+            *([r.error] if failed else []),
             style="bold green" if r is best else ("red" if not r.ok else None),
         )
     header = f"sweep {sweep_dir}: {len(results) - failed} ok, {failed} failed"  # not the table's title: rich would fold a long path
@@ -457,7 +465,8 @@ class SweepSummary(Callback):
             sys.exit(2)
         # Jobs of a second sweep would be refused by the runs already there, and the summary would
         # mix both. Hydra turns a callback's exception into a warning, hence the exits here.
-        used = previous_sweep(sweep_dir) or _claim(sweep_dir)
+        resuming = OmegaConf.select(config, "hydra.launcher.resume", default=False) is True  # fused sweeps (i23)
+        used = None if resuming and sweep_dir.is_dir() else previous_sweep(sweep_dir) or _claim(sweep_dir)  # (i23)
         if used:
             sys.stderr.write(f"aetrain: error: hydra.sweep.dir={sweep_dir} already holds a sweep ({used}); "
                              f"choose another hydra.sweep.dir\n")

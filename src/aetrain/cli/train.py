@@ -355,6 +355,8 @@ def _app(cfg: DictConfig) -> float | None:
 def main(args: list[str]) -> None:
     """`aetrain [train] [overrides...]`, `aetrain -m ...`, `aetrain --help`."""
     register_configs()
+    from hydra_plugins.aetrain_fused.fused_launcher import register  # fused sweeps (i23): hydra/launcher=fused
+    register()  # fused sweeps (i23): known to Hydra under any install, editable included
     _install_one_line_errors()
     if {"--help", "-h"} & set(args):
         from aetrain.cli.help import print_train_help

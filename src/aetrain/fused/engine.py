@@ -123,8 +123,8 @@ class FusedEngine:
 
     def __init__(self, members: Sequence[Member], data: Data, *, autocast: Any, interrupt: Interrupt,
                  context: Callable[[Member], ContextManager[Any]] | None = None,
-                 wrap_step: Callable[[FusedStep], Any] | None = None, notes: Callable[[Member], dict] | None = None
-                 ) -> None:
+                 wrap_step: Callable[[FusedStep], Any] | None = None, notes: Callable[[Member], dict] | None = None,
+                 name: str = "0", labels: Sequence[str] | None = None) -> None:
         self.members = list(members)
         self.data = data  # shared: the same samples and split for every member (each has its own batch order)
         self.device = data.device
@@ -133,6 +133,8 @@ class FusedEngine:
         self.context = context or (lambda m: contextlib.nullcontext())  # e.g. where the member's log lines go
         self.wrap_step = wrap_step or (lambda step: step)  # e.g. a CUDA graph of the fused step
         self.notes = notes or (lambda m: {})
+        self.name = name  # the group's, in its progress lines
+        self.labels = list(labels) if labels is not None else [str(m.index) for m in self.members]  # each member's
         self.started = time.perf_counter()
         self.shares = {m.index: 0.0 for m in self.members}  # seconds of the group's time each member accounts for
         self.since = self.started
@@ -237,13 +239,25 @@ class FusedEngine:
                       "memory_mb": memory}
             m.engine.history.append(record)
         self._account()
-        for m in self.live:
+        live = self.live
+        for m in live:
             self._note(m)
             if not self._call(m, "on_epoch_end", m.engine.history[-1], full=True):
                 continue
             if m.engine.state.epoch >= m.cfg.trainer.max_epochs or m.engine.stop_reason is not None:
                 self._end(m, "ok" if m.engine.stop_reason is None else "stopped_early")
+        self._progress(live)
         self._regroup()
+
+    def _progress(self, trained: list[Member]) -> None:
+        """The group's line of an epoch (its members' own lines go to their logs)."""
+        losses = sorted((m.engine.history[-1]["val/loss"], self.labels[m.index]) for m in trained
+                        if math.isfinite(m.engine.history[-1]["val/loss"]))
+        best = f"best val/loss {losses[0][0]:.5g} (run dir {losses[0][1]}), worst {losses[-1][0]:.5g}" if losses \
+            else "no finite val/loss"
+        ended = len(trained) - len(self.live)
+        log.info("fused group %s: epoch %d, %d member(s) trained, %s%s", self.name, trained[0].engine.state.epoch,
+                 len(trained), best, f"; {ended} ended" if ended else "")
 
     def train_epoch(self) -> tuple[dict[int, dict[str, float]], int]:
         """The epoch's steps (from step_in_epoch on) for every member; returns each member's mean terms and last

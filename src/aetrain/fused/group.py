@@ -195,7 +195,7 @@ def _train_one(configs: Sequence[Config], run_dirs: Sequence[Path], callbacks: S
             context=lambda m: context(m.index),
             wrap_step=lambda step: build_step(first.cfg, step, built.data.device, first.data.train.plan.sizes,
                                               eager_only=reason),
-            notes=lambda m: {"fused": {"group": group}})
+            notes=lambda m: {"fused": {"group": group}}, name=group, labels=[run_dirs[k].name for k in range(len(configs))])
         try:
             fused.trial()
         except Exception as e:
@@ -205,8 +205,8 @@ def _train_one(configs: Sequence[Config], run_dirs: Sequence[Path], callbacks: S
         for m in group_members:
             with context(m.index):
                 rundirs.start(opened[m.index], m.engine.parts)
-        log.info("fused group %s: %d members train as one (%s on %s)", group, len(group_members),
-                 first.cfg.model.name, first.data.spec.name)
+        log.info("fused group %s: %d members train as one (%s on %s): %s", group, len(group_members),
+                 first.cfg.model.name, first.data.spec.name, ", ".join(run_dirs[m.index].name for m in group_members))
         with interrupt.installed(), long_lived_objects_frozen():
             try:
                 fused.fit()
