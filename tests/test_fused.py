@@ -180,10 +180,11 @@ def test_a_mixed_sweep_is_grouped_by_shape_and_the_rest_train_alone_with_a_reaso
                dense(latent_dim=8), dense(latent_dim=8, seed=5),  # 5, 6: another shape
                dense(compile=True), dense(devices=2), dense(precision="16-mixed"),  # 7-9: cannot fuse
                dense(dropout=0.1), dense(dropout=0.2),  # 10, 11: dropout rates fuse among rates > 0
-               dense(seed=9)]  # 12: the shape of 0-3
+               dense(seed=9),  # 12: the shape of 0-3
+               job(optimizer=choose("optimizer", "sgd")), job(scheduler=choose("scheduler", "step"))]  # 13, 14
     grouping = group_configs(configs, max_group=3)
     assert grouping.groups == [[0, 1, 2], [3, 12], [5, 6], [10, 11]]  # 5 of one shape: split into 3 + 2
-    assert sorted(grouping.alone) == [4, 7, 8, 9]
+    assert sorted(grouping.alone) == [4, 7, 8, 9, 13, 14]  # another optimizer, another schedule: alone
     assert grouping.alone[4].startswith("no other job of this batch has its shape (it differs in model.")
     assert grouping.alone[7] == "trainer.compile=true: a compiled model trains alone"
     assert grouping.alone[8] == "trainer.devices=2: a data-parallel job trains alone"

@@ -56,9 +56,12 @@ PREFIXES = tuple(key for key, _ in FUSIBLE)
 DEFAULT_MAX_GROUP = 64  # members of one group at most (hydra.launcher.max_group)
 
 
+KINDS = ("optimizer.name", "scheduler.name")  # which optimizer and schedule: the same in a group (one class each)
+
+
 def fusible(key: str) -> bool:
     """Whether a flat config key (`optimizer.lr`) is one each member of a group has for itself."""
-    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in PREFIXES)
+    return key not in KINDS and any(key == p or (p.endswith(".") and key.startswith(p)) for p in PREFIXES)
 
 
 def flat(cfg: Config) -> dict[str, Any]:
@@ -91,6 +94,10 @@ def unfusable(cfg: Config) -> str | None:
     if t.precision == "16-mixed":
         return "trainer.precision=16-mixed: each member would need its own loss scaling, which is not fused " \
                "(bf16-mixed and 32 fuse)"
+    draws = cfg.model.name in ("denoising_ae", "vae") or cfg.model.dropout > 0
+    if str(t.cuda_graphs).lower() == "true" and draws:
+        return "trainer.cuda_graphs=true: a graph cannot hold each member's own random stream (noise, dropout, the " \
+               "VAE's draws); with trainer.cuda_graphs=auto the group trains eagerly"
     if cfg.model.activation == "prelu":
         return "model.activation=prelu: its learned slope is not fused"
     if cfg.data.name == "image_folder":
