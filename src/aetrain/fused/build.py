@@ -115,7 +115,8 @@ def _member_parts(cfg: Config, family: Family, data: Data, device: torch.device)
     schedule = build_schedule(cfg.scheduler, optimizer, total_steps=len(windows) * t.max_epochs)
     probe = build_probe(cfg.diagnostics, model, latent_dim=cfg.model.latent_dim, steps_per_epoch=len(windows))
     step = MemberStep(objective, optimizer, precision, build_clip(t.gradient_clip_val, t.gradient_clip_algorithm),
-                      trainable(model.parameters()), ADMIT.get(t.on_nonfinite), probe)
+                      trainable(model.parameters()), ADMIT.get(t.on_nonfinite), probe,
+                      clipping=(t.gradient_clip_val, t.gradient_clip_algorithm))
     return Parts(cfg, model, model, objective, val_objective, optimizer, schedule, precision, step, member_data,
                  windows, family.galleries)
 

@@ -33,6 +33,7 @@ each optimizer's state stays its own (checkpoints hold exactly a run's optimizer
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,8 @@ class MemberStep:
     admit: Callable[[torch.Tensor], bool]
     probe: GradientProbe = field(default_factory=GradientProbe)
     frozen: bool = False  # diverged: no more updates (left out when the group regroups)
+    clipping: tuple[float | None, str] | None = None  # (trainer.gradient_clip_val, ..._algorithm) that `clip` does;
+    # None: another clip (then measured and clipped member by member)
 
 
 class Probes:
@@ -102,6 +105,55 @@ class Optimizers:
             m.optimizer.zero_grad(set_to_none)
         for p in self.stacked:
             p.grad = None
+
+
+class Clipping:
+    """Every member's gradient norm and clipping, on the stacked gradients: one norm kernel per stacked weight for
+    all members instead of one per member tensor, and one multiply (or clamp) for all.
+
+    Each member's numbers are those of its own clip (`aetrain.train.precision`: measure only, torch's
+    `clip_grad_norm_`, `clip_grad_value_`), bit for bit: each of its tensors' norms is reduced over the tensor's
+    memory in order, as for the tensor alone; its total norm is the norm of those norms, in its parameters'
+    order; norm clipping multiplies by torch's coefficient, min(max_norm * 1 / (norm + 1e-6), 1), the members
+    that clip otherwise by exactly 1; value clipping clamps at the member's bound (+-inf for the others)."""
+
+    def __init__(self, stacked: Sequence[torch.Tensor], members: Sequence[MemberStep], slices: list[list[Any]]) -> None:
+        device = stacked[0].device
+        position = {id(p): j for j, p in enumerate(stacked)}
+        self.order = [position[id(base)] for base, *_ in slices[0]]  # a member's parameters, as stacked weights
+        self.sizes = [p.numel() // len(members) for p in stacked]  # each member's elements of each stacked weight
+        self.stacked = list(stacked)
+        values = [m.clipping[0] if m.clipping is not None and m.clipping[0] is not None else math.inf for m in members]
+        by_norm = [m.clipping is not None and m.clipping[0] is not None and m.clipping[1] == "norm" for m in members]
+        self.max_norm = torch.tensor(values, dtype=torch.float32, device=device)[:, None]  # (K, 1)
+        self.by_norm = torch.tensor(by_norm, device=device)[:, None] if any(by_norm) else None
+        by_value = [m.clipping is not None and m.clipping[0] is not None and m.clipping[1] == "value" for m in members]
+        bound = torch.tensor([v if b else math.inf for v, b in zip(values, by_value)], device=device)[:, None]
+        self.bounds = (-bound, bound) if any(by_value) else None
+
+    @staticmethod
+    def supports(members: Sequence[MemberStep]) -> bool:
+        return all(m.clipping is not None and m.clipping[1] in ("norm", "value") for m in members)
+
+    def rows(self, j: int) -> torch.Tensor:
+        """Stacked weight j's gradient as (K, n): each member's tensor, in its memory order."""
+        grad = self.stacked[j].grad
+        k = grad.numel() // self.sizes[j]
+        return grad.as_strided((k, self.sizes[j]), (self.sizes[j], 1))
+
+    def __call__(self) -> torch.Tensor:
+        """(K,): each member's total gradient norm before clipping; clips the members that clip."""
+        per_tensor = [torch.linalg.vector_norm(self.rows(j), dim=1) for j in range(len(self.stacked))]  # P x (K,)
+        norms = torch.linalg.vector_norm(torch.stack([per_tensor[j] for j in self.order], dim=1), dim=1)  # (K,)
+        if self.by_norm is not None:
+            coef = torch.clamp((norms[:, None] + 1e-6).reciprocal() * self.max_norm, max=1.0)  # torch's, per member
+            coef = torch.where(self.by_norm, coef, torch.ones_like(coef))
+            for j in range(len(self.stacked)):
+                self.rows(j).mul_(coef)
+        if self.bounds is not None:
+            for j in range(len(self.stacked)):
+                self.rows(j).clamp_(min=self.bounds[0], max=self.bounds[1])
+        return norms
 
 
 class MergedSteps:
@@ -169,6 +221,7 @@ class FusedStep:
         where = {p.untyped_storage().data_ptr(): p for p in self.params}
         self.slices = [[(where[p.untyped_storage().data_ptr()], p.shape, p.stride(), p.storage_offset())
                         for p in m.params] for m in self.members]
+        self.clipping = Clipping(self.params, self.members, self.slices) if Clipping.supports(self.members) else None
 
     def _link_grads(self) -> None:
         """Each member parameter's gradient: its slice of its stacked weight's gradient (views, no copy)."""
@@ -213,12 +266,12 @@ class FusedStep:
             m.precision.scaler.unscale_(m.optimizer)  # clipping thresholds are in true gradient units
         # every member's probe (a graph wrapper swaps `probe` for one that does nothing while it warms up)
         self.probe.before_update(self)
-        norms, admitted = [], []
-        for k, m in live:
-            grad_norm = m.clip(m.params)  # this member's own gradients: never the stack's
-            norms.append(grad_norm)
-            if m.admit(grad_norm):
-                admitted.append(m)
+        if self.clipping is not None:  # every member's own norm and clipping, on the stacked gradients
+            every = self.clipping()
+            norms = [every[k] for k, _ in live]
+        else:
+            norms = [m.clip(m.params) for _, m in live]  # each member's own gradients: never the stack's
+        admitted = [m for (_, m), grad_norm in zip(live, norms) if m.admit(grad_norm)]
         if self.merged is not None:
             if admitted:
                 self.merged.step([m.optimizer for m in admitted])
