@@ -82,13 +82,13 @@ def alone_and_fused(tmp_path: Path, configs: list[Config]) -> list[tuple[Path, P
 
 @pytest.mark.parametrize("family", FAMILIES.names())
 def test_each_member_equals_its_job_alone_for_every_family(tmp_path: Path, family: str) -> None:
-    configs = [job(choose("model", family), optimizer=choose("optimizer", "adam", lr=lr), seed=seed)
-               for lr, seed in [(1e-3, 0), (3e-3, 1), (1e-3, 2)]]
+    configs = [job(choose("model", family), optimizer=choose("optimizer", "adam", lr=lr), seed=seed, max_epochs=1)
+               for lr, seed in [(1e-3, 0), (3e-3, 1)]]
     pairs = alone_and_fused(tmp_path, configs)
     for alone, fused in pairs:
         assert_same(alone, fused)
-        assert summary(fused)["fused"]["members"] == 3
-    assert len({last_weights(f)["decoder.0.bias"].sum().item() for _, f in pairs}) == 3  # three different runs
+        assert summary(fused)["fused"]["members"] == 2
+    assert len({last_weights(f)["decoder.0.bias"].sum().item() for _, f in pairs}) == 2  # two different runs
 
 
 # --- every fusible key ---------------------------------------------------------------------------------
@@ -381,18 +381,17 @@ def summary_csv(sweep_dir: Path) -> dict[str, dict[str, str]]:
 
 @pytest.mark.slow
 def test_a_fused_sweep_trains_and_summarises_as_the_basic_one_with_the_same_numbers(cli, tmp_path: Path) -> None:
-    grid = ["optimizer.lr=1e-3,3e-3", "trainer.seed=0,1", "trainer.precision=32,16-mixed", *SWEEP]
+    grid = ["optimizer.lr=1e-3,3e-3", "model.activation=relu,prelu", *SWEEP]
     basic = cli.command("-m", *grid, f"hydra.sweep.dir={tmp_path / 'basic'}")
-    fused = cli.command("-m", "hydra/launcher=fused", "hydra.launcher.max_group=2", *grid,
-                        f"hydra.sweep.dir={tmp_path / 'fused'}")
+    fused = cli.command("-m", "hydra/launcher=fused", *grid, f"hydra.sweep.dir={tmp_path / 'fused'}")
     assert basic.returncode == 0 and fused.returncode == 0, fused.output
-    # the four fp16 jobs cannot fuse: each trains alone, one line each saying why; the others fuse in pairs
+    # the two PReLU jobs cannot fuse: each trains alone, one line each saying why; the two others fuse
     alone = [line for line in fused.output.splitlines() if "trains alone" in line]
-    assert len(alone) == 4 and all("trainer.precision=16-mixed: each member would need its own loss scaling" in line
+    assert len(alone) == 2 and all("model.activation=prelu: its learned slope is not fused" in line
                                    for line in alone), fused.output
     rows = summary_csv(tmp_path / "fused")
     groups = {job: row["group"] for job, row in rows.items()}
-    assert sorted(groups.values()) == ["", "", "", "", "0", "0", "4", "4"], groups  # max_group=2 splits 0, 2, 4, 6
+    assert groups == {"0": "0", "1": "", "2": "0", "3": ""}, groups
     assert list(next(iter(rows.values())))[-1] == "group"
     for job in rows:
         assert_same(tmp_path / "basic" / job, tmp_path / "fused" / job)
@@ -408,12 +407,11 @@ def test_a_fused_sweep_trains_and_summarises_as_the_basic_one_with_the_same_numb
 
 @pytest.mark.slow
 def test_optuna_trains_each_batch_of_n_jobs_trials_as_a_group(cli, tmp_path: Path) -> None:
-    result = cli.command("-m", "hparams_search=optuna", "hydra/launcher=fused", "hydra.sweeper.n_jobs=3",
-                         "hydra.sweeper.n_trials=6", *SWEEP, f"hydra.sweep.dir={tmp_path}")
+    result = cli.command("-m", "hparams_search=optuna", "hydra/launcher=fused", "hydra.sweeper.n_jobs=2",
+                         "hydra.sweeper.n_trials=4", *SWEEP, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.output
     rows = summary_csv(tmp_path)
-    assert sorted((job, row["group"]) for job, row in rows.items()) == [
-        ("0", "0"), ("1", "0"), ("2", "0"), ("3", "3"), ("4", "3"), ("5", "3")]
+    assert sorted((job, row["group"]) for job, row in rows.items()) == [("0", "0"), ("1", "0"), ("2", "2"), ("3", "2")]
     assert all(row["status"] == "ok" for row in rows.values())
     assert "Best value:" in result.output
 
@@ -434,7 +432,7 @@ def test_an_interrupted_fused_sweep_continues_with_the_command_it_prints(cli, tm
     import sys
     import time
 
-    grid = ["optimizer.lr=1e-3,3e-3", "trainer.seed=0,1", *SWEEP, "trainer.max_epochs=6"]
+    grid = ["optimizer.lr=1e-3,3e-3", *SWEEP, "trainer.max_epochs=3"]
     sweep_dir = tmp_path / "stopped"
     proc = subprocess.Popen([sys.executable, "-m", "aetrain", "-m", "hydra/launcher=fused", *grid,
                              f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, stdout=subprocess.PIPE,
@@ -445,8 +443,8 @@ def test_an_interrupted_fused_sweep_continues_with_the_command_it_prints(cli, tm
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, out + err
-    assert "saved last.pt of 4 member(s)" in err and "resume the sweep with: aetrain " in err, err
-    for job in "0123":
+    assert "saved last.pt of 2 member(s)" in err and "resume the sweep with: aetrain " in err, err
+    for job in "01":
         assert summary(sweep_dir / job)["ended"] == "interrupted"
         assert (sweep_dir / job / "checkpoints" / "last.pt").is_file()
     command = shlex.split(err.split("resume the sweep with: ")[1].strip())
@@ -455,6 +453,6 @@ def test_an_interrupted_fused_sweep_continues_with_the_command_it_prints(cli, tm
     assert resumed.returncode == 0, resumed.output
     whole = cli.command("-m", "hydra/launcher=fused", *grid, f"hydra.sweep.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0
-    for job in "0123":
+    for job in "01":
         assert_same(tmp_path / "whole" / job, sweep_dir / job)
-        assert summary(sweep_dir / job)["epochs"] == 6
+        assert summary(sweep_dir / job)["epochs"] == 3

@@ -134,7 +134,8 @@ class FusedEngine:
         self.wrap_step = wrap_step or (lambda step: step)  # e.g. a CUDA graph of the fused step
         self.notes = notes or (lambda m: {})
         self.name = name  # the group's, in its progress lines
-        self.labels = list(labels) if labels is not None else [str(m.index) for m in self.members]  # each member's
+        # each member's name in the group's lines (labels[index]; by default its index)
+        self.labels = {m.index: (labels[m.index] if labels is not None else str(m.index)) for m in self.members}
         self.started = time.perf_counter()
         self.shares = {m.index: 0.0 for m in self.members}  # seconds of the group's time each member accounts for
         self.since = self.started

@@ -107,7 +107,10 @@ def _by_point(configs: Sequence[Config], todo: list[int]) -> list[list[int]]:
     for k in todo:
         where = (0, 0)
         if configs[k].trainer.resume:
-            state = checkpoints.load(configs[k].trainer.resume).get("state")
+            try:
+                state = checkpoints.load(configs[k].trainer.resume).get("state")
+            except AetrainError:  # unreadable: alone, where opening its run dir fails with the reason
+                state = {"epoch": -1 - k}
             if isinstance(state, dict):
                 where = (state.get("epoch", 0), state.get("step_in_epoch", 0))
         points.setdefault(where, []).append(k)
@@ -181,13 +184,20 @@ def _train_one(configs: Sequence[Config], run_dirs: Sequence[Path], callbacks: S
         parts_of = dict(zip(members, built.parts))
         rng_of = dict(zip(members, built.rngs))
         group_members = []
-        for i, k in enumerate(going):
-            with context(k):
-                rundirs.initial_weights(opened[k], parts_of[k])
-                engine = rundirs.engine(opened[k], parts_of[k], callbacks[k])
+        for k in going:
+            try:
+                with context(k):
+                    rundirs.initial_weights(opened[k], parts_of[k])
+                    engine = rundirs.engine(opened[k], parts_of[k], callbacks[k])
+            except AetrainError as e:  # its trainer.init_from, or a checkpoint that cannot be restored: alone
+                results[k] = _failed(run_dirs[k], e, group, context(k))
+                continue
             engine.interrupt = interrupt  # a member asking to stop (a callback, as the signal handler does) stops all
             rng = RngState.current(built.data.device) if opened[k].ckpt is not None else rng_of[k]  # restored
             group_members.append(Member(k, engine, parts_of[k].step, rng))
+        if not group_members:
+            return [results[k] for k in members]
+        going = [m.index for m in group_members]
         first = parts_of[going[0]]
         reason = uses_member_streams([parts_of[k] for k in going])
         fused = FusedEngine(
@@ -195,7 +205,7 @@ def _train_one(configs: Sequence[Config], run_dirs: Sequence[Path], callbacks: S
             context=lambda m: context(m.index),
             wrap_step=lambda step: build_step(first.cfg, step, built.data.device, first.data.train.plan.sizes,
                                               eager_only=reason),
-            notes=lambda m: {"fused": {"group": group}}, name=group, labels=[run_dirs[k].name for k in range(len(configs))])
+            notes=lambda m: {"fused": {"group": group}}, name=group, labels=[d.name for d in run_dirs])
         try:
             fused.trial()
         except Exception as e:
@@ -211,8 +221,8 @@ def _train_one(configs: Sequence[Config], run_dirs: Sequence[Path], callbacks: S
             try:
                 fused.fit()
             except Interrupted as e:
-                saved = ", ".join(str(opened[m.index].path) for m in group_members if m.engine.status == "interrupted")
-                raise Interrupted(f"{e}; saved last.pt of {len(group_members)} member(s) ({saved})",
+                saved = [str(opened[m.index].path) for m in group_members if m.engine.status == "interrupted"]
+                raise Interrupted(f"{e}; saved last.pt of {len(saved)} member(s) ({', '.join(saved)})",
                                   e.exit_code - 128) from None
             finally:
                 if own_interrupt:

@@ -137,8 +137,9 @@ def group_configs(configs: Sequence[Config], *, max_group: int = DEFAULT_MAX_GRO
                 _nearest_difference(configs, jobs[0]) + ")"
             continue
         for chunk in split(jobs, max_group):
-            if len(chunk) == 1:  # max_group=1
-                grouping.alone[chunk[0]] = "hydra.launcher.max_group=1"
+            if len(chunk) == 1:  # max_group=1, or what a split by it left over
+                grouping.alone[chunk[0]] = f"hydra.launcher.max_group={max_group} left it without a partner " \
+                                           f"(its shape has {len(jobs)} jobs)"
             else:
                 grouping.groups.append(chunk)
     grouping.groups.sort(key=lambda g: g[0])
