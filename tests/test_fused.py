@@ -346,12 +346,18 @@ def test_a_member_can_start_from_another_runs_weights(tmp_path: Path) -> None:
 
 def test_the_fused_step_runs_inside_the_graph_wrapper_with_the_same_numbers(tmp_path: Path, monkeypatch) -> None:
     """`GraphedTrainStep` (what trainer.cuda_graphs captures on a GPU) wraps the fused step as it wraps a run's:
-    through the CPU stand-in for CUDA graphs, the members' numbers are their jobs' alone."""
+    through the CPU stand-in for CUDA graphs, the members' numbers are their jobs' alone, and the captured body
+    makes no tensor from host values (on CUDA that copy is refused while a graph is captured)."""
     from aetrain.fused import group
     from aetrain.train.graphs import GraphedTrainStep
     from test_graphs import PythonGraphs
 
-    backend = PythonGraphs()
+    def replay(body: Any) -> None:  # a capture records device work only: no host list becomes a device tensor
+        with monkeypatch.context() as patched:
+            patched.setattr(torch, "tensor", lambda *a, **k: pytest.fail("torch.tensor inside the captured step"))
+            body()
+
+    backend = PythonGraphs(replay)
 
     def graphed(cfg: Config, step: Any, device: Any, sizes: list[int], *, eager_only: str | None = None) -> Any:
         assert eager_only is None  # no member draws random numbers here: nothing keeps the group eager

@@ -222,6 +222,14 @@ class FusedStep:
         self.slices = [[(where[p.untyped_storage().data_ptr()], p.shape, p.stride(), p.storage_offset())
                         for p in m.params] for m in self.members]
         self.clipping = Clipping(self.params, self.members, self.slices) if Clipping.supports(self.members) else None
+        self.indices: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _index(self, members: list[int]) -> torch.Tensor:
+        """`members` as a device tensor, made once per set (an eager step makes it before a graph captures one)."""
+        key = tuple(members)
+        if key not in self.indices:
+            self.indices[key] = torch.tensor(members, device=self.norms.device)
+        return self.indices[key]
 
     def _link_grads(self) -> None:
         """Each member parameter's gradient: its slice of its stacked weight's gradient (views, no copy)."""
@@ -282,8 +290,7 @@ class FusedStep:
             m.precision.scaler.update()
         self.probe.after_update(self)
         if live:
-            index = torch.tensor([k for k, _ in live], device=self.norms.device)
-            self.norms.index_copy_(0, index, torch.stack(norms).to(self.norms.dtype))
+            self.norms.index_copy_(0, self._index([k for k, _ in live]), torch.stack(norms).to(self.norms.dtype))
         for p in self.params:
             p.grad = None
         for _, m in live:
