@@ -87,7 +87,7 @@ def test_each_member_equals_its_job_alone_for_every_family(tmp_path: Path, famil
     pairs = alone_and_fused(tmp_path, configs)
     for alone, fused in pairs:
         assert_same(alone, fused)
-        assert summary(fused)["fused"]["members"] == 2
+        assert summary(fused)["group"]["size"] == 2
     assert len({last_weights(f)["decoder.0.bias"].sum().item() for _, f in pairs}) == 2  # two different runs
 
 
@@ -233,7 +233,7 @@ def test_a_member_that_stops_early_or_sooner_ends_alone(tmp_path: Path) -> None:
     ends = [summary(fused) for _, fused in pairs]
     assert [(s["ended"], s["epochs"]) for s in ends] == [("ok", 4), ("stopped_early", 2), ("ok", 3)]
     # a member that ended stops costing: its share of the group's time is the smallest
-    assert ends[1]["fused"]["share_s"] < ends[0]["fused"]["share_s"]
+    assert ends[1]["group"]["share_s"] < ends[0]["group"]["share_s"]
 
 
 class StopAt(Callback):
@@ -285,7 +285,7 @@ def test_a_group_too_large_for_the_memory_is_split_before_it_starts(tmp_path: Pa
     pairs = alone_and_fused(tmp_path, configs)
     for alone, fused in pairs:
         assert_same(alone, fused)
-    assert [(summary(f)["fused"]["group"], summary(f)["fused"]["members"]) for _, f in pairs] == \
+    assert [(summary(f)["group"]["id"], summary(f)["group"]["size"]) for _, f in pairs] == \
         [("0.0", 2), ("0.0", 2), ("0.1", 2), ("0.1", 2)]
 
 
@@ -306,7 +306,7 @@ def test_a_group_out_of_memory_in_its_first_step_is_halved(tmp_path: Path, monke
         assert_same(alone, fused)
     assert "a group of 4 ran out of memory in its first step (CUDA out of memory. Tried to allocate 2.00 GiB " \
            "(simulated)): halving it" in caplog.text
-    assert [summary(f)["fused"]["group"] for _, f in pairs] == ["0.0", "0.0", "0.1", "0.1"]
+    assert [summary(f)["group"]["id"] for _, f in pairs] == ["0.0", "0.0", "0.1", "0.1"]
 
 
 # --- a member is a normal run -------------------------------------------------------------------------------
@@ -330,9 +330,9 @@ def test_each_member_writes_a_complete_run_dir_with_its_own_output_settings(tmp_
     assert (plain / "split.json").read_text() == (pairs[1][0] / "split.json").read_text()
     model = aetrain.load_model(drawn)
     assert model.reconstruct(torch.rand(2, 1, 8, 8)).shape == (2, 1, 8, 8)
-    fused = summary(drawn)["fused"]
-    assert fused["group"] == "0" and fused["members"] == 2 and fused["index"] == 0
-    assert 0 < fused["share_s"] <= fused["group_wall_time_s"]
+    group = summary(drawn)["group"]
+    assert group["id"] == "0" and group["size"] == 2 and group["index"] == 0
+    assert 0 < group["share_s"] <= group["wall_time_s"]
 
 
 def test_a_member_can_start_from_another_runs_weights(tmp_path: Path) -> None:
@@ -420,6 +420,17 @@ def test_optuna_trains_each_batch_of_n_jobs_trials_as_a_group(cli, tmp_path: Pat
     assert sorted((job, row["group"]) for job, row in rows.items()) == [("0", "0"), ("1", "0"), ("2", "2"), ("3", "2")]
     assert all(row["status"] == "ok" for row in rows.values())
     assert "Best value:" in result.output
+
+
+def test_the_sweep_summary_reads_a_jobs_group_as_an_object_or_a_plain_name(tmp_path: Path) -> None:
+    from aetrain.cli.sweep import read_job
+
+    groups = {"0": {"id": "0.1", "size": 4}, "1": "g7", "2": None}
+    for job, group in groups.items():
+        (tmp_path / job).mkdir()
+        body = {"status": "ok", "best_val_loss": 0.5, **({"group": group} if group is not None else {})}
+        (tmp_path / job / "summary.json").write_text(json.dumps(body))
+    assert [read_job(tmp_path / job).group for job in groups] == ["0.1", "g7", ""]
 
 
 def test_a_bad_max_group_is_one_line(cli, tmp_path: Path) -> None:

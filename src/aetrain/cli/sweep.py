@@ -58,7 +58,7 @@ class JobResult:
     best_val_loss: float = math.nan  # the objective; NaN when the job has none
     epochs: int | None = None  # epochs trained; None when unknown
     wall_time_s: float | None = None  # training time; None when unknown
-    group: str = ""  # fused sweeps (i23): the fused group it trained in (summary.json "fused"); "" when alone
+    group: str = ""  # fused sweeps (i23): the fused group it trained in (summary.json "group"); "" when alone
 
     @property
     def ok(self) -> bool:
@@ -112,8 +112,7 @@ def read_job(run_dir: Path) -> JobResult:
     if summary.get("wall_time_s") is not None:
         result.wall_time_s = _float(summary["wall_time_s"])
 
-    fused = summary.get("fused")  # fused sweeps (i23)
-    result.group = str(fused.get("group", "")) if isinstance(fused, dict) else ""  # fused sweeps (i23)
+    result.group = group_id(summary.get("group"))  # fused sweeps (i23)
     status = summary.get("status")
     if status in ("ok", "failed"):
         result.status, result.error = status, _one_line(summary.get("error") or "")
@@ -126,6 +125,14 @@ def read_job(run_dir: Path) -> JobResult:
     if result.status == "failed" and not result.error:
         result.error = "failed (no reason recorded)"
     return result
+
+
+def group_id(group: Any) -> str:  # fused sweeps (i23)
+    """The fused group a job trained in, from its summary.json's `group` (an object with an `id`, or a plain
+    name); "" for a job trained alone."""
+    if isinstance(group, dict):
+        group = group.get("id")
+    return "" if group is None or isinstance(group, (dict, list)) else str(group)
 
 
 def _job_num(hydra_dir: Path, run_dir: Path) -> int:

@@ -439,10 +439,10 @@ class FusedEngine:
         self.since = now
 
     def _note(self, m: Member) -> None:
-        m.engine.notes = self.notes(m) | {"fused": {
-            **self.notes(m).get("fused", {}),
-            "members": len(self.members),
+        m.engine.notes = self.notes(m) | {"group": {
+            **self.notes(m).get("group", {}),
+            "size": len(self.members),
             "index": m.index,
-            "group_wall_time_s": round(time.perf_counter() - self.started, 3),
+            "wall_time_s": round(time.perf_counter() - self.started, 3),
             "share_s": round(self.shares[m.index], 3),
         }}

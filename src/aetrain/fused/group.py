@@ -74,7 +74,7 @@ def train_group(configs: Sequence[Config], run_dirs: Sequence[Path], *,
 
     `callbacks[k]`: member k's callbacks after aetrain's own (its on_fit_start fires once it is known to go
     ahead). `interrupt`: the signal handler to train under (None: one installed here). `group`: the group's
-    name in each member's summary.json ("fused": {"group": ...}). `context`: entered around whatever a
+    name in each member's summary.json ("group": {"id": ...}). `context`: entered around whatever a
     member does or logs. Raises `Interrupted` after every member saved its last.pt when a signal came."""
     if len(configs) != len(run_dirs):
         raise ValueError("one run dir per config")
@@ -205,7 +205,7 @@ def _train_one(configs: Sequence[Config], run_dirs: Sequence[Path], callbacks: S
             context=lambda m: context(m.index),
             wrap_step=lambda step: build_step(first.cfg, step, built.data.device, first.data.train.plan.sizes,
                                               eager_only=reason),
-            notes=lambda m: {"fused": {"group": group}}, name=group, labels=[d.name for d in run_dirs])
+            notes=lambda m: {"group": {"id": group}}, name=group, labels=[d.name for d in run_dirs])
         try:
             fused.trial()
         except Exception as e:
