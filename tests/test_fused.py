@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -271,6 +272,44 @@ def test_an_interrupted_group_leaves_every_member_resumable_and_resumes_exactly(
         assert_same(tmp_path / f"alone{k}", dirs[k])
 
 
+def test_a_member_killed_before_its_first_checkpoint_starts_again_on_resume(tmp_path: Path) -> None:
+    """A process killed in the first epoch leaves a member's dir with a run in it but no last.pt: a resume starts
+    that member again in its dir (it was refused as a dir that holds a run), and continues the others."""
+    configs = [job(optimizer=_adam(lr=lr)) for lr in (1e-3, 3e-3)]
+    dirs = [tmp_path / f"fused{k}" for k in range(2)]
+    with pytest.raises(Interrupted):
+        train_group(copy.deepcopy(configs), dirs, callbacks=[[StopAt(3)], []])
+    killed = dirs[1]  # what kill -9 in epoch 1 leaves: the run's first files, no checkpoint
+    shutil.rmtree(killed / "checkpoints")
+    (killed / "summary.json").write_text(json.dumps({**summary(killed), "status": "running", "ended": None}))
+    (killed / "train.log").write_text("the first attempt's lines\n")
+    results = train_group(copy.deepcopy(configs), dirs, resume=True)
+    assert [r.status for r in results] == ["ok", "ok"]
+    for k, cfg in enumerate(configs):
+        run(copy.deepcopy(cfg), tmp_path / f"alone{k}")
+        assert_same(tmp_path / f"alone{k}", dirs[k])
+    assert (killed / "train.log").read_text().startswith("the first attempt's lines\n")  # kept
+
+
+def test_a_group_line_before_any_member_dir_exists_reaches_every_members_log(tmp_path: Path) -> None:
+    """The group's own lines (a memory split, who starts again on a resume) can come before any member has made
+    its dir: each member's train.log gets them, the dir made for it."""
+    import logging
+
+    from aetrain.fused import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = [logging.FileHandler(tmp_path / "train.log", delay=True)]  # what Hydra's job logging sets up
+    try:
+        with logs.routed([tmp_path / "0", tmp_path / "1"], ["0", "1"]):
+            logging.getLogger("aetrain").warning("a group of 2 does not fit")
+    finally:
+        root.handlers[:] = saved
+    for k in "01":
+        assert "a group of 2 does not fit" in (tmp_path / k / "train.log").read_text()
+
+
 # --- memory -------------------------------------------------------------------------------------------------
 
 def test_a_group_too_large_for_the_memory_is_split_before_it_starts(tmp_path: Path, monkeypatch) -> None:
@@ -473,3 +512,42 @@ def test_an_interrupted_fused_sweep_continues_with_the_command_it_prints(cli, tm
     for job in "01":
         assert_same(tmp_path / "whole" / job, sweep_dir / job)
         assert summary(sweep_dir / job)["epochs"] == 3
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_in_a_job_alone_or_killed_before_a_checkpoint_resumes(cli, tmp_path: Path) -> None:
+    """Ctrl-C in a job that trains alone names the sweep's resume command; a job whose process was killed before
+    its first last.pt starts again in its dir on resume (it was refused as a dir that holds a run); a resume
+    while another process trains there is refused in one line."""
+    import shlex
+    import subprocess
+    import sys
+    import time
+
+    from aetrain.rundir import claimed
+
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "hydra/launcher=fused", "model.activation=prelu", *SWEEP, "trainer.max_epochs=4",
+            f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen([sys.executable, "-m", "aetrain", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (sweep_dir / "0" / ".hydra" / "config.yaml").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # written as training starts
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out + err
+    assert "resume the sweep with: aetrain " in err and "trainer.resume=" not in err, err
+    command = shlex.split(err.split("resume the sweep with: ")[1].strip())
+
+    job = sweep_dir / "0"  # now as kill -9 in its first epoch would leave it: a run, no checkpoint
+    shutil.rmtree(job / "checkpoints")
+    (job / "summary.json").write_text(json.dumps({**summary(job), "status": "running", "ended": None}))
+    with claimed(job):  # another process trains there
+        refused = cli.command(*command[1:])
+    assert refused.returncode != 0 and "is in use by another aetrain process" in refused.err
+    assert len(refused.err.strip().splitlines()) == 1 and "Traceback" not in refused.output, refused.err
+    resumed = cli.command(*command[1:])
+    assert resumed.returncode == 0, resumed.output
+    assert summary(job)["status"] == "ok" and summary(job)["epochs"] == 4
+    assert (job / "train.log").read_text().count("dense_ae on digits for 4 epochs") == 2  # both attempts' lines

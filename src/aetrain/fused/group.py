@@ -15,7 +15,8 @@ and each half trained in turn; one log line says so.
 
 Resume (`resume=True`): each member whose run dir holds a finished run is done already (its result
 is read from its summary.json); one with a `last.pt` continues from it (as `trainer.resume=<its
-dir>` would continue it alone); one without starts fresh. Members resumed at different points
+dir>` would continue it alone); one without starts again (what an attempt that saved no checkpoint
+left is cleared first: `rundirs.start_over`). Members resumed at different points
 (one was continued alone meanwhile) train in groups by their point.
 """
 
@@ -85,14 +86,29 @@ def train_group(configs: Sequence[Config], run_dirs: Sequence[Path], *,
     todo = list(range(len(configs)))
     if resume:
         todo = []
+        kept, continued, again = [], [], []
         for k, (cfg, run_dir) in enumerate(zip(configs, run_dirs)):
-            if rundirs.finished(run_dir):
+            try:
+                with context(k):
+                    what = rundirs.prepare_resume(run_dir)
+            except AetrainError as e:  # a live process trains there: this member fails alone
+                results[k] = _failed(run_dir, e, group, context(k))
+                continue
+            if what == "finished":
                 results[k] = _skipped(run_dir, group)
+                kept.append(run_dir.name)
                 with context(k):
                     log.info("%s already finished: nothing to resume", run_dir)
             else:
-                cfg.trainer.resume = str(run_dir) if rundirs.resumable(run_dir) else None
+                cfg.trainer.resume = str(run_dir) if what == "continue" else None
+                (continued if what == "continue" else again).append(run_dir.name)
                 todo.append(k)
+        if kept:
+            log.info("fused group %s: %s finished before: kept", group, ", ".join(kept))
+        if continued:
+            log.info("fused group %s: %s continue from their last.pt", group, ", ".join(continued))
+        if again:
+            log.info("fused group %s: %s start from the beginning (no last.pt)", group, ", ".join(again))
     points = _by_point(configs, todo)
     for i, point in enumerate(points):
         name = group if len(points) == 1 else f"{group}.{i}"

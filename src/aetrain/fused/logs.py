@@ -50,6 +50,15 @@ class _ToMembers(logging.Handler):
         super().close()
 
 
+class _MemberFile(logging.FileHandler):
+    """A member's log file, its run dir made when the first line comes: the group's own lines (a memory split,
+    which members start again on a resume) come before any member has written its dir."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 class _ShortConsole(logging.Filter):
     """A member's lines below WARNING stay off the console; its warnings and errors say whose they are."""
 
@@ -74,7 +83,7 @@ def routed(run_dirs: Sequence[Path], labels: Sequence[str]) -> Iterator[Callable
     if files:
         template = files[0]
         for label, run_dir in zip(labels, run_dirs):
-            handler = logging.FileHandler(Path(run_dir) / Path(template.baseFilename).name, delay=True,
+            handler = _MemberFile(Path(run_dir) / Path(template.baseFilename).name, delay=True,
                                           encoding=template.encoding or "utf-8", errors=template.errors)
             handler.setFormatter(template.formatter)
             handler.setLevel(template.level)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from typing import Any
 from aetrain import checkpoint as checkpoints
 from aetrain.atomic import write_atomic
 from aetrain.config import Config
-from aetrain.rundir import LAST, SPLIT, checkpoint_dir, claimed, own_run_dir, read_summary
+from aetrain.rundir import (CHECKPOINTS, DIAGNOSTICS, HYDRA, LAST, LOSS_CURVE, METRICS, RECONSTRUCTIONS, SPLIT, SUMMARY,
+                            TENSORBOARD, checkpoint_dir, claimed, own_run_dir, read_summary)
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping
 from aetrain.train.engine import Callback, Engine, Parts
@@ -51,6 +53,43 @@ def finished(run_dir: Path) -> bool:
 def resumable(run_dir: Path) -> bool:
     """Whether `run_dir` holds a checkpoint to continue from."""
     return (checkpoint_dir(run_dir) / LAST).is_file()
+
+
+def prepare_resume(run_dir: Path) -> str:
+    """What a resumed sweep does with the job in `run_dir`: "finished" (kept), "continue" (from its last.pt), or
+    "start" (from the beginning; what an attempt without a checkpoint left is cleared first, see `start_over`)."""
+    if finished(run_dir):
+        return "finished"
+    if resumable(run_dir):
+        return "continue"
+    cleared = start_over(run_dir)
+    if cleared:
+        log.info("%s: no last.pt to continue from (its process ended in its first epoch, or it failed): starts "
+                 "again (cleared %s; train.log kept)", run_dir, ", ".join(cleared))
+    return "start"
+
+
+# what a run writes into its dir before its first last.pt (train.log aside): `start_over` clears it
+FIRST_EPOCH_FILES = (SUMMARY, METRICS, DIAGNOSTICS, SPLIT, LOSS_CURVE, HYDRA, CHECKPOINTS, TENSORBOARD, RECONSTRUCTIONS)
+
+
+def start_over(run_dir: Path) -> list[str]:
+    """Before a resumed sweep trains a job again from its start in `run_dir` (not finished, no last.pt: its
+    process was killed in its first epoch, or it failed): clear what that attempt wrote, so the job is not
+    refused as a dir that holds a run. The attempt never saved a checkpoint, so it holds no epoch's results;
+    its train.log stays (the new attempt's lines follow). Done under the dir's claim: a dir a live process
+    trains into is refused (RunDirInUse), never cleared. Returns the names cleared."""
+    if not run_dir.is_dir():
+        return []
+    with claimed(run_dir):
+        cleared = [name for name in FIRST_EPOCH_FILES if (run_dir / name).exists()]
+        for name in cleared:
+            path = run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    return cleared
 
 
 def open_dir(cfg: Config, out_dir: Path, parts: Parts) -> MemberDir:

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import shlex
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,8 +92,10 @@ class FusedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from aetrain.errors import ConfigError
+        from aetrain.cli import sweep
+        from aetrain.errors import ConfigError, Interrupted
         from aetrain.fused import group_configs
+        from aetrain.rundir import claimed
 
         assert self.config is not None and self.hydra_context is not None
         if not isinstance(self.max_group, int) or self.max_group < 1:
@@ -101,6 +104,11 @@ class FusedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        if self.resume:  # a sweep still training there: refused in one line before anything is touched
+            for job in jobs:
+                if job.run_dir.is_dir():
+                    with claimed(job.run_dir):
+                        pass
         typed = [j for j in jobs if j.typed is not None]
         grouping = group_configs([j.typed for j in typed], max_group=self.max_group)
         for i, why in grouping.alone.items():
@@ -109,13 +117,16 @@ class FusedLauncher(Launcher):
         units += [[j] for j in jobs if j.typed is None or j.why_alone]
         log.info("fused launcher: %d job(s) as %d group(s) and %d alone", len(jobs), len(grouping.groups),
                  len(jobs) - sum(len(g) for g in grouping.groups))
-        for unit in sorted(units, key=lambda u: u[0].num):
-            if len(unit) > 1:
-                self._group(unit)
-            else:
-                job = unit[0]
-                log.info("job %d trains alone: %s", job.num, job.why_alone)
-                self._alone(job)
+        try:
+            for unit in sorted(units, key=lambda u: u[0].num):
+                if len(unit) > 1:
+                    self._group(unit)
+                else:
+                    job = unit[0]
+                    log.info("job %d trains alone: %s", job.num, job.why_alone)
+                    self._alone(job)
+        except KeyboardInterrupt:  # Ctrl-C before a job's training began (once it has, the job saves and stops)
+            raise sweep.Stopped(self._stopped(Interrupted("interrupted by SIGINT", signal.SIGINT))) from None
         return [job.result for job in jobs]
 
     # --- composing ---------------------------------------------------------------------------------------------
@@ -147,20 +158,26 @@ class FusedLauncher(Launcher):
     def _alone(self, job: Job) -> None:
         """Hydra's run_job with aetrain's task function, as the basic launcher runs a job (continued from its
         last.pt, or not trained again when it finished, with hydra.launcher.resume=true)."""
+        from aetrain.cli import sweep
         from aetrain.cli.train import hydra_quoted
-        from aetrain.fused.rundirs import finished, resumable
+        from aetrain.fused.rundirs import prepare_resume
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         config = job.config
-        if self.resume and finished(job.run_dir):
+        what = prepare_resume(job.run_dir) if self.resume else "start"
+        if what == "finished":
             job.result = self._kept(job)
             return
-        if self.resume and resumable(job.run_dir):
+        if what == "continue":
             config = self._compose(job.num, [*job.overrides, f"trainer.resume={hydra_quoted(str(job.run_dir))}"]).config
         log.info("\t#%d : %s", job.num, " ".join(filter_overrides(job.overrides)))
-        job.result = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
-                             job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        try:
+            job.result = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                                 job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        except sweep.Stopped as stop:  # the sweep stops here: say how to continue it, not just this job
+            raise sweep.Stopped(self._stopped(stop.error)) from None
+        finally:
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
     def _kept(self, job: Job) -> JobReturn:
         """A finished job's JobReturn, from its run dir (a resumed sweep does not train it again)."""
@@ -200,8 +217,7 @@ class FusedLauncher(Launcher):
                     results = train_group([j.typed for j in jobs], [j.run_dir for j in jobs], callbacks=callbacks,
                                           group=name, context=context, resume=self.resume)
                 except Interrupted as e:
-                    raise sweep.Stopped(Interrupted(f"{e}; resume the sweep with: {self._resume_command()}",
-                                                    e.exit_code - 128)) from None
+                    raise sweep.Stopped(self._stopped(e)) from None
                 except AetrainError as e:  # set-up the jobs share (their data): nothing written; each says it alone
                     log.info("fused group %s cannot start (%s): its jobs train alone", name, e)
                     results = None
@@ -224,6 +240,15 @@ class FusedLauncher(Launcher):
             value = result.numbers.get("best_val_loss") if result is not None and result.ok else None
             j.result = self._returned(j, value if value is not None and math.isfinite(value) else None)
             self.hydra_context.callbacks.on_job_end(config=j.config, job_return=j.result)
+
+    def _stopped(self, error: BaseException) -> BaseException:
+        """The error that ends the sweep, with the command that continues the sweep in place of a single run's."""
+        from aetrain.errors import Interrupted
+
+        if not isinstance(error, Interrupted):
+            return error
+        said = str(error).split("; resume with: ")[0]  # a job alone names its own trainer.resume: the sweep's covers it
+        return Interrupted(f"{said}; resume the sweep with: {self._resume_command()}", error.exit_code - 128)
 
     def _resume_command(self) -> str:
         """The command that continues this sweep: the one given, in this sweep's dir, with resume on."""
