@@ -328,6 +328,17 @@ def test_a_group_too_large_for_the_memory_is_split_before_it_starts(tmp_path: Pa
         [("0.0", 2), ("0.0", 2), ("0.1", 2), ("0.1", 2)]
 
 
+def test_a_member_the_memory_check_lets_through_trains_when_the_split_said_none_fit(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """Memory is read twice (how many members fit; then a job alone's check): memory freed in between must not
+    send a group of one into splitting itself forever."""
+    from aetrain.fused import build
+
+    monkeypatch.setattr(build, "available_host_memory", lambda: 1000)  # none fit; the job alone's check passes
+    for alone, fused in alone_and_fused(tmp_path, [job(), job(seed=1)]):
+        assert_same(alone, fused)
+
+
 def test_a_group_out_of_memory_in_its_first_step_is_halved(tmp_path: Path, monkeypatch, caplog) -> None:
     from aetrain.fused.engine import FusedEngine
 

@@ -93,7 +93,8 @@ def build_members(configs: Sequence[Config]) -> Built:
     if fits is not None and fits < len(configs):
         if fits < 1:
             check_fits(first, family, data.spec, device, batch_size=batch_size)  # a job alone's one-line refusal
-        raise GroupTooLarge(max(fits, 1))
+        if len(configs) > 1:  # (one member that the check let through, memory freed meanwhile, trains)
+            raise GroupTooLarge(max(fits, 1))
     parts, rngs = [], []
     for cfg in configs:
         parts.append(_member_parts(cfg, family, data, device))
