@@ -463,6 +463,7 @@ class SweepSummary(Callback):
     sweep, whichever launcher ran the jobs."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_launcher(config)  # fused sweeps (i23): before any dir is made, so a corrected command can use it
         try:
             sweep_dir = Path(config.hydra.sweep.dir)  # resolving it claims the default dir (aetrain.new_dir)
         except OmegaConfBaseException as e:
@@ -485,6 +486,20 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if _current.dir is not None:
             _current.results = summarize(_current.dir)
+
+
+def _check_launcher(config: DictConfig) -> None:  # fused sweeps (i23)
+    """hydra/launcher=fused's values its schema cannot refuse (hydra.launcher.max_group=0): one line, exit 2."""
+    from hydra_plugins.aetrain_fused.fused_launcher import FusedLauncherConf, check
+
+    from aetrain.errors import ConfigError
+
+    if OmegaConf.select(config, "hydra.launcher._target_", default=None) == FusedLauncherConf._target_:
+        try:
+            check(config.hydra.launcher)
+        except ConfigError as e:
+            sys.stderr.write(f"aetrain: error: {e}\n")
+            sys.exit(2)
 
 
 def _claim(sweep_dir: Path) -> str | None:

@@ -50,6 +50,16 @@ class FusedLauncherConf:
 ConfigStore.instance().store(group="hydra/launcher", name="fused", node=FusedLauncherConf, provider="aetrain")
 
 
+def check(launcher: Any) -> None:
+    """`hydra.launcher`'s values that its schema cannot refuse: ConfigError in one line. Called before the sweep
+    claims its dir (aetrain.cli.sweep), so a corrected command can use the same hydra.sweep.dir."""
+    from aetrain.errors import ConfigError
+
+    max_group = launcher.max_group
+    if not isinstance(max_group, int) or isinstance(max_group, bool) or max_group < 1:
+        raise ConfigError(f"hydra.launcher.max_group={max_group!r} is out of range: must be an integer >= 1")
+
+
 def register() -> None:
     """Make sure Hydra knows this launcher, however aetrain was installed: Hydra finds launchers by listing the
     `hydra_plugins` namespace, which a PEP 660 editable install (`pip install -e .` with setuptools >= 64) hides
@@ -93,13 +103,12 @@ class FusedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from aetrain.cli import sweep
-        from aetrain.errors import ConfigError, Interrupted
+        from aetrain.errors import Interrupted
         from aetrain.fused import group_configs
         from aetrain.rundir import claimed
 
         assert self.config is not None and self.hydra_context is not None
-        if not isinstance(self.max_group, int) or self.max_group < 1:
-            raise ConfigError(f"hydra.launcher.max_group={self.max_group!r} is out of range: must be an integer >= 1")
+        check(self)
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
