@@ -530,7 +530,7 @@ def test_an_interrupted_fused_sweep_continues_with_the_command_it_prints(cli, tm
 def test_a_sweep_stopped_in_a_job_alone_or_killed_before_a_checkpoint_resumes(cli, tmp_path: Path) -> None:
     """Ctrl-C in a job that trains alone names the sweep's resume command; a job whose process was killed before
     its first last.pt starts again in its dir on resume (it was refused as a dir that holds a run); a resume
-    while another process trains there is refused in one line."""
+    with other values, or while another process trains there, is refused in one line."""
     import shlex
     import subprocess
     import sys
@@ -551,6 +551,10 @@ def test_a_sweep_stopped_in_a_job_alone_or_killed_before_a_checkpoint_resumes(cl
     assert proc.returncode == 130, out + err
     assert "resume the sweep with: aetrain " in err and "trainer.resume=" not in err, err
     command = shlex.split(err.split("resume the sweep with: ")[1].strip())
+    recorded = (sweep_dir / "multirun.yaml").read_text()
+    other = cli.command(*[a.replace("trainer.max_epochs=4", "trainer.max_epochs=5") for a in command[1:]])
+    assert other.returncode == 2 and "holds another sweep" in other.err and "Traceback" not in other.output
+    assert (sweep_dir / "multirun.yaml").read_text() == recorded  # refused before Hydra writes its own
 
     job = sweep_dir / "0"  # now as kill -9 in its first epoch would leave it: a run, no checkpoint
     shutil.rmtree(job / "checkpoints")

@@ -474,6 +474,8 @@ class SweepSummary(Callback):
         # Jobs of a second sweep would be refused by the runs already there, and the summary would
         # mix both. Hydra turns a callback's exception into a warning, hence the exits here.
         resuming = OmegaConf.select(config, "hydra.launcher.resume", default=False) is True  # fused sweeps (i23)
+        if resuming and sweep_dir.is_dir():  # fused sweeps (i23)
+            _check_same_sweep(config, sweep_dir)  # fused sweeps (i23)
         used = None if resuming and sweep_dir.is_dir() else previous_sweep(sweep_dir) or _claim(sweep_dir)  # (i23)
         if used:
             sys.stderr.write(f"aetrain: error: hydra.sweep.dir={sweep_dir} already holds a sweep ({used}); "
@@ -500,6 +502,22 @@ def _check_launcher(config: DictConfig) -> None:  # fused sweeps (i23)
         except ConfigError as e:
             sys.stderr.write(f"aetrain: error: {e}\n")
             sys.exit(2)
+
+
+def _check_same_sweep(config: DictConfig, sweep_dir: Path) -> None:  # fused sweeps (i23)
+    """hydra.launcher.resume=true continues the sweep in `sweep_dir`: one with other values (whose jobs would be
+    kept or continued as this command's) is refused in one line, before Hydra writes its multirun.yaml over the
+    one there."""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return
+    before = [str(o) for o in OmegaConf.select(OmegaConf.load(path), "hydra.overrides.task", default=[]) or []]
+    now = [str(o) for o in config.hydra.overrides.task]
+    if before != now:
+        sys.stderr.write(f"aetrain: error: hydra.launcher.resume=true: hydra.sweep.dir={sweep_dir} holds another "
+                         f"sweep ({' '.join(before) or 'no overrides'}); resume it with the command it printed when "
+                         f"it stopped, or choose another hydra.sweep.dir\n")
+        sys.exit(2)
 
 
 def _claim(sweep_dir: Path) -> str | None:
