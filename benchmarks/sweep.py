@@ -20,7 +20,8 @@ job's, as the largest relative difference.
 
     python benchmarks/sweep.py                                  # K = 4, 16, 64, dense and conv, 20 epochs
     python benchmarks/sweep.py --jobs 16 --workloads dense --epochs 200 --repeats 3   # the README's target case
-    python benchmarks/sweep.py --smoke                          # seconds; what the test suite runs
+    python benchmarks/sweep.py --jobs 8,16 --workloads dense --threads 1 --outputs-off   # the README's CPU table
+    python benchmarks/sweep.py --smoke --via api --threads 1 --outputs-off   # seconds; what the test suite runs
 
 Prints a table; --json PATH writes the results.
 """
@@ -60,7 +61,7 @@ def overrides(workload: str, epochs: int, extra: list[str]) -> list[str]:
 
 # --- one sweep, through the CLI ---------------------------------------------------------------------------------
 
-def sweep_cli(launcher: str, k: int, common: list[str], out: Path, max_group: int) -> float:
+def sweep_cli(launcher: str, k: int, common: list[str], out: Path, max_group: int, threads: int | None) -> float:
     rates = ",".join(f"{lr:g}" for lr in RATES[: min(k, len(RATES))])
     seeds = ",".join(str(s) for s in range(max(1, k // len(RATES))))
     args = [sys.executable, "-m", "aetrain", "-m", f"hydra/launcher={launcher}", f"optimizer.lr={rates}",
@@ -68,7 +69,8 @@ def sweep_cli(launcher: str, k: int, common: list[str], out: Path, max_group: in
     if launcher == "fused":
         args.append(f"hydra.launcher.max_group={max_group}")
     tic = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - tic
     if proc.returncode != 0:
         raise RuntimeError(f"{launcher} sweep failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -141,7 +143,8 @@ def bench_case(workload: str, k: int, args: argparse.Namespace, scratch: Path) -
             launcher = "basic" if kind == "basic" else "fused"
             extra = OUTPUTS_OFF if kind == "fused-no-outputs" else []
             if args.via == "cli":
-                times[kind].append(sweep_cli(launcher, k, overrides(workload, args.epochs, extra), out, args.max_group))
+                times[kind].append(sweep_cli(launcher, k, overrides(workload, args.epochs, extra), out, args.max_group,
+                                             args.threads))
                 losses[kind] = best_losses_cli(out)
             else:
                 configs = configs_api(k, workload, args.epochs, kind == "fused-no-outputs")
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved basic/fused pairs per case")
     parser.add_argument("--max-group", type=int, default=64, help="hydra.launcher.max_group")
     parser.add_argument("--via", choices=["cli", "api"], default="cli")
+    parser.add_argument("--threads", type=int, help="torch threads of every sweep (default: torch's, one per core); "
+                                                    "1 keeps a shared machine's other work from stalling both sweeps")
     parser.add_argument("--outputs-off", action="store_true", help="also time the fused sweep without pictures, "
                                                                    "TensorBoard and diagnostics")
     parser.add_argument("--smoke", action="store_true", help="K=4, dense, 1 epoch, 1 repeat: checks the script")
@@ -187,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.jobs, args.workloads, args.epochs, args.repeats = "4", "dense", 1, 1
     logging.disable(logging.WARNING)  # the runs' own lines (api mode)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="aetrain-sweep-bench-") as tmp:
         scratch = Path(tmp)
