@@ -540,7 +540,7 @@ def test_a_sweep_stopped_in_a_job_alone_or_killed_before_a_checkpoint_resumes(cl
 
     sweep_dir = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=fused", "model.activation=prelu", *SWEEP, "trainer.max_epochs=4",
-            f"hydra.sweep.dir={sweep_dir}"]
+            f"hydra.sweep.dir={sweep_dir}", "hydra.launcher.resume=true"]  # run or continue: nothing yet, it starts
     proc = subprocess.Popen([sys.executable, "-m", "aetrain", *args], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -549,6 +549,7 @@ def test_a_sweep_stopped_in_a_job_alone_or_killed_before_a_checkpoint_resumes(cl
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, out + err
+    assert f"hydra.sweep.dir={sweep_dir} holds no sweep to continue; starting it" in err
     assert "resume the sweep with: aetrain " in err and "trainer.resume=" not in err, err
     command = shlex.split(err.split("resume the sweep with: ")[1].strip())
     recorded = (sweep_dir / "multirun.yaml").read_text()

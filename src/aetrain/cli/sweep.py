@@ -474,9 +474,13 @@ class SweepSummary(Callback):
         # Jobs of a second sweep would be refused by the runs already there, and the summary would
         # mix both. Hydra turns a callback's exception into a warning, hence the exits here.
         resuming = OmegaConf.select(config, "hydra.launcher.resume", default=False) is True  # fused sweeps (i23)
-        if resuming and sweep_dir.is_dir():  # fused sweeps (i23)
+        if resuming and not (sweep_dir / "multirun.yaml").is_file():  # fused sweeps (i23): nothing to continue
+            sys.stderr.write(f"aetrain: hydra.launcher.resume=true: hydra.sweep.dir={sweep_dir} holds no sweep to "
+                             f"continue; starting it\n")  # fused sweeps (i23)
+            resuming = False  # fused sweeps (i23)
+        if resuming:  # fused sweeps (i23)
             _check_same_sweep(config, sweep_dir)  # fused sweeps (i23)
-        used = None if resuming and sweep_dir.is_dir() else previous_sweep(sweep_dir) or _claim(sweep_dir)  # (i23)
+        used = None if resuming else previous_sweep(sweep_dir) or _claim(sweep_dir)  # fused sweeps (i23)
         if used:
             sys.stderr.write(f"aetrain: error: hydra.sweep.dir={sweep_dir} already holds a sweep ({used}); "
                              f"choose another hydra.sweep.dir\n")
@@ -509,8 +513,6 @@ def _check_same_sweep(config: DictConfig, sweep_dir: Path) -> None:  # fused swe
     kept or continued as this command's) is refused in one line, before Hydra writes its multirun.yaml over the
     one there."""
     path = sweep_dir / "multirun.yaml"
-    if not path.is_file():
-        return
     before = [str(o) for o in OmegaConf.select(OmegaConf.load(path), "hydra.overrides.task", default=[]) or []]
     now = [str(o) for o in config.hydra.overrides.task]
     if before != now:

@@ -88,6 +88,7 @@ def train_group(configs: Sequence[Config], run_dirs: Sequence[Path], *,
         todo = []
         kept, continued, again = [], [], []
         for k, (cfg, run_dir) in enumerate(zip(configs, run_dirs)):
+            started = run_dir.is_dir()  # (a member that never started just starts: nothing to say)
             try:
                 with context(k):
                     what = rundirs.prepare_resume(run_dir)
@@ -101,14 +102,14 @@ def train_group(configs: Sequence[Config], run_dirs: Sequence[Path], *,
                     log.info("%s already finished: nothing to resume", run_dir)
             else:
                 cfg.trainer.resume = str(run_dir) if what == "continue" else None
-                (continued if what == "continue" else again).append(run_dir.name)
+                (continued if what == "continue" else again if started else []).append(run_dir.name)
                 todo.append(k)
         if kept:
             log.info("fused group %s: %s finished before: kept", group, ", ".join(kept))
         if continued:
             log.info("fused group %s: %s continue from their last.pt", group, ", ".join(continued))
         if again:
-            log.info("fused group %s: %s start from the beginning (no last.pt)", group, ", ".join(again))
+            log.info("fused group %s: %s start again from the beginning (no last.pt)", group, ", ".join(again))
     points = _by_point(configs, todo)
     for i, point in enumerate(points):
         name = group if len(points) == 1 else f"{group}.{i}"
