@@ -272,6 +272,22 @@ def test_an_interrupted_group_leaves_every_member_resumable_and_resumes_exactly(
         assert_same(tmp_path / f"alone{k}", dirs[k])
 
 
+def test_a_signal_after_the_last_step_still_stops_the_sweep(tmp_path: Path) -> None:
+    """Ctrl-C while the members end (their last epoch's checkpoints, their tables): nothing is left to stop, but
+    the user asked the sweep to stop, so the group says so instead of letting the next one start."""
+
+    class SignalAtTheEnd(Callback):
+        def on_epoch_end(self, engine: Engine, record: dict) -> None:
+            if engine.state.epoch == engine.parts.cfg.trainer.max_epochs:
+                engine.interrupt.handle(signal.SIGINT)
+
+    dirs = [tmp_path / "0", tmp_path / "1"]
+    with pytest.raises(Interrupted, match="interrupted by SIGINT as fused group 0 ended") as info:
+        train_group([job(), job(seed=1)], dirs, callbacks=[[], [SignalAtTheEnd()]])
+    assert info.value.exit_code == 130
+    assert [summary(d)["status"] for d in dirs] == ["ok", "ok"]  # both finished: a resume keeps them
+
+
 def test_a_member_killed_before_its_first_checkpoint_starts_again_on_resume(tmp_path: Path) -> None:
     """A process killed in the first epoch leaves a member's dir with a run in it but no last.pt: a resume starts
     that member again in its dir (it was refused as a dir that holds a run), and continues the others."""

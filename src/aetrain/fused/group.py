@@ -186,7 +186,6 @@ def _train_one(configs: Sequence[Config], run_dirs: Sequence[Path], callbacks: S
                 opened[k] = rundirs.open_dir(configs[k], run_dirs[k], parts)
         except AetrainError as e:  # this member's resume or run dir: it fails alone, before anything is written
             results[k] = _failed(run_dirs[k], e, group, context(k))
-    own_interrupt = interrupt is None
     interrupt = interrupt or Interrupt()
     with ExitStack() as stack:
         for k in list(opened):
@@ -241,13 +240,14 @@ def _train_one(configs: Sequence[Config], run_dirs: Sequence[Path], callbacks: S
                 saved = [str(opened[m.index].path) for m in group_members if m.engine.status == "interrupted"]
                 raise Interrupted(f"{e}; saved last.pt of {len(saved)} member(s) ({', '.join(saved)})",
                                   e.exit_code - 128) from None
-            finally:
-                if own_interrupt:
-                    interrupt.end()  # this group is over: a signal now asks for nothing more
+            finally:  # (the interrupt is not ended: a signal now still asks a sweep to stop, below)
                 for m in group_members:
                     with context(m.index):
                         for line in rundirs.final_lines(opened[m.index].path):
                             log.info("%s", line)
+        if interrupt.requested:  # a signal after the last step (the members' last epoch end, their tables)
+            raise Interrupted(f"interrupted by {interrupt.name} as fused group {group} ended (its members had "
+                              f"finished)", interrupt.signum or 0)
         for m in group_members:
             st = m.engine.state
             results[m.index] = MemberResult(
