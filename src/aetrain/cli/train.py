@@ -175,6 +175,9 @@ def _app(cfg: DictConfig) -> float | None:
 
 def main(args: list[str]) -> None:
     """`aetrain [train] [overrides...]`, `aetrain -m ...`: the Hydra app."""
+    from hydra_plugins.aetrain_fused.fused_launcher import register
+
+    register()  # hydra/launcher=fused: known to Hydra under any install, editable included
     _install_one_line_errors()
     try:
         check_overrides(args)
