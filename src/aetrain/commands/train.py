@@ -48,7 +48,7 @@ from aetrain.train.optim import build_optimizer, build_schedule
 from aetrain.train.outputs import build_outputs
 from aetrain.train.outputs.console import final_table
 from aetrain.train.precision import Precision, build_clip, trainable
-from aetrain.train.runs import (earlier_epochs, long_lived_objects_frozen, seed_everything,
+from aetrain.train.runs import (earlier_epochs, long_lived_objects_frozen, seed_everything, start_from_weights,
                                 warn_if_code_is_as_wide_as_the_input)
 from aetrain.train.signals import Interrupt
 from aetrain.train.step import GradientProbe, TrainStep
@@ -215,11 +215,7 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
             RunDir(out_dir).refuse_taken()  # a fresh run (or a continuation elsewhere) never writes over another
         history = earlier_epochs(previous, ckpt) if ckpt is not None else []
         if ckpt is None and t.init_from:  # weights only: the optimizer, schedule and counters were built fresh
-            source = checkpoint.init_weights(parts.model, parts.data.spec, t.init_from)
-            st = source.get("state") if isinstance(source.get("state"), dict) else {}
-            log.info("starting from the weights of %s (%s); optimizer, schedule and counters start fresh",
-                     source["path"], f"after epoch {st['epoch']} of its run" if isinstance(st.get("epoch"), int)
-                     else "its run's epoch unknown")
+            start_from_weights(parts, t.init_from)
     if ckpt is not None and previous is None:
         log.info("%s is not in the run dir it was written in: continuing it in %s without its earlier epochs' "
                  "metrics; the folder it is kept in is left alone", t.resume, out_dir)

@@ -40,6 +40,7 @@ from aetrain.errors import AetrainError, Interrupted
 from aetrain.rundir import RunDir, read_summary
 from aetrain.train.engine import Callback
 from aetrain.train.graphs import build_step
+from aetrain.train.outputs.console import final_table
 from aetrain.train.runs import long_lived_objects_frozen
 from aetrain.train.signals import Interrupt
 from aetrain.fused import rundirs
@@ -243,7 +244,7 @@ def _train_one(configs: Sequence[Config], run_dirs: Sequence[Path], callbacks: S
             finally:  # (the interrupt is not ended: a signal now still asks a sweep to stop, below)
                 for m in group_members:
                     with context(m.index):
-                        for line in rundirs.final_lines(opened[m.index].path):
+                        for line in final_table(opened[m.index].path):
                             log.info("%s", line)
         if interrupt.requested:  # a signal after the last step (the members' last epoch end, their tables)
             raise Interrupted(f"interrupted by {interrupt.name} as fused group {group} ended (its members had "

@@ -26,8 +26,7 @@ from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping
 from aetrain.train.engine import Callback, Engine, Parts
 from aetrain.train.outputs import build_outputs
-from aetrain.train.outputs.console import final_table
-from aetrain.train.runs import earlier_epochs, warn_if_code_is_as_wide_as_the_input
+from aetrain.train.runs import earlier_epochs, start_from_weights, warn_if_code_is_as_wide_as_the_input
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +103,9 @@ def open_dir(cfg: Config, out_dir: Path, parts: Parts) -> MemberDir:
 
 
 def initial_weights(member: MemberDir, parts: Parts) -> None:
-    """A fresh run's `trainer.init_from`: the weights of another run's checkpoint (nothing is written)."""
-    cfg = parts.cfg
-    if member.ckpt is None and cfg.trainer.init_from:
-        source = checkpoint.init_weights(parts.model, parts.data.spec, cfg.trainer.init_from)
-        st = source.get("state") if isinstance(source.get("state"), dict) else {}
-        log.info("starting from the weights of %s (%s); optimizer, schedule and counters start fresh",
-                 source["path"], f"after epoch {st['epoch']} of its run" if isinstance(st.get("epoch"), int)
-                 else "its run's epoch unknown")
+    """A fresh member's `trainer.init_from` (a continued one has its checkpoint's weights); nothing is written."""
+    if member.ckpt is None and parts.cfg.trainer.init_from:
+        start_from_weights(parts, parts.cfg.trainer.init_from)
 
 
 def start(member: MemberDir, parts: Parts) -> None:
@@ -137,8 +131,3 @@ def engine(member: MemberDir, parts: Parts, callbacks: Sequence[Callback] = ()) 
         log.info("resuming %s %s", t.resume, eng.where())
     warn_if_code_is_as_wide_as_the_input(parts.cfg.model, parts.data.spec.shape)
     return eng
-
-
-def final_lines(run_dir: Path) -> list[str]:
-    """The table a run prints when it ends, from its summary.json."""
-    return final_table(run_dir)

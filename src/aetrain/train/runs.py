@@ -1,6 +1,7 @@
 """What a run does around its engine that a single run (`aetrain.commands.train.run`) and a fused sweep's member
-(`aetrain.fused`) share: seeding, the history a resumed run continues, the warning about a code as wide as its
-input, and Python's cycle collector kept off the long-lived objects while training."""
+(`aetrain.fused`) share: seeding, a fresh run's trainer.init_from, the history a resumed run continues, the
+warning about a code as wide as its input, and Python's cycle collector kept off the long-lived objects while
+training."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import torch
 from aetrain.config import ModelConfig
 from aetrain.errors import CheckpointError
 from aetrain.rundir import METRICS, read_metrics
+from aetrain.train import checkpoint
+from aetrain.train.engine import Parts
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +75,13 @@ def long_lived_objects_frozen() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+def start_from_weights(parts: Parts, init_from: str) -> None:
+    """A fresh run's `trainer.init_from`: the weights of another run's checkpoint into `parts.model`; the optimizer,
+    schedule and counters were built fresh and stay so."""
+    source = checkpoint.init_weights(parts.model, parts.data.spec, init_from)
+    st = source.get("state") if isinstance(source.get("state"), dict) else {}
+    log.info("starting from the weights of %s (%s); optimizer, schedule and counters start fresh",
+             source["path"], f"after epoch {st['epoch']} of its run" if isinstance(st.get("epoch"), int)
+             else "its run's epoch unknown")
