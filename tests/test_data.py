@@ -18,7 +18,7 @@ from aetrain.data import build_data
 from aetrain.data.batches import BatchPlan
 from aetrain.errors import DataError
 import warnings
-from conftest import FAST, assert_one_line_error, png_header, save_pngs
+from conftest import assert_one_line_error, png_header, save_pngs
 
 CPU = torch.device("cpu")
 

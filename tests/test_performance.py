@@ -111,3 +111,18 @@ def test_training_runs_with_setup_objects_frozen_and_thaws_them_after(tmp_path: 
     run(Config(trainer=TrainerConfig(max_epochs=1, device="cpu")), tmp_path / "run", callbacks=[probe])
     assert probe.during - before >= 0.9 * alive  # out of the collector's way while training (how many: the machine's)
     assert gc.get_freeze_count() == before  # and back in it: a sweep's runs don't pile up garbage
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_smoke_mode_times_both_launchers_with_the_same_numbers(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sweep.py"), "--smoke", "--via", "api",
+                           "--threads", "1", "--outputs-off", "--json", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["workload"], row["jobs"]) == ("dense", 4)
+    assert row["basic_s"] > 0 and row["fused_s"] > 0 and row["ratio"] == pytest.approx(row["basic_s"] / row["fused_s"],
+                                                                                        rel=0.05)
+    assert row["max_rel_diff_best_val_loss"] == 0  # every member's best val/loss is its job's, bit for bit
+    assert row["outputs_share_of_fused"] < 1  # (noise can make it a little negative at one epoch)

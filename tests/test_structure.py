@@ -18,7 +18,7 @@ SRC = Path(__file__).parents[1] / "src"
 LAYERS = [
     {"aetrain.cli"},
     {"aetrain.commands"},
-    {"aetrain.train"},
+    {"aetrain.train", "aetrain.fused"},  # fused: many jobs of one shape trained as one, each a run of train's parts
     {"aetrain.report"},  # report.html: read from a run's files; train's end-of-run callback and commands call it
     {"aetrain.checkpoint"},  # reading checkpoints: the model a checkpoint holds
     {"aetrain.models"},
@@ -28,7 +28,7 @@ LAYERS = [
     {"aetrain.config", "aetrain.rundir", "aetrain.registry", "aetrain.atomic", "aetrain.errors", "aetrain.launch",
      "aetrain.plugins", "aetrain.console"},
 ]
-HYDRA_FREE = ["aetrain.commands", "aetrain.train", "aetrain.report", "aetrain.checkpoint", "aetrain.models",
+HYDRA_FREE = ["aetrain.fused", "aetrain.commands", "aetrain.train", "aetrain.report", "aetrain.checkpoint", "aetrain.models",
               "aetrain.data", "aetrain.config", "aetrain.rundir", "aetrain.doctor", "aetrain.launch", "aetrain.plugins"]
 
 

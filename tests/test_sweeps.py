@@ -311,7 +311,8 @@ def test_summary_ranks_by_objective_puts_failures_last_and_reads_old_runs(tmp_pa
     rows = summary_rows(d)
     assert [r["job"] for r in rows] == ["5", "2", "0", "1", "3", "4", "6"]
     assert rows[1] == {"job": "2", "overrides": "optimizer.lr=0.01", "status": "ok", "error": "",
-                       "best_val_loss": "0.2", "epochs": "3", "wall_time_s": "1.75", "run_dir": str(d.resolve() / "2")}
+                       "best_val_loss": "0.2", "epochs": "3", "wall_time_s": "1.75", "run_dir": str(d.resolve() / "2"),
+                       "group": ""}  # not fused
     assert rows[3]["error"] == "ConfigError: lr more"  # one line
     assert rows[4]["status"] == "failed" and rows[4]["error"].startswith("did not finish")
     assert rows[5]["status"] == "failed" and rows[5]["error"].startswith("no result")

@@ -253,6 +253,15 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def fused_group(summary: dict[str, Any]) -> str | None:
+    """The fused group a run trained in (hydra/launcher=fused), from its summary.json's `group`: an object with an
+    `id` (as a fused member writes it), or a plain name or number; None for a run trained alone."""
+    group = summary.get("group")
+    if isinstance(group, dict):
+        group = group.get("id", group.get("name"))
+    return None if group is None or isinstance(group, (dict, list)) else str(group)
+
+
 class Status(str, Enum):
     """How a run stands or ended: one vocabulary for the engine, summary.json, the sweep table and the doctor."""
 

@@ -113,15 +113,20 @@ class SweepSummary(Callback):
         # mix both. Hydra turns a callback's exception into a warning, hence the exits here.
         resuming = OmegaConf.select(config, "hydra.launcher.resume", default=False) is True
         try:
+            _check_fused_launcher(config)  # before the dir is made or claimed, so a corrected command can use it
             _check_plugins_reach_the_jobs(config)
-            if resuming:  # the sweep's own dir, checked by the launcher (BasicLauncher.launch)
+            if resuming and not _fused(config):  # the plain launcher's own dir, checked by BasicLauncher.launch
                 _check_resumable(config)
-                sweep_dir = Path(config.hydra.sweep.dir)
-            else:
+                sweep_dir, continued = Path(config.hydra.sweep.dir), True
+            else:  # hydra/launcher=fused continues its sweep through the claim
                 sweep_dir = _sweep_dir(config)
-                claim(sweep_dir)
+                continued = claim(sweep_dir, resuming=[str(o) for o in config.hydra.overrides.task] if resuming
+                                  else None)
         except (AetrainError, OmegaConfBaseException) as e:
             exit_with(e)
+        if resuming and not continued:
+            sys.stderr.write(f"aetrain: hydra.launcher.resume=true: hydra.sweep.dir={sweep_dir} holds no sweep to "
+                             "continue; starting it\n")
         _current.dir, _current.results = sweep_dir, None
         _current.report = OmegaConf.select(config, "outputs.report", default=True) is not False
         _current.resumable = OmegaConf.select(config, "hydra.launcher._target_", default="") == PLAIN
@@ -133,13 +138,28 @@ class SweepSummary(Callback):
             _current.results = _summarize(_current.dir, report=_current.report)
 
 
+def _fused(config: DictConfig) -> bool:
+    """Whether the sweep's launcher is hydra/launcher=fused."""
+    from hydra_plugins.aetrain_fused.fused_launcher import FusedLauncherConf
+
+    return OmegaConf.select(config, "hydra.launcher._target_", default=None) == FusedLauncherConf._target_
+
+
+def _check_fused_launcher(config: DictConfig) -> None:
+    """hydra/launcher=fused's values its schema cannot refuse (hydra.launcher.max_group=0): a ConfigError."""
+    from hydra_plugins.aetrain_fused.fused_launcher import check
+
+    if _fused(config):
+        check(config.hydra.launcher)
+
+
 def _check_plugins_reach_the_jobs(config: DictConfig) -> None:
     """A launcher that runs jobs in processes of its own (joblib, SLURM) hands them the config's classes by module
     name; the module of a plugin file (`plugins=[...]`) exists in this process only, so its jobs could not read
     their config: refused in one line. A package's models (entry points) are importable anywhere and go."""
     launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
     files = OmegaConf.select(config, "plugins", default=None)
-    if files and not launcher.endswith("BasicLauncher"):
+    if files and not launcher.endswith(("BasicLauncher", "FusedLauncher")):  # those run the jobs in this process
         name = launcher.rpartition(".")[2]
         raise AetrainError(f"plugins={OmegaConf.to_container(files)} with the {name}: its jobs run in processes of "
                            "their own, which cannot import a plugin file; use the default launcher, or register "

@@ -218,9 +218,11 @@ def _app(cfg: DictConfig) -> float | None:
 
 def main(args: list[str]) -> None:
     """`aetrain [train] [overrides...]`, `aetrain -m ...`: the Hydra app."""
-    from hydra_plugins.aetrain_plain.plain_launcher import register  # hydra/launcher=plain, the default
+    from hydra_plugins.aetrain_fused.fused_launcher import register as register_fused
+    from hydra_plugins.aetrain_plain.plain_launcher import register as register_plain
 
-    register()  # known to Hydra under any install, editable included
+    register_plain()  # hydra/launcher=plain, the default, and hydra/launcher=fused: known to Hydra under any
+    register_fused()  # install, editable included
     _install_one_line_errors()
     try:
         check_overrides(args)

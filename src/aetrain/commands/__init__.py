@@ -77,6 +77,7 @@ def command(name: str, **entry: Any) -> Callable[[Callable[..., Any]], Callable[
                 "aetrain -m hparams_search=optuna                  an Optuna search (hydra.sweeper.n_trials=20)",
                 "aetrain -m <a sweep's overrides> hydra.sweep.dir=DIR hydra.launcher.resume=true",
                 "                                                  finish an interrupted sweep in its dir",
+                "aetrain -m hydra/launcher=fused key=a,b           a sweep whose jobs of one shape train as one model",
                 "aetrain --cfg job [overrides]                     print the composed config"),
          examples=("aetrain model=conv_ae trainer.device=cuda trainer.precision=16-mixed",
                    "aetrain model=denoising_ae model.backbone=conv model.noise.level=0.3",
@@ -85,6 +86,12 @@ def command(name: str, **entry: Any) -> Callable[[Callable[..., Any]], Callable[
 Compose the config from the groups' presets and the overrides, and train: checkpoints, metrics.csv,
 summary.json, pictures, TensorBoard and train.log in the run dir. trainer.resume=<run dir> continues a
 run where it stopped; -m runs a sweep, one job per combination, and summarises it (aetrain sweep).
+
+Fused sweeps (hydra/launcher=fused): jobs that differ only in trainer.seed, optimizer.* and scheduler.*
+numbers, model.init, model.loss, model.noise.*, model.sparsity.*, model.beta, model.kl_warmup_epochs,
+model.dropout, gradient clipping, max_epochs, early stopping, logging, checkpointing and outputs train as
+one batched model, each still a run of its own with the numbers it has alone. It pays for small models,
+whose steps cannot fill the hardware; much more on a GPU than on a CPU (README: Fused sweeps).
 """)
 def _train(config: Config | Callable[[], Config], run_dir: RunDir, **job: Any) -> float | None:
     from aetrain.commands.train import run_job  # torch: imported when a job runs

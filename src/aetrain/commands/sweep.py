@@ -31,7 +31,7 @@ from typing import Any
 
 from aetrain.atomic import write_atomic
 from aetrain.errors import ConfigError
-from aetrain.rundir import CHECKPOINTS, HYDRA, LAST, METRICS, RunDir, Status, read_metrics
+from aetrain.rundir import CHECKPOINTS, HYDRA, LAST, METRICS, RunDir, Status, fused_group, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ NAMED_CURVES = 10  # jobs named in sweep_curves.png's legend, best first; the ot
 CURVE_COLOURS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9", "black"]  # tab10 without its grey
 MARKER = ".aetrain-sweep"  # created exclusively when a sweep starts: two sweeps never share a dir
 OBJECTIVE_PNG = "sweep_objective.png"
-COLUMNS = ["job", "overrides", "status", "error", "best_val_loss", "epochs", "wall_time_s", "run_dir"]
+MULTIRUN = "multirun.yaml"  # Hydra's record of the sweep: its overrides (a resumed sweep must match them)
+COLUMNS = ["job", "overrides", "status", "error", "best_val_loss", "epochs", "wall_time_s", "run_dir", "group"]
 
 
 @dataclass
@@ -56,6 +57,7 @@ class JobResult:
     best_val_loss: float = math.nan  # the objective; NaN when the job has none
     epochs: int | None = None  # epochs trained; None when unknown
     wall_time_s: float | None = None  # training time; None when unknown
+    group: str = ""  # the fused group it trained in (hydra/launcher=fused, summary.json's "group"); "" when alone
 
     @property
     def ok(self) -> bool:
@@ -93,6 +95,7 @@ def read_job(run_dir: Path) -> JobResult:
     if summary.get("wall_time_s") is not None:
         result.wall_time_s = _float(summary["wall_time_s"])
 
+    result.group = fused_group(summary) or ""
     status = Status.of(summary)
     if status is not None and status is not Status.RUNNING:
         result.status, result.error = status.outcome, _one_line(summary.get("error") or "")
@@ -199,7 +202,7 @@ def write_csv(results: list[JobResult], path: Path) -> None:
             f"{r.best_val_loss:.8g}" if math.isfinite(r.best_val_loss) else "",
             "" if r.epochs is None else r.epochs,
             "" if r.wall_time_s is None else f"{r.wall_time_s:.2f}",
-            str(r.run_dir),
+            str(r.run_dir), r.group,
         ])
     write_atomic(path, text.getvalue())  # a reader never sees half a table
 
@@ -255,6 +258,9 @@ def table(results: list[JobResult], sweep_dir: Path, *, terminal: bool = False) 
     rows.add_column("epochs", justify="right")
     rows.add_column("time", justify="right")
     rows.add_column("overrides", overflow="fold")  # wrapped on a narrow terminal, never cut
+    grouped = any(r.group for r in results)  # a group column when jobs trained fused
+    if grouped:
+        rows.add_column("group", justify="right")
     if failed:
         rows.add_column("error", overflow="fold")
     best = results[0] if results[0].ranked else None
@@ -264,7 +270,8 @@ def table(results: list[JobResult], sweep_dir: Path, *, terminal: bool = False) 
             f"{r.best_val_loss:.5g}" if math.isfinite(r.best_val_loss) else "-",
             "-" if r.epochs is None else str(r.epochs),
             "-" if r.wall_time_s is None else f"{r.wall_time_s:.1f}s",
-            " ".join(_short(o) for o in overrides), *([r.error] if failed else []),
+            " ".join(_short(o) for o in overrides), *([r.group or "-"] if grouped else []),
+            *([r.error] if failed else []),
             style="bold green" if r is best else ("red" if not r.ok else None),
         )
     header = f"sweep {sweep_dir}: {len(results) - failed} ok, {failed} failed"  # not a title: rich would fold a path
@@ -494,10 +501,22 @@ def previous_sweep(sweep_dir: Path) -> str | None:
     return f"{dirs[0].relative_to(sweep_dir)}/" if dirs else None
 
 
-def claim(sweep_dir: Path) -> None:
+def claim(sweep_dir: Path, *, resuming: list[str] | None = None) -> bool:
     """Make `sweep_dir` this sweep's: refused (ConfigError, naming what is there) when it holds an earlier or a
     running sweep, else marked by creating its marker exclusively (`RunDir.mark`), so of two sweeps given one dir
-    at once the second is refused. A dir that cannot be made is a ConfigError too."""
+    at once the second is refused. A dir that cannot be made is a ConfigError too.
+
+    `resuming`: this sweep's overrides when it continues the interrupted sweep in `sweep_dir`
+    (hydra.launcher.resume=true): a dir holding a sweep run with other overrides is refused (its jobs would be
+    kept or continued as this command's); one holding no sweep (no multirun.yaml) is claimed as a new one.
+    Returns whether the sweep continues one already there."""
+    if resuming is not None and (sweep_dir / MULTIRUN).is_file():
+        before = _sweep_overrides(sweep_dir)
+        if before != list(resuming):
+            raise ConfigError(f"hydra.launcher.resume=true: hydra.sweep.dir={sweep_dir} holds another sweep "
+                              f"({' '.join(before) or 'no overrides'}); resume it with the command it printed when "
+                              "it stopped, or choose another hydra.sweep.dir")
+        return True
     used = previous_sweep(sweep_dir)
     if used is None and not RunDir(sweep_dir, key="hydra.sweep.dir").mark(MARKER, f"a sweep started by pid "
                                                                                     f"{os.getpid()}\n"):
@@ -505,3 +524,17 @@ def claim(sweep_dir: Path) -> None:
     if used is not None:
         raise ConfigError(f"hydra.sweep.dir={sweep_dir} already holds a sweep ({used}); choose another "
                           "hydra.sweep.dir")
+    return False
+
+
+def _sweep_overrides(sweep_dir: Path) -> list[str]:
+    """The overrides the sweep in `sweep_dir` was run with (its multirun.yaml, as Hydra writes it)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((sweep_dir / MULTIRUN).read_text(encoding="utf-8"))
+        overrides = saved["hydra"]["overrides"]["task"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise ConfigError(f"hydra.launcher.resume=true: {sweep_dir / MULTIRUN} cannot be read ({type(e).__name__}); "
+                          "choose another hydra.sweep.dir") from None
+    return [str(o) for o in overrides or []]

@@ -20,27 +20,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import logging
 import math
-import os
-import random
 import shlex
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from aetrain import checkpoint as checkpoints
 from aetrain import launch
 from aetrain.atomic import write_atomic
-from aetrain.config import Config, ModelConfig, validate
+from aetrain.config import Config, validate
 from aetrain.data import build_data
 from aetrain.device import resolve_device
-from aetrain.errors import AetrainError, CheckpointError, Interrupted, ProcessLost, WriteError, one_line
+from aetrain.errors import AetrainError, Interrupted, ProcessLost, WriteError, one_line
 from aetrain.models import FAMILIES
-from aetrain.rundir import HYDRA, LAST, METRICS, SPLIT, Invocation, RunDir, RunDirTaken, checkpoint_dir, own_run_dir, read_metrics
+from aetrain.rundir import HYDRA, LAST, SPLIT, Invocation, RunDir, RunDirTaken, checkpoint_dir, own_run_dir
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping, ReplicaCheck
 from aetrain.train import distributed
@@ -53,22 +49,13 @@ from aetrain.train.optim import build_optimizer, build_schedule
 from aetrain.train.outputs import build_outputs
 from aetrain.train.outputs.console import final_table
 from aetrain.train.precision import Precision, build_clip, trainable
+from aetrain.train.runs import (earlier_epochs, long_lived_objects_frozen, seed_everything, start_from_weights,
+                                warn_if_code_is_as_wide_as_the_input)
 from aetrain.train.signals import Interrupt
 from aetrain.train.step import GradientProbe, TrainStep
 from aetrain.train.threads import set_num_threads
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # seeds CUDA too
-    torch.backends.cudnn.benchmark = not deterministic
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable sums
-    if deterministic or torch.are_deterministic_algorithms_enabled():
-        torch.use_deterministic_algorithms(deterministic)  # imports torch._inductor (~3 s): only when it changes
 
 
 def build_parts(cfg: Config, world: World | None = None) -> Parts:
@@ -112,17 +99,6 @@ def build_parts(cfg: Config, world: World | None = None) -> Parts:
     world.seed(t.seed)  # each process its own noise and dropout from here; rank 0 keeps the single process's
     return Parts(cfg, model, net, objective, val_objective, optimizer, schedule, precision, step, data, windows,
                  family.galleries)
-
-
-def _warn_if_code_is_as_wide_as_the_input(model: ModelConfig, shape: tuple[int, ...]) -> None:
-    """An autoencoder whose code is as wide as its input can learn to copy it: a low reconstruction loss then
-    says nothing of what the code captured. Not said of families that constrain the code (input noise, a
-    sparsity penalty, a KL term), where a wide, overcomplete code is a design choice."""
-    size = math.prod(shape)
-    if model.latent_dim >= size and model.code_constraint() is None:
-        log.warning("model.latent_dim=%d is %s the input (%d values a sample): the model can learn to copy its input, "
-                    "so a low reconstruction loss says little; choose a narrower code", model.latent_dim,
-                    "as wide as" if model.latent_dim == size else "wider than", size)
 
 
 def run_job(config: Config | Callable[[], Config], run_dir: RunDir, *, invocation: Invocation | None = None,
@@ -176,7 +152,7 @@ def run_job(config: Config | Callable[[], Config], run_dir: RunDir, *, invocatio
         raise
     except Exception as ex:
         if job is not None:  # one failed job must not sink the sweep, whatever the cause
-            return _job_failed(ex, run_dir, invocation, job)
+            return record_job_failure(ex, run_dir, invocation, job)
         if launch.env_rank() == 0:
             run_dir.release()
         raise
@@ -184,7 +160,7 @@ def run_job(config: Config | Callable[[], Config], run_dir: RunDir, *, invocatio
     return result["best_val_loss"]
 
 
-def _job_failed(ex: Exception, run_dir: RunDir, invocation: Invocation | None, job: int) -> None:
+def record_job_failure(ex: Exception, run_dir: RunDir, invocation: Invocation | None, job: int) -> None:
     """Record a failed sweep job in its run dir (.hydra/, summary.json, train.log). It has no objective: None,
     which the Optuna sweeper records as a failed trial (NaN would crash hydra-optuna-sweeper 1.3 with optuna
     2.x: it tells the study FAIL together with the NaN value). Raises an interrupt: the sweep stops there."""
@@ -247,13 +223,9 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
                               f"run from its newest with trainer.resume={previous}")
         if not in_place:
             RunDir(out_dir).refuse_taken()  # a fresh run (or a continuation elsewhere) never writes over another
-        history = _earlier_epochs(previous, ckpt) if ckpt is not None else []
+        history = earlier_epochs(previous, ckpt) if ckpt is not None else []
         if ckpt is None and t.init_from:  # weights only: the optimizer, schedule and counters were built fresh
-            source = checkpoint.init_weights(parts.model, parts.data.spec, t.init_from)
-            st = source.get("state") if isinstance(source.get("state"), dict) else {}
-            log.info("starting from the weights of %s (%s); optimizer, schedule and counters start fresh",
-                     source["path"], f"after epoch {st['epoch']} of its run" if isinstance(st.get("epoch"), int)
-                     else "its run's epoch unknown")
+            start_from_weights(parts, t.init_from)
     if ckpt is not None and previous is None:
         log.info("%s is not in the run dir it was written in: continuing it in %s without its earlier epochs' "
                  "metrics; the folder it is kept in is left alone", t.resume, out_dir)
@@ -278,7 +250,7 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
     if ckpt is not None:
         checkpoint.restore(engine, ckpt)
         log.info("resuming %s %s", t.resume, engine.where())  # the words of the interrupt that stopped it
-    _warn_if_code_is_as_wide_as_the_input(cfg.model, parts.data.spec.shape)  # once the run is known to go ahead
+    warn_if_code_is_as_wide_as_the_input(cfg.model, parts.data.spec.shape)  # once the run is known to go ahead
     last = checkpoint_dir(out_dir) / LAST
     aborted = False  # a second Ctrl-C: no final table (summary.json says how the run ended)
     with engine.interrupt.installed(), long_lived_objects_frozen():
@@ -316,32 +288,3 @@ def _resume_command(cfg: Config, out_dir: Path, world: World) -> str:
     if world.size > 1 and cfg.trainer.devices not in (world.size, -1):
         return f"{command} trainer.devices={world.size} (or your launcher's command with {resume})"
     return command
-
-
-def _earlier_epochs(previous: Path | None, ckpt: dict) -> list[dict]:
-    """The metrics rows of the epochs before the checkpoint, from the run it belongs to."""
-    if previous is None:
-        return []
-    try:
-        rows = read_metrics(previous / METRICS)
-    except ValueError as e:
-        raise CheckpointError(f"trainer.resume={previous}: {e}; cannot continue its history") from None
-    return [r for r in rows if isinstance(r.get("epoch"), int) and 0 < r["epoch"] <= ckpt["state"]["epoch"]]
-
-
-@contextlib.contextmanager
-def long_lived_objects_frozen() -> Iterator[None]:
-    """Keep Python's cycle collector off what exists before training (torch, Hydra, the model...).
-
-    Those few hundred thousand objects live as long as the run; a full collection scanning
-    them took 100-200 ms mid-epoch here, triggered by whatever allocates next (matplotlib's
-    first figure). Frozen, collections see only what training creates. Thawed at the end, so
-    runs in one process (a sweep) do not pile up each other's cyclic garbage. No collection
-    first: it would delay the first step by a full scan, and what garbage set-up left behind
-    is freed after the thaw.
-    """
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()

@@ -138,6 +138,11 @@ class Autoencoder(nn.Module):
         return x
 
 
+def sample_code(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The reparameterisation trick: a draw of N(mu, exp(logvar)) from standard normal `noise` of mu's shape."""
+    return mu + noise * torch.exp(0.5 * logvar)
+
+
 class VariationalAutoencoder(Autoencoder):
     """The encoder emits (mean, log-variance) of a Gaussian code; training samples it, eval uses the mean."""
 
@@ -152,7 +157,7 @@ class VariationalAutoencoder(Autoencoder):
         """Model units in; (code, reconstruction, mean, log-variance) out. Training draws the code with the
         reparameterisation trick from the global generator (so it is seeded and resumable); eval takes the mean."""
         mu, logvar = self.posterior(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        z = sample_code(mu, logvar, torch.randn_like(mu)) if self.training else mu
         return z, self.generate(z), mu, logvar
 
     @torch.no_grad()

@@ -109,8 +109,8 @@ class ELBO(Objective):
         self.weight.fill_(self.beta * share)
         self.warmed_up = share >= 1.0
 
-    def __call__(self, model: torch.nn.Module, x: torch.Tensor) -> Terms:
-        _, x_hat, mu, logvar = model(x)
+    def terms(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> Terms:
+        _, x_hat, mu, logvar = outputs
         with torch.autocast(x.device.type, enabled=False):
             mu, logvar = mu.float(), logvar.float()
             rec = self.loss_fn(x_hat.float(), x.float())

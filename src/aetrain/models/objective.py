@@ -10,6 +10,11 @@ Regularisers are objects built once from the config: denoising is a corruption o
 (identity when off), sparsity a penalty on the code. The engine calls `objective(model, x)` the
 same way for every family, and `set_progress(epochs)` before every optimizer step, which
 objectives with a schedule of their own (the VAE's KL warm-up) use and others ignore.
+
+`objective(model, x)` is `objective.terms(x, model(objective.corrupt(x)))`: the model's run and
+the terms computed from its outputs are two steps, so a fused sweep (`aetrain.fused`), which runs
+many members' models as one batched network, computes each member's terms with that member's own
+objective on its slice of the outputs: the same code, the same numbers.
 """
 
 from __future__ import annotations
@@ -123,6 +128,10 @@ class Objective:
     corrupt: Corruption = staticmethod(identity)  # what training does to the inputs first (denoising); none here
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor) -> Terms:
+        return self.terms(x, model(self.corrupt(x)))
+
+    def terms(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> Terms:
+        """The named terms for the clean batch `x` and what the model returned for its (corrupted) inputs."""
         raise NotImplementedError
 
     def set_progress(self, epochs: float) -> None:
@@ -145,8 +154,8 @@ class Reconstruction(Objective):
         self.loss_fn, self.corrupt, self.penalty, self.validation = loss_fn, corrupt, penalty, validation
         self.names = ("loss", "penalty") if validation else ("loss", "reconstruction", "penalty")
 
-    def __call__(self, model: torch.nn.Module, x: torch.Tensor) -> Terms:
-        z, x_hat, *_ = model(self.corrupt(x))  # the loss compares against the clean input
+    def terms(self, x: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> Terms:
+        z, x_hat, *_ = outputs  # of the corrupted inputs; the loss compares against the clean input
         with torch.autocast(x.device.type, enabled=False):  # losses in fp32; bce refuses autocast
             rec = self.loss_fn(x_hat.float(), x.float())
             pen = self.penalty(z.float())

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from aetrain.doctor import Finding
-from aetrain.rundir import HYDRA
+from aetrain.rundir import HYDRA, fused_group
 from aetrain.report.runs import Doctor, Run, doctor, lock_holder, read_run
 
 SEED = "trainer.seed"
@@ -168,7 +168,7 @@ def _read_job(run_dir: Path, sweep_dir: Path) -> Job:
         error = "no result: the job ended before training started"
     if status == "failed" and not error:
         error = "failed (no reason recorded)"
-    job = Job(num, run, run_dir.relative_to(sweep_dir).as_posix(), status, error, group=_group_of(s))
+    job = Job(num, run, run_dir.relative_to(sweep_dir).as_posix(), status, error, group=fused_group(s))
     job.doctor = doctor(run)
     return job
 
@@ -178,14 +178,6 @@ def _job_num(run_dir: Path) -> int:
     if isinstance(num, int):
         return num
     return int(run_dir.name) if run_dir.name.isdigit() else -1
-
-
-def _group_of(summary: dict[str, Any]) -> str | None:
-    """The fused group a job trained in (summary.json's `group`: a name or number, or an object with an `id`)."""
-    group = summary.get("group")
-    if isinstance(group, dict):
-        group = group.get("id", group.get("name"))
-    return None if group is None or isinstance(group, (dict, list)) else str(group)
 
 
 def group_time_saved(jobs: list[Job]) -> float | None:

@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,6 +269,10 @@ class Engine:
     status: Status = Status.RUNNING  # then how it ended: ok | stopped_early | interrupted | diverged | failed
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # names the run in its checkpoints and summary.json;
     # kept on resume, so a checkpoint can tell its own run dir from a folder it was copied into
+    notes: dict[str, Any] = field(default_factory=dict)  # extra keys summary.json records about how the run trained
+    # (a member of a fused sweep group: {"group": {"id": ...}}, see aetrain.fused); none for a run of its own
+    clock: Callable[[], float] = time.perf_counter  # the run's own time in seconds, which outputs.render_budget is a
+    # share of: the wall clock; for a member of a fused group its share of the group's time (aetrain.fused.engine)
 
     def fit(self) -> TrainState:
         self._call("on_fit_start")

@@ -174,7 +174,8 @@ def build_step(cfg: Config, step: TrainStep, device: torch.device, batch_sizes: 
     `batch_sizes`: the micro-batches of an epoch (the largest is data.batch_size). `eager_only`: see
     `graph_blockers`.
     """
-    keep_own_capturable(step.optimizer)  # whichever step this run takes, and on whichever device it resumes
+    for optimizer in getattr(step.optimizer, "optimizers", None) or [step.optimizer]:  # a fused group: each member's
+        keep_own_capturable(optimizer)  # whichever step this run takes, and on whichever device it resumes
     policy = graphs_policy(cfg.trainer.cuda_graphs)
     if not policy.wanted:
         return step

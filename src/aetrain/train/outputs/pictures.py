@@ -158,6 +158,7 @@ class Pictures(Callback):
         # second) would otherwise delay the first optimizer step
         self.curve: plots.LossCurve | None = None
         self.views: Views | None = None
+        self.clock.clock = engine.clock  # the run's time (a fused member's share of its group's)
         self.clock.restart()
         self.first_epoch, self.drawn_epoch = engine.state.epoch + 1, -1
 

@@ -112,6 +112,7 @@ class Summary(Callback):
             "run_dir": str(self.run_dir.resolve()),
             "run_id": engine.run_id,  # the same in the run's checkpoints: a resume writes here only if they match
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **engine.notes,  # how the run trained, when it says (a fused sweep's member: "group")
         }
         self.dir.write_summary(data, final=status is not Status.RUNNING)
 
