@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import torch
 
-TORCH_DEFAULT = torch.get_num_threads()  # what this process started with: OMP_NUM_THREADS, else one per core
+_before: list[int] = []  # the count before a run of this process first set its own (restored by num_threads=0)
 
 
 def set_num_threads(num_threads: int) -> int:
-    """Use `num_threads` CPU threads (0 = the process's default), also after an earlier run in this process (a
-    sweep's jobs) changed it; returns the count in use."""
-    wanted = num_threads or TORCH_DEFAULT
-    if torch.get_num_threads() != wanted:
-        torch.set_num_threads(wanted)
-    return wanted
+    """Use `num_threads` CPU threads; 0 = leave torch's count as the process has it (OMP_NUM_THREADS, one per
+    core, or what the caller set with torch.set_num_threads), and put back the count an earlier run in this
+    process changed (a sweep's jobs). Returns the count in use."""
+    if num_threads:
+        if not _before:
+            _before.append(torch.get_num_threads())
+        torch.set_num_threads(num_threads)
+    elif _before:
+        torch.set_num_threads(_before.pop())
+    return torch.get_num_threads()
