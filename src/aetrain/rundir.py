@@ -67,7 +67,7 @@ SPLIT = "split.json"  # the source indices of the train/val/test samples, writte
 
 # what a run writes before its first last.pt, train.log aside: `RunDir.start_over` clears it
 FIRST_ATTEMPT = (SUMMARY, METRICS, "diagnostics.csv", SPLIT, LOSS_CURVE, HYDRA, CHECKPOINTS, TENSORBOARD,
-                 RECONSTRUCTIONS, "samples")
+                 RECONSTRUCTIONS, "samples", "report.html")
 
 # The commands after training, each writing into its own folder of the run dir (or `<command>.out`).
 EVAL = "eval"  # aetrain eval

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,7 @@ from typing import Any
 from aetrain import checkpoint as checkpoints
 from aetrain.atomic import write_atomic
 from aetrain.config import Config
-from aetrain.rundir import (CHECKPOINTS, DIAGNOSTICS, HYDRA, LAST, LOSS_CURVE, METRICS, RECONSTRUCTIONS, SPLIT, SUMMARY,
-                            TENSORBOARD, RunDir, checkpoint_dir, own_run_dir)
+from aetrain.rundir import (LAST, SPLIT, RunDir, checkpoint_dir, own_run_dir)
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping
 from aetrain.train.engine import Callback, Engine, Parts
@@ -64,27 +62,10 @@ def prepare_resume(run_dir: Path) -> str:
     return "start"
 
 
-# what a run writes into its dir before its first last.pt (train.log aside): `start_over` clears it
-FIRST_EPOCH_FILES = (SUMMARY, METRICS, DIAGNOSTICS, SPLIT, LOSS_CURVE, HYDRA, CHECKPOINTS, TENSORBOARD, RECONSTRUCTIONS)
-
-
 def start_over(run_dir: Path) -> list[str]:
-    """Before a resumed sweep trains a job again from its start in `run_dir` (not finished, no last.pt: its
-    process was killed in its first epoch, or it failed): clear what that attempt wrote, so the job is not
-    refused as a dir that holds a run. The attempt never saved a checkpoint, so it holds no epoch's results;
-    its train.log stays (the new attempt's lines follow). Done under the dir's claim: a dir a live process
-    trains into is refused (RunDirInUse), never cleared. Returns the names cleared."""
-    if not run_dir.is_dir():
-        return []
-    with RunDir(run_dir, key="hydra.sweep.dir").claimed():
-        cleared = [name for name in FIRST_EPOCH_FILES if (run_dir / name).exists()]
-        for name in cleared:
-            path = run_dir / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-    return cleared
+    """Before a resumed sweep trains a job again from its start in `run_dir` (not finished, no last.pt): clear what
+    that attempt wrote (`RunDir.start_over`: train.log stays; a dir a live process trains into is refused)."""
+    return RunDir(run_dir, key="hydra.sweep.dir").start_over()
 
 
 def open_dir(cfg: Config, out_dir: Path, parts: Parts) -> MemberDir:
