@@ -129,7 +129,8 @@ def test_uint8_image_arrays_are_scaled_to_unit_range(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("content", "suffix", "message"), [
     (np.zeros((10, 4, 4)), ".npy", r"array of shape \(10, 4, 4\).*N x D rows or N x C x H x W"),
     (np.zeros(10), ".npy", r"array of shape \(10,\)"),
-    (np.array([{"a": 1}], dtype=object), ".npy", "cannot read it as .npy"),
+    (np.array([{"a": 1}], dtype=object), ".npy", r"array of Python objects \(dtype object\), which aetrain does "
+                                                  "not unpickle"),
     (np.array([[1.0, np.nan]] * 5), ".npy", "NaN or infinite"),
     ({"x": torch.zeros(5, 2)}, ".pt", "holds a dict, not a tensor"),
     (b"", ".pt", "cannot read it as .pt"),

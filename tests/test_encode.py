@@ -17,7 +17,7 @@ from conftest import FAST
 
 @pytest.mark.parametrize("model", ["dense_ae", "vae"])
 def test_encode_writes_the_code_of_every_sample_as_the_python_api_gives_it(cli, trained, model: str) -> None:
-    run = trained(*FAST, f"model={model}")
+    run = trained(*FAST, f"model={model}", "model.latent_dim=16")  # the VAE's default is 4
     result = cli.command("encode", str(run), "device=cpu")
     assert result.returncode == 0, result.err
     codes = np.load(run / "encode/codes.npy")

@@ -23,7 +23,7 @@ def test_a_model_too_large_for_memory_is_refused_in_one_line(cli, tmp_path: Path
     np.save(tmp_path / "wide.npy", np.zeros((20, 2_000_000), np.float32))
     result = cli(*FAST, "data=tensor_file", f"data.path={tmp_path / 'wide.npy'}")
     assert_one_line_error(result, "the model does not fit in memory: dense_ae on 2000000 inputs has 1,026,070,416 "
-                                  "parameters and training needs at least 33.2 GB")
+                                  "parameters and training needs at least 49.2 GB")  # 16 GB of it the doctor's check
     assert "but 24.0 GB is available; make the model smaller (model.hidden_dims, model.latent_dim)" in result.err
 
 
@@ -47,11 +47,11 @@ def test_a_batch_whose_activations_cannot_fit_names_the_batch_and_image_size(cli
 
 def test_the_memory_estimate_is_a_lower_bound_of_what_training_takes() -> None:
     """Parameters counted without building the model; the estimate is below a measured run's peak (README)."""
-    from aetrain.config import Config, DataConfig
+    from aetrain.config import Config, DataConfig, DiagnosticsConfig
     from aetrain.models import FAMILIES
-    from aetrain.train.memory import estimate
+    from aetrain.train.memory import doctor_check_bytes, estimate
 
-    cfg = Config(data=DataConfig(batch_size=64))
+    cfg = Config(data=DataConfig(batch_size=64), diagnostics=DiagnosticsConfig(enabled=False))  # training alone
     state = torch.get_rng_state()
     need = estimate(cfg, FAMILIES.get("dense_ae"), _spec((1, 8, 8)), batch_size=64)
     assert torch.equal(state, torch.get_rng_state())  # counting draws no random numbers: runs stay as they were
@@ -61,6 +61,13 @@ def test_the_memory_estimate_is_a_lower_bound_of_what_training_takes() -> None:
     assert need.parameter_bytes == per_parameter * need.parameters
     layers = [256, 256, 128, 128, 16, 128, 128, 256, 256, 64, 64]  # each layer's output; flatten is a view, no memory
     assert need.activation_bytes == 4 * 64 * sum(layers)
+    # the doctor's check of the code units runs between epochs: the larger of the two counts, not their sum
+    with_doctor = estimate(Config(data=DataConfig(batch_size=64)), FAMILIES.get("dense_ae"), _spec((1, 8, 8)),
+                           batch_size=64)
+    spec = _spec((1, 8, 8))
+    with torch.device("meta"):
+        model = FAMILIES.get("dense_ae").build(Config().model, spec)
+    assert with_doctor.activation_bytes == max(need.activation_bytes, doctor_check_bytes(Config(), model, spec))
 
 
 def _spec(shape: tuple[int, ...]):

@@ -109,7 +109,8 @@ def doctor_check_bytes(cfg: Config, model: torch.nn.Module, spec: DataSpec) -> i
 
     if not cfg.diagnostics.enabled:
         return 0
-    return FLOAT_BYTES * unit_check_elements(cfg.model.latent_dim, EFFECT_SAMPLES, _layer_outputs(model, 1, spec.shape))
+    per_sample = _layer_outputs(model, 2, spec.shape) // 2  # two: batch norm in training mode refuses one sample
+    return FLOAT_BYTES * unit_check_elements(cfg.model.latent_dim, EFFECT_SAMPLES, per_sample)
 
 
 def check_fits(cfg: Config, family: Family, spec: DataSpec, device: torch.device, *, batch_size: int) -> None:
