@@ -413,3 +413,10 @@ def test_the_config_differences_name_the_plugins_a_run_imported() -> None:
 
     assert ("plugins", "[/work/my_models.py]", "[]") in config_differences(Config(plugins=["/work/my_models.py"]))
     assert not [d for d in config_differences(Config()) if d[0] == "plugins"]
+
+
+def test_the_report_cuts_labelled_grids_where_the_trainer_draws_them() -> None:
+    from aetrain.report.figures import LABELLED
+    from aetrain.train.outputs.plots import HEADER_PX, MARGIN, PAD
+
+    assert LABELLED == (HEADER_PX, MARGIN - PAD)  # the report sits below the trainer: it keeps its own copy

@@ -58,6 +58,11 @@ def compact_png(data: bytes, *, lossy: bool = False) -> bytes:
     return min(buffer.getvalue(), data, key=len)
 
 
+# a labelled grid (aetrain.train.outputs.plots.labelled_grid): the title line above it (HEADER_PX) and the white
+# margin below it (MARGIN - PAD), in pixels; its rows are cut with their names, on the left
+LABELLED = (28, 6)
+
+
 def grid_rows(png: bytes, tile_height: int) -> list[bytes] | None:
     """A reconstruction grid (README "Outputs to look at": one row of tiles per kind, `PAD` white pixels
     between and around them) cut into its rows, each with its padding above and below; None when the
@@ -65,13 +70,18 @@ def grid_rows(png: bytes, tile_height: int) -> list[bytes] | None:
     from PIL import Image
 
     image = Image.open(io.BytesIO(png))
-    height = image.height
-    if tile_height <= 0 or (height - PAD) % (tile_height + PAD):
+    if tile_height <= 0:
+        return None
+    for above, below in ((0, 0), LABELLED):  # a bare grid, or one under its title line beside its row names
+        height = image.height - above - below
+        if height > PAD and not (height - PAD) % (tile_height + PAD):
+            break
+    else:
         return None
     count = (height - PAD) // (tile_height + PAD)
     rows = []
     for i in range(count):
-        top = i * (tile_height + PAD)
+        top = above + i * (tile_height + PAD)
         buffer = io.BytesIO()
         image.crop((0, top, image.width, top + tile_height + 2 * PAD)).save(buffer, format="png")
         rows.append(compact_png(buffer.getvalue()))
