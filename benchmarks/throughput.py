@@ -62,8 +62,16 @@ import numpy as np
 import torch
 
 from aetrain.commands.train import build_parts, resolve_device, run
-from aetrain.config import (AdamConfig, Config, ConvAEConfig, DenseAEConfig, DiagnosticsConfig, TensorFileDataConfig,
-                            TrainerConfig, validate)
+from aetrain.config import (
+    AdamConfig,
+    Config,
+    ConvAEConfig,
+    DenseAEConfig,
+    DiagnosticsConfig,
+    TensorFileDataConfig,
+    TrainerConfig,
+    validate,
+)
 from aetrain.errors import ConfigError
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.graphs import COMPILE_MODES, graphs_policy

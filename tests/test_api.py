@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,6 @@ from aetrain.config import DataConfig
 from aetrain.data import build_data
 from aetrain.errors import CheckpointError
 from conftest import FAST
-import subprocess
-import sys
 
 
 def test_load_model_from_a_run_dir_or_file_encodes_and_decodes_images(cli) -> None:

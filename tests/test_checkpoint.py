@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,16 +20,13 @@ import torch
 
 import aetrain
 from aetrain import checkpoint as checkpoints
+from aetrain.commands.train import run
 from aetrain.config import Config, DataConfig, SGDConfig, TrainerConfig
 from aetrain.errors import CheckpointError, DivergenceError, WriteError
-from aetrain.commands.train import run
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer
 from aetrain.train.engine import Callback, Engine
-from conftest import FAST
-import json
-import shutil
-from conftest import metrics_rows, one_line_error, snapshot
+from conftest import FAST, metrics_rows, one_line_error, snapshot
 
 
 class Evil:

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, TIMING, run_subprocess
-from conftest import one_line_error
-
+from conftest import FAST, TIMING, one_line_error, run_subprocess
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
+import json
 import os
 import pty
 import re
@@ -12,9 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import run_subprocess
-import json
-from conftest import FAST, metrics_rows
+import pytest
+
+from conftest import FAST, metrics_rows, run_subprocess
 
 ARGS = ("trainer.max_epochs=2", "data.batch_size=128", "trainer.device=cpu")
 LONG = "a_directory_whose_name_alone_is_longer_than_the_eighty_columns_a_console_is_assumed_to_have"

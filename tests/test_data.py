@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,10 @@ import torch
 from PIL import Image
 
 from aetrain.config import DataConfig
-from conftest import FAST, choose, run_subprocess
 from aetrain.data import build_data
 from aetrain.data.batches import BatchPlan
 from aetrain.errors import DataError
-import warnings
-from conftest import FAST, assert_one_line_error, png_header, save_pngs
+from conftest import FAST, assert_one_line_error, choose, png_header, run_subprocess, save_pngs
 
 CPU = torch.device("cpu")
 

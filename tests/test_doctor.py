@@ -22,7 +22,6 @@ from aetrain.commands.train import build_parts, run
 from aetrain.config import Config, DenseAEConfig, DiagnosticsConfig, NoiseConfig, SparsityConfig, default_choice
 from aetrain.train.diagnostics import LayerProbe
 from aetrain.train.step import GradientProbe
-
 from conftest import assert_same_run, choose, digits_config, metrics_rows
 
 CPU = ["trainer.device=cpu", "outputs.plot_every=0"]
@@ -293,9 +292,8 @@ def test_doctor_judges_a_run_without_diagnostics_from_metrics_alone(cli) -> None
 
 
 def test_doctor_reads_an_interrupted_run(tmp_path: Path, cli) -> None:
-    from test_resume import StopAt
-
     from aetrain.errors import Interrupted
+    from test_resume import StopAt
 
     cfg = digits_config(diagnostics=DiagnosticsConfig(every_n_steps=2))
     cfg.trainer.max_epochs = 4

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from aetrain.commands.train import build_parts
 from aetrain.config import Config, ConvAEConfig, DataConfig, OptimizerConfig, TrainerConfig
-from conftest import choose
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.optim import OPTIMIZERS, build_optimizer
-from aetrain.commands.train import build_parts
+from conftest import choose
 
 ROOT = Path(__file__).parents[1]
 

@@ -140,7 +140,7 @@ def test_the_example_trains_like_the_cli_resumes_sweeps_and_goes_through_every_c
         "model.channels=2", "model.channels=4"]
 
     # a fresh process knows nothing of the example: each command imports it from what the run recorded
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import sys, aetrain
         from aetrain.cli import main
         for args in (['eval', RUN, 'device=cpu', 'probe_samples=100'], ['score', RUN, 'device=cpu'],

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, call_main
-
 from aetrain.report import render
 from aetrain.report.figures import compact_png
-from aetrain.report.sweeps import Job, Sweep, follow_ups, settings
 from aetrain.report.runs import Run, Standing
+from aetrain.report.sweeps import Job, Sweep, follow_ups, settings
+from conftest import FAST, call_main
 
 RUN_LIMIT, SWEEP_LIMIT = 500_000, 1_000_000  # bytes: the targets for a run's page and a 16-job sweep's
 # a sweep with seeds and two failing jobs (a negative learning rate fails validation at once)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,16 +14,35 @@ from pathlib import Path
 import pytest
 import torch
 
-from aetrain.config import (AdamConfig, Config, ConvAEConfig, DataConfig, DenoisingAEConfig, DenseAEConfig, ModelConfig,
-                            NoiseConfig, OutputsConfig, SparseAEConfig, SparsityConfig, TrainerConfig, VAEConfig,
-                            default_choice)
-from aetrain.errors import CheckpointError, Interrupted
 from aetrain.commands.train import run
+from aetrain.config import (
+    AdamConfig,
+    Config,
+    ConvAEConfig,
+    DataConfig,
+    DenoisingAEConfig,
+    DenseAEConfig,
+    ModelConfig,
+    NoiseConfig,
+    OutputsConfig,
+    SparseAEConfig,
+    SparsityConfig,
+    TrainerConfig,
+    VAEConfig,
+    default_choice,
+)
+from aetrain.errors import CheckpointError, Interrupted
 from aetrain.train.engine import Callback, Engine
-from conftest import assert_same_run, metrics_rows, without_timing
-import json
-import shutil
-from conftest import FAST, one_line_error, run_subprocess, snapshot, start
+from conftest import (
+    FAST,
+    assert_same_run,
+    metrics_rows,
+    one_line_error,
+    run_subprocess,
+    snapshot,
+    start,
+    without_timing,
+)
 
 EPOCHS = 3
 

@@ -83,10 +83,9 @@ def training_keys(overrides: list[str]) -> list[str]:
     from omegaconf.errors import OmegaConfBaseException
 
     from aetrain.cli.errors import exit_with
+    from aetrain.cli.overrides import plugin_arguments
     from aetrain.cli.schema import compose_training, to_config
     from aetrain.errors import AetrainError
-
-    from aetrain.cli.overrides import plugin_arguments
 
     try:
         config = to_config(compose_training(plugin_arguments(overrides)))

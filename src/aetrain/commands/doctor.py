@@ -29,8 +29,21 @@ from aetrain.config import Config
 from aetrain.doctor import Facts, Finding, Trace, diagnose, epoch_ranges, too_early, unused_units, verdict
 from aetrain.errors import ConfigError
 from aetrain.plugins import PluginError
-from aetrain.rundir import (BEST, DIAGNOSTICS, DIAGNOSTICS_PLOT, DOCTOR, LAST, METRICS, SUMMARY, RunDir, Status,
-                            checkpoint_dir, read_diagnostics, read_metrics, read_summary)
+from aetrain.rundir import (
+    BEST,
+    DIAGNOSTICS,
+    DIAGNOSTICS_PLOT,
+    DOCTOR,
+    LAST,
+    METRICS,
+    SUMMARY,
+    RunDir,
+    Status,
+    checkpoint_dir,
+    read_diagnostics,
+    read_metrics,
+    read_summary,
+)
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,16 @@ from typing import Any
 import numpy as np
 
 from aetrain.commands import figures
-from aetrain.commands.trained import (Outputs, RunData, log_lines, open_run, output_folder, relative, require_samples,
-                                      resolve_split)
+from aetrain.commands.trained import (
+    Outputs,
+    RunData,
+    log_lines,
+    open_run,
+    output_folder,
+    relative,
+    require_samples,
+    resolve_split,
+)
 from aetrain.config import DataConfig, EncodeConfig, validate_command
 from aetrain.rundir import ENCODE, ENCODE_FILES
 

@@ -22,8 +22,21 @@ import torch
 
 from aetrain.commands import figures
 from aetrain.commands.metrics import PCABaseline, data_range, probe_accuracy, quality, ssim_window
-from aetrain.commands.trained import (Outputs, RunData, Samples, Trained, json_text, log_lines, open_run, output_folder,
-                                      relative, require_samples, resolve_split, table, warn_outside_training_range)
+from aetrain.commands.trained import (
+    Outputs,
+    RunData,
+    Samples,
+    Trained,
+    json_text,
+    log_lines,
+    open_run,
+    output_folder,
+    relative,
+    require_samples,
+    resolve_split,
+    table,
+    warn_outside_training_range,
+)
 from aetrain.config import DataConfig, EvalConfig, validate_command
 from aetrain.rundir import EVAL, EVAL_FILES
 

@@ -31,8 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from aetrain.commands.trained import (RunData, Trained, json_text, log_lines, open_run, output_folder, relative,
-                                      table)
+from aetrain.commands.trained import RunData, Trained, json_text, log_lines, open_run, output_folder, relative, table
 from aetrain.config import DataConfig, ExportConfig, validate_command
 from aetrain.errors import AetrainError, ConfigError
 from aetrain.models import Autoencoder

@@ -27,8 +27,20 @@ import torch
 
 from aetrain.commands import figures
 from aetrain.commands.metrics import PCABaseline, isolation_forest_scores, per_sample_errors
-from aetrain.commands.trained import (Outputs, RunData, Samples, Trained, json_text, log_lines, open_run, output_folder,
-                                      relative, require_samples, table, warn_outside_training_range)
+from aetrain.commands.trained import (
+    Outputs,
+    RunData,
+    Samples,
+    Trained,
+    json_text,
+    log_lines,
+    open_run,
+    output_folder,
+    relative,
+    require_samples,
+    table,
+    warn_outside_training_range,
+)
 from aetrain.config import DataConfig, ScoreConfig, validate_command
 from aetrain.errors import ConfigError
 from aetrain.rundir import SCORE, SCORE_FILES

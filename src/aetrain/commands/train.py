@@ -39,12 +39,22 @@ from aetrain.data import build_data
 from aetrain.device import resolve_device
 from aetrain.errors import AetrainError, CheckpointError, Interrupted, ProcessLost, WriteError, one_line
 from aetrain.models import FAMILIES
-from aetrain.rundir import HYDRA, LAST, METRICS, SPLIT, Invocation, RunDir, RunDirTaken, checkpoint_dir, own_run_dir, read_metrics
-from aetrain.train import checkpoint
+from aetrain.rundir import (
+    HYDRA,
+    LAST,
+    METRICS,
+    SPLIT,
+    Invocation,
+    RunDir,
+    RunDirTaken,
+    checkpoint_dir,
+    own_run_dir,
+    read_metrics,
+)
+from aetrain.train import checkpoint, distributed
 from aetrain.train.callbacks import Checkpointer, EarlyStopping, ReplicaCheck
-from aetrain.train import distributed
-from aetrain.train.distributed import World
 from aetrain.train.diagnostics import build_probe
+from aetrain.train.distributed import World
 from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
 from aetrain.train.graphs import COMPILE_MODES, build_step, graphs_policy
 from aetrain.train.memory import check_fits

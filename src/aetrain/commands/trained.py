@@ -36,8 +36,7 @@ import torch
 from aetrain.atomic import write_atomic
 from aetrain.checkpoint import config_of, load, model_from_checkpoint, resolve, run_data, spec_from_checkpoint
 from aetrain.config import SPLITS, Config, DataConfig, validate_data
-from aetrain.data import (Source, Split, class_indices, fingerprint, fingerprint_differences, load_source,
-                          split_samples)
+from aetrain.data import Source, Split, class_indices, fingerprint, fingerprint_differences, load_source, split_samples
 from aetrain.data.batches import eval_batches
 from aetrain.data.spec import DataSpec
 from aetrain.device import resolve_device

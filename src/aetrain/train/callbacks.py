@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from aetrain.atomic import write_atomic
-from aetrain.rundir import BEST, LAST, Status, checkpoint_dir
 from aetrain.errors import DivergenceError, WriteError
+from aetrain.rundir import BEST, LAST, Status, checkpoint_dir
 from aetrain.train import checkpoint
 from aetrain.train.engine import Callback, Engine
 

@@ -20,8 +20,16 @@ import numpy as np
 import torch
 
 from aetrain import __version__
-from aetrain.checkpoint import (FORMAT, FORMAT_VERSION, config_of, load, load_weights, resolved_data_paths,
-                                spec_from_checkpoint, stored_data_paths)
+from aetrain.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    config_of,
+    load,
+    load_weights,
+    resolved_data_paths,
+    spec_from_checkpoint,
+    stored_data_paths,
+)
 from aetrain.config import Config, to_json
 from aetrain.data import fingerprint_differences
 from aetrain.data.spec import DataSpec
