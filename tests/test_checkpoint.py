@@ -245,7 +245,8 @@ def test_checkpoint_every_n_steps_writes_mid_epoch(tmp_path: Path) -> None:
     class Peek(Callback):
         def on_step(self, engine: Engine) -> None:
             if engine.state.step == 12:
-                next(cb for cb in engine.callbacks if isinstance(cb, Checkpointer)).wait(engine)  # written in the background
+                # written in the background
+                next(cb for cb in engine.callbacks if isinstance(cb, Checkpointer)).wait(engine)
                 seen.append(checkpoints.load(tmp_path)["state"])
 
     run(tiny(checkpoint_every_n_steps=5, max_epochs=2), tmp_path, callbacks=[Peek()])

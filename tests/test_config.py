@@ -58,7 +58,8 @@ def test_every_group_choice_composes_into_the_schema(group: str, choice: str) ->
 def test_defaults_are_valid_and_pick_the_documented_presets() -> None:
     cfg = compose_config()
     validate(cfg)
-    assert (cfg.model.name, cfg.data.name, cfg.optimizer.name, cfg.scheduler.name) == ("dense_ae", "digits", "adam", "none")
+    chosen = (cfg.model.name, cfg.data.name, cfg.optimizer.name, cfg.scheduler.name)
+    assert chosen == ("dense_ae", "digits", "adam", "none")
 
 
 def test_regulariser_presets_compose_with_either_backbone() -> None:

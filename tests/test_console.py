@@ -91,7 +91,8 @@ def test_help_says_what_every_key_means(cli, choices: list[str]) -> None:
     other commands' --help: the keys alone said nothing of outputs.figure_format's png | svg | pdf."""
     result = cli("--help", *choices)
     assert result.returncode == 0, result.err
-    keys = result.out[result.out.index("== Keys and defaults"):result.out.index("== Every choice's keys")].splitlines()[1:]
+    start, end = result.out.index("== Keys and defaults"), result.out.index("== Every choice's keys")
+    keys = result.out[start:end].splitlines()[1:]
     values = [line for line in keys if line.startswith("  ") and not line.endswith(":")]
     assert len(values) > 40
     assert all(re.match(r"^ +\w+: \S+  # \S", line) for line in values), [v for v in values if "  # " not in v]

@@ -457,7 +457,8 @@ def test_an_output_range_that_cannot_hold_the_data_is_refused_and_old_runs_get_a
 
     rows = np.random.default_rng(0).normal(3.0, 2.0, (300, 6)).astype(np.float32)  # standardized: values below 0
     np.save(tmp_path / "rows.npy", rows)
-    data = ["data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", *CPU, "trainer.max_epochs=3", "model.latent_dim=2"]
+    data = ["data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", *CPU, "trainer.max_epochs=3",
+            "model.latent_dim=2"]
     for activation in ("sigmoid", "tanh"):
         refused = cli(*data, f"model.output_activation={activation}", run_dir=tmp_path / activation)
         assert refused.returncode == 2 and refused.err.count("\n") == 1, refused.output

@@ -157,7 +157,8 @@ def test_report_has_its_own_help_and_is_listed_among_the_commands(cli) -> None:
     assert result.out.startswith("usage: aetrain report <run dir or sweep dir>") and "report.html" in result.out
     assert "aetrain report   one page for a run or a sweep" in cli("--help").out
     flag = cli.command("report", "--open", "x")
-    assert flag.returncode == 2 and flag.err.startswith("aetrain: error: unknown flag --open: aetrain report takes a run dir")
+    assert flag.returncode == 2
+    assert flag.err.startswith("aetrain: error: unknown flag --open: aetrain report takes a run dir")
 
 
 @pytest.mark.parametrize("case", ["empty", "foreign", "missing", "a file", "no dir", "two dirs", "an override"])

@@ -17,7 +17,8 @@ from aetrain.rundir import RunDir
 from conftest import FAST, run_subprocess
 
 # A second or so per job on the digits; pictures and TensorBoard (slow to import) are tested elsewhere.
-TINY = ["trainer.max_epochs=1", "data.batch_size=256", "trainer.device=cpu", "outputs.plot_every=0", "outputs.tensorboard=false"]
+TINY = ["trainer.max_epochs=1", "data.batch_size=256", "trainer.device=cpu", "outputs.plot_every=0",
+        "outputs.tensorboard=false"]
 # `-m` goes last: the fixtures put hydra.run.dir first, and argparse takes one block of overrides
 
 

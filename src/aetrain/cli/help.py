@@ -4,8 +4,8 @@ dataclass fields (`aetrain.config.field_comments`), and its examples.
 
 `aetrain --help` is `train`'s help, which also lists the commands, the config groups and their choices, and
 every key of the training config composed from the overrides given (`aetrain --help model=conv_ae` shows the
-conv model's keys), as YAML with each key's comment, then the keys of every choice of every group (names only). The other commands' keys are shown as they are typed,
-`key=default`. Hydra's own help stays at `aetrain --hydra-help`.
+conv model's keys), as YAML with each key's comment, then the keys of every choice of every group (names only).
+The other commands' keys are shown as they are typed, `key=default`. Hydra's own help stays at `aetrain --hydra-help`.
 """
 
 from __future__ import annotations

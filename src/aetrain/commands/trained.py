@@ -75,7 +75,8 @@ class Trained:
 
     @property
     def description(self) -> str:
-        return f"{self.cfg.model.name}, latent {self.cfg.model.latent_dim}, {self.checkpoint.name} of epoch {self.epoch}"
+        return (f"{self.cfg.model.name}, latent {self.cfg.model.latent_dim}, "
+                f"{self.checkpoint.name} of epoch {self.epoch}")
 
     @property
     def is_image(self) -> bool:
@@ -115,8 +116,8 @@ class Trained:
         bad = ~(z.isfinite().all(1) & x_hat.flatten(1).isfinite().all(1))  # (n,) samples with a NaN or inf output
         if bool(bad.any()):
             raise DataError(f"{self.checkpoint}: the model's output is not finite (NaN or infinite) for "
-                            f"{int(bad.sum())} of {len(x)} samples, although its weights are finite: are the samples in the training "
-                            "data's units?")
+                            f"{int(bad.sum())} of {len(x)} samples, although its weights are finite: "
+                            "are the samples in the training data's units?")
         return z, x_hat
 
 

@@ -48,7 +48,8 @@ class Gallery:
 
     folder: str  # the run-dir folder (<folder>/epoch_NNN.png) and the TensorBoard image tag
     title: str  # what the picture shows, for people
-    draw: Callable[[Autoencoder, int, torch.Generator], torch.Tensor]  # (model, n, generator) -> (n, *shape), model units
+    # (model, n, generator) -> (n, *shape), model units
+    draw: Callable[[Autoencoder, int, torch.Generator], torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,8 @@ class Checkpointer(Callback):
 
     def _write(self, data: bytes, snapshots: list[Path], point: Point) -> None:
         last = self.dir / LAST
-        what = f" (the checkpoint of epoch {point.epoch})" if point.boundary else f" (the checkpoint of step {point.step})"
+        what = (f" (the checkpoint of epoch {point.epoch})" if point.boundary
+                else f" (the checkpoint of step {point.step})")
         try:
             write_atomic(last, data, durable=True)
             self.on_disk[LAST] = point
