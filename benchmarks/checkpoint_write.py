@@ -32,7 +32,8 @@ from aetrain.train.engine import Engine
 
 def checkpoint_bytes(model: str) -> bytes:
     cfg = Config(model=default_choice("model", model), data=DataConfig(),
-                 trainer=TrainerConfig(max_epochs=1, device="cpu"), outputs=OutputsConfig(plot_every=0, tensorboard=False))
+                 trainer=TrainerConfig(max_epochs=1, device="cpu"),
+                 outputs=OutputsConfig(plot_every=0, tensorboard=False))
     cfg.diagnostics.enabled = False
     engine = Engine(build_parts(cfg), [])
     engine.fit()

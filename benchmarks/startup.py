@@ -75,7 +75,8 @@ def main() -> None:
     print(f"{'':32s} {'min s':>6s} {'median s':>9s} {'max s':>6s}   ({args.runs} runs)")
     for name, times in rows.items():
         print(f"{name:32s} {min(times):6.2f} {statistics.median(times):9.2f} {max(times):6.2f}")
-    payload = {name: {"min": min(t), "median": statistics.median(t), "max": max(t), "runs": t} for name, t in rows.items()}
+    payload = {name: {"min": min(t), "median": statistics.median(t), "max": max(t), "runs": t}
+               for name, t in rows.items()}
     if args.json:
         args.json.write_text(json.dumps(payload, indent=2))
 

@@ -62,8 +62,16 @@ import numpy as np
 import torch
 
 from aetrain.commands.train import build_parts, resolve_device, run
-from aetrain.config import (AdamConfig, Config, ConvAEConfig, DenseAEConfig, DiagnosticsConfig, TensorFileDataConfig,
-                            TrainerConfig, validate)
+from aetrain.config import (
+    AdamConfig,
+    Config,
+    ConvAEConfig,
+    DenseAEConfig,
+    DiagnosticsConfig,
+    TensorFileDataConfig,
+    TrainerConfig,
+    validate,
+)
 from aetrain.errors import ConfigError
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.graphs import COMPILE_MODES, graphs_policy
@@ -265,7 +273,8 @@ def dataloader_loop(workload: str, data_path: Path, batch: int, args: argparse.N
 
 def _format(x: torch.Tensor) -> torch.memory_format:
     """The layout aetrain holds the data in (channels_last for conv workloads), so the limit matches."""
-    return torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    channels_last = x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def bench_lightning(workload: str, data_path: Path, out: Path, batch: int, args: argparse.Namespace) -> Result | None:

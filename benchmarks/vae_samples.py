@@ -43,9 +43,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):
             out = Path(tmp) / f"seed{seed}"
-            subprocess.run([sys.executable, "-m", "aetrain", "model=vae", f"hydra.run.dir={out}", f"trainer.seed={seed}",
-                            "trainer.device=cpu", "trainer.num_threads=1", "outputs.plot_every=0",
-                            "outputs.tensorboard=false", *args.overrides], check=True, capture_output=True)
+            subprocess.run([sys.executable, "-m", "aetrain", "model=vae", f"hydra.run.dir={out}",
+                            f"trainer.seed={seed}", "trainer.device=cpu", "trainer.num_threads=1",
+                            "outputs.plot_every=0", "outputs.tensorboard=false", *args.overrides],
+                           check=True, capture_output=True)
             summary = json.loads((out / "summary.json").read_text())
             shares.append(recognised(out, classifier))
             print(f"seed {seed}: {shares[-1]:.3f} recognised, val/loss {summary['best_val_loss']:.5g}, "

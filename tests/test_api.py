@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,6 @@ from aetrain.config import DataConfig
 from aetrain.data import build_data
 from aetrain.errors import CheckpointError
 from conftest import FAST
-import subprocess
-import sys
 
 
 def test_load_model_from_a_run_dir_or_file_encodes_and_decodes_images(cli) -> None:
@@ -44,8 +44,8 @@ def test_tabular_model_takes_and_returns_rows_in_their_original_units(cli, tmp_p
     latent = rng.normal(size=(400, 2))
     rows = (latent @ rng.normal(size=(2, 6)) * [1, 10, 100, 1, 10, 100] + 50).astype(np.float32)
     np.save(tmp_path / "rows.npy", rows)
-    result = cli("data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", "model.latent_dim=2", "trainer.max_epochs=30",
-                 "trainer.device=cpu")
+    result = cli("data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", "model.latent_dim=2",
+                 "trainer.max_epochs=30", "trainer.device=cpu")
     assert result.returncode == 0, result.err
     model = aetrain.load_model(result.run_dir)
     x = torch.from_numpy(rows)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,16 +20,13 @@ import torch
 
 import aetrain
 from aetrain import checkpoint as checkpoints
+from aetrain.commands.train import run
 from aetrain.config import Config, DataConfig, SGDConfig, TrainerConfig
 from aetrain.errors import CheckpointError, DivergenceError, WriteError
-from aetrain.commands.train import run
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer
 from aetrain.train.engine import Callback, Engine
-from conftest import FAST
-import json
-import shutil
-from conftest import metrics_rows, one_line_error, snapshot
+from conftest import FAST, metrics_rows, one_line_error, snapshot
 
 
 class Evil:
@@ -246,7 +245,8 @@ def test_checkpoint_every_n_steps_writes_mid_epoch(tmp_path: Path) -> None:
     class Peek(Callback):
         def on_step(self, engine: Engine) -> None:
             if engine.state.step == 12:
-                next(cb for cb in engine.callbacks if isinstance(cb, Checkpointer)).wait(engine)  # written in the background
+                # written in the background
+                next(cb for cb in engine.callbacks if isinstance(cb, Checkpointer)).wait(engine)
                 seen.append(checkpoints.load(tmp_path)["state"])
 
     run(tiny(checkpoint_every_n_steps=5, max_epochs=2), tmp_path, callbacks=[Peek()])

@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, TIMING, run_subprocess
-from conftest import one_line_error
-
+from conftest import FAST, TIMING, one_line_error, run_subprocess
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -77,7 +75,8 @@ def test_help_lists_every_group_and_its_choices(cli) -> None:
 
 
 def test_help_lists_the_keys_of_every_choice_not_only_the_chosen_ones(cli) -> None:
-    """`aetrain --help` showed the keys of the default choices only: no data.path, model.noise.*, scheduler.step_size."""
+    """`aetrain --help` showed the keys of the default choices only: no data.path, model.noise.*,
+    scheduler.step_size."""
     import dataclasses
 
     from aetrain.config import CHOICES, default_choice
@@ -131,7 +130,8 @@ BAD_INPUTS = [
                              "sparse_ae, vae)"),
     (["scheduler=step", "scheduler.patience=3"], "scheduler.patience: unknown key for scheduler=step (a key of "
                                                  "scheduler=plateau); scheduler=step has: name, step_size, gamma"),
-    (["optimizer.momentum=0.9"], "optimizer.momentum: unknown key for optimizer=adam (a key of optimizer=rmsprop, sgd)"),
+    (["optimizer.momentum=0.9"], "optimizer.momentum: unknown key for optimizer=adam "
+                                 "(a key of optimizer=rmsprop, sgd)"),
     (["optimizer=adamw", "+optimizer.momentum=0.9"], "optimizer.momentum: unknown key for optimizer=adamw"),
     (["data.path=rows.npy"], "data.path: unknown key for data=digits (a key of data=image_folder, tensor_file)"),
     (["model.noise.level=0.3"], "model.noise: unknown key for model=dense_ae (a key of model=denoising_ae)"),

@@ -73,7 +73,8 @@ def test_data_that_does_not_fit_the_model_is_refused_in_one_line(cli, trained, r
 
 BAD = [
     (["eval"], [], "aetrain eval takes one run dir (or checkpoint file) before its overrides; got none"),
-    (["encode", "{run}", "{run}"], [], "aetrain encode takes one run dir (or checkpoint file) before its overrides; got 2"),
+    (["encode", "{run}", "{run}"], [], "aetrain encode takes one run dir (or checkpoint file) before its overrides; "
+                                       "got 2"),
     (["eval", "{empty}"], [], "no checkpoint in"),
     (["score", "{empty}/missing.pt"], [], "no such checkpoint file or run directory"),
     (["eval", "{run}", "foo=1"], [], "eval.foo: unknown key; eval has: split, num_worst, probe_samples, device, out"),
@@ -82,7 +83,8 @@ BAD = [
     (["score", "{run}", "data.path=x.npy"], [], "data.path: unknown key for data=digits (a key of data=image_folder, "
                                                 "tensor_file)"),
     (["score", "{run}", "quantile=2"], [], "score.quantile=2.0 is out of range: must be in (0, 1]"),
-    (["score", "{run}", "normal_classes=[42]"], [], "score.normal_classes=[42]: no scored sample has any of these labels"),
+    (["score", "{run}", "normal_classes=[42]"], [], "score.normal_classes=[42]: no scored sample has any of these "
+                                                    "labels"),
     (["eval", "{run}", "split=test"], [], "split=test: the data has no test split (data.test_fraction=0.0)"),
     (["encode", "{run}", "map=umap"], [], "encode.map='umap' is out of range: must be one of: auto, pca, tsne"),
     (["export", "{run}", "format=tflite"], [], "export.format='tflite' is out of range: must be one of: onnx, "
@@ -360,7 +362,8 @@ def test_a_run_on_a_relative_data_path_is_found_from_any_directory(cli, tmp_path
     monkeypatch.chdir(project)
     quiet = ("trainer.device=cpu", "outputs.plot_every=0", "outputs.tensorboard=false")
     assert cli("data=tensor_file", "data.path=rows.npy", "trainer.max_epochs=1", *quiet, run_dir=run).returncode == 0
-    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["data_paths"] == {"path": str(project / "rows.npy")}
+    saved = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert saved["data_paths"] == {"path": str(project / "rows.npy")}
 
     # a checkpoint from before aetrain stored the resolved paths: its path as typed, from the working directory
     import shutil

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from pathlib import Path
 
@@ -11,11 +13,22 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from aetrain.cli.schema import register_configs
-from aetrain.config import (CHOICES, Config, ConfigError, ConvAEConfig, DenoisingAEConfig, SGDConfig, check_ranges,
-                            field_comments, from_json, ranges_of, to_json, validate)
-import math
-import re
-from aetrain.config import OutputsConfig, TrainerConfig
+from aetrain.config import (
+    CHOICES,
+    Config,
+    ConfigError,
+    ConvAEConfig,
+    DenoisingAEConfig,
+    OutputsConfig,
+    SGDConfig,
+    TrainerConfig,
+    check_ranges,
+    field_comments,
+    from_json,
+    ranges_of,
+    to_json,
+    validate,
+)
 from conftest import FAST, assert_one_line_error
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -45,7 +58,8 @@ def test_every_group_choice_composes_into_the_schema(group: str, choice: str) ->
 def test_defaults_are_valid_and_pick_the_documented_presets() -> None:
     cfg = compose_config()
     validate(cfg)
-    assert (cfg.model.name, cfg.data.name, cfg.optimizer.name, cfg.scheduler.name) == ("dense_ae", "digits", "adam", "none")
+    chosen = (cfg.model.name, cfg.data.name, cfg.optimizer.name, cfg.scheduler.name)
+    assert chosen == ("dense_ae", "digits", "adam", "none")
 
 
 def test_regulariser_presets_compose_with_either_backbone() -> None:

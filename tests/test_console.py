@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
+import json
 import os
 import pty
 import re
@@ -12,9 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import run_subprocess
-import json
-from conftest import FAST, metrics_rows
+import pytest
+
+from conftest import FAST, metrics_rows, run_subprocess
 
 ARGS = ("trainer.max_epochs=2", "data.batch_size=128", "trainer.device=cpu")
 LONG = "a_directory_whose_name_alone_is_longer_than_the_eighty_columns_a_console_is_assumed_to_have"
@@ -107,7 +106,8 @@ def test_help_says_what_every_key_means(cli, choices: list[str]) -> None:
     other commands' --help: the keys alone said nothing of outputs.figure_format's png | svg | pdf."""
     result = cli("--help", *choices)
     assert result.returncode == 0, result.err
-    keys = result.out[result.out.index("== Keys and defaults"):result.out.index("== Every choice's keys")].splitlines()[1:]
+    start, end = result.out.index("== Keys and defaults"), result.out.index("== Every choice's keys")
+    keys = result.out[start:end].splitlines()[1:]
     values = [line for line in keys if line.startswith("  ") and not line.endswith(":")]
     assert len(values) > 40
     assert all(re.match(r"^ +\w+: \S+  # \S", line) for line in values), [v for v in values if "  # " not in v]

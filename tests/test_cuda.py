@@ -18,8 +18,19 @@ import pytest
 import torch
 
 from aetrain.commands.train import build_parts, run
-from aetrain.config import (AdamConfig, Config, ConvAEConfig, DataConfig, DenoisingAEConfig, DenseAEConfig,
-                            DiagnosticsConfig, ModelConfig, NoiseConfig, OutputsConfig, TrainerConfig)
+from aetrain.config import (
+    AdamConfig,
+    Config,
+    ConvAEConfig,
+    DataConfig,
+    DenoisingAEConfig,
+    DenseAEConfig,
+    DiagnosticsConfig,
+    ModelConfig,
+    NoiseConfig,
+    OutputsConfig,
+    TrainerConfig,
+)
 from aetrain.errors import ConfigError, Interrupted
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.graphs import GraphedTrainStep, Snapshot

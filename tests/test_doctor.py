@@ -22,7 +22,6 @@ from aetrain.commands.train import build_parts, run
 from aetrain.config import Config, DenseAEConfig, DiagnosticsConfig, NoiseConfig, SparsityConfig, default_choice
 from aetrain.train.diagnostics import LayerProbe
 from aetrain.train.step import GradientProbe
-
 from conftest import assert_same_run, choose, digits_config, metrics_rows
 
 CPU = ["trainer.device=cpu", "outputs.plot_every=0"]
@@ -293,9 +292,8 @@ def test_doctor_judges_a_run_without_diagnostics_from_metrics_alone(cli) -> None
 
 
 def test_doctor_reads_an_interrupted_run(tmp_path: Path, cli) -> None:
-    from test_resume import StopAt
-
     from aetrain.errors import Interrupted
+    from test_resume import StopAt
 
     cfg = digits_config(diagnostics=DiagnosticsConfig(every_n_steps=2))
     cfg.trainer.max_epochs = 4
@@ -459,7 +457,8 @@ def test_an_output_range_that_cannot_hold_the_data_is_refused_and_old_runs_get_a
 
     rows = np.random.default_rng(0).normal(3.0, 2.0, (300, 6)).astype(np.float32)  # standardized: values below 0
     np.save(tmp_path / "rows.npy", rows)
-    data = ["data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", *CPU, "trainer.max_epochs=3", "model.latent_dim=2"]
+    data = ["data=tensor_file", f"data.path={tmp_path / 'rows.npy'}", *CPU, "trainer.max_epochs=3",
+            "model.latent_dim=2"]
     for activation in ("sigmoid", "tanh"):
         refused = cli(*data, f"model.output_activation={activation}", run_dir=tmp_path / activation)
         assert refused.returncode == 2 and refused.err.count("\n") == 1, refused.output

@@ -10,9 +10,20 @@ import pytest
 import torch
 
 from aetrain.commands.train import build_parts
-from aetrain.config import (Config, CosineSchedulerConfig, DataConfig, ExponentialSchedulerConfig, OneCycleSchedulerConfig,
-                            PlateauSchedulerConfig, SchedulerConfig, SGDConfig, StepSchedulerConfig,
-                            TensorFileDataConfig, TrainerConfig, default_choice)
+from aetrain.config import (
+    Config,
+    CosineSchedulerConfig,
+    DataConfig,
+    ExponentialSchedulerConfig,
+    OneCycleSchedulerConfig,
+    PlateauSchedulerConfig,
+    SchedulerConfig,
+    SGDConfig,
+    StepSchedulerConfig,
+    TensorFileDataConfig,
+    TrainerConfig,
+    default_choice,
+)
 from aetrain.models import FAMILIES
 from aetrain.train.engine import Callback, Engine, accumulation_windows
 from aetrain.train.precision import build_clip

@@ -56,7 +56,8 @@ def test_an_export_that_fails_its_check_writes_nothing(cli, trained) -> None:
     before = sorted(p.name for p in run.iterdir())
     result = cli.command("export", str(run), "tolerance=1e-12", "out=" + str(run / "ep"))
     assert result.returncode == 1
-    assert "differs from PyTorch by" in result.err and "more than export.tolerance=1e-12; nothing was written" in result.err
+    assert "differs from PyTorch by" in result.err
+    assert "more than export.tolerance=1e-12; nothing was written" in result.err
     assert sorted(p.name for p in run.iterdir()) == before  # neither ep/ nor a staging folder
 
 
@@ -100,14 +101,16 @@ def test_onnx_round_trips_conv_and_dense_runs_of_any_shape(cli, trained, data_fi
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # the user's side of format=torchscript
+# the user's side of format=torchscript
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 @pytest.mark.parametrize("fmt", ["torchscript", "exported_program"])
 def test_torchscript_and_exported_programs_load_back_in_torch(cli, trained, fmt: str) -> None:
     run = trained(*FAST, "model=conv_ae")
     result = cli.command("export", str(run), f"format={fmt}")
     assert result.returncode == 0, result.err
     suffix = {"torchscript": ".torchscript.pt", "exported_program": ".pt2"}[fmt]
-    load = (lambda p: torch.jit.load(str(p))) if fmt == "torchscript" else (lambda p: torch.export.load(str(p)).module())
+    load = ((lambda p: torch.jit.load(str(p))) if fmt == "torchscript"
+            else (lambda p: torch.export.load(str(p)).module()))
     from aetrain.config import DataConfig
     from aetrain.data import load_source
 

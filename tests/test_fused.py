@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import torch
 
+from aetrain.commands.train import run
 from aetrain.config import Config, NoiseConfig, SparsityConfig
 from aetrain.errors import Interrupted
-from aetrain.commands.train import run
 from aetrain.fused import group_configs, train_group
 from aetrain.fused.grouping import FUSIBLE, fusible, shape_key
 from aetrain.models import FAMILIES
@@ -160,7 +160,8 @@ def test_the_key_cases_vary_every_fusible_key() -> None:
         varied |= {k for k in rows[0] if len({json.dumps(r[k]) for r in rows}) > 1}
     untested = [key for key, _ in FUSIBLE if not any(fusible(v) and (v == key or v.startswith(key)) for v in varied)]
     assert set(untested) <= {"trainer.early_stopping_patience", "trainer.init_from", "trainer.log_every_n_steps",
-                             "trainer.checkpoint_every_n_steps", "trainer.save_top_k", "outputs.", "diagnostics."}, untested
+                             "trainer.checkpoint_every_n_steps", "trainer.save_top_k", "outputs.", "diagnostics."}, \
+        untested
 
 
 # --- grouping ----------------------------------------------------------------------------------------------
@@ -503,7 +504,8 @@ def test_a_bad_max_group_is_one_line(cli, tmp_path: Path) -> None:
                          f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert result.returncode == 2 and "Traceback" not in result.output
     assert result.err.strip() == "aetrain: error: hydra.launcher.max_group=0 is out of range: must be an integer >= 1"
-    assert not (tmp_path / "sweep").exists()  # refused before the sweep claims its dir: the corrected command may use it
+    # refused before the sweep claims its dir: the corrected command may use it
+    assert not (tmp_path / "sweep").exists()
 
 
 @pytest.mark.slow

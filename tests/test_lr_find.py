@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from aetrain.commands.lr_find import SKIP_BEGIN, centered_average, suggest
-
 from conftest import metrics_rows, run_subprocess
 
 CPU = "trainer.device=cpu"
@@ -163,7 +162,6 @@ def test_lr_find_with_graphed_steps_suggests_what_it_suggests_eagerly(tmp_path: 
     path through the CPU stand-in of tests/test_graphs.py; on a GPU: tests/test_cuda.py)."""
     from aetrain.commands import lr_find, train
     from aetrain.train.graphs import GraphedTrainStep
-
     from conftest import digits_config
     from test_graphs import PythonGraphs
 

@@ -8,7 +8,15 @@ import torch
 from aetrain.config import CHOICES, ConvAEConfig, DenseAEConfig, VAEConfig, default_choice
 from aetrain.data.spec import DataSpec
 from aetrain.errors import ConfigError
-from aetrain.models import ACTIVATIONS, BACKBONES, FAMILIES, INITS, VariationalAutoencoder, build_model, build_objectives
+from aetrain.models import (
+    ACTIVATIONS,
+    BACKBONES,
+    FAMILIES,
+    INITS,
+    VariationalAutoencoder,
+    build_model,
+    build_objectives,
+)
 from conftest import FAST
 
 

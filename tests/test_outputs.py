@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +15,12 @@ import torch
 from PIL import Image
 
 import aetrain
-from aetrain.config import Config, DataConfig, OutputsConfig, TrainerConfig
 from aetrain.commands.train import run
+from aetrain.config import Config, DataConfig, OutputsConfig, TrainerConfig
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.outputs.pictures import DrawClock
 from aetrain.train.outputs.plots import DPI, HEADER_PX, PAD, LossCurve, grid_size, label_width, labelled_size
-
-from conftest import FAST, call_main
-import subprocess
-import sys
-import time
-from conftest import read_only
+from conftest import FAST, call_main, read_only
 
 EPOCHS = 3
 DIGIT = (1, 8, 8)

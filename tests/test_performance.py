@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from aetrain.commands.train import build_parts
 from aetrain.config import Config, ConvAEConfig, DataConfig, OptimizerConfig, TrainerConfig
-from conftest import choose
 from aetrain.train.engine import Callback, Engine
 from aetrain.train.optim import OPTIMIZERS, build_optimizer
-from aetrain.commands.train import build_parts
+from conftest import choose
 
 ROOT = Path(__file__).parents[1]
 
@@ -82,9 +82,9 @@ def test_compiled_model_gives_the_losses_of_the_eager_one() -> None:
 @pytest.mark.slow
 def test_benchmark_smoke_mode_runs_and_reports_every_entry(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--smoke", "--workloads", "dense",
-                           "--batch", "128,256", "--skip", "lightning", "--json", str(out)], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--smoke",
+                           "--workloads", "dense", "--batch", "128,256", "--skip", "lightning", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     rows = report["results"]
@@ -93,7 +93,8 @@ def test_benchmark_smoke_mode_runs_and_reports_every_entry(tmp_path: Path) -> No
     assert report["notes"] == ["graph: skipped (a CUDA graph needs --device cuda)"]
     assert all(r["samples_per_s"] > 0 and r["peak_mb"] > 0 for r in rows)
     assert all(r["vs_limit"] == 1.0 for r in rows if r["entry"] == "limit")
-    steps, whole = (next(r for r in rows if r["entry"] == e and r["batch"] == 128) for e in ("aetrain-steps", "aetrain"))
+    steps, whole = (next(r for r in rows if r["entry"] == e and r["batch"] == 128)
+                    for e in ("aetrain-steps", "aetrain"))
     assert steps["samples_per_s"] > whole["samples_per_s"]  # the steps are part of the whole epoch
 
 

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, call_main
-
 from aetrain.report import render
 from aetrain.report.figures import compact_png
-from aetrain.report.sweeps import Job, Sweep, follow_ups, settings
 from aetrain.report.runs import Run, Standing
+from aetrain.report.sweeps import Job, Sweep, follow_ups, settings
+from conftest import FAST, call_main
 
 RUN_LIMIT, SWEEP_LIMIT = 500_000, 1_000_000  # bytes: the targets for a run's page and a 16-job sweep's
 # a sweep with seeds and two failing jobs (a negative learning rate fails validation at once)
@@ -158,7 +157,8 @@ def test_report_has_its_own_help_and_is_listed_among_the_commands(cli) -> None:
     assert result.out.startswith("usage: aetrain report <run dir or sweep dir>") and "report.html" in result.out
     assert "aetrain report   one page for a run or a sweep" in cli("--help").out
     flag = cli.command("report", "--open", "x")
-    assert flag.returncode == 2 and flag.err.startswith("aetrain: error: unknown flag --open: aetrain report takes a run dir")
+    assert flag.returncode == 2
+    assert flag.err.startswith("aetrain: error: unknown flag --open: aetrain report takes a run dir")
 
 
 @pytest.mark.parametrize("case", ["empty", "foreign", "missing", "a file", "no dir", "two dirs", "an override"])

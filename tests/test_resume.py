@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,16 +14,35 @@ from pathlib import Path
 import pytest
 import torch
 
-from aetrain.config import (AdamConfig, Config, ConvAEConfig, DataConfig, DenoisingAEConfig, DenseAEConfig, ModelConfig,
-                            NoiseConfig, OutputsConfig, SparseAEConfig, SparsityConfig, TrainerConfig, VAEConfig,
-                            default_choice)
-from aetrain.errors import CheckpointError, Interrupted
 from aetrain.commands.train import run
+from aetrain.config import (
+    AdamConfig,
+    Config,
+    ConvAEConfig,
+    DataConfig,
+    DenoisingAEConfig,
+    DenseAEConfig,
+    ModelConfig,
+    NoiseConfig,
+    OutputsConfig,
+    SparseAEConfig,
+    SparsityConfig,
+    TrainerConfig,
+    VAEConfig,
+    default_choice,
+)
+from aetrain.errors import CheckpointError, Interrupted
 from aetrain.train.engine import Callback, Engine
-from conftest import assert_same_run, metrics_rows, without_timing
-import json
-import shutil
-from conftest import FAST, one_line_error, run_subprocess, snapshot, start
+from conftest import (
+    FAST,
+    assert_same_run,
+    metrics_rows,
+    one_line_error,
+    run_subprocess,
+    snapshot,
+    start,
+    without_timing,
+)
 
 EPOCHS = 3
 
@@ -34,7 +55,8 @@ class StopAt(Callback):
         self.epoch, self.step, self.mid_epoch = epoch, step, mid_epoch
 
     def on_step(self, engine: Engine) -> None:
-        halfway = engine.state.epoch + 1 == self.mid_epoch and engine.state.step_in_epoch == len(engine.parts.windows) // 2
+        halfway = (engine.state.epoch + 1 == self.mid_epoch
+                   and engine.state.step_in_epoch == len(engine.parts.windows) // 2)
         if engine.state.step == self.step or halfway:
             engine.interrupt.handle(signal.SIGINT)
 
@@ -157,8 +179,8 @@ def test_early_stopping_counter_survives_a_resume(tmp_path: Path) -> None:
     assert_same_run(tmp_path / "straight", tmp_path / "b")
 
 
-ARGS = ["model=conv_ae", "data.batch_size=4", "trainer.device=cpu", "trainer.max_epochs=2", "scheduler=cosine", "scheduler.warmup_steps=20",
-        "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.5",
+ARGS = ["model=conv_ae", "data.batch_size=4", "trainer.device=cpu", "trainer.max_epochs=2", "scheduler=cosine",
+        "scheduler.warmup_steps=20", "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=0.5",
         "outputs.plot_every=0"]  # no pictures at epoch 1's end: the signal below must land inside epoch 2
 
 
@@ -213,7 +235,8 @@ def test_second_signal_aborts_at_once() -> None:
 
 # --- a resume writes into a dir only when it is the checkpoint's own run --------------------------------------------
 
-def test_resuming_a_checkpoint_kept_outside_its_run_dir_leaves_that_folder_alone(finished: Path, tmp_path: Path) -> None:
+def test_resuming_a_checkpoint_kept_outside_its_run_dir_leaves_that_folder_alone(
+        finished: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "dl2"
     (elsewhere / "checkpoints").mkdir(parents=True)
     shutil.copy(finished / "checkpoints" / "last.pt", elsewhere / "model.pt")

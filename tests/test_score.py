@@ -1,4 +1,5 @@
-"""`aetrain score`: reconstruction error as an anomaly score, its threshold, and AUROC beside PCA and IsolationForest."""
+"""`aetrain score`: reconstruction error as an anomaly score, its threshold, and AUROC beside PCA and
+IsolationForest."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_score_flags_above_the_validation_quantile_and_reports_auroc_beside_the_
     assert (run / "score/roc.png").is_file() and (run / "score/scores.png").is_file()
 
 
-def test_with_a_test_split_the_test_samples_are_scored_and_validation_sets_the_threshold(cli, trained, tmp_path) -> None:
+def test_with_a_test_split_the_test_samples_are_scored_and_validation_sets_the_threshold(
+        cli, trained, tmp_path) -> None:
     run = trained(*FAST, "data.classes=[1]", "data.test_fraction=0.2")
     result = cli.command("score", str(run), "device=cpu", "quantile=0.5", f"out={tmp_path}")
     assert result.returncode == 0, result.err

@@ -28,7 +28,8 @@ LAYERS = [
     {"aetrain.config", "aetrain.rundir", "aetrain.registry", "aetrain.atomic", "aetrain.errors", "aetrain.launch",
      "aetrain.plugins", "aetrain.console"},
 ]
-HYDRA_FREE = ["aetrain.fused", "aetrain.commands", "aetrain.train", "aetrain.report", "aetrain.checkpoint", "aetrain.models",
+HYDRA_FREE = ["aetrain.fused", "aetrain.commands", "aetrain.train", "aetrain.report", "aetrain.checkpoint",
+              "aetrain.models",
               "aetrain.data", "aetrain.config", "aetrain.rundir", "aetrain.doctor", "aetrain.launch", "aetrain.plugins"]
 
 

@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 
 from aetrain.commands import sweep
 from aetrain.rundir import RunDir
-from conftest import run_subprocess
-from conftest import FAST
+from conftest import FAST, run_subprocess
 
 # A second or so per job on the digits; pictures and TensorBoard (slow to import) are tested elsewhere.
-TINY = ["trainer.max_epochs=1", "data.batch_size=256", "trainer.device=cpu", "outputs.plot_every=0", "outputs.tensorboard=false"]
+TINY = ["trainer.max_epochs=1", "data.batch_size=256", "trainer.device=cpu", "outputs.plot_every=0",
+        "outputs.tensorboard=false"]
 # `-m` goes last: the fixtures put hydra.run.dir first, and argparse takes one block of overrides
 
 
@@ -402,8 +402,8 @@ def _job(sweep_dir: Path, job: int, overrides: list[str], val: list[float], stat
 
 def _curve_colours(path: Path) -> set[tuple[int, int, int]]:
     """The saturated colours drawn in a picture (grey, black and white left out)."""
-    from matplotlib.image import imread
     import numpy as np
+    from matplotlib.image import imread
 
     rgb = (imread(path)[..., :3] * 255).astype(int).reshape(-1, 3)
     saturated = rgb[(rgb.max(1) - rgb.min(1)) > 80]

@@ -413,7 +413,8 @@ class ExponentialSchedulerConfig(SchedulerConfig):
 @dataclass
 class CosineSchedulerConfig(SchedulerConfig):
     name: str = "cosine"
-    warmup_steps: int = 100  # optimizer steps of linear warm-up from lr/warmup_steps to lr, fewer than the run has; 0 = none
+    warmup_steps: int = 100  # optimizer steps of linear warm-up from lr/warmup_steps to lr, fewer than the run has;
+    # 0 = none
     min_lr: float = 0.0  # the rate at the last optimizer step, in [0, optimizer.lr)
 
     RANGES = {"warmup_steps": AT_LEAST_0, "min_lr": NON_NEGATIVE}  # and < lr (`validate`)

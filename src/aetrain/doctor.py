@@ -11,9 +11,10 @@ so the live messages and the report agree. A rule over sampled steps judges the 
 statistic over that epoch's sampled steps (one odd batch proves nothing).
 
 Every threshold sits next to its rule with the runs it was chosen from (bundled digits, 2-core
-CPU, sampling every 10 steps: what `diagnostics.every_n_steps=0`, auto, gives there): the healthy references are the default run and every model
-preset at its defaults (dense_ae, conv_ae, denoising_ae, sparse_ae, vae, 200 epochs); the bad
-references are the runs named in each rule. README "Training doctor" lists the same numbers.
+CPU, sampling every 10 steps: what `diagnostics.every_n_steps=0`, auto, gives there): the healthy
+references are the default run and every model preset at its defaults (dense_ae, conv_ae, denoising_ae,
+sparse_ae, vae, 200 epochs); the bad references are the runs named in each rule. README "Training doctor"
+lists the same numbers.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ class Trace:
     """What a run measured so far: metrics.csv's epochs and diagnostics.csv's rows, indexed by epoch."""
 
     epochs: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch, in order
-    steps: dict[int, dict[int, dict[str, dict[str, Any]]]] = field(default_factory=dict)  # epoch -> step -> layer -> row
+    # epoch -> step -> layer -> row
+    steps: dict[int, dict[int, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     checks: dict[int, dict[str, Any]] = field(default_factory=dict)  # epoch -> the reconstruction check's row
     status: Status | None = None  # how the run ended; None = running
     failed_epoch: int | None = None  # the epoch under way when it diverged or failed
@@ -181,7 +183,8 @@ class Trace:
         return _num(row.get(key)) if row else math.nan
 
     def epoch_numbers(self) -> list[int]:
-        found = {r["epoch"] for r in self.epochs if isinstance(r.get("epoch"), int)} | set(self.steps) | set(self.checks)
+        found = ({r["epoch"] for r in self.epochs if isinstance(r.get("epoch"), int)}
+                 | set(self.steps) | set(self.checks))
         if self.failed_epoch is not None:
             found.add(self.failed_epoch)
         return sorted(found)
@@ -232,7 +235,8 @@ def vanishing_gradients(trace: Trace, facts: Facts, epoch: int) -> Finding | Non
     worst = min(layers, key=median.get)
     top_layer = max(largest, key=largest.get)
     suggestion = (["model.activation=relu model.init=kaiming_normal", "model.batch_norm=true"]
-                  if facts.activation in ("sigmoid", "tanh") else ["model.init=kaiming_normal", "model.batch_norm=true"])
+                  if facts.activation in ("sigmoid", "tanh")
+                  else ["model.init=kaiming_normal", "model.batch_norm=true"])
     return Finding("vanishing_gradients", layers, [epoch],
                    {"share_of_largest": {layer: float(f"{median[layer]:.3g}") for layer in layers},
                     "largest": top_layer, "threshold": VANISHING_SHARE},
@@ -277,7 +281,7 @@ def exploding_gradients(trace: Trace, facts: Facts, epoch: int) -> Finding | Non
         past = [h[layer] for h in history if h.get(layer, 0) > 0]
         if layer not in growth and past:
             growth[layer] = value / statistics.median(past)
-    layers = [l for l, g in growth.items() if g > EXPLODING_GROWTH] or \
+    layers = [name for name, g in growth.items() if g > EXPLODING_GROWTH] or \
         ([max(growth, key=growth.get)] if growth else [])
     if growth:
         evidence["layer_growth"] = {layer: _json_number(growth[layer]) for layer in layers}
@@ -419,14 +423,16 @@ def unused_code_units(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
         fix = list(constraint.loosen) if constraint is not None and constraint.loosen else \
             ["aetrain lr_find", "model.init=kaiming_normal model.batch_norm=true"]
         return Finding("unused_code_units", ["code"], [epoch], evidence, fix,
-                       f"all{of or f' {width}'} code units are ignored: shuffling any of them changes the reconstructions by "
+                       f"all{of or f' {width}'} code units are ignored: shuffling any of them changes the "
+                       "reconstructions by "
                        f"less than {UNUSED_EFFECT:g} of the data's variance, so the decoder draws the same picture "
                        f"for every input" + (f" ({constraint.what} switched the code off)" if constraint else ""))
     if facts.constraint is not None and facts.constraint.prunes_units:  # by design (a VAE's active units)
         return None
     used = width - round(len(units_) * width / measured)  # estimated from the sample of a wide code
     return Finding("unused_code_units", ["code"], [epoch], evidence, [f"model.latent_dim={max(used, 1)}"],
-                   f"{len(units_)}{of or f' of {width}'} code units carry nothing (shuffling one changes the reconstructions by "
+                   f"{len(units_)}{of or f' of {width}'} code units carry nothing "
+                   "(shuffling one changes the reconstructions by "
                    f"less than {UNUSED_EFFECT:g} of the data's variance): unit{'s' if len(units_) > 1 else ''} "
                    f"{', '.join(map(str, units_[:8]))}{' ...' if len(units_) > 8 else ''}")
 
@@ -460,7 +466,8 @@ def identity_mapping(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
     if not (all(n < IDENTITY_NOISE_ERROR for n in noise) and data < noise[-1]):
         return None
     return Finding("identity_mapping", ["code"], [epoch],
-                   {"noise_error": round(noise[-1], 4), "data_error": round(data, 4), "threshold": IDENTITY_NOISE_ERROR},
+                   {"noise_error": round(noise[-1], 4), "data_error": round(data, 4),
+                    "threshold": IDENTITY_NOISE_ERROR},
                    suggestion,
                    f"it reproduces {1 - noise[-1]:.0%} of the variance of noise (the data with each pixel shuffled "
                    f"across samples; data: {1 - data:.0%}): it copies its input rather than modelling the data")
@@ -481,12 +488,13 @@ PLATEAU_EPOCHS = 20
 
 def blurry_reconstructions(trace: Trace, facts: Facts, epoch: int) -> Finding | None:
     checks = [e for e in sorted(trace.checks) if e <= epoch][-SUSTAINED_EPOCHS:]
-    if not facts.image or (facts.constraint is not None and facts.constraint.blurs) or len(checks) < SUSTAINED_EPOCHS or checks[-1] != epoch \
-            or epoch <= PLATEAU_EPOCHS:
+    if not facts.image or (facts.constraint is not None and facts.constraint.blurs) \
+            or len(checks) < SUSTAINED_EPOCHS or checks[-1] != epoch or epoch <= PLATEAU_EPOCHS:
         return None
     hf = statistics.median(_num(trace.checks[e].get("hf_ratio")) for e in checks)
     err = _num(trace.checks[epoch].get("data_error"))
-    earlier = [v for v in (trace.metric(e, "val/loss") for e in range(1, epoch - PLATEAU_EPOCHS + 1)) if math.isfinite(v)]
+    earlier = [v for v in (trace.metric(e, "val/loss") for e in range(1, epoch - PLATEAU_EPOCHS + 1))
+               if math.isfinite(v)]
     now = trace.metric(epoch, "val/loss")
     levelled = bool(earlier) and now >= (1 - PLATEAU) * min(earlier)
     if not (hf < BLURRY_HF_RATIO and err < 0.5 and levelled):

@@ -51,7 +51,8 @@ class WriteError(AetrainError):
 
     @classmethod
     def of(cls, error: OSError, context: str = "") -> "WriteError":
-        """`could not write <file>: <reason><context>`, naming the file written, not the temp file of an atomic write."""
+        """`could not write <file>: <reason><context>`, naming the file written, not the temp file of an atomic
+        write."""
         name = str(error.filename) if error.filename is not None else "a file of the run"
         folder, sep, base = name.rpartition("/")
         if base.startswith(".") and base.endswith(".tmp"):  # aetrain.atomic.write_atomic writes .<name>.tmp first

@@ -27,8 +27,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aetrain import plugins
 from aetrain.cli.errors import describe
-from aetrain.cli.overrides import (check_overrides, given, hydra_quoted, override_key, plugin_arguments, quote_paths,
-                                   resume_arguments)
+from aetrain.cli.overrides import (
+    check_overrides,
+    given,
+    hydra_quoted,
+    override_key,
+    plugin_arguments,
+    quote_paths,
+    resume_arguments,
+)
 from aetrain.cli.schema import compose_training, to_config
 from aetrain.config import Config
 from aetrain.errors import AetrainError, ConfigError

@@ -4,8 +4,8 @@ dataclass fields (`aetrain.config.field_comments`), and its examples.
 
 `aetrain --help` is `train`'s help, which also lists the commands, the config groups and their choices, and
 every key of the training config composed from the overrides given (`aetrain --help model=conv_ae` shows the
-conv model's keys), as YAML with each key's comment, then the keys of every choice of every group (names only). The other commands' keys are shown as they are typed,
-`key=default`. Hydra's own help stays at `aetrain --hydra-help`.
+conv model's keys), as YAML with each key's comment, then the keys of every choice of every group (names only).
+The other commands' keys are shown as they are typed, `key=default`. Hydra's own help stays at `aetrain --hydra-help`.
 """
 
 from __future__ import annotations
@@ -83,10 +83,9 @@ def training_keys(overrides: list[str]) -> list[str]:
     from omegaconf.errors import OmegaConfBaseException
 
     from aetrain.cli.errors import exit_with
+    from aetrain.cli.overrides import plugin_arguments
     from aetrain.cli.schema import compose_training, to_config
     from aetrain.errors import AetrainError
-
-    from aetrain.cli.overrides import plugin_arguments
 
     try:
         config = to_config(compose_training(plugin_arguments(overrides)))

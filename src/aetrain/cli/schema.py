@@ -14,10 +14,9 @@ import typing
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from aetrain.cli.errors import describe, unknown_key_message
 from aetrain.config import CHOICES, Config
 from aetrain.errors import AetrainError, ConfigError
-
-from aetrain.cli.errors import describe, unknown_key_message
 
 
 def register_configs() -> None:

@@ -27,11 +27,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.cli.errors import exit_with
 from aetrain.cli.overrides import given, hydra_quoted, override_key
-from aetrain.commands.sweep import (JobResult, claim, prepare_resume, refuse_resume,
-                                   summarize, table, write_report_page)
+from aetrain.commands.sweep import JobResult, claim, prepare_resume, refuse_resume, summarize, table, write_report_page
 from aetrain.errors import AetrainError, ConfigError, Interrupted
 from aetrain.rundir import RunDir
-
 
 PLAIN = "hydra_plugins.aetrain_plain.plain_launcher.PlainLauncher"  # the launcher that takes hydra.launcher.resume
 

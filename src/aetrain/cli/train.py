@@ -37,17 +37,24 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from aetrain import launch
+from aetrain.cli import sweep
+from aetrain.cli.errors import EXIT_JOB_FAILED, error_line, exit_with, usage_error
+from aetrain.cli.overrides import (
+    MULTIRUN,
+    check_overrides,
+    given,
+    hydra_quoted,
+    override_key,
+    plugin_arguments,
+    quote_paths,
+    resume_arguments,
+)
+from aetrain.cli.schema import register_configs, to_config
 from aetrain.commands import Command
 from aetrain.commands.sweep import CONTINUE, FINISHED
 from aetrain.config import validate
 from aetrain.errors import AetrainError, ConfigError, Interrupted
 from aetrain.rundir import Invocation, RunDir, cannot_create
-
-from aetrain.cli import sweep
-from aetrain.cli.errors import EXIT_JOB_FAILED, error_line, exit_with, usage_error
-from aetrain.cli.overrides import (MULTIRUN, check_overrides, given, hydra_quoted, override_key, plugin_arguments,
-                                   quote_paths, resume_arguments)
-from aetrain.cli.schema import register_configs, to_config
 
 _allocated: list[RunDir] = []  # the default run dirs this process allocated: released on a Ctrl-C during start-up
 
@@ -276,10 +283,9 @@ def run_composed(command: Command, args: list[str]) -> None:
     holds a run, claimed while the command runs. A rejected command leaves no dir behind."""
     from hydra.errors import HydraException
 
-    from aetrain.config import validate_command
-
     from aetrain.cli.command import console_logging, parse
     from aetrain.cli.schema import compose_training
+    from aetrain.config import validate_command
 
     positional = [a for a in args if "=" not in a]
     if positional:

@@ -192,8 +192,9 @@ failed, diverged, interrupted or still running run: metrics.csv, diagnostics.csv
 training unless diagnostics.enabled=false), summary.json and the run's .hydra/config.yaml. Prints the
 run's verdict (healthy, learning with problems, not learning, diverged, or too early to judge before
 10 epochs), each finding with its evidence and the overrides to try (findings that stopped holding apart,
-as past), and a per-layer table; writes doctor.json and diagnostics.png into the run dir. A run without diagnostics.csv gets the findings metrics.csv allows (overfitting,
-lr_too_high, lr_too_low, exploding_gradients, identity_mapping).
+as past), and a per-layer table; writes doctor.json and diagnostics.png into the run dir. A run without
+diagnostics.csv gets the findings metrics.csv allows (overfitting, lr_too_high, lr_too_low,
+exploding_gradients, identity_mapping).
 """)
 def _doctor(run_dir: Path) -> Any:
     from aetrain.commands.doctor import doctor

@@ -29,8 +29,21 @@ from aetrain.config import Config
 from aetrain.doctor import Facts, Finding, Trace, diagnose, epoch_ranges, too_early, unused_units, verdict
 from aetrain.errors import ConfigError
 from aetrain.plugins import PluginError
-from aetrain.rundir import (BEST, DIAGNOSTICS, DIAGNOSTICS_PLOT, DOCTOR, LAST, METRICS, SUMMARY, RunDir, Status,
-                            checkpoint_dir, read_diagnostics, read_metrics, read_summary)
+from aetrain.rundir import (
+    BEST,
+    DIAGNOSTICS,
+    DIAGNOSTICS_PLOT,
+    DOCTOR,
+    LAST,
+    METRICS,
+    SUMMARY,
+    RunDir,
+    Status,
+    checkpoint_dir,
+    read_diagnostics,
+    read_metrics,
+    read_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +105,8 @@ def run(run_dir: Path, cfg: Config | None, *, unread: str | None = None) -> Repo
     """Diagnose `run_dir` (its config `cfg`, None when it has none, or `unread` says why it could not be read);
     writes doctor.json and diagnostics.png."""
     if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: {'not a directory; give the run dir' if run_dir.exists() else 'no such run dir'}")
+        raise ConfigError(f"{run_dir}: "
+                          f"{'not a directory; give the run dir' if run_dir.exists() else 'no such run dir'}")
     try:
         metrics = read_metrics(run_dir / METRICS)
         rows = read_diagnostics(run_dir / DIAGNOSTICS)
@@ -273,9 +287,10 @@ def plot(trace: Trace, findings: list[Finding], *, title: str) -> bytes | None:
     x = np.asarray(steps, dtype=float) / spe if spe else np.asarray(steps, dtype=float)
     edges = np.concatenate([x, [x[-1] + (x[-1] - x[-2] if len(x) > 1 else 1.0)]]) if len(x) else x
     layers = list(dict.fromkeys(layer for p in points for layer in p))
-    params = [l for l in layers if any(math.isfinite(_num(p.get(l, {}).get("grad_norm"))) for p in points)]
-    acts = [l for l in layers if any(math.isfinite(_num(p.get(l, {}).get("dead_share")))
-                                     or math.isfinite(_num(p.get(l, {}).get("saturated_share"))) for p in points)]
+    params = [name for name in layers if any(math.isfinite(_num(p.get(name, {}).get("grad_norm"))) for p in points)]
+    acts = [name for name in layers if any(math.isfinite(_num(p.get(name, {}).get("dead_share")))
+                                           or math.isfinite(_num(p.get(name, {}).get("saturated_share")))
+                                           for p in points)]
     flagged: dict[str, list[str]] = {}
     for f in findings:
         for layer in f.layers:

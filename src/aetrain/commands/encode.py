@@ -19,8 +19,16 @@ from typing import Any
 import numpy as np
 
 from aetrain.commands import figures
-from aetrain.commands.trained import (Outputs, RunData, log_lines, open_run, output_folder, relative, require_samples,
-                                      resolve_split)
+from aetrain.commands.trained import (
+    Outputs,
+    RunData,
+    log_lines,
+    open_run,
+    output_folder,
+    relative,
+    require_samples,
+    resolve_split,
+)
 from aetrain.config import DataConfig, EncodeConfig, validate_command
 from aetrain.rundir import ENCODE, ENCODE_FILES
 
@@ -75,8 +83,8 @@ def _map(codes: np.ndarray, how: str) -> tuple[np.ndarray, str, tuple[str, str]]
 
         perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
         points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(codes)
-        return points, f"t-SNE of the {d}-d codes (perplexity {perplexity:g}; distances between clusters mean little)", (
-            "t-SNE 1", "t-SNE 2")
+        return points, (f"t-SNE of the {d}-d codes (perplexity {perplexity:g}; "
+                        "distances between clusters mean little)"), ("t-SNE 1", "t-SNE 2")
     if d == 2 and how == "auto":
         return codes, "the 2-d codes themselves", ("code 1", "code 2")
     from sklearn.decomposition import PCA

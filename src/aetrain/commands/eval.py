@@ -22,8 +22,21 @@ import torch
 
 from aetrain.commands import figures
 from aetrain.commands.metrics import PCABaseline, data_range, probe_accuracy, quality, ssim_window
-from aetrain.commands.trained import (Outputs, RunData, Samples, Trained, json_text, log_lines, open_run, output_folder,
-                                      relative, require_samples, resolve_split, table, warn_outside_training_range)
+from aetrain.commands.trained import (
+    Outputs,
+    RunData,
+    Samples,
+    Trained,
+    json_text,
+    log_lines,
+    open_run,
+    output_folder,
+    relative,
+    require_samples,
+    resolve_split,
+    table,
+    warn_outside_training_range,
+)
 from aetrain.config import DataConfig, EvalConfig, validate_command
 from aetrain.rundir import EVAL, EVAL_FILES
 
@@ -69,8 +82,8 @@ def evaluate(run: str | Path, cfg: EvalConfig, data: DataConfig | None = None) -
     out.add("metrics.json", json_text(result))
     out.add("per_sample.csv", _per_sample_csv(samples, ae, base))
     title = f"{samples.description}: {trained.description}"
-    out.add("errors.png", figures.error_histogram([("autoencoder", ae.mse, figures.AE), (pca.name, base.mse, figures.PCA)],
-                                                  title, trained.short_units))
+    out.add("errors.png", figures.error_histogram(
+        [("autoencoder", ae.mse, figures.AE), (pca.name, base.mse, figures.PCA)], title, trained.short_units))
     out.add("worst.png", _worst(trained, samples, recons, ae.mse, cfg.num_worst))
     written = out.write()
 
@@ -80,11 +93,12 @@ def evaluate(run: str | Path, cfg: EvalConfig, data: DataConfig | None = None) -
         rows.append(["SSIM", s["ssim"], b["ssim"]])
     if "codes" in probe:
         rows.append(["probe accuracy", probe["codes"], probe["pca"]])
-    lines = [f"aetrain eval: {trained.run_dir} ({trained.description})", f"  on {samples.description}; errors in {unit}",
+    lines = [f"aetrain eval: {trained.run_dir} ({trained.description})",
+             f"  on {samples.description}; errors in {unit}",
              *table(rows, ["", "autoencoder", pca.name])]
     if "codes" in probe:
-        lines.append(f"  probe on raw inputs: {probe['raw']:.4g} (logistic regression fitted on {probe['train_samples']} "
-                     f"training samples, scored on {probe['test_samples']})")
+        lines.append(f"  probe on raw inputs: {probe['raw']:.4g} (logistic regression fitted on "
+                     f"{probe['train_samples']} training samples, scored on {probe['test_samples']})")
     else:
         lines.append(f"  probe: {probe['skipped']}")
     lines.append(f"  wrote {', '.join(relative(p, trained.run_dir) for p in written)}")
@@ -155,12 +169,13 @@ def _worst(trained: Trained, samples: Samples, recons: torch.Tensor, mse: np.nda
     title = f"the {len(order)} worst-reconstructed of {samples.description}"
     label = (lambda i: f" ({samples.labels[i]})") if samples.labels is not None else (lambda i: "")  # noqa: E731
     captions = [f"#{samples.index[i]}{label(i)}\n{mse[i]:.3g}" for i in order]
+    labelled = " (label)" if samples.labels is not None else ""
     if trained.is_image:
         x, x_hat = samples.x[pick], recons[pick]
         if not trained.spec.unit_interval:  # standardized images: shown over the originals' range
             low, high = float(x.min()), float(x.max())
             x, x_hat = ((t - low) / max(high - low, 1e-12) for t in (x, x_hat))
         return figures.worst_images(x.clamp(0, 1), x_hat.clamp(0, 1), mse[order],
-                                    f"{title}\n(under each: sample index{' (label)' if samples.labels is not None else ''} and MSE)", captions)
-    return figures.worst_rows(samples.x[pick].numpy(), recons[pick].numpy(), f"{title} (sample index{' (label)' if samples.labels is not None else ''} and MSE)", captions,
-                              trained.short_units)
+                                    f"{title}\n(under each: sample index{labelled} and MSE)", captions)
+    return figures.worst_rows(samples.x[pick].numpy(), recons[pick].numpy(),
+                              f"{title} (sample index{labelled} and MSE)", captions, trained.short_units)

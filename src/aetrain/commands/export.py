@@ -31,8 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from aetrain.commands.trained import (RunData, Trained, json_text, log_lines, open_run, output_folder, relative,
-                                      table)
+from aetrain.commands.trained import RunData, Trained, json_text, log_lines, open_run, output_folder, relative, table
 from aetrain.config import DataConfig, ExportConfig, validate_command
 from aetrain.errors import AetrainError, ConfigError
 from aetrain.models import Autoencoder
@@ -114,8 +113,8 @@ def export(run: str | Path, cfg: ExportConfig, data: DataConfig | None = None) -
         worst = next((p for p, d in differences.items() if not math.isfinite(d)), max(differences, key=differences.get))
         if not math.isfinite(differences[worst]) or differences[worst] > cfg.tolerance:
             raise ExportCheckFailed(
-                f"export format={cfg.format}: {worst} differs from PyTorch by {differences[worst]:.3g} (model units) on "
-                f"the first {len(idx)} of {samples.description}, "
+                f"export format={cfg.format}: {worst} differs from PyTorch by {differences[worst]:.3g} "
+                f"(model units) on the first {len(idx)} of {samples.description}, "
                 + ("not a finite number" if not math.isfinite(differences[worst]) else
                    f"more than export.tolerance={cfg.tolerance:g}") + "; nothing was written")
         info = _info(trained, cfg, samples.description, len(idx), differences)
@@ -211,7 +210,8 @@ def _difference(trained: Trained, part: str, wrapper: nn.Module, exported: Calla
     return float(torch.maximum(diff, diff_single))
 
 
-def _info(trained: Trained, cfg: ExportConfig, description: str, n: int, differences: dict[str, float]) -> dict[str, Any]:
+def _info(trained: Trained, cfg: ExportConfig, description: str, n: int,
+          differences: dict[str, float]) -> dict[str, Any]:
     shape = ["batch", *trained.spec.shape]
     code = ["batch", trained.cfg.model.latent_dim]
     return {

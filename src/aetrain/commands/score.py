@@ -27,8 +27,20 @@ import torch
 
 from aetrain.commands import figures
 from aetrain.commands.metrics import PCABaseline, isolation_forest_scores, per_sample_errors
-from aetrain.commands.trained import (Outputs, RunData, Samples, Trained, json_text, log_lines, open_run, output_folder,
-                                      relative, require_samples, table, warn_outside_training_range)
+from aetrain.commands.trained import (
+    Outputs,
+    RunData,
+    Samples,
+    Trained,
+    json_text,
+    log_lines,
+    open_run,
+    output_folder,
+    relative,
+    require_samples,
+    table,
+    warn_outside_training_range,
+)
 from aetrain.config import DataConfig, ScoreConfig, validate_command
 from aetrain.errors import ConfigError
 from aetrain.rundir import SCORE, SCORE_FILES
@@ -134,8 +146,8 @@ def _anomalies(samples: Samples, normal_classes: list[int] | None) -> np.ndarray
     present = set(np.unique(samples.labels).tolist())
     missing = [c for c in normal_classes if c not in present]
     if len(missing) == len(normal_classes):
-        raise ConfigError(f"score.normal_classes={normal_classes}: no scored sample has any of these labels; the labels "
-                          f"are: {', '.join(map(str, sorted(present)[:20]))}")
+        raise ConfigError(f"score.normal_classes={normal_classes}: no scored sample has any of these labels; "
+                          f"the labels are: {', '.join(map(str, sorted(present)[:20]))}")
     return ~np.isin(samples.labels, normal_classes)
 
 
@@ -151,7 +163,8 @@ def _detection(methods: list[tuple[str, np.ndarray, str]], anomaly: np.ndarray |
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     keys = ("autoencoder", "pca", "isolation_forest")
-    return {key: {"auroc": float(roc_auc_score(anomaly, s)), "average_precision": float(average_precision_score(anomaly, s))}
+    return {key: {"auroc": float(roc_auc_score(anomaly, s)),
+                  "average_precision": float(average_precision_score(anomaly, s))}
             for key, (_, s, _) in zip(keys, methods)}, ""
 
 
@@ -197,9 +210,9 @@ def _report(trained: Trained, cfg: ScoreConfig, result: dict[str, Any], samples:
                      "see, train with data.test_fraction > 0 (or data.classes=[...]), or score other data")
     if detection:
         normal = len(samples) - result["anomalies"]
-        lines.append(f"  normal: {_classes(samples, result['normal_classes'])} ({normal} samples); anomalous: the other "
-                     f"{result['anomalies']}, of which {result['flagged_anomalies']} flagged; {result['flagged_normal']} "
-                     "normal samples flagged")
+        lines.append(f"  normal: {_classes(samples, result['normal_classes'])} ({normal} samples); "
+                     f"anomalous: the other {result['anomalies']}, of which {result['flagged_anomalies']} flagged; "
+                     f"{result['flagged_normal']} normal samples flagged")
         names = {"autoencoder": "autoencoder", "pca": pca_name, "isolation_forest": "IsolationForest"}
         lines += table([[names[k], v["auroc"], v["average_precision"]] for k, v in detection.items()],
                        ["", "AUROC", "average precision"])

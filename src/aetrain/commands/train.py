@@ -37,11 +37,10 @@ from aetrain.device import resolve_device
 from aetrain.errors import AetrainError, Interrupted, ProcessLost, WriteError, one_line
 from aetrain.models import FAMILIES
 from aetrain.rundir import HYDRA, LAST, SPLIT, Invocation, RunDir, RunDirTaken, checkpoint_dir, own_run_dir
-from aetrain.train import checkpoint
+from aetrain.train import checkpoint, distributed
 from aetrain.train.callbacks import Checkpointer, EarlyStopping, ReplicaCheck
-from aetrain.train import distributed
-from aetrain.train.distributed import World
 from aetrain.train.diagnostics import build_probe
+from aetrain.train.distributed import World
 from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
 from aetrain.train.graphs import COMPILE_MODES, build_step, graphs_policy
 from aetrain.train.memory import check_fits
@@ -49,8 +48,13 @@ from aetrain.train.optim import build_optimizer, build_schedule
 from aetrain.train.outputs import build_outputs
 from aetrain.train.outputs.console import final_table
 from aetrain.train.precision import Precision, build_clip, trainable
-from aetrain.train.runs import (earlier_epochs, long_lived_objects_frozen, seed_everything, start_from_weights,
-                                warn_if_code_is_as_wide_as_the_input)
+from aetrain.train.runs import (
+    earlier_epochs,
+    long_lived_objects_frozen,
+    seed_everything,
+    start_from_weights,
+    warn_if_code_is_as_wide_as_the_input,
+)
 from aetrain.train.signals import Interrupt
 from aetrain.train.step import GradientProbe, TrainStep
 from aetrain.train.threads import set_num_threads

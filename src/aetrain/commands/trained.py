@@ -36,8 +36,7 @@ import torch
 from aetrain.atomic import write_atomic
 from aetrain.checkpoint import config_of, load, model_from_checkpoint, resolve, run_data, spec_from_checkpoint
 from aetrain.config import SPLITS, Config, DataConfig, validate_data
-from aetrain.data import (Source, Split, class_indices, fingerprint, fingerprint_differences, load_source,
-                          split_samples)
+from aetrain.data import Source, Split, class_indices, fingerprint, fingerprint_differences, load_source, split_samples
 from aetrain.data.batches import eval_batches
 from aetrain.data.spec import DataSpec
 from aetrain.device import resolve_device
@@ -76,7 +75,8 @@ class Trained:
 
     @property
     def description(self) -> str:
-        return f"{self.cfg.model.name}, latent {self.cfg.model.latent_dim}, {self.checkpoint.name} of epoch {self.epoch}"
+        return (f"{self.cfg.model.name}, latent {self.cfg.model.latent_dim}, "
+                f"{self.checkpoint.name} of epoch {self.epoch}")
 
     @property
     def is_image(self) -> bool:
@@ -116,8 +116,8 @@ class Trained:
         bad = ~(z.isfinite().all(1) & x_hat.flatten(1).isfinite().all(1))  # (n,) samples with a NaN or inf output
         if bool(bad.any()):
             raise DataError(f"{self.checkpoint}: the model's output is not finite (NaN or infinite) for "
-                            f"{int(bad.sum())} of {len(x)} samples, although its weights are finite: are the samples in the training "
-                            "data's units?")
+                            f"{int(bad.sum())} of {len(x)} samples, although its weights are finite: "
+                            "are the samples in the training data's units?")
         return z, x_hat
 
 

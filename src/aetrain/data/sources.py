@@ -194,7 +194,8 @@ class ImageFiles(Dataset):
         # every entry named like an image that is not a folder: a FIFO or device among them is refused by the source
         self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and not p.is_dir())
         self.grayscale = grayscale
-        self.transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()])
+        self.transform = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
+                                             transforms.ToTensor()])
 
     def __len__(self) -> int:
         return len(self.files)

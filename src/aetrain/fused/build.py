@@ -25,6 +25,9 @@ from aetrain.config import Config, validate
 from aetrain.data import Data, build_data
 from aetrain.data.batches import BatchPlan, TensorBatches
 from aetrain.device import resolve_device
+from aetrain.fused.grouping import shape_key, unfusable
+from aetrain.fused.net import RngState
+from aetrain.fused.step import MemberStep
 from aetrain.models import FAMILIES, Family
 from aetrain.models.objective import identity
 from aetrain.train.diagnostics import build_probe
@@ -34,9 +37,6 @@ from aetrain.train.memory import available_host_memory, check_fits, estimate
 from aetrain.train.optim import build_optimizer, build_schedule
 from aetrain.train.precision import Precision, build_clip, trainable
 from aetrain.train.runs import seed_everything
-from aetrain.fused.grouping import shape_key, unfusable
-from aetrain.fused.net import RngState
-from aetrain.fused.step import MemberStep
 
 log = logging.getLogger(__name__)
 

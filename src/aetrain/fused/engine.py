@@ -41,11 +41,11 @@ import torch
 
 from aetrain.data import Data
 from aetrain.errors import DivergenceError, Interrupted
+from aetrain.fused.net import FusedAutoencoder, RngState, Streams
+from aetrain.fused.step import FusedStep, MemberStep, member_major
 from aetrain.rundir import Status
 from aetrain.train.engine import Engine, Meter, memory_mb
 from aetrain.train.signals import Interrupt
-from aetrain.fused.net import FusedAutoencoder, RngState, Streams
-from aetrain.fused.step import FusedStep, MemberStep, member_major
 
 log = logging.getLogger(__name__)
 

@@ -37,17 +37,17 @@ import torch
 from aetrain import checkpoint as checkpoints
 from aetrain.config import Config
 from aetrain.errors import AetrainError, Interrupted
+from aetrain.fused import rundirs
+from aetrain.fused.build import GroupTooLarge, build_members, is_out_of_memory, uses_member_streams
+from aetrain.fused.engine import FusedEngine, Member
+from aetrain.fused.grouping import split
+from aetrain.fused.net import RngState
 from aetrain.rundir import RunDir, read_summary
 from aetrain.train.engine import Callback
 from aetrain.train.graphs import build_step
 from aetrain.train.outputs.console import final_table
 from aetrain.train.runs import long_lived_objects_frozen
 from aetrain.train.signals import Interrupt
-from aetrain.fused import rundirs
-from aetrain.fused.build import GroupTooLarge, build_members, is_out_of_memory, uses_member_streams
-from aetrain.fused.engine import FusedEngine, Member
-from aetrain.fused.grouping import split
-from aetrain.fused.net import RngState
 
 log = logging.getLogger(__name__)
 

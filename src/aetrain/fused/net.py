@@ -268,7 +268,8 @@ class FusedDropout(FusedLayer):
     mask. `view(h, k)` gives member k's activation in the layout its job alone has."""
 
     def __init__(self, layers: Sequence[nn.Dropout], streams: Callable[[], Streams],
-                 view: Callable[[torch.Tensor, int], torch.Tensor], write: Callable[[torch.Tensor, int, torch.Tensor], None]
+                 view: Callable[[torch.Tensor, int], torch.Tensor],
+                 write: Callable[[torch.Tensor, int, torch.Tensor], None]
                  ) -> None:
         super().__init__(layers)
         self.rates = [m.p for m in layers]

@@ -19,7 +19,7 @@ from typing import Any
 from aetrain import checkpoint as checkpoints
 from aetrain.atomic import write_atomic
 from aetrain.config import Config
-from aetrain.rundir import (LAST, SPLIT, RunDir, checkpoint_dir, own_run_dir)
+from aetrain.rundir import LAST, SPLIT, RunDir, checkpoint_dir, own_run_dir
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping
 from aetrain.train.engine import Callback, Engine, Parts

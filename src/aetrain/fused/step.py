@@ -40,11 +40,11 @@ from typing import Any
 
 import torch
 
+from aetrain.fused.net import FusedAutoencoder
 from aetrain.models import Objective, Terms
 from aetrain.models.objective import identity
 from aetrain.train.precision import Clip, Precision
 from aetrain.train.step import GradientProbe, admit_always, admit_if_finite
-from aetrain.fused.net import FusedAutoencoder
 
 
 @dataclass

@@ -27,8 +27,10 @@ _GAIN_NAME = {"relu": "relu", "leaky_relu": "leaky_relu", "selu": "selu", "tanh"
 InitFn = Callable[[torch.Tensor, str], None]  # (weight, activation name) -> in-place init
 INITS: Registry[InitFn | None] = Registry("model.init")
 INITS.add("default", None)  # keep PyTorch's per-layer defaults
-INITS.add("xavier_uniform", lambda w, act: nn.init.xavier_uniform_(w, gain=nn.init.calculate_gain(_GAIN_NAME.get(act, "relu"))))
-INITS.add("xavier_normal", lambda w, act: nn.init.xavier_normal_(w, gain=nn.init.calculate_gain(_GAIN_NAME.get(act, "relu"))))
+INITS.add("xavier_uniform",
+          lambda w, act: nn.init.xavier_uniform_(w, gain=nn.init.calculate_gain(_GAIN_NAME.get(act, "relu"))))
+INITS.add("xavier_normal",
+          lambda w, act: nn.init.xavier_normal_(w, gain=nn.init.calculate_gain(_GAIN_NAME.get(act, "relu"))))
 INITS.add("kaiming_uniform", lambda w, act: nn.init.kaiming_uniform_(w, nonlinearity=_kaiming_name(act)))
 INITS.add("kaiming_normal", lambda w, act: nn.init.kaiming_normal_(w, nonlinearity=_kaiming_name(act)))
 INITS.add("orthogonal", lambda w, act: nn.init.orthogonal_(w, gain=nn.init.calculate_gain(_GAIN_NAME.get(act, "relu"))))

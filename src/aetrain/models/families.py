@@ -23,8 +23,17 @@ from aetrain.models.base import Autoencoder, Scaling, VariationalAutoencoder
 from aetrain.models.blocks import ACTIVATIONS, OUTPUT_ACTIVATIONS, init_weights
 from aetrain.models.conv import build_conv
 from aetrain.models.dense import build_dense
-from aetrain.models.objective import (NOISE, SPARSITY, Objective, Terms, build_reconstruction, check_output_range,
-                                      identity, loss_function, output_activation)
+from aetrain.models.objective import (
+    NOISE,
+    SPARSITY,
+    Objective,
+    Terms,
+    build_reconstruction,
+    check_output_range,
+    identity,
+    loss_function,
+    output_activation,
+)
 from aetrain.registry import Registry
 
 Backbone = Callable[..., tuple[nn.Module, nn.Module]]  # (cfg, shape, *, code_width) -> (encoder, decoder)
@@ -39,7 +48,8 @@ class Gallery:
 
     folder: str  # the run-dir folder (<folder>/epoch_NNN.png) and the TensorBoard image tag
     title: str  # what the picture shows, for people
-    draw: Callable[[Autoencoder, int, torch.Generator], torch.Tensor]  # (model, n, generator) -> (n, *shape), model units
+    # (model, n, generator) -> (n, *shape), model units
+    draw: Callable[[Autoencoder, int, torch.Generator], torch.Tensor]
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,9 @@ def _kl(cfg: SparsityConfig) -> Penalty:
 
 def output_activation(cfg: ModelConfig, spec: DataSpec) -> str:
     """The output activation `model.output_activation` names; `auto` is sigmoid for data in [0, 1], else identity."""
-    return ("sigmoid" if spec.unit_interval else "identity") if cfg.output_activation == "auto" else cfg.output_activation
+    if cfg.output_activation == "auto":
+        return "sigmoid" if spec.unit_interval else "identity"
+    return cfg.output_activation
 
 
 def check_output_range(cfg: ModelConfig, spec: DataSpec) -> None:
@@ -104,7 +106,8 @@ def check_output_range(cfg: ModelConfig, spec: DataSpec) -> None:
     if spec.low < lo or spec.high > hi:
         units = "values in [0, 1]" if spec.unit_interval else "standardized"
         fit = "auto (identity here), or identity" if not spec.unit_interval else "auto (sigmoid here), or identity"
-        raise ConfigError(f"model.output_activation={cfg.output_activation}: {name} outputs values in ({lo:g}, {hi:g}), "
+        raise ConfigError(f"model.output_activation={cfg.output_activation}: "
+                          f"{name} outputs values in ({lo:g}, {hi:g}), "
                           f"but the training data of '{spec.name}' spans [{spec.low:.3g}, {spec.high:.3g}] in model "
                           f"units ({units}), which its reconstructions could never reach; use "
                           f"model.output_activation={fit}")

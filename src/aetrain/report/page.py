@@ -29,11 +29,36 @@ from aetrain.config import typed
 from aetrain.doctor import epoch_ranges
 from aetrain.errors import ConfigError, WriteError
 from aetrain.report import figures
-from aetrain.report.runs import (AFTER_PICTURES, DOCTOR_PICTURE, REPORT, Run, after_training, command,
-                                 config_differences, doctor, is_run_dir, latest_grid, picture_folders, pictures,
-                                 read_run)
-from aetrain.report.sweeps import (SEED, Job, Sweep, follow_ups, group_time_saved, is_overrides, is_sweep_dir,
-                                   label, number, read_sweep, settings, short, typed_command)
+from aetrain.report.runs import (
+    AFTER_PICTURES,
+    DOCTOR_PICTURE,
+    REPORT,
+    Run,
+    after_training,
+    command,
+    config_differences,
+    doctor,
+    is_run_dir,
+    latest_grid,
+    picture_folders,
+    pictures,
+    read_run,
+)
+from aetrain.report.sweeps import (
+    SEED,
+    Job,
+    Sweep,
+    follow_ups,
+    group_time_saved,
+    is_overrides,
+    is_sweep_dir,
+    label,
+    number,
+    read_sweep,
+    settings,
+    short,
+    typed_command,
+)
 from aetrain.rundir import ENCODE, EVAL, EXPORT, LOSS_CURVE, METRICS, SCORE, TENSORBOARD, TRAIN_LOG
 
 EPOCH_PICTURE_BYTES = 120_000  # a run page's per-epoch pictures (reconstructions, samples) together, before base64

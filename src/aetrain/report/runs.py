@@ -28,9 +28,27 @@ import yaml
 from aetrain.config import CHOICES, Config, default_choice, from_json, typed
 from aetrain.doctor import Facts, Finding, Trace, diagnose, verdict
 from aetrain.errors import ConfigError
-from aetrain.rundir import (BEST, DIAGNOSTICS, DIAGNOSTICS_PLOT, ENCODE, EVAL, EXPORT, EXPORT_INFO, HYDRA, LAST, LOCK,
-                            METRICS, RECONSTRUCTIONS, SCORE, SUMMARY, checkpoint_dir, picture_epoch,
-                            read_diagnostics, read_metrics, read_summary)
+from aetrain.rundir import (
+    BEST,
+    DIAGNOSTICS,
+    DIAGNOSTICS_PLOT,
+    ENCODE,
+    EVAL,
+    EXPORT,
+    EXPORT_INFO,
+    HYDRA,
+    LAST,
+    LOCK,
+    METRICS,
+    RECONSTRUCTIONS,
+    SCORE,
+    SUMMARY,
+    checkpoint_dir,
+    picture_epoch,
+    read_diagnostics,
+    read_metrics,
+    read_summary,
+)
 
 REPORT = "report.html"  # the page, in the run dir (or sweep dir) it describes
 

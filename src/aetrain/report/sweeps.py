@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from aetrain.doctor import Finding
-from aetrain.rundir import HYDRA, fused_group
 from aetrain.report.runs import Doctor, Run, doctor, lock_holder, read_run
+from aetrain.rundir import HYDRA, fused_group
 
 SEED = "trainer.seed"
 SWEEP_MARKER = ".aetrain-sweep"  # aetrain.cli.sweep.MARKER: created when a sweep starts

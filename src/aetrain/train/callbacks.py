@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from aetrain.atomic import write_atomic
-from aetrain.rundir import BEST, LAST, Status, checkpoint_dir
 from aetrain.errors import DivergenceError, WriteError
+from aetrain.rundir import BEST, LAST, Status, checkpoint_dir
 from aetrain.train import checkpoint
 from aetrain.train.engine import Callback, Engine
 
@@ -87,7 +87,8 @@ class Checkpointer(Callback):
 
     def _write(self, data: bytes, snapshots: list[Path], point: Point) -> None:
         last = self.dir / LAST
-        what = f" (the checkpoint of epoch {point.epoch})" if point.boundary else f" (the checkpoint of step {point.step})"
+        what = (f" (the checkpoint of epoch {point.epoch})" if point.boundary
+                else f" (the checkpoint of step {point.step})")
         try:
             write_atomic(last, data, durable=True)
             self.on_disk[LAST] = point

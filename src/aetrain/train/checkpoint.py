@@ -4,8 +4,9 @@ A checkpoint holds everything needed to continue exactly where it was written: m
 optimizer, schedule and GradScaler states, the loop's counters, every RNG state, the config as
 JSON text and the data scaling. A data-parallel run's checkpoint also holds its number of
 processes and each process's RNG states and running means (`ranks`): the model and optimizer
-are the same on every process; what each process drew and summed is its own. Tensors and plain Python types only (`aetrain.checkpoint` reads
-them with weights_only=True). Files are written atomically by `aetrain.train.callbacks.Checkpointer`.
+are the same on every process; what each process drew and summed is its own. Tensors and plain Python
+types only (`aetrain.checkpoint` reads them with weights_only=True). Files are written atomically by
+`aetrain.train.callbacks.Checkpointer`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ import numpy as np
 import torch
 
 from aetrain import __version__
-from aetrain.checkpoint import (FORMAT, FORMAT_VERSION, config_of, load, load_weights, resolved_data_paths,
-                                spec_from_checkpoint, stored_data_paths)
+from aetrain.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    config_of,
+    load,
+    load_weights,
+    resolved_data_paths,
+    spec_from_checkpoint,
+    stored_data_paths,
+)
 from aetrain.config import Config, to_json
 from aetrain.data import fingerprint_differences
 from aetrain.data.spec import DataSpec
@@ -145,8 +154,9 @@ def restore(engine: Engine, ckpt: dict[str, Any]) -> None:
 # live, how often to log and save, how long to train. Everything else shapes the computation,
 # so it must match for the continuation to be the run it claims to be.
 RESUMABLE_CHANGES = ("trainer.max_epochs", "trainer.resume", "trainer.init_from", "trainer.device", "trainer.compile",
-                     "trainer.cuda_graphs", "trainer.num_threads", "trainer.log_every_n_steps", "trainer.checkpoint_every_n_steps",
-                     "trainer.save_top_k", "trainer.early_stopping_patience", "trainer.on_nonfinite", "trainer.devices",
+                     "trainer.cuda_graphs", "trainer.num_threads", "trainer.log_every_n_steps",
+                     "trainer.checkpoint_every_n_steps", "trainer.save_top_k", "trainer.early_stopping_patience",
+                     "trainer.on_nonfinite", "trainer.devices",
                      "trainer.replica_check_every_n_steps", "trainer.ddp_timeout_s", "data.root", "data.path",
                      "data.download", "data.num_workers", "outputs.", "diagnostics.", "plugins")
 
@@ -209,8 +219,9 @@ def check_resumable(cfg: Config, ckpt: dict[str, Any], spec: DataSpec, *, per_st
     _check_same_data(path, ckpt.get("data_fingerprint"), fingerprint)
     _check_same_scaling(path, ckpt, spec)
     if per_step_schedule and old["trainer.max_epochs"] != cfg.trainer.max_epochs:
-        raise CheckpointError(f"trainer.max_epochs={cfg.trainer.max_epochs}: scheduler={cfg.scheduler.name} was planned "
-                              f"over trainer.max_epochs={old['trainer.max_epochs']} and cannot be stretched on resume; "
+        raise CheckpointError(f"trainer.max_epochs={cfg.trainer.max_epochs}: scheduler={cfg.scheduler.name} "
+                              f"was planned over trainer.max_epochs={old['trainer.max_epochs']} "
+                              "and cannot be stretched on resume; "
                               "keep it, or use an epoch-wise schedule (step, exponential, plateau, none)")
     state = ckpt["state"]
     saved_world = ckpt.get("world_size", 1)
@@ -235,7 +246,8 @@ def _check_complete(ckpt: dict[str, Any]) -> None:
     """What a resume reads before restoring the state is there and of the right kind (the rest is
     checked as it is restored)."""
     state = ckpt.get("state")
-    if not isinstance(state, dict) or not all(isinstance(state.get(k), int) for k in ("epoch", "step", "step_in_epoch")):
+    if not isinstance(state, dict) \
+            or not all(isinstance(state.get(k), int) for k in ("epoch", "step", "step_in_epoch")):
         raise CheckpointError(f"{ckpt['path']}: damaged aetrain checkpoint: its training state (epoch, step) is "
                               "missing or unreadable; aetrain.load_model may still read its model")
     spec_from_checkpoint(ckpt)

@@ -220,9 +220,9 @@ class FusedLauncher(Launcher):
         """Train `jobs` as one fused group; each gets its JobReturn (None for a job that failed)."""
         from aetrain.cli import sweep
         from aetrain.commands.train import RecordInvocation, record_job_failure
-        from aetrain.rundir import RunDir
         from aetrain.errors import AetrainError, Interrupted
         from aetrain.fused import logs, train_group
+        from aetrain.rundir import RunDir
 
         assert self.config is not None and self.hydra_context is not None
         name = f"{jobs[0].num}"  # the group's name: its first job's number
@@ -275,5 +275,5 @@ class FusedLauncher(Launcher):
         """The command that continues this sweep: the one given, in this sweep's dir, with resume on."""
         assert self.config is not None
         given = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "hydra.launcher.resume="))]
-        return " ".join(["aetrain", *map(shlex.quote, given), shlex.quote(f"hydra.sweep.dir={self.config.hydra.sweep.dir}"),
-                         "hydra.launcher.resume=true"])
+        where = shlex.quote(f"hydra.sweep.dir={self.config.hydra.sweep.dir}")
+        return " ".join(["aetrain", *map(shlex.quote, given), where, "hydra.launcher.resume=true"])

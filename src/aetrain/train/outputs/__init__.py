@@ -23,11 +23,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from aetrain.config import DiagnosticsConfig, OutputsConfig
+from aetrain.console import is_terminal
 from aetrain.rundir import DIAG_TENSORBOARD, METRICS, TENSORBOARD
 from aetrain.train.engine import Callback
-from aetrain.train.outputs.diagnostics import Diagnostics
-from aetrain.console import is_terminal
 from aetrain.train.outputs.console import EpochLog, EpochProgress, Header
+from aetrain.train.outputs.diagnostics import Diagnostics
 from aetrain.train.outputs.metrics import MetricsCSV
 from aetrain.train.outputs.pictures import Pictures
 from aetrain.train.outputs.report import Report

@@ -118,7 +118,8 @@ class EpochProgress(Callback):
         self.last = now
         if now - self.loss_read >= self.LOSS_EVERY_S and engine.meter is not None:
             self.loss_read = now
-            self.loss = f"{engine.meter.read()[0]['train/loss']:.5f}"  # one sync; the non-finite policy stays the loop's
+            # one sync; the non-finite policy stays the loop's
+            self.loss = f"{engine.meter.read()[0]['train/loss']:.5f}"
         rate = (self.samples[engine.state.step_in_epoch] - self.start_samples) / max(now - self.tic, 1e-9)
         self.progress.update(self.task, completed=engine.state.step_in_epoch, rate=f"{rate:,.0f}", loss=self.loss)
         self.progress.refresh()
