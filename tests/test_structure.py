@@ -146,7 +146,7 @@ def test_only_the_cli_ends_the_process() -> None:
     wrong = []
     for path in SRC.joinpath("aetrain").rglob("*.py"):
         module = module_name(path)
-        if module.startswith("aetrain.cli"):
+        if module.startswith("aetrain.cli") or module == "aetrain.__main__":  # the entry point is the CLI's too
             continue
         tree = ast.parse(path.read_text())
         leave = [f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "leave"

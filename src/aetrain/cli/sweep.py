@@ -157,7 +157,7 @@ def _check_plugins_reach_the_jobs(config: DictConfig) -> None:
     their config: refused in one line. A package's models (entry points) are importable anywhere and go."""
     launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
     files = OmegaConf.select(config, "plugins", default=None)
-    if files and not launcher.endswith(("BasicLauncher", "FusedLauncher")):  # those run the jobs in this process
+    if files and not launcher.endswith(("BasicLauncher", "PlainLauncher", "FusedLauncher")):  # jobs in this process
         name = launcher.rpartition(".")[2]
         raise AetrainError(f"plugins={OmegaConf.to_container(files)} with the {name}: its jobs run in processes of "
                            "their own, which cannot import a plugin file; use the default launcher, or register "
