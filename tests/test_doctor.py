@@ -499,7 +499,8 @@ def test_the_code_unit_check_decodes_in_bounded_chunks_and_samples_a_wide_code(w
     parts = build_parts(digits_config(model=DenseAEConfig(latent_dim=width, hidden_dims=[32])))
     model, check = parts.model.eval(), ReconstructionCheck(parts.data)
     with torch.inference_mode():
-        effects = check._unit_change(model)
+        z = model.code(check.samples[: check.num_effect]).float()
+        effects = check.unit_change(z, model.generate(z), model.generate)
         full = unchunked_unit_change(model, check)
     measured = measured_units(width)
     assert len(measured) == min(width, EFFECT_UNITS_MAX) and len(effects) == width

@@ -44,6 +44,7 @@ from aetrain.errors import DivergenceError, Interrupted
 from aetrain.fused.net import FusedAutoencoder, RngState, Streams
 from aetrain.fused.step import FusedStep, MemberStep, member_major
 from aetrain.rundir import Status
+from aetrain.train.diagnostics import ReconstructionCheck
 from aetrain.train.engine import Engine, Meter, memory_mb
 from aetrain.train.signals import Interrupt
 
@@ -225,6 +226,7 @@ class FusedEngine:
             self._regroup()
             return
         val = self.validate()
+        self.measure_checks()
         memory = memory_mb(self.device)  # the group's: one process holds every member
         for m in self.live:
             p, st = m.engine.parts, m.engine.state
@@ -351,6 +353,43 @@ class FusedEngine:
             sums += torch.stack([torch.stack([t[n] for n in names]) for t in terms]) * x.shape[0]
         values = (sums / self.data.num_val).tolist()
         return {m.index: {f"val/{n}": v for n, v in zip(names, row)} for m, row in zip(group, values)}
+
+    @torch.inference_mode()
+    def measure_checks(self) -> None:
+        """The training doctor's reconstruction check (`ReconstructionCheck`) of every member still training, each
+        forward pass batched over the group; each member's check then returns its numbers (`preset`) when its
+        diagnostics output asks at its epoch's end. The same numbers as each member's own check: the same inputs
+        and code, each member's slice of the fused network's outputs."""
+        group = self.active
+        checks = {k: c.check for k, m in enumerate(group) if not m.done for c in m.engine.callbacks
+                  if isinstance(getattr(c, "check", None), ReconstructionCheck)}
+        if not checks:
+            return
+        first = next(iter(checks.values()))
+        fmt = self.data.memory_format
+
+        def stacked(inputs: Callable[[ReconstructionCheck], torch.Tensor]) -> torch.Tensor:
+            """Each member's check input (n, *shape) as the group's (K, n, *shape); a member without one (ended
+            this epoch) computes on the first's, unread."""
+            return member_major(torch.stack([inputs(checks.get(k, first)) for k in range(len(group))], dim=1), fmt)
+
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            x_hat = self.net(stacked(lambda c: c.samples))[1]  # (K, n, *shape)
+            noise_hat = self.net(stacked(lambda c: c.noise))[1]
+            z = self.net.code(stacked(lambda c: c.samples[: c.num_effect])).float()  # (K, m, latent)
+            base = self.net.generate(z)  # (K, m, *shape)
+            changes = {k: torch.full((z.shape[2],), math.nan, device=z.device) for k in checks}
+            for units in first.unit_chunks(z.shape[2], z.device):  # every member's chunk of shuffled codes at once
+                codes = torch.stack([checks.get(k, first).shuffled(z[k], units) for k in range(len(group))])
+                out = self.net.generate(codes)  # (K, units * m, *shape)
+                for k, check in checks.items():
+                    check.add_change(changes[k], units, out[k], base[k])
+        finally:
+            self.net.train(was_training)
+        for k, check in checks.items():
+            check.preset = check.numbers(x_hat[k], noise_hat[k], changes[k])
 
     def check_interrupt(self) -> None:
         """Stop here if a signal came in: between optimizer steps, where every member's state is complete."""

@@ -454,19 +454,32 @@ class FusedAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         hooks = self.hooks
-        h = self.encoder(x, hooks=hooks)  # (K, B, *shape) -> (K, B, code) [VAE: (K, B, 2 * latent)]
-        h = h if self.encoder.exit == MEMBERS else self.layouts.members(h)
-        if hooks:
-            _call_hooks([m.encoder for m in self.models], self.layouts, x, h, MEMBERS)
+        h = self._encode(x, hooks)  # (K, B, *shape) -> (K, B, code) [VAE: (K, B, 2 * latent)]
         if self.vae:
             mu, logvar = h.chunk(2, dim=2)  # 2 x (K, B, latent)
             z = sample_code(mu, logvar, self._code_noise(mu)) if self.training else mu
         else:
             z = h
+        x_hat = self.generate(z, hooks=hooks)
+        return (z, x_hat, mu, logvar) if self.vae else (z, x_hat)
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member's `Autoencoder.code`: (K, B, *shape) -> (K, B, latent); a VAE's posterior mean."""
+        h = self._encode(x, False)
+        return h.chunk(2, dim=2)[0] if self.vae else h
+
+    def generate(self, z: torch.Tensor, *, hooks: bool = False) -> torch.Tensor:
+        """Every member's `Autoencoder.generate`: codes (K, B, latent) -> reconstructions (K, B, *shape)."""
         y = self.decoder(z, hooks=hooks)
         y = y if self.decoder.exit == MEMBERS else self.layouts.members(y)  # (K, B, *shape)
-        x_hat = self.output.forward(y)
-        return (z, x_hat, mu, logvar) if self.vae else (z, x_hat)
+        return self.output.forward(y)
+
+    def _encode(self, x: torch.Tensor, hooks: bool) -> torch.Tensor:
+        h = self.encoder(x, hooks=hooks)
+        h = h if self.encoder.exit == MEMBERS else self.layouts.members(h)
+        if hooks:
+            _call_hooks([m.encoder for m in self.models], self.layouts, x, h, MEMBERS)
+        return h
 
     def _code_noise(self, mu: torch.Tensor) -> torch.Tensor:
         """Each member's N(0, I) draws for its code, as `VariationalAutoencoder.forward` draws them."""

@@ -27,7 +27,9 @@ the compiled code, so with `trainer.compile=true` the activation and code statis
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -273,18 +275,30 @@ class ReconstructionCheck:
         self.effect_order = torch.randperm(m, generator=generator).to(x.device)  # how a unit is shuffled
         self.num_effect = m
         self.seed = seed
+        self.preset: dict[str, Any] | None = None  # the next `measure`'s numbers, when measured elsewhere
 
     @torch.inference_mode()
     def measure(self, model: nn.Module) -> dict[str, float]:
-        """{"data_error", "noise_error"[, "hf_ratio" for images]}; one host read."""
+        """{"data_error", "noise_error"[, "hf_ratio" for images], "code_unit_effect"}; one host read."""
+        if self.preset is not None:  # measured already, with the other members of a fused group
+            numbers, self.preset = self.preset, None
+            return numbers
         was_training = model.training
         model.eval()
         try:
-            x_hat = model(self.samples)[1].float()  # (n, *shape) -> (n, *shape)
-            noise_hat = model(self.noise)[1].float()
-            change = self._unit_change(model)  # (latent,)
+            x_hat = model(self.samples)[1]  # (n, *shape) -> (n, *shape)
+            noise_hat = model(self.noise)[1]
+            z = model.code(self.samples[: self.num_effect]).float()  # (m, latent); a VAE's mean
+            base = model.generate(z)  # (m, *shape)
+            change = self.unit_change(z, base, model.generate)  # (latent,)
         finally:
             model.train(was_training)
+        return self.numbers(x_hat, noise_hat, change)
+
+    def numbers(self, x_hat: torch.Tensor, noise_hat: torch.Tensor, change: torch.Tensor) -> dict[str, Any]:
+        """The check's numbers from the model's reconstructions of the samples and of the noise and the code
+        units' effect (`unit_change`)."""
+        x_hat, noise_hat = x_hat.float(), noise_hat.float()
         x, noise = self.samples.float(), self.noise.float()
         baseline = (x - x.mean(dim=0)).square().mean().clamp_min(1e-30)  # the mean image's error; the noise's too
         values = {"data_error": (x_hat - x).square().mean() / baseline,
@@ -294,21 +308,35 @@ class ReconstructionCheck:
         numbers = torch.cat([torch.stack(list(values.values())), change / baseline]).tolist()  # one read
         return {**dict(zip(values, numbers)), "code_unit_effect": numbers[len(values):]}
 
-    def _unit_change(self, model: nn.Module) -> torch.Tensor:
-        """Per code unit: the mean squared change of the reconstructions when that unit alone is shuffled (NaN for
-        the units of a wide code that are not measured, see `measured_units`)."""
-        z = model.code(self.samples[: self.num_effect]).float()  # (m, latent); a VAE's mean
-        m, width = z.shape
-        base = model.generate(z).float().reshape(m, -1)  # (m, D)
-        measured = measured_units(width, self.seed).to(z.device)  # (u,)
-        change = torch.full((width,), math.nan, device=z.device)
-        for units in measured.split(unit_chunk(width, m)):  # (k,) units at a time: k * m decodes, bounded memory
-            k = len(units)
-            shuffled = z.expand(k, m, width).clone()  # (k, m, latent): block i has unit units[i] shuffled
-            shuffled[torch.arange(k, device=z.device), :, units] = z[self.effect_order][:, units].T  # (k, m)
-            out = model.generate(shuffled.reshape(k * m, width)).float().reshape(k, m, -1)  # (k, m, D)
-            change[units] = (out - base).square().mean(dim=(1, 2))
+    def unit_change(self, z: torch.Tensor, base: torch.Tensor,
+                    decode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Per code unit: the mean squared change of the reconstructions `base` (m, *shape) of the codes `z`
+        (m, latent) when that unit alone is shuffled across them (NaN for the units of a wide code that are not
+        measured, see `measured_units`). `decode`: codes (k * m, latent) -> their reconstructions."""
+        change = torch.full((z.shape[1],), math.nan, device=z.device)
+        for units in self.unit_chunks(z.shape[1], z.device):
+            self.add_change(change, units, decode(self.shuffled(z, units)), base)
         return change
+
+    @staticmethod
+    def add_change(change: torch.Tensor, units: torch.Tensor, out: torch.Tensor, base: torch.Tensor) -> None:
+        """`change[units]` from the reconstructions `out` (k * m, *shape) of `shuffled(z, units)`."""
+        m = base.shape[0]
+        out = out.float().reshape(len(units), m, -1)  # (k, m, D)
+        change[units] = (out - base.float().reshape(m, -1)).square().mean(dim=(1, 2))
+
+    def unit_chunks(self, width: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The measured code units (`measured_units`) in chunks decoded together: k units make k * m decodes,
+        bounded memory (`unit_chunk`)."""
+        return measured_units(width, self.seed).to(device).split(unit_chunk(width, self.num_effect))
+
+    def shuffled(self, z: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """(m, latent) -> (k * m, latent): block i is `z` with unit units[i] alone shuffled across the samples."""
+        m, width = z.shape
+        k = len(units)
+        codes = z.expand(k, m, width).clone()  # (k, m, latent)
+        codes[torch.arange(k, device=z.device), :, units] = z[self.effect_order][:, units].T  # (k, m)
+        return codes.reshape(k * m, width)
 
 
 # The code-unit check measures at most this many units (a seeded sample of a wider code, the same every epoch):
