@@ -288,6 +288,26 @@ def test_a_signal_after_the_last_step_still_stops_the_sweep(tmp_path: Path) -> N
     assert [summary(d)["status"] for d in dirs] == ["ok", "ok"]  # both finished: a resume keeps them
 
 
+def test_a_second_ctrl_c_aborts_every_member_with_a_summary_of_its_last_pt(tmp_path: Path) -> None:
+    """A second Ctrl-C (KeyboardInterrupt, wherever it lands) aborts the group at once: every member's summary.json
+    describes the last.pt on disk, as a run alone's does; it used to leave them all "running" (a killed sweep)."""
+
+    class SecondCtrlC(Callback):
+        def on_epoch_end(self, engine: Engine, record: dict) -> None:
+            if engine.state.epoch == 2:
+                raise KeyboardInterrupt
+
+    dirs = [tmp_path / "0", tmp_path / "1"]
+    with pytest.raises(KeyboardInterrupt):
+        train_group([job(max_epochs=3), job(seed=1, max_epochs=3)], dirs, callbacks=[[SecondCtrlC()], []])
+    for d in dirs:
+        s = summary(d)
+        assert s["ended"] == "interrupted" and s["status"] == "failed", s
+        assert s["error"].startswith("Interrupted: aborted by a second SIGINT; last.pt holds after epoch"), s
+        held = torch.load(d / "checkpoints" / "last.pt", weights_only=True)["state"]["epoch"]
+        assert s["epochs"] == held
+
+
 def test_a_member_killed_before_its_first_checkpoint_starts_again_on_resume(tmp_path: Path) -> None:
     """A process killed in the first epoch leaves a member's dir with a run in it but no last.pt: a resume starts
     that member again in its dir (it was refused as a dir that holds a run), and continues the others."""

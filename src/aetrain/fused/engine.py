@@ -60,6 +60,7 @@ class Member:
     step: MemberStep
     rng: RngState
     done: bool = False  # ended (ok, stopped early, diverged, failed, interrupted): out of the group
+    closed: bool = False  # its end is written (its callbacks' on_fit_end have all run)
     error: BaseException | None = None  # what ended it, when it failed
 
     @property
@@ -157,6 +158,16 @@ class FusedEngine:
 
     def fit(self) -> None:
         """Train every member to its end; raises `Interrupted` (after every member saved) on a signal."""
+        try:
+            self._fit()
+        except KeyboardInterrupt:  # a second Ctrl-C, in training or while members ended: as a run alone aborts
+            for m in self.members:
+                if not m.closed:  # its end not (fully) written: summary.json as its last.pt has it
+                    with self._scope(m, False), self.context(m):
+                        m.engine._abort()
+            raise
+
+    def _fit(self) -> None:
         for m in self.members:
             self._note(m)
             if not m.done:
@@ -458,6 +469,7 @@ class FusedEngine:
         except Exception as e:  # a writer failed while ending a run that ended well: the run failed
             m.engine.status, m.error = Status.FAILED, e
             log.error("%s: %s", type(e).__name__, e)
+        m.closed = True
 
     def clock_of(self, m: Member) -> Callable[[], float]:
         """Member m's own time: its share of the group's time so far (what its outputs.render_budget is a share
