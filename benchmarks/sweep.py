@@ -46,7 +46,10 @@ from typing import Any
 import torch
 
 RATES = (1e-3, 3e-3, 1e-4, 3e-4)
-WORKLOADS = {"dense": "dense_ae", "conv": "conv_ae"}
+# workload -> (model, its overrides): the defaults of dense_ae and conv_ae, and a small MLP (64-64-8) whose step is
+# mostly overhead, the kind of model fusing is for
+WORKLOADS = {"dense": ("dense_ae", {}), "conv": ("conv_ae", {}),
+             "small": ("dense_ae", {"hidden_dims": [64], "latent_dim": 8})}
 OUTPUTS_OFF = ["outputs.plot_every=0", "outputs.tensorboard=false", "diagnostics.enabled=false"]
 
 
@@ -56,7 +59,13 @@ def jobs(k: int) -> list[tuple[float, int]]:
 
 
 def overrides(workload: str, epochs: int, extra: list[str]) -> list[str]:
-    return [f"model={WORKLOADS[workload]}", f"trainer.max_epochs={epochs}", "trainer.device=cpu", *extra]
+    model, keys = WORKLOADS[workload]
+    return [f"model={model}", *(f"model.{k}={_hydra(v)}" for k, v in keys.items()), f"trainer.max_epochs={epochs}",
+            "trainer.device=cpu", *extra]
+
+
+def _hydra(value: Any) -> str:
+    return "[" + ",".join(str(v) for v in value) + "]" if isinstance(value, list) else str(value)
 
 
 # --- one sweep, through the CLI ---------------------------------------------------------------------------------
@@ -95,7 +104,10 @@ def configs_api(k: int, workload: str, epochs: int, outputs_off: bool) -> list[A
 
     out = []
     for lr, seed in jobs(k):
-        cfg = Config(model=default_choice("model", WORKLOADS[workload]))
+        model, keys = WORKLOADS[workload]
+        cfg = Config(model=default_choice("model", model))
+        for key, value in keys.items():
+            setattr(cfg.model, key, value)
         cfg.trainer.max_epochs, cfg.trainer.device, cfg.trainer.seed = epochs, "cpu", seed
         cfg.optimizer.lr = lr
         cfg.outputs.progress = False
@@ -177,7 +189,8 @@ def warm_up(args: argparse.Namespace, scratch: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", default="4,16,64", help="sweep sizes K (comma-separated)")
-    parser.add_argument("--workloads", default="dense,conv", help="dense (dense_ae) and/or conv (conv_ae)")
+    parser.add_argument("--workloads", default="dense,conv",
+                        help="dense (dense_ae), conv (conv_ae), small (dense_ae 64-64-8), comma-separated")
     parser.add_argument("--epochs", type=int, default=20, help="epochs per job (aetrain's default is 200)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved basic/fused pairs per case")
     parser.add_argument("--max-group", type=int, default=64, help="hydra.launcher.max_group")
