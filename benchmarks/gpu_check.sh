@@ -97,6 +97,12 @@ step throughput 300 "$PYTHON" benchmarks/throughput.py --device cuda --batch 256
     --json "$LOGS/throughput.json"
 sed -n '/^aetrain throughput/,/^{/p' "$LOGS/throughput.log" 2>/dev/null | grep -v '^{'
 
+# Fused sweeps (README, Performance > Fused sweeps): 16 jobs with the basic launcher, fused, and the first alone;
+# the GPU target is the fused sweep in at most 1.6x the time of one job
+step fused-sweep 240 "$PYTHON" benchmarks/sweep.py --device cuda --jobs 16 --workloads dense,mnist --epochs 2 \
+    --repeats 1 --one --via api --json "$LOGS/fused_sweep.json"
+grep -A 4 '^workload' "$LOGS/fused-sweep.log" 2>/dev/null
+
 echo
 echo "summary ($((SECONDS - started)) s; logs in $LOGS):"
 printf '  %s\n' "${summary[@]}"

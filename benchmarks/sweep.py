@@ -22,6 +22,7 @@ job's, as the largest relative difference.
     python benchmarks/sweep.py --jobs 16 --workloads dense --epochs 200 --repeats 3   # the README's target case
     python benchmarks/sweep.py --jobs 8,16 --workloads dense --threads 1 --outputs-off   # the README's CPU table
     python benchmarks/sweep.py --smoke --via api --threads 1 --outputs-off   # seconds; what the test suite runs
+    python benchmarks/sweep.py --device cuda --jobs 16 --workloads dense,mnist --epochs 5 --repeats 1 --one   # GPU
 
 Prints a table; --json PATH writes the results.
 """
@@ -46,10 +47,16 @@ from typing import Any
 import torch
 
 RATES = (1e-3, 3e-3, 1e-4, 3e-4)
-# workload -> (model, its overrides): the defaults of dense_ae and conv_ae, and a small MLP (64-64-8) whose step is
-# mostly overhead, the kind of model fusing is for
-WORKLOADS = {"dense": ("dense_ae", {}), "conv": ("conv_ae", {}),
-             "small": ("dense_ae", {"hidden_dims": [64], "latent_dim": 8})}
+# workload -> (model, its keys, the data's keys): the defaults of dense_ae and conv_ae on the digits, a small MLP
+# (64-64-8) whose step is mostly overhead (the kind of model fusing is for), and dense_ae on MNIST-shaped data
+# (60000 random 1x28x28 uint8 images written to the scratch dir, MNIST_FILE) at batch 256, for a GPU
+MNIST_FILE = "mnist_shaped.npy"
+WORKLOADS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "dense": ("dense_ae", {}, {}),
+    "conv": ("conv_ae", {}, {}),
+    "small": ("dense_ae", {"hidden_dims": [64], "latent_dim": 8}, {}),
+    "mnist": ("dense_ae", {}, {"name": "tensor_file", "path": MNIST_FILE, "val_fraction": 0.1, "batch_size": 256}),
+}
 OUTPUTS_OFF = ["outputs.plot_every=0", "outputs.tensorboard=false", "diagnostics.enabled=false"]
 
 
@@ -58,10 +65,22 @@ def jobs(k: int) -> list[tuple[float, int]]:
     return [(RATES[i % len(RATES)], i // len(RATES)) for i in range(k)]
 
 
-def overrides(workload: str, epochs: int, extra: list[str]) -> list[str]:
-    model, keys = WORKLOADS[workload]
-    return [f"model={model}", *(f"model.{k}={_hydra(v)}" for k, v in keys.items()), f"trainer.max_epochs={epochs}",
-            "trainer.device=cpu", *extra]
+def overrides(workload: str, epochs: int, extra: list[str], device: str, scratch: Path) -> list[str]:
+    model, keys, data = WORKLOADS[workload]
+    data = {k: scratch / v if k == "path" else v for k, v in data.items()}
+    return [f"model={model}", *(f"model.{k}={_hydra(v)}" for k, v in keys.items()),
+            *([f"data={data['name']}"] if "name" in data else []),
+            *(f"data.{k}={v}" for k, v in data.items() if k != "name"),
+            f"trainer.max_epochs={epochs}", f"trainer.device={device}", *extra]
+
+
+def make_data(workloads: list[str], scratch: Path) -> None:
+    """The MNIST-shaped file, when a workload reads it."""
+    if any(WORKLOADS[w][2].get("path") == MNIST_FILE for w in workloads):
+        import numpy as np
+
+        images = np.random.default_rng(0).integers(0, 256, (60000, 1, 28, 28), dtype=np.uint8)
+        np.save(scratch / MNIST_FILE, images)
 
 
 def _hydra(value: Any) -> str:
@@ -99,16 +118,22 @@ def best_losses_cli(out: Path) -> dict[tuple[str, str], float]:
 
 # --- one sweep, in this process ---------------------------------------------------------------------------------
 
-def configs_api(k: int, workload: str, epochs: int, outputs_off: bool) -> list[Any]:
+def configs_api(k: int, workload: str, epochs: int, outputs_off: bool, device: str = "cpu",
+                scratch: Path | None = None) -> list[Any]:
     from aetrain.config import Config, default_choice
 
     out = []
     for lr, seed in jobs(k):
-        model, keys = WORKLOADS[workload]
+        model, keys, data = WORKLOADS[workload]
         cfg = Config(model=default_choice("model", model))
         for key, value in keys.items():
             setattr(cfg.model, key, value)
-        cfg.trainer.max_epochs, cfg.trainer.device, cfg.trainer.seed = epochs, "cpu", seed
+        if data:
+            cfg.data = default_choice("data", data["name"])
+            for key, value in data.items():
+                if key != "name":
+                    setattr(cfg.data, key, str(scratch / value) if key == "path" else value)
+        cfg.trainer.max_epochs, cfg.trainer.device, cfg.trainer.seed = epochs, device, seed
         cfg.optimizer.lr = lr
         cfg.outputs.progress = False
         if outputs_off:
@@ -145,23 +170,25 @@ def best_losses_api(out: Path, k: int) -> dict[tuple[str, str], float]:
 # --- the benchmark ----------------------------------------------------------------------------------------------
 
 def bench_case(workload: str, k: int, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    kinds = ["basic", "fused"] + (["fused-no-outputs"] if args.outputs_off else [])
+    kinds = ["basic", "fused"] + (["fused-no-outputs"] if args.outputs_off else []) + (["one"] if args.one else [])
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
     worst = 0.0
     for rep in range(args.repeats):
         losses = {}
         for kind in kinds:
             out = scratch / f"{workload}-{k}-{kind}-{rep}"
-            launcher = "basic" if kind == "basic" else "fused"
+            launcher = "fused" if kind.startswith("fused") else "basic"
             extra = OUTPUTS_OFF if kind == "fused-no-outputs" else []
+            jobs_here = 1 if kind == "one" else k  # "one": the sweep's first job alone, for "K jobs in x times one"
             if args.via == "cli":
-                times[kind].append(sweep_cli(launcher, k, overrides(workload, args.epochs, extra), out, args.max_group,
-                                             args.threads))
+                common = overrides(workload, args.epochs, extra, args.device, scratch)
+                times[kind].append(sweep_cli(launcher, jobs_here, common, out, args.max_group, args.threads))
                 losses[kind] = best_losses_cli(out)
             else:
-                configs = configs_api(k, workload, args.epochs, kind == "fused-no-outputs")
+                configs = configs_api(jobs_here, workload, args.epochs, kind == "fused-no-outputs", args.device,
+                                      scratch)
                 times[kind].append(sweep_api(launcher, configs, out, args.max_group))
-                losses[kind] = best_losses_api(out, k)
+                losses[kind] = best_losses_api(out, jobs_here)
             shutil.rmtree(out, ignore_errors=True)
         for key, basic in losses["basic"].items():
             fused = losses["fused"][key]
@@ -176,13 +203,15 @@ def bench_case(workload: str, k: int, args: argparse.Namespace, scratch: Path) -
     if args.outputs_off:
         row["outputs_share_of_fused"] = round(1 - statistics.median(times["fused-no-outputs"]) /
                                               statistics.median(times["fused"]), 3)
+    if args.one:  # the GPU target: K fused jobs in at most 1.6x the time of one
+        row["fused_over_one"] = round(statistics.median(times["fused"]) / statistics.median(times["one"]), 2)
     return row
 
 
 def warm_up(args: argparse.Namespace, scratch: Path) -> None:
     """Imports, the meta-device memory estimate's first use, the page cache: paid once, before any timing."""
     if args.via == "api":
-        sweep_api("fused", configs_api(2, "dense", 1, False), scratch / "warm", args.max_group)
+        sweep_api("fused", configs_api(2, "dense", 1, False, args.device), scratch / "warm", args.max_group)
         shutil.rmtree(scratch / "warm", ignore_errors=True)
 
 
@@ -190,7 +219,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", default="4,16,64", help="sweep sizes K (comma-separated)")
     parser.add_argument("--workloads", default="dense,conv",
-                        help="dense (dense_ae), conv (conv_ae), small (dense_ae 64-64-8), comma-separated")
+                        help="dense (dense_ae), conv (conv_ae), small (dense_ae 64-64-8), mnist (dense_ae on "
+                             "MNIST-shaped data, batch 256), comma-separated")
+    parser.add_argument("--device", default="cpu", help="trainer.device of every job (cpu, cuda)")
+    parser.add_argument("--one", action="store_true", help="also time the sweep's first job alone: the fused sweep's "
+                                                           "time over it (the GPU target: 16 jobs in <= 1.6x one)")
     parser.add_argument("--epochs", type=int, default=20, help="epochs per job (aetrain's default is 200)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved basic/fused pairs per case")
     parser.add_argument("--max-group", type=int, default=64, help="hydra.launcher.max_group")
@@ -210,19 +243,24 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="aetrain-sweep-bench-") as tmp:
         scratch = Path(tmp)
+        make_data(args.workloads.split(","), scratch)
         warm_up(args, scratch)
         for workload in args.workloads.split(","):
             for k in (int(k) for k in args.jobs.split(",")):
                 rows.append(bench_case(workload, k, args, scratch))
-    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-                         f"{torch.__version__}, {torch.get_num_threads()} threads", "via": args.via, "results": rows}
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else \
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    report = {"machine": f"{device}, torch {torch.__version__}", "via": args.via, "results": rows}
     print(f"{'workload':8} {'K':>3} {'epochs':>6} {'basic s':>9} {'fused s':>9} {'ratio':>6}  ratios  "
-          f"max rel diff of best val/loss" + ("  outputs' share of fused" if args.outputs_off else ""))
+          f"max rel diff of best val/loss" + ("  outputs' share of fused" if args.outputs_off else "")
+          + ("  fused / one job" if args.one else ""))
     for r in rows:
         line = (f"{r['workload']:8} {r['jobs']:>3} {r['epochs']:>6} {r['basic_s']:>9.1f} {r['fused_s']:>9.1f} "
                 f"{r['ratio']:>6.2f}  {r['ratios']}  {r['max_rel_diff_best_val_loss']:.2g}")
         if args.outputs_off:
             line += f"  {r['outputs_share_of_fused']:.0%}"
+        if args.one:
+            line += f"  {r['fused_over_one']:.2f}x"
         print(line)
     print(report["machine"])
     if args.json:
