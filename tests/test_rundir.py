@@ -268,6 +268,18 @@ def test_status_reads_summaries_old_and_new() -> None:
     assert f"{Status.DIVERGED}" == "diverged" and json.dumps({"s": Status.OK}) == '{"s": "ok"}'
 
 
+def test_a_sweeps_jobs_are_found_up_to_three_levels_down_and_numbered_dirs_without_a_record(tmp_path: Path) -> None:
+    from aetrain.rundir import job_dirs
+
+    for job in ("0", "lr=0.1/seed=1", "a/b/c", "a/b/c/d"):  # hydra.sweep.subdir may nest; four levels is too deep
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text("[]\n")
+    (tmp_path / "1").mkdir()  # a job that ended before it wrote anything
+    (tmp_path / "notes").mkdir()  # neither
+    assert job_dirs(tmp_path) == [tmp_path / d for d in ("0", "1", "a/b/c", "lr=0.1/seed=1")]
+    assert job_dirs(tmp_path / "missing") == []
+
+
 def test_a_dir_that_holds_a_run_or_a_range_test_is_refused_naming_it(tmp_path: Path) -> None:
     from aetrain.rundir import RunDir, RunDirTaken
 

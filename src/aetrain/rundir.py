@@ -262,6 +262,17 @@ def fused_group(summary: dict[str, Any]) -> str | None:
     return None if group is None or isinstance(group, (dict, list)) else str(group)
 
 
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The run dirs of a sweep's jobs, sorted: every dir with a `.hydra/overrides.yaml` up to three levels down
+    (wherever hydra.sweep.subdir put it), and numbered dirs without one (a job that ended before it wrote
+    anything). Not deeper: a sweep dir pointed at a big tree must not be searched to the bottom. One walk for
+    the sweep's summary (`aetrain.commands.sweep`), its resume and its report page (`aetrain.report`)."""
+    found = {p.parent.parent for depth in (1, 2, 3) for p in sweep_dir.glob("*/" * depth + f"{HYDRA}/overrides.yaml")}
+    if sweep_dir.is_dir():
+        found |= {p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+    return sorted(found)
+
+
 class Status(str, Enum):
     """How a run stands or ended: one vocabulary for the engine, summary.json, the sweep table and the doctor."""
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from aetrain.atomic import write_atomic
 from aetrain.errors import ConfigError
-from aetrain.rundir import CHECKPOINTS, HYDRA, LAST, METRICS, RunDir, Status, fused_group, read_metrics
+from aetrain.rundir import CHECKPOINTS, HYDRA, LAST, METRICS, RunDir, Status, fused_group, job_dirs, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +129,6 @@ def _one_line(text: str) -> str:
 
 
 # --- the whole sweep -------------------------------------------------------------------------
-
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The run dirs of a sweep's jobs: every dir with a `.hydra/` up to three levels down (wherever
-    hydra.sweep.subdir put it), and numbered dirs without one (a job that ended before it wrote
-    anything). Not deeper: a sweep dir pointed at a big tree must not be searched to the bottom."""
-    found = {p.parent.parent for depth in (1, 2, 3)
-             for p in sweep_dir.glob("*/" * depth + ".hydra/overrides.yaml")}
-    if sweep_dir.is_dir():
-        found |= {p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()}
-    return sorted(found)
-
 
 def collect(sweep_dir: Path) -> list[JobResult]:
     """Every job of the sweep, best objective first; failed jobs (and jobs without one) last, by number."""
