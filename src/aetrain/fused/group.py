@@ -13,10 +13,11 @@ that does not fit is split into groups that do before anything is written. A gro
 step (tried before anything is written, `FusedEngine.trial`) runs out of memory anyway is halved,
 and each half trained in turn; one log line says so.
 
-Resume (`resume=True`): each member whose run dir holds a finished run is done already (its result
-is read from its summary.json); one with a `last.pt` continues from it (as `trainer.resume=<its
-dir>` would continue it alone); one without starts again (what an attempt that saved no checkpoint
-left is cleared first: `rundirs.start_over`). Members resumed at different points
+Resume (`resume=True`), by the rule a plain launcher's job follows too (`aetrain.rundir.prepare_resume`):
+each member whose run dir holds a finished run is done already (its result is read from its
+summary.json); one with a `last.pt` continues from it (as `trainer.resume=<its dir>` would continue it
+alone); one without starts again (what an attempt that saved no checkpoint left is cleared first); one a
+live process trains in fails alone. Members resumed at different points
 (one was continued alone meanwhile) train in groups by their point.
 """
 
@@ -42,7 +43,7 @@ from aetrain.fused.build import GroupTooLarge, build_members, is_out_of_memory, 
 from aetrain.fused.engine import FusedEngine, Member
 from aetrain.fused.grouping import split
 from aetrain.fused.net import RngState
-from aetrain.rundir import RunDir, read_summary
+from aetrain.rundir import CONTINUE, FINISHED, RunDir, prepare_resume, read_summary
 from aetrain.train.engine import Callback
 from aetrain.train.graphs import build_step
 from aetrain.train.outputs.console import final_table
@@ -91,19 +92,19 @@ def train_group(configs: Sequence[Config], run_dirs: Sequence[Path], *,
         for k, (cfg, run_dir) in enumerate(zip(configs, run_dirs)):
             started = run_dir.is_dir()  # (a member that never started just starts: nothing to say)
             try:
-                with context(k):
-                    what = rundirs.prepare_resume(run_dir)
+                with context(k):  # (the launcher lays the members out in the sweep's dir: the dir above theirs)
+                    what = prepare_resume(run_dir.parent, run_dir)
             except AetrainError as e:  # a live process trains there: this member fails alone
                 results[k] = _failed(run_dir, e, group, context(k))
                 continue
-            if what == "finished":
+            if what == FINISHED:
                 results[k] = _skipped(run_dir, group)
                 kept.append(run_dir.name)
                 with context(k):
                     log.info("%s already finished: nothing to resume", run_dir)
             else:
-                cfg.trainer.resume = str(run_dir) if what == "continue" else None
-                (continued if what == "continue" else again if started else []).append(run_dir.name)
+                cfg.trainer.resume = str(run_dir) if what == CONTINUE else None
+                (continued if what == CONTINUE else again if started else []).append(run_dir.name)
                 todo.append(k)
         if kept:
             log.info("fused group %s: %s finished before: kept", group, ", ".join(kept))

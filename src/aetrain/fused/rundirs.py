@@ -3,8 +3,9 @@
 RunDir holds the lifecycle every run shares (the claim while training, refusing a dir that holds a
 run, summary.json, its status); this module adds, for one member, what `aetrain.commands.train.run`
 does around its engine (the checks before anything is written, split.json, `trainer.init_from`, the
-callbacks a run gets, its restored state, the final table) and what only a resumed fused sweep does
-(`prepare_resume`: keep a finished job, continue one from its last.pt, or clear a first attempt).
+callbacks a run gets, its restored state, the final table). What a resumed sweep does with a member (keep
+it, continue it from its last.pt, or clear a first attempt) is `aetrain.rundir.prepare_resume`, as for a job
+of the plain launcher.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from aetrain import checkpoint as checkpoints
 from aetrain.atomic import write_atomic
 from aetrain.config import Config
-from aetrain.rundir import LAST, SPLIT, RunDir, checkpoint_dir, own_run_dir
+from aetrain.rundir import SPLIT, RunDir, own_run_dir
 from aetrain.train import checkpoint
 from aetrain.train.callbacks import Checkpointer, EarlyStopping
 from aetrain.train.engine import Callback, Engine, Parts
@@ -35,37 +36,6 @@ class MemberDir:
     path: Path
     ckpt: dict[str, Any] | None = None  # the checkpoint it continues from (a resume), else None
     history: list[dict[str, Any]] = field(default_factory=list)  # the epochs before that checkpoint
-
-
-def finished(run_dir: Path) -> bool:
-    """Whether the run in `run_dir` ended as a result (ok, stopped early): a resume has nothing to train there."""
-    status = RunDir(run_dir).status()
-    return status is not None and status.is_result
-
-
-def resumable(run_dir: Path) -> bool:
-    """Whether `run_dir` holds a checkpoint to continue from."""
-    return (checkpoint_dir(run_dir) / LAST).is_file()
-
-
-def prepare_resume(run_dir: Path) -> str:
-    """What a resumed sweep does with the job in `run_dir`: "finished" (kept), "continue" (from its last.pt), or
-    "start" (from the beginning; what an attempt without a checkpoint left is cleared first, see `start_over`)."""
-    if finished(run_dir):
-        return "finished"
-    if resumable(run_dir):
-        return "continue"
-    cleared = start_over(run_dir)
-    if cleared:
-        log.info("%s: no last.pt to continue from (its process ended in its first epoch, or it failed): starts "
-                 "again (cleared %s; train.log kept)", run_dir, ", ".join(cleared))
-    return "start"
-
-
-def start_over(run_dir: Path) -> list[str]:
-    """Before a resumed sweep trains a job again from its start in `run_dir` (not finished, no last.pt): clear what
-    that attempt wrote (`RunDir.start_over`: train.log stays; a dir a live process trains into is refused)."""
-    return RunDir(run_dir, key="hydra.sweep.dir").start_over()
 
 
 def open_dir(cfg: Config, out_dir: Path, parts: Parts) -> MemberDir:
