@@ -194,6 +194,20 @@ def test_a_broken_plugin_is_one_line_before_any_run_dir(cli, tmp_path: Path, bro
     assert_one_line_error(cli(f"plugins=[{plugin}]", "model=toy", *DIGITS), message)
 
 
+def test_a_model_lacking_a_method_is_named_alike_as_a_class_and_as_a_built_module() -> None:
+    from aetrain.models.custom import missing_methods
+
+    class NoDecode(torch.nn.Module):
+        def encode(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    contract = "; a model needs encode(x) -> z and decode(z) -> x_hat"
+    assert missing_methods(NoDecode) == missing_methods(NoDecode()) == f"{NoDecode.__qualname__} has no method " \
+        f"decode{contract}"
+    assert missing_methods(torch.nn.Linear(1, 1)) == f"Linear has no method encode or decode{contract}"
+    assert missing_methods(type("Both", (NoDecode,), {"decode": lambda self, z: z})) == ""
+
+
 def test_fit_raises_the_cli_s_error_and_writes_nothing(tmp_path: Path, cli) -> None:
     plugin = toy_plugin(tmp_path, broken="Toy.encode = lambda self, x: self.enc(x)[:, :3]")
     forget_hydra_state()

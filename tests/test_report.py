@@ -416,7 +416,23 @@ def test_the_config_differences_name_the_plugins_a_run_imported() -> None:
 
 
 def test_the_report_cuts_labelled_grids_where_the_trainer_draws_them() -> None:
-    from aetrain.report.figures import LABELLED
-    from aetrain.train.outputs.plots import HEADER_PX, MARGIN, PAD
+    import io
 
-    assert LABELLED == (HEADER_PX, MARGIN - PAD)  # the report sits below the trainer: it keeps its own copy
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from aetrain.report.figures import grid_rows
+    from aetrain.train.outputs.plots import PAD, encode_png, label_width, labelled_grid
+
+    names = ["input", "output"]
+    shades = (0, 128)  # a black row and a grey one of three 5 x 4 tiles, drawn at zoom 2 (10 x 8 pixels)
+    picture = labelled_grid([torch.full((3, 1, 5, 4), s / 255) for s in shades], 2, names=names, title="epoch 003")
+    cut = grid_rows(encode_png(picture), 10)
+    assert cut is not None and len(cut) == 2
+    left = label_width(names) + PAD  # the first tile's left edge; the row's name is kept on its left
+    for shade, png in zip(shades, cut):  # each row whole: its tiles between PAD white lines above and below
+        row = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+        assert row.shape == (10 + 2 * PAD, picture.shape[1], 3)
+        assert (row[PAD:-PAD, left:left + 8] == shade).all()
+        assert (row[:PAD, left:left + 8] == 255).all() and (row[-PAD:, left:left + 8] == 255).all()

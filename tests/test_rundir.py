@@ -268,6 +268,40 @@ def test_status_reads_summaries_old_and_new() -> None:
     assert f"{Status.DIVERGED}" == "diverged" and json.dumps({"s": Status.OK}) == '{"s": "ok"}'
 
 
+def test_a_sweeps_jobs_are_found_up_to_three_levels_down_and_numbered_dirs_without_a_record(tmp_path: Path) -> None:
+    from aetrain.rundir import job_dirs
+
+    for job in ("0", "lr=0.1/seed=1", "a/b/c", "a/b/c/d"):  # hydra.sweep.subdir may nest; four levels is too deep
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text("[]\n")
+    (tmp_path / "1").mkdir()  # a job that ended before it wrote anything
+    (tmp_path / "notes").mkdir()  # neither
+    assert job_dirs(tmp_path) == [tmp_path / d for d in ("0", "1", "a/b/c", "lr=0.1/seed=1")]
+    assert job_dirs(tmp_path / "missing") == []
+
+
+def test_resuming_a_sweep_keeps_continues_or_starts_each_job_and_refuses_one_still_training(tmp_path: Path) -> None:
+    from aetrain.rundir import CONTINUE, FINISHED, START, RunDir, RunDirInUse, prepare_resume, resuming
+
+    jobs = {name: tmp_path / name for name in ("done", "stopped", "killed", "never")}
+    for name, summary in (("done", {"status": "ok", "ended": "stopped_early"}),
+                          ("stopped", {"status": "failed", "ended": "interrupted"}),
+                          ("killed", {"status": "running", "ended": None})):  # kill -9 in its first epoch
+        (jobs[name] / "checkpoints").mkdir(parents=True)
+        (jobs[name] / "summary.json").write_text(json.dumps(summary))
+        (jobs[name] / "train.log").write_text("the first attempt\n")
+    (jobs["stopped"] / "checkpoints" / "last.pt").write_bytes(b"")
+    assert [resuming(tmp_path, d) for d in jobs.values()] == [FINISHED, CONTINUE, START, START]
+    assert sorted(p.name for p in jobs["killed"].iterdir()) == ["checkpoints", "summary.json", "train.log"]  # looked
+    assert [prepare_resume(tmp_path, d) for d in jobs.values()] == [FINISHED, CONTINUE, START, START]
+    assert [p.name for p in jobs["killed"].iterdir()] == ["train.log"]  # the attempt cleared, its log kept
+    assert sorted(p.name for p in jobs["done"].iterdir()) == ["checkpoints", "summary.json", "train.log"]
+    with RunDir(jobs["stopped"]).claimed(), pytest.raises(RunDirInUse) as refused:  # that sweep still runs
+        resuming(tmp_path, jobs["stopped"])
+    assert str(refused.value).startswith(f"hydra.sweep.dir={tmp_path}: {jobs['stopped']} is in use by another "
+                                         "aetrain process (pid ")
+
+
 def test_a_dir_that_holds_a_run_or_a_range_test_is_refused_naming_it(tmp_path: Path) -> None:
     from aetrain.rundir import RunDir, RunDirTaken
 

@@ -9,19 +9,28 @@ Grid geometry (what tests and README rely on): `make_grid` with `PAD` pixels of 
 and around tiles, one row per kind of image and one column per sample, each tile enlarged by
 `zoom` with nearest neighbour so small images such as 8x8 digits stay crisp. A grid of n samples,
 k rows and tiles of h x w pixels is therefore (k * (h * zoom + PAD) + PAD) x (n * (w * zoom + PAD) + PAD)
-pixels.
+pixels. A labelled grid (`aetrain.train.outputs.plots.labelled_grid`) has HEADER_PX of title line above
+it and MARGIN - PAD of white below it (`LABELLED`): the report cuts the trainer's grids into their rows by
+these numbers, so both read them here.
+
+Torch is imported when a grid is first drawn, so the report, which reads pictures and draws none, imports none.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 PAD = 2  # pixels of white between grid tiles and around the grid
+HEADER_PX = 28  # the title line above a labelled grid
+MARGIN = 8  # pixels of white around a labelled grid's text and tiles (PAD of it inside the grid's own frame)
+LABELLED = (HEADER_PX, MARGIN - PAD)  # pixels above and below a labelled grid's tiles' frame
 TRAIN, VAL = "#1f77b4", "#d62728"  # the same two colours in every picture: blue train, red validation
 
 
@@ -49,6 +58,7 @@ def grid_size(num_samples: int, num_rows: int, shape: Sequence[int], zoom: int) 
 
 def image_grid(rows: Sequence[torch.Tensor], zoom: int) -> np.ndarray:
     """One row per tensor (n, C, H, W) of display values in [0, 1] -> (H', W', 3) uint8 with white gaps."""
+    import torch
     from torchvision.utils import make_grid
 
     n = rows[0].shape[0]

@@ -16,6 +16,10 @@ A run dir's life (each step exists once, here):
 - `write_summary()`: summary.json, atomically; its `status` and `ended` say a `Status`;
 - `record_failure(error)`: a run (a sweep's job) that failed says why in summary.json;
 - `release()`: a run that ended before writing anything leaves no dir behind.
+
+A sweep's dir: `job_dirs` finds its jobs; `resuming` / `prepare_resume` say what hydra.launcher.resume=true
+does with each (kept, continued, started again, or refused while a live process trains there), under either
+launcher.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import logging
 import math
 import os
 import shutil
@@ -46,6 +51,8 @@ try:
     import fcntl
 except ImportError:  # not POSIX: the lock file's existence is the claim
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
@@ -260,6 +267,17 @@ def fused_group(summary: dict[str, Any]) -> str | None:
     if isinstance(group, dict):
         group = group.get("id", group.get("name"))
     return None if group is None or isinstance(group, (dict, list)) else str(group)
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The run dirs of a sweep's jobs, sorted: every dir with a `.hydra/overrides.yaml` up to three levels down
+    (wherever hydra.sweep.subdir put it), and numbered dirs without one (a job that ended before it wrote
+    anything). Not deeper: a sweep dir pointed at a big tree must not be searched to the bottom. One walk for
+    the sweep's summary (`aetrain.commands.sweep`), its resume and its report page (`aetrain.report`)."""
+    found = {p.parent.parent for depth in (1, 2, 3) for p in sweep_dir.glob("*/" * depth + f"{HYDRA}/overrides.yaml")}
+    if sweep_dir.is_dir():
+        found |= {p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()}
+    return sorted(found)
 
 
 class Status(str, Enum):
@@ -691,6 +709,45 @@ class RunDir:
         summary = self.summary()
         summary.update(status=Status.FAILED.outcome, error=error)
         self.write_summary(summary, final=True)
+
+
+# --- resuming a sweep ------------------------------------------------------------------------
+
+FINISHED, CONTINUE, START = "finished", "continue", "start"  # what resuming a sweep does with one of its jobs
+
+
+def resuming(sweep_dir: Path, run_dir: Path) -> str:
+    """What resuming the sweep in `sweep_dir` (hydra.launcher.resume=true, under hydra/launcher=plain or fused) does
+    with its job in `run_dir`: the one rule both launchers follow (README, "Finishing an interrupted sweep").
+    Only looks: a launcher asks it of every job before any runs, so a refusal comes before anything is touched.
+
+    - RunDirInUse (one line) when a live process trains there: that sweep is still running;
+    - FINISHED: it ended ok or stopped early: its result is kept, not trained again, its dir not touched;
+    - CONTINUE: it has a last.pt (interrupted, killed after its first checkpoint, failed or diverged with one):
+      continued from it, exactly as trainer.resume would;
+    - START: it never started, or its attempt saved no checkpoint: it starts again in its dir, once
+      `prepare_resume` has cleared what that attempt wrote."""
+    job = RunDir(run_dir, key="hydra.sweep.dir")
+    holder = job.in_use()
+    if holder is not None:
+        raise RunDirInUse(f"hydra.sweep.dir={sweep_dir}: {run_dir} is in use by another aetrain process ({holder}): "
+                          "wait for that sweep to end before resuming it")
+    status = job.status()
+    if status is not None and status.is_result:
+        return FINISHED
+    return CONTINUE if (checkpoint_dir(run_dir) / LAST).is_file() else START
+
+
+def prepare_resume(sweep_dir: Path, run_dir: Path) -> str:
+    """`resuming`, acted on as the job's turn comes: a job that starts again has what its attempt wrote cleared
+    first (`RunDir.start_over`: train.log kept, a line in it says what went)."""
+    what = resuming(sweep_dir, run_dir)
+    if what == START:
+        cleared = RunDir(run_dir, key="hydra.sweep.dir").start_over()
+        if cleared:
+            log.info("%s: no last.pt to continue from (its process ended before its first checkpoint, or it failed): "
+                     "starts again (cleared %s; train.log kept)", run_dir, ", ".join(cleared))
+    return what
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -27,9 +27,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aetrain.cli.errors import exit_with
 from aetrain.cli.overrides import given, hydra_quoted, override_key
-from aetrain.commands.sweep import JobResult, claim, prepare_resume, refuse_resume, summarize, table, write_report_page
+from aetrain.commands.sweep import JobResult, claim, refuse_resume, summarize, table, write_report_page
 from aetrain.errors import AetrainError, ConfigError, Interrupted
-from aetrain.rundir import RunDir
+from aetrain.rundir import RunDir, prepare_resume
 
 PLAIN = "hydra_plugins.aetrain_plain.plain_launcher.PlainLauncher"  # the launcher that takes hydra.launcher.resume
 
@@ -190,10 +190,10 @@ def _check_resumable(config: DictConfig) -> None:
 
 def resume_job(hc: Any, run_dir: Path) -> str | None:
     """In a job of a sweep resumed with hydra.launcher.resume=true (`hc`: its Hydra config), what becomes of it
-    (`aetrain.commands.sweep.prepare_resume`); None in any other job."""
+    (`aetrain.rundir.prepare_resume`, as under hydra/launcher=fused); None in any other job."""
     if OmegaConf.select(hc, "launcher.resume", default=False) is not True:
         return None
-    return prepare_resume(run_dir)
+    return prepare_resume(Path(hc.sweep.dir), run_dir)
 
 
 def _route_optuna_logs() -> None:

@@ -51,10 +51,9 @@ from aetrain.cli.overrides import (
 )
 from aetrain.cli.schema import register_configs, to_config
 from aetrain.commands import Command
-from aetrain.commands.sweep import CONTINUE, FINISHED
 from aetrain.config import validate
 from aetrain.errors import AetrainError, ConfigError, Interrupted
-from aetrain.rundir import Invocation, RunDir, cannot_create
+from aetrain.rundir import CONTINUE, FINISHED, Invocation, RunDir, cannot_create
 
 _allocated: list[RunDir] = []  # the default run dirs this process allocated: released on a Ctrl-C during start-up
 

@@ -8,8 +8,9 @@ call it.
   writes `sweep_summary.csv`, `sweep_objective.png` and `sweep_curves.png`;
 - `table(results, sweep_dir)`: the console table, as text;
 - `claim(sweep_dir)`: a sweep's dir, held by its marker (two sweeps never share a dir);
-- `refuse_resume`, `refuse_resume_jobs`, `prepare_resume(run_dir)`: finishing an interrupted sweep in its dir
-  (`hydra.launcher.resume=true`): whether it may be, and what becomes of each job (kept, continued, started);
+- `refuse_resume`, `refuse_resume_jobs`: finishing an interrupted sweep in its dir (`hydra.launcher.resume=true`):
+  whether it may be (what becomes of each job, kept, continued or started, is `aetrain.rundir.prepare_resume`,
+  the rule both launchers follow);
 - `summarize_dir(sweep_dir)`: the `aetrain sweep` command.
 
 A job's results come from its run dir: `summary.json` when the run wrote one, else `metrics.csv`
@@ -31,7 +32,7 @@ from typing import Any
 
 from aetrain.atomic import write_atomic
 from aetrain.errors import ConfigError
-from aetrain.rundir import CHECKPOINTS, HYDRA, LAST, METRICS, RunDir, Status, fused_group, read_metrics
+from aetrain.rundir import HYDRA, METRICS, RunDir, Status, fused_group, job_dirs, read_metrics, resuming
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +130,6 @@ def _one_line(text: str) -> str:
 
 
 # --- the whole sweep -------------------------------------------------------------------------
-
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The run dirs of a sweep's jobs: every dir with a `.hydra/` up to three levels down (wherever
-    hydra.sweep.subdir put it), and numbered dirs without one (a job that ended before it wrote
-    anything). Not deeper: a sweep dir pointed at a big tree must not be searched to the bottom."""
-    found = {p.parent.parent for depth in (1, 2, 3)
-             for p in sweep_dir.glob("*/" * depth + ".hydra/overrides.yaml")}
-    if sweep_dir.is_dir():
-        found |= {p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()}
-    return sorted(found)
-
 
 def collect(sweep_dir: Path) -> list[JobResult]:
     """Every job of the sweep, best objective first; failed jobs (and jobs without one) last, by number."""
@@ -424,27 +414,6 @@ def plot_curves(results: list[JobResult], path: Path) -> None:
 
 # --- a sweep's dir ------------------------------------------------------------------------------
 
-FINISHED, CONTINUE, START = "finished", "continue", "start"  # what a resumed sweep does with a job
-
-
-def prepare_resume(run_dir: Path) -> str:
-    """What a resumed sweep does with the job in `run_dir`: FINISHED (its result is kept: it ended ok or stopped
-    early), CONTINUE (from its last.pt: interrupted, killed after its first checkpoint, or failed with one), or
-    START (from the beginning, in its dir: never started, or its attempt saved no checkpoint, whose files are
-    cleared first but for train.log: `RunDir.start_over`)."""
-    job = RunDir(run_dir)
-    status = job.status()
-    if status is not None and status.is_result:
-        return FINISHED
-    if (run_dir / CHECKPOINTS / LAST).is_file():
-        return CONTINUE
-    cleared = job.start_over()
-    if cleared:
-        log.info("%s: no last.pt to continue from (its process ended before its first checkpoint, or it failed): "
-                 "starts again (cleared %s; train.log kept)", run_dir, ", ".join(cleared))
-    return START
-
-
 def refuse_resume(sweep_dir: Path, overrides: list[str]) -> None:
     """Before a sweep is resumed in `sweep_dir` with the command line's `overrides` (Hydra's task overrides, the
     swept ones among them): ConfigError when the dir holds no sweep, or one started with other overrides (its
@@ -469,23 +438,19 @@ def refuse_resume(sweep_dir: Path, overrides: list[str]) -> None:
 def refuse_resume_jobs(sweep_dir: Path, jobs: list[tuple[Path, list[str]]]) -> None:
     """Before the jobs of a resumed sweep run (`jobs`: each one's run dir and overrides, in job order): ConfigError
     when a job dir there holds a run of other overrides, or a job this sweep does not have, or when a live
-    process trains in one of them (the sweep is still running). Nothing is touched."""
+    process trains in one of them (the sweep is still running: `aetrain.rundir.resuming`). Nothing is touched."""
     mine = {d.resolve() for d, _ in jobs}
     for run_dir, overrides in jobs:
-        if not (run_dir / HYDRA / "overrides.yaml").is_file():
-            continue  # never started, or ended before it recorded what it ran
-        try:
-            ran = RunDir(run_dir).saved_overrides(latest=False)
-        except ConfigError:
-            ran = None
-        if ran != list(overrides):
-            raise ConfigError(f"hydra.sweep.dir={sweep_dir}: {run_dir.name} ran {' '.join(ran or ['?'])}, not this "
-                              f"sweep's job {' '.join(overrides)}: resume a sweep with the command line it was "
-                              "started with")
-        holder = RunDir(run_dir).in_use()
-        if holder is not None:
-            raise ConfigError(f"hydra.sweep.dir={sweep_dir}: {run_dir} is in use by another aetrain process "
-                              f"({holder}): wait for that sweep to end before resuming it")
+        if (run_dir / HYDRA / "overrides.yaml").is_file():  # else never started, or ended before it recorded what ran
+            try:
+                ran = RunDir(run_dir).saved_overrides(latest=False)
+            except ConfigError:
+                ran = None
+            if ran != list(overrides):
+                raise ConfigError(f"hydra.sweep.dir={sweep_dir}: {run_dir.name} ran {' '.join(ran or ['?'])}, not "
+                                  f"this sweep's job {' '.join(overrides)}: resume a sweep with the command line it "
+                                  "was started with")
+        resuming(sweep_dir, run_dir)  # refused while a live process trains there
     extra = [d for d in job_dirs(sweep_dir) if d.resolve() not in mine]
     if extra:
         raise ConfigError(f"hydra.sweep.dir={sweep_dir} holds job {extra[0].name}, which this sweep does not have: "

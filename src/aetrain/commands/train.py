@@ -19,42 +19,30 @@ line; only rank 0 (`world.is_main`) gets the outputs and writes the run dir.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import math
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from aetrain import checkpoint as checkpoints
 from aetrain import launch
-from aetrain.atomic import write_atomic
 from aetrain.config import Config, validate
 from aetrain.data import build_data
 from aetrain.device import resolve_device
 from aetrain.errors import AetrainError, Interrupted, ProcessLost, WriteError, one_line
 from aetrain.models import FAMILIES
-from aetrain.rundir import HYDRA, LAST, SPLIT, Invocation, RunDir, RunDirTaken, checkpoint_dir, own_run_dir
-from aetrain.train import checkpoint, distributed
-from aetrain.train.callbacks import Checkpointer, EarlyStopping, ReplicaCheck
+from aetrain.rundir import HYDRA, LAST, Invocation, RunDir, RunDirTaken, checkpoint_dir
+from aetrain.train import distributed
 from aetrain.train.diagnostics import build_probe
 from aetrain.train.distributed import World
 from aetrain.train.engine import NONFINITE, Callback, Engine, Parts, accumulation_windows
 from aetrain.train.graphs import COMPILE_MODES, build_step, graphs_policy
 from aetrain.train.memory import check_fits
 from aetrain.train.optim import build_optimizer, build_schedule
-from aetrain.train.outputs import build_outputs
 from aetrain.train.outputs.console import final_table
 from aetrain.train.precision import Precision, build_clip, trainable
-from aetrain.train.runs import (
-    earlier_epochs,
-    long_lived_objects_frozen,
-    seed_everything,
-    start_from_weights,
-    warn_if_code_is_as_wide_as_the_input,
-)
+from aetrain.train.runs import build_engine, long_lived_objects_frozen, open_run, seed_everything, start_run
 from aetrain.train.signals import Interrupt
 from aetrain.train.step import GradientProbe, TrainStep
 from aetrain.train.threads import set_num_threads
@@ -209,52 +197,13 @@ def run(cfg: Config, out_dir: Path, *, callbacks: Sequence[Callback] = (), world
     """
     world = world or World()
     parts = build_parts(cfg, world)
-    t = cfg.trainer
-    with world.agreement():
-        ckpt = checkpoints.load(t.resume) if t.resume else None
-        previous = own_run_dir(t.resume, ckpt.get("run_id")) if ckpt is not None else None
-        if previous is not None and invocation is not None:  # composed from the run's overrides (the CLI's resume):
-            RunDir(previous).refuse_edits(dataclasses.asdict(cfg), invocation.overrides)  # before what they imply
-        if ckpt is not None:
-            checkpoint.check_resumable(cfg, ckpt, parts.data.spec, per_step_schedule=parts.schedule.per_step,
-                                       fingerprint=parts.data.fingerprint, world_size=world.size)
-        behind = checkpoints.behind_its_run(ckpt, previous) if previous is not None else None
-        in_place = previous is not None and previous.resolve() == out_dir.resolve()
-        if in_place and behind:
-            raise RunDirTaken(f"trainer.resume={t.resume} holds {behind[0]}, and its run went on to {behind[1]} "
-                              f"(its last.pt): continuing it in {out_dir} would overwrite what came after; leave out "
-                              f"hydra.run.dir to continue it in a new run dir (or name a new one), or continue the "
-                              f"run from its newest with trainer.resume={previous}")
-        if not in_place:
-            RunDir(out_dir).refuse_taken()  # a fresh run (or a continuation elsewhere) never writes over another
-        history = earlier_epochs(previous, ckpt) if ckpt is not None else []
-        if ckpt is None and t.init_from:  # weights only: the optimizer, schedule and counters were built fresh
-            start_from_weights(parts, t.init_from)
-    if ckpt is not None and previous is None:
-        log.info("%s is not in the run dir it was written in: continuing it in %s without its earlier epochs' "
-                 "metrics; the folder it is kept in is left alone", t.resume, out_dir)
-    elif behind:
-        log.info("%s holds %s, and its run went on to %s: continuing it in a new run dir, %s, with the metrics up to "
-                 "%s; %s is left as it is", t.resume, *behind, out_dir, behind[0], previous)
+    with world.agreement():  # the checks a fused member makes too (aetrain.train.runs), before anything is written
+        start = open_run(cfg, out_dir, parts, overrides=invocation.overrides if invocation is not None else None,
+                         world_size=world.size)
     if world.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(out_dir / SPLIT, parts.data.split.record(cfg.data))  # which samples validate: for the commands
-
-    # Steering on every process (their decisions agree); what writes, on the main process alone.
-    replicas = [ReplicaCheck(t.replica_check_every_n_steps)] if world.size > 1 and t.replica_check_every_n_steps else []
+        start_run(start, parts)
     recorded = [RecordInvocation(RunDir(out_dir), invocation)] if invocation is not None else []
-    outputs = [*recorded, *build_outputs(cfg.outputs, out_dir, diagnostics=cfg.diagnostics), *callbacks] \
-        if world.is_main else []
-    engine = Engine(parts, [
-        EarlyStopping(t.early_stopping_patience or math.inf),  # first: the Checkpointer must know an epoch is the last
-        *replicas,
-        Checkpointer(out_dir, every_n_steps=t.checkpoint_every_n_steps, top_k=t.save_top_k, writes=world.is_main),
-        *outputs,  # metrics.csv, console, pictures, tensorboard, diagnostics.csv, summary.json
-    ], nonfinite=NONFINITE.get(t.on_nonfinite)(), history=history, world=world, interrupt=interrupt or Interrupt())
-    if ckpt is not None:
-        checkpoint.restore(engine, ckpt)
-        log.info("resuming %s %s", t.resume, engine.where())  # the words of the interrupt that stopped it
-    warn_if_code_is_as_wide_as_the_input(cfg.model, parts.data.spec.shape)  # once the run is known to go ahead
+    engine = build_engine(start, parts, callbacks, recorded=recorded, world=world, interrupt=interrupt)
     last = checkpoint_dir(out_dir) / LAST
     aborted = False  # a second Ctrl-C: no final table (summary.json says how the run ended)
     with engine.interrupt.installed(), long_lived_objects_frozen():

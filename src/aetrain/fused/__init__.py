@@ -4,7 +4,8 @@
 - `net`: K same-shaped autoencoders as one batched network whose weights are the members' own;
 - `step`: the group's optimizer step (one batched forward/backward, each member's own update);
 - `engine`: the loop, driving each member's callbacks through a single run's `Engine`;
-- `build`, `rundirs`, `group`: the members' parts, their run dirs, and `train_group`, the entry point.
+- `build`, `group`: the members' parts, and `train_group`, the entry point (each member set up as a run is:
+  `aetrain.train.runs`).
 
 README, "Fused sweeps": which keys fuse, when fusing pays, exactness, fallback, interrupt and resume.
 """

@@ -3,8 +3,9 @@
 The in-process entry point of fused sweeps (the Hydra launcher `hydra/launcher=fused` calls it
 for each group it forms; tests and scripts call it directly). For K configs that
 `aetrain.fused.grouping` puts in one group and K run dirs, it does for every member what
-`aetrain.commands.train.run` does for a run (the checks before anything is written, the run dir's
-claim, split.json, the callbacks, a resume's restored state, the final table) and trains them
+`aetrain.commands.train.run` does for a run, by the same functions (`aetrain.train.runs`: the checks
+before anything is written, split.json, the callbacks, a resume's restored state; then the run dir's
+claim and the final table) and trains them
 together with `FusedEngine`. It returns each member's result; a member that failed (diverged, a
 checkpoint that could not be written, a resume that does not fit its config) failed alone.
 
@@ -13,10 +14,11 @@ that does not fit is split into groups that do before anything is written. A gro
 step (tried before anything is written, `FusedEngine.trial`) runs out of memory anyway is halved,
 and each half trained in turn; one log line says so.
 
-Resume (`resume=True`): each member whose run dir holds a finished run is done already (its result
-is read from its summary.json); one with a `last.pt` continues from it (as `trainer.resume=<its
-dir>` would continue it alone); one without starts again (what an attempt that saved no checkpoint
-left is cleared first: `rundirs.start_over`). Members resumed at different points
+Resume (`resume=True`), by the rule a plain launcher's job follows too (`aetrain.rundir.prepare_resume`):
+each member whose run dir holds a finished run is done already (its result is read from its
+summary.json); one with a `last.pt` continues from it (as `trainer.resume=<its dir>` would continue it
+alone); one without starts again (what an attempt that saved no checkpoint left is cleared first); one a
+live process trains in fails alone. Members resumed at different points
 (one was continued alone meanwhile) train in groups by their point.
 """
 
@@ -37,16 +39,15 @@ import torch
 from aetrain import checkpoint as checkpoints
 from aetrain.config import Config
 from aetrain.errors import AetrainError, Interrupted
-from aetrain.fused import rundirs
 from aetrain.fused.build import GroupTooLarge, build_members, is_out_of_memory, uses_member_streams
 from aetrain.fused.engine import FusedEngine, Member
 from aetrain.fused.grouping import split
 from aetrain.fused.net import RngState
-from aetrain.rundir import RunDir, read_summary
+from aetrain.rundir import CONTINUE, FINISHED, RunDir, prepare_resume, read_summary
 from aetrain.train.engine import Callback
 from aetrain.train.graphs import build_step
 from aetrain.train.outputs.console import final_table
-from aetrain.train.runs import long_lived_objects_frozen
+from aetrain.train.runs import RunStart, build_engine, long_lived_objects_frozen, open_run, start_run
 from aetrain.train.signals import Interrupt
 
 log = logging.getLogger(__name__)
@@ -91,19 +92,19 @@ def train_group(configs: Sequence[Config], run_dirs: Sequence[Path], *,
         for k, (cfg, run_dir) in enumerate(zip(configs, run_dirs)):
             started = run_dir.is_dir()  # (a member that never started just starts: nothing to say)
             try:
-                with context(k):
-                    what = rundirs.prepare_resume(run_dir)
+                with context(k):  # (the launcher lays the members out in the sweep's dir: the dir above theirs)
+                    what = prepare_resume(run_dir.parent, run_dir)
             except AetrainError as e:  # a live process trains there: this member fails alone
                 results[k] = _failed(run_dir, e, group, context(k))
                 continue
-            if what == "finished":
+            if what == FINISHED:
                 results[k] = _skipped(run_dir, group)
                 kept.append(run_dir.name)
                 with context(k):
                     log.info("%s already finished: nothing to resume", run_dir)
             else:
-                cfg.trainer.resume = str(run_dir) if what == "continue" else None
-                (continued if what == "continue" else again if started else []).append(run_dir.name)
+                cfg.trainer.resume = str(run_dir) if what == CONTINUE else None
+                (continued if what == CONTINUE else again if started else []).append(run_dir.name)
                 todo.append(k)
         if kept:
             log.info("fused group %s: %s finished before: kept", group, ", ".join(kept))
@@ -180,12 +181,12 @@ def _train_one(configs: Sequence[Config], run_dirs: Sequence[Path], callbacks: S
             raise _OutOfMemory(e) from None
         raise
     results: dict[int, MemberResult] = {}
-    opened: dict[int, rundirs.MemberDir] = {}
+    opened: dict[int, RunStart] = {}
     for k, parts in zip(members, built.parts):
         try:
-            with context(k):
-                opened[k] = rundirs.open_dir(configs[k], run_dirs[k], parts)
-        except AetrainError as e:  # this member's resume or run dir: it fails alone, before anything is written
+            with context(k):  # the checks a run makes (and its trainer.init_from), before anything is written
+                opened[k] = open_run(configs[k], run_dirs[k], parts, key="hydra.sweep.dir")
+        except AetrainError as e:  # its resume, run dir or init_from: it fails alone, before anything is written
             results[k] = _failed(run_dirs[k], e, group, context(k))
     interrupt = interrupt or Interrupt()
     with ExitStack() as stack:
@@ -203,10 +204,9 @@ def _train_one(configs: Sequence[Config], run_dirs: Sequence[Path], callbacks: S
         group_members = []
         for k in going:
             try:
-                with context(k):
-                    rundirs.initial_weights(opened[k], parts_of[k])
-                    engine = rundirs.engine(opened[k], parts_of[k], callbacks[k])
-            except AetrainError as e:  # its trainer.init_from, or a checkpoint that cannot be restored: alone
+                with context(k):  # the callbacks a run gets, then the member's own
+                    engine = build_engine(opened[k], parts_of[k], callbacks[k])
+            except AetrainError as e:  # a checkpoint that cannot be restored: alone
                 results[k] = _failed(run_dirs[k], e, group, context(k))
                 continue
             engine.interrupt = interrupt  # a member asking to stop (a callback, as the signal handler does) stops all
@@ -231,7 +231,7 @@ def _train_one(configs: Sequence[Config], run_dirs: Sequence[Path], callbacks: S
             raise
         for m in group_members:
             with context(m.index):
-                rundirs.start(opened[m.index], m.engine.parts)
+                start_run(opened[m.index], m.engine.parts)
         log.info("fused group %s: %d members train as one (%s on %s): %s", group, len(group_members),
                  first.cfg.model.name, first.data.spec.name, ", ".join(run_dirs[m.index].name for m in group_members))
         with interrupt.installed(), long_lived_objects_frozen():

@@ -45,6 +45,7 @@ from aetrain.plugins import PluginError, describe
 Builder = Callable[..., nn.Module]  # (cfg, shape, *, code_width) -> a module with encode and decode
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 CHECK_BATCH = 2  # samples in the batch the contract is checked on
+METHODS = ("encode", "decode")  # the methods the contract asks of a model of yours
 
 _origins: dict[str, str] = {}  # registered name -> where it was registered from (`_origin` of the builder)
 
@@ -69,10 +70,8 @@ def register_model(name: str, *, config: type[ModelConfig] = ModelConfig,
         if isinstance(build, type):
             if not issubclass(build, nn.Module):
                 raise PluginError(f"{where}: {build.__qualname__} is not a torch.nn.Module")
-            missing = [m for m in ("encode", "decode") if not callable(getattr(build, m, None))]
-            if missing:
-                raise PluginError(f"{where}: {build.__qualname__} has no method {' or '.join(missing)}; a model "
-                                  "needs encode(x) -> z and decode(z) -> x_hat")
+            if lacking := missing_methods(build):
+                raise PluginError(f"{where}: {lacking}")
         elif not callable(build):
             raise PluginError(f"{where}: decorate an nn.Module class or a function returning one")
         family, keys = _family(name, build, objective, where)
@@ -83,6 +82,18 @@ def register_model(name: str, *, config: type[ModelConfig] = ModelConfig,
         return build
 
     return register
+
+
+def missing_methods(model: type | nn.Module) -> str:
+    """What a model class of yours (at registration) or the module its builder returned (at build time) lacks of
+    the contract's methods, said as the end of a one-line error ("MyAE has no method decode; ..."); "" when it has
+    both."""
+    cls = model if isinstance(model, type) else type(model)
+    missing = [m for m in METHODS if not callable(getattr(model, m, None))]
+    if not missing:
+        return ""
+    return (f"{cls.__qualname__} has no method {' or '.join(missing)}; a model needs encode(x) -> z and "
+            "decode(z) -> x_hat")
 
 
 def _origin(build: Builder) -> str:
@@ -116,10 +127,8 @@ def _family(name: str, build: Builder, objective: Any, where: str) -> tuple[Fami
             raise ConfigError(f"model={name}: building it failed: {describe(e)}") from e
         if not isinstance(net, nn.Module):
             raise ConfigError(f"model={name}: its builder returned a {type(net).__name__}, not a torch.nn.Module")
-        missing = [m for m in ("encode", "decode") if not callable(getattr(net, m, None))]
-        if missing:
-            raise ConfigError(f"model={name}: {type(net).__qualname__} has no method {' or '.join(missing)}; a model "
-                              "needs encode(x) -> z and decode(z) -> x_hat")
+        if lacking := missing_methods(net):
+            raise ConfigError(f"model={name}: {lacking}")
         if torch.empty(()).device.type != "meta":  # building for the memory estimate: shapes are checked for real
             check_shapes(name, net, shape, code_width, cfg.latent_dim)
         model = cls(MethodView(net, "encode"), MethodView(net, "decode"), output, Scaling(spec.shift, spec.scale),

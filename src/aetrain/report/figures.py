@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from aetrain.drawing import LABELLED, PAD
 from aetrain.report.sweeps import SEED, Sweep, number, short
 
-PAD = 2  # pixels between the tiles of a reconstruction grid (aetrain.train.outputs.plots.PAD, README's geometry)
 BEST, OTHER, FAILED = "#2ca02c", "#1f77b4", "#d62728"
 
 
@@ -58,11 +58,6 @@ def compact_png(data: bytes, *, lossy: bool = False) -> bytes:
     return min(buffer.getvalue(), data, key=len)
 
 
-# a labelled grid (aetrain.train.outputs.plots.labelled_grid): the title line above it (HEADER_PX) and the white
-# margin below it (MARGIN - PAD), in pixels; its rows are cut with their names, on the left
-LABELLED = (28, 6)
-
-
 def grid_rows(png: bytes, tile_height: int) -> list[bytes] | None:
     """A reconstruction grid (README "Outputs to look at": one row of tiles per kind, `PAD` white pixels
     between and around them) cut into its rows, each with its padding above and below; None when the
@@ -72,7 +67,7 @@ def grid_rows(png: bytes, tile_height: int) -> list[bytes] | None:
     image = Image.open(io.BytesIO(png))
     if tile_height <= 0:
         return None
-    for above, below in ((0, 0), LABELLED):  # a bare grid, or one under its title line beside its row names
+    for above, below in ((0, 0), LABELLED):  # a bare grid, or a labelled one: its rows are cut with their names
         height = image.height - above - below
         if height > PAD and not (height - PAD) % (tile_height + PAD):
             break

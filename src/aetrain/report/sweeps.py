@@ -3,8 +3,8 @@ doctor found in several jobs, Optuna's progress and fused groups.
 
 Read from the files a sweep writes (README "Sweeps"): each job's run dir (as `aetrain.report.runs` reads a
 run), the sweep's `multirun.yaml` (the command as typed), and Optuna's `optimization_results.yaml`. The
-job discovery and each job's status follow `aetrain.cli.sweep` (`job_dirs`, `read_job`), re-read from the
-same files here so the page never needs the CLI.
+jobs' dirs are `aetrain.rundir.job_dirs` (the walk the sweep's summary takes); each job's status follows
+`aetrain.commands.sweep.read_job`, re-read from the same files here so the page never needs the commands.
 
 Seed-aware comparison: jobs whose overrides differ only in `trainer.seed` are one *setting*. A setting's
 objective is the mean ± sd (sample standard deviation) over its seeds; a setting is *within the seed spread*
@@ -25,7 +25,7 @@ import yaml
 
 from aetrain.doctor import Finding
 from aetrain.report.runs import Doctor, Run, doctor, lock_holder, read_run
-from aetrain.rundir import HYDRA, fused_group
+from aetrain.rundir import HYDRA, fused_group, job_dirs
 
 SEED = "trainer.seed"
 SWEEP_MARKER = ".aetrain-sweep"  # aetrain.cli.sweep.MARKER: created when a sweep starts
@@ -112,16 +112,6 @@ def is_sweep_dir(path: Path) -> bool:
     """A dir a sweep ran in: Hydra's multirun.yaml, aetrain's marker or summary (a folder that merely holds
     runs is not one)."""
     return any((path / name).is_file() for name in (MULTIRUN, SWEEP_MARKER, SWEEP_SUMMARY))
-
-
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The run dirs of a sweep's jobs, as aetrain.cli.sweep.job_dirs finds them: every dir with a
-    `.hydra/overrides.yaml` up to three levels down, and numbered dirs (a job that ended before it wrote
-    anything). Not deeper: a dir pointed at a big tree must not be searched to the bottom."""
-    found = {p.parent.parent for depth in (1, 2, 3) for p in sweep_dir.glob("*/" * depth + ".hydra/overrides.yaml")}
-    if sweep_dir.is_dir():
-        found |= {p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()}
-    return sorted(found)
 
 
 def read_sweep(path: Path) -> Sweep:

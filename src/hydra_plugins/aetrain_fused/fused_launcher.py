@@ -13,7 +13,8 @@ JobReturn (its best val/loss, what sweepers read) and its failure, if it fails, 
 
 `hydra.launcher.resume=true`, with the `hydra.sweep.dir` of a sweep that was interrupted (the line an
 interrupted sweep prints gives the whole command): jobs that finished are not trained again, jobs with
-a `last.pt` continue from it (fused members as a group, other jobs alone), the rest start.
+a `last.pt` continue from it (fused members as a group, other jobs alone), the rest start; the rule the
+plain launcher follows too (`aetrain.rundir.resuming`).
 
 Kept light at import time (Hydra imports every plugin when it starts): torch and the trainer are
 imported when a sweep is launched.
@@ -115,7 +116,7 @@ class FusedLauncher(Launcher):
         from aetrain.cli import sweep
         from aetrain.errors import Interrupted
         from aetrain.fused import group_configs
-        from aetrain.rundir import RunDir
+        from aetrain.rundir import resuming
 
         assert self.config is not None and self.hydra_context is not None
         check(self)
@@ -125,9 +126,7 @@ class FusedLauncher(Launcher):
         jobs = [self._compose(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         if self.resume:  # a sweep still training there: refused in one line before anything is touched
             for job in jobs:
-                if job.run_dir.is_dir():
-                    with RunDir(job.run_dir, key="hydra.sweep.dir").claimed():
-                        pass
+                resuming(Path(str(self.config.hydra.sweep.dir)), job.run_dir)
         typed = [j for j in jobs if j.typed is not None]
         grouping = group_configs([j.typed for j in typed], max_group=self.max_group)
         for i, why in grouping.alone.items():
@@ -179,15 +178,15 @@ class FusedLauncher(Launcher):
         last.pt, or not trained again when it finished, with hydra.launcher.resume=true)."""
         from aetrain.cli import sweep
         from aetrain.cli.overrides import hydra_quoted
-        from aetrain.fused.rundirs import prepare_resume
+        from aetrain.rundir import CONTINUE, FINISHED, START, prepare_resume
 
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         config = job.config
-        what = prepare_resume(job.run_dir) if self.resume else "start"
-        if what == "finished":
+        what = prepare_resume(Path(str(self.config.hydra.sweep.dir)), job.run_dir) if self.resume else START
+        if what == FINISHED:
             job.result = self._kept(job)
             return
-        if what == "continue":
+        if what == CONTINUE:
             config = self._compose(job.num, [*job.overrides, f"trainer.resume={hydra_quoted(str(job.run_dir))}"]).config
         log.info("\t#%d : %s", job.num, " ".join(filter_overrides(job.overrides)))
         try:

@@ -5,8 +5,8 @@ in this process) with one key more, `hydra.launcher.resume`.
 interrupted sweep prints gives the whole command) finishes an interrupted sweep in its dir: before any job
 runs, the dir must hold that sweep, with no job of other overrides and none a live process trains in
 (`aetrain.commands.sweep.refuse_resume_jobs`); then each job, in aetrain's task, is kept when it finished,
-continued from its last.pt, or started (`aetrain.commands.sweep.prepare_resume`). The same key as the
-fused launcher's (hydra/launcher=fused), with the same meaning.
+continued from its last.pt, or started (`aetrain.rundir.prepare_resume`). The same key as the fused
+launcher's (hydra/launcher=fused), with the same meaning: both follow `aetrain.rundir.resuming`.
 
 A plugin because Hydra instantiates launchers from the `hydra_plugins` namespace only; kept light at
 import time (Hydra imports every plugin when it starts).

@@ -30,13 +30,22 @@ import numpy as np
 import torch
 
 # the primitives live below the trainer (aetrain.drawing), so the commands after training draw alike without it
-from aetrain.drawing import DPI, PAD, TRAIN, VAL, encode_png, grid_size, image_grid, zoom_factor  # noqa: F401
+from aetrain.drawing import (  # noqa: F401
+    DPI,
+    HEADER_PX,
+    MARGIN,
+    PAD,
+    TRAIN,
+    VAL,
+    encode_png,
+    grid_size,
+    image_grid,
+    zoom_factor,
+)
 from aetrain.drawing import canvas as _canvas
 from aetrain.drawing import figure as _figure
 
 LABEL_PX = 15  # text height of a grid's row names and title, in pixels
-HEADER_PX = 28  # the title line above a grid
-MARGIN = 8  # pixels of white around a labelled grid's text and tiles (PAD of it inside the grid's own frame)
 
 
 def _font() -> Any:
