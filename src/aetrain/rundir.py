@@ -96,6 +96,10 @@ DIAGNOSTICS_PLOT = "diagnostics.png"  # `aetrain doctor`'s per-layer picture
 # tensorboard/diag/: the doctor's diag/ scalars, a TensorBoard run of their own (in the run's own directory, the
 # resume marker of one writer would make TensorBoard drop the other's later points)
 DIAG_TENSORBOARD = "diag"
+# a sweep dir's own files (aetrain.commands.sweep writes them; the report reads them)
+SWEEP_SUMMARY = "sweep_summary.csv"
+SWEEP_MARKER = ".aetrain-sweep"  # created exclusively when a sweep starts: two sweeps never share a dir
+MULTIRUN = "multirun.yaml"  # Hydra's record of the sweep: its config and the overrides as typed
 LR_FIND = "lr_find"  # `aetrain lr_find`'s run dirs: outputs/lr_find/<date>/<time>/
 LR_FIND_FILES = ("lr_find.csv", "lr_find.png", "lr_find.json")  # per step: lr, loss; the plot; the suggestion
 # diagnostics.csv's columns; a row fills those of its kind (a layer with parameters, an activation, the code,

@@ -32,17 +32,28 @@ from typing import Any
 
 from aetrain.atomic import write_atomic
 from aetrain.errors import ConfigError
-from aetrain.rundir import HYDRA, METRICS, RunDir, Status, fused_group, job_dirs, read_metrics, resuming
+from aetrain.rundir import (
+    HYDRA,
+    METRICS,
+    MULTIRUN,
+    SWEEP_MARKER,
+    SWEEP_SUMMARY,
+    RunDir,
+    Status,
+    fused_group,
+    job_dirs,
+    read_metrics,
+    resuming,
+)
 
 log = logging.getLogger(__name__)
 
-SUMMARY_CSV = "sweep_summary.csv"
+SUMMARY_CSV = SWEEP_SUMMARY
 CURVES_PNG = "sweep_curves.png"
 NAMED_CURVES = 10  # jobs named in sweep_curves.png's legend, best first; the others are drawn in grey
 CURVE_COLOURS = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9", "black"]  # tab10 without its grey
-MARKER = ".aetrain-sweep"  # created exclusively when a sweep starts: two sweeps never share a dir
+MARKER = SWEEP_MARKER
 OBJECTIVE_PNG = "sweep_objective.png"
-MULTIRUN = "multirun.yaml"  # Hydra's record of the sweep: its overrides (a resumed sweep must match them)
 COLUMNS = ["job", "overrides", "status", "error", "best_val_loss", "epochs", "wall_time_s", "run_dir", "group"]
 
 

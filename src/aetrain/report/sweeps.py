@@ -25,12 +25,9 @@ import yaml
 
 from aetrain.doctor import Finding
 from aetrain.report.runs import Doctor, Run, doctor, lock_holder, read_run
-from aetrain.rundir import HYDRA, fused_group, job_dirs
+from aetrain.rundir import HYDRA, MULTIRUN, SWEEP_MARKER, SWEEP_SUMMARY, fused_group, job_dirs
 
 SEED = "trainer.seed"
-SWEEP_MARKER = ".aetrain-sweep"  # aetrain.cli.sweep.MARKER: created when a sweep starts
-SWEEP_SUMMARY = "sweep_summary.csv"  # aetrain.cli.sweep.SUMMARY_CSV
-MULTIRUN = "multirun.yaml"  # Hydra's: the sweep's config and the overrides as typed
 OPTUNA_RESULTS = "optimization_results.yaml"  # Hydra's Optuna sweeper: the best parameters and value
 DROPPED_IN_COMMANDS = ("hydra.sweep.dir", "hydra.mode", "hydra.run.dir")  # a new command needs a new dir
 
