@@ -168,6 +168,43 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def shared(tmp_path_factory: pytest.TempPathFactory):
+    """`shared(*overrides)`: the run dir of a long CPU training run (no pictures, no TensorBoard) with these
+    overrides, trained once for the whole session: under xdist the first worker to ask trains it while holding a
+    file lock, and the other waits for it and reads it. For the acceptance runs at the defaults (200 epochs) that
+    several files check. Never written to: a test that runs a command on it works on `copy_run(...)`."""
+    from filelock import FileLock
+
+    # every worker's basetemp is a folder of the session's own; without xdist, basetemp is the session's
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+    def train(*args: str) -> Path:
+        name = "shared-" + "-".join(a.replace("=", "_") for a in args)
+        run_dir, done = root / name / "run", root / name / "trained"
+        with FileLock(str(root / f"{name}.lock")):
+            if not done.exists():
+                if run_dir.exists():  # a worker failed to train it earlier: train again, fail again
+                    import shutil
+
+                    shutil.rmtree(run_dir)
+                code = call_main([f"hydra.run.dir={run_dir}", "trainer.device=cpu", "outputs.plot_every=0",
+                                  "outputs.tensorboard=false", *args])
+                assert code == 0, f"training {args} failed with exit code {code}"
+                done.touch()
+        return run_dir
+
+    return train
+
+
+def copy_run(run_dir: Path, to: Path) -> Path:
+    """A copy of `run_dir` at `to` (a run dir a command may write into), returned."""
+    import shutil
+
+    return Path(shutil.copytree(run_dir, to))
+
+
+@pytest.fixture(scope="session")
 def finished(trained) -> Path:
     """A finished two-epoch run on the digits (dense_ae, batch 128, CPU), to copy from; never written to."""
     return trained(*FAST)
