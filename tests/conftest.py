@@ -168,33 +168,59 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def shared(tmp_path_factory: pytest.TempPathFactory):
-    """`shared(*overrides)`: the run dir of a long CPU training run (no pictures, no TensorBoard) with these
-    overrides, trained once for the whole session: under xdist the first worker to ask trains it while holding a
-    file lock, and the other waits for it and reads it. For the acceptance runs at the defaults (200 epochs) that
-    several files check. Never written to: a test that runs a command on it works on `copy_run(...)`."""
+def made_once(tmp_path_factory: pytest.TempPathFactory):
+    """`made_once(name, make)`: the folder `name` of this test session, made by `make(folder)` once for the whole
+    session: under xdist the first worker to ask makes it while holding a file lock, and the other waits for it
+    and reads it. Never written to after: a test that changes it works on a copy (`copy_run`)."""
     from filelock import FileLock
 
     # every worker's basetemp is a folder of the session's own; without xdist, basetemp is the session's
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
-    def train(*args: str) -> Path:
-        name = "shared-" + "-".join(a.replace("=", "_") for a in args)
-        run_dir, done = root / name / "run", root / name / "trained"
+    def get(name: str, make) -> Path:
+        folder, done = root / name / "out", root / name / "made"
         with FileLock(str(root / f"{name}.lock")):
             if not done.exists():
-                if run_dir.exists():  # a worker failed to train it earlier: train again, fail again
+                if folder.exists():  # an earlier try failed: make it again (and fail again)
                     import shutil
 
-                    shutil.rmtree(run_dir)
-                code = call_main([f"hydra.run.dir={run_dir}", "trainer.device=cpu", "outputs.plot_every=0",
-                                  "outputs.tensorboard=false", *args])
-                assert code == 0, f"training {args} failed with exit code {code}"
+                    shutil.rmtree(folder)
+                make(folder)
                 done.touch()
-        return run_dir
+        return folder
 
-    return train
+    return get
+
+
+@pytest.fixture(scope="session")
+def shared(made_once):
+    """`shared(*overrides)`: the run dir of a long CPU training run (no pictures, no TensorBoard) with these
+    overrides, trained once for the whole session (`made_once`). For the acceptance runs at the defaults (200
+    epochs) that several files check."""
+
+    def train(run_dir: Path, args: tuple[str, ...]) -> None:
+        code = call_main([f"hydra.run.dir={run_dir}", "trainer.device=cpu", "outputs.plot_every=0",
+                          "outputs.tensorboard=false", *args])
+        assert code == 0, f"training {args} failed with exit code {code}"
+
+    return lambda *args: made_once("shared-" + "-".join(a.replace("=", "_") for a in args),
+                                   lambda run_dir: train(run_dir, args))
+
+
+@pytest.fixture(scope="session")
+def straight_run(made_once):
+    """`straight_run(family, scheduler, trainer)`: the uninterrupted run of a case of test_resume.CASES, trained once
+    per session: both resume tests of the case and test_graphs' eager run of it compare against it."""
+
+    def get(family: str, scheduler: str, trainer: dict) -> Path:
+        from aetrain.commands.train import run
+        from test_resume import FAMILIES, cfg_for
+
+        name = "straight-" + "-".join([family, scheduler, *(f"{k}_{v}" for k, v in trainer.items())])
+        return made_once(name, lambda run_dir: run(cfg_for(FAMILIES[family], scheduler, **trainer), run_dir))
+
+    return get
 
 
 def copy_run(run_dir: Path, to: Path) -> Path:
