@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -179,6 +180,10 @@ def made_once(tmp_path_factory: pytest.TempPathFactory):
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
     def get(name: str, make) -> Path:
+        import hashlib
+
+        # one folder name, whatever the overrides hold; the hash keeps two names apart that read alike after that
+        name = re.sub(r"[^\w.-]+", "_", name)[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
         folder, done = root / name / "out", root / name / "made"
         with FileLock(str(root / f"{name}.lock")):
             if not done.exists():
@@ -204,7 +209,7 @@ def shared(made_once):
                           "outputs.tensorboard=false", *args])
         assert code == 0, f"training {args} failed with exit code {code}"
 
-    return lambda *args: made_once("shared-" + "-".join(a.replace("=", "_") for a in args),
+    return lambda *args: made_once("shared-" + "-".join(args),
                                    lambda run_dir: train(run_dir, args))
 
 
