@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -165,6 +166,73 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
         return runs[args]
 
     return train
+
+
+@pytest.fixture(scope="session")
+def made_once(tmp_path_factory: pytest.TempPathFactory):
+    """`made_once(name, make)`: the folder `name` of this test session, made by `make(folder)` once for the whole
+    session: under xdist the first worker to ask makes it while holding a file lock, and the other waits for it
+    and reads it. Never written to after: a test that changes it works on a copy (`copy_run`)."""
+    from filelock import FileLock
+
+    # every worker's basetemp is a folder of the session's own; without xdist, basetemp is the session's
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+    def get(name: str, make) -> Path:
+        import hashlib
+
+        # one folder name, whatever the overrides hold; the hash keeps two names apart that read alike after that
+        name = re.sub(r"[^\w.-]+", "_", name)[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+        folder, done = root / name / "out", root / name / "made"
+        with FileLock(str(root / f"{name}.lock")):
+            if not done.exists():
+                if folder.exists():  # an earlier try failed: make it again (and fail again)
+                    import shutil
+
+                    shutil.rmtree(folder)
+                make(folder)
+                done.touch()
+        return folder
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def shared(made_once):
+    """`shared(*overrides)`: the run dir of a long CPU training run (no pictures, no TensorBoard) with these
+    overrides, trained once for the whole session (`made_once`). For the acceptance runs at the defaults (200
+    epochs) that several files check."""
+
+    def train(run_dir: Path, args: tuple[str, ...]) -> None:
+        code = call_main([f"hydra.run.dir={run_dir}", "trainer.device=cpu", "outputs.plot_every=0",
+                          "outputs.tensorboard=false", *args])
+        assert code == 0, f"training {args} failed with exit code {code}"
+
+    return lambda *args: made_once("shared-" + "-".join(args),
+                                   lambda run_dir: train(run_dir, args))
+
+
+@pytest.fixture(scope="session")
+def straight_run(made_once):
+    """`straight_run(family, scheduler, trainer)`: the uninterrupted run of a case of test_resume.CASES, trained once
+    per session: both resume tests of the case and test_graphs' eager run of it compare against it."""
+
+    def get(family: str, scheduler: str, trainer: dict) -> Path:
+        from aetrain.commands.train import run
+        from test_resume import FAMILIES, cfg_for
+
+        name = "straight-" + "-".join([family, scheduler, *(f"{k}_{v}" for k, v in trainer.items())])
+        return made_once(name, lambda run_dir: run(cfg_for(FAMILIES[family], scheduler, **trainer), run_dir))
+
+    return get
+
+
+def copy_run(run_dir: Path, to: Path) -> Path:
+    """A copy of `run_dir` at `to` (a run dir a command may write into), returned."""
+    import shutil
+
+    return Path(shutil.copytree(run_dir, to))
 
 
 @pytest.fixture(scope="session")

@@ -114,7 +114,7 @@ def test_help_says_what_every_key_means(cli, choices: list[str]) -> None:
     assert "  every_n_steps: 0  # optimizer steps between sampled steps" in result.out  # a comment above its field
 
 
-def test_the_header_shows_the_cpu_threads_and_trainer_num_threads_sets_them(tmp_path: Path) -> None:
+def test_the_header_shows_the_cpu_threads_and_trainer_num_threads_sets_them(tmp_path: Path, cli) -> None:
     fast = (*ARGS[:2], "trainer.max_epochs=1", "outputs.plot_every=0", "outputs.tensorboard=false")
     default = run_subprocess(*fast, cwd=tmp_path, run_dir=tmp_path / "default", env={"OMP_NUM_THREADS": "2"})
     assert default.returncode == 0, default.err
@@ -123,7 +123,7 @@ def test_the_header_shows_the_cpu_threads_and_trainer_num_threads_sets_them(tmp_
                          env={"OMP_NUM_THREADS": "2"})
     assert one.returncode == 0, one.err
     assert "device  cpu, 1 thread, precision 32" in one.out
-    bad = run_subprocess(*fast, "trainer.num_threads=-1", cwd=tmp_path, run_dir=tmp_path / "bad")
+    bad = cli(*fast, "trainer.num_threads=-1", run_dir=tmp_path / "bad")  # refused before anything: in this process
     assert bad.returncode == 2 and bad.err.count("\n") == 1 and not bad.run_dir.exists(), bad.output
     assert "trainer.num_threads=-1 is out of range: must be an integer >= 1, or 0 for torch's default" in bad.err
 

@@ -15,7 +15,7 @@ from PIL import Image
 from aetrain.commands.metrics import ssim
 from aetrain.config import DataConfig
 from aetrain.data import load_source
-from conftest import FAST, metrics_rows
+from conftest import FAST, copy_run, metrics_rows
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -107,13 +107,13 @@ def test_ssim_is_the_definition_of_wang_et_al() -> None:
 
 
 @pytest.mark.slow
-def test_the_default_run_reconstructs_better_than_pca_with_as_many_components(cli) -> None:
-    """Acceptance (#14): `aetrain` at its defaults (dense_ae, latent 16, 200 epochs), then `aetrain eval`."""
-    train = cli("trainer.device=cpu", "outputs.plot_every=0", "outputs.tensorboard=false")
-    assert train.returncode == 0, train.err
-    result = cli.command("eval", str(train.run_dir), "device=cpu")
+def test_the_default_run_reconstructs_better_than_pca_with_as_many_components(cli, shared, tmp_path: Path) -> None:
+    """Acceptance (#14): `aetrain` at its defaults (dense_ae, latent 16, 200 epochs), then `aetrain eval`.
+    (The run is shared with test_doctor and test_lr_find.)"""
+    run_dir = copy_run(shared("model=dense_ae"), tmp_path / "run")  # trained with exit code 0
+    result = cli.command("eval", str(run_dir), "device=cpu")
     assert result.returncode == 0, result.err
-    metrics = json.loads((train.run_dir / "eval/metrics.json").read_text())
+    metrics = json.loads((run_dir / "eval/metrics.json").read_text())
     assert metrics["pca"]["components"] == 16
     assert metrics["autoencoder"]["mse"] < metrics["pca"]["mse"]
     assert metrics["autoencoder"]["ssim"] > metrics["pca"]["ssim"]

@@ -251,11 +251,11 @@ def test_a_graphed_run_gives_the_eager_run_bit_for_bit_and_replays_the_regular_s
 @pytest.mark.slow
 @pytest.mark.parametrize(("family", "scheduler", "trainer"), CASES, ids=[f"{f}-{s}-{'-'.join(t)}" for f, s, t in CASES])
 def test_every_family_schedule_clipping_accumulation_and_precision_graphs_exactly(
-        tmp_path: Path, family: str, scheduler: str, trainer: dict) -> None:
-    run(cfg_for(FAMILIES[family], scheduler, **trainer), tmp_path / "eager")
+        tmp_path: Path, straight_run, family: str, scheduler: str, trainer: dict) -> None:
+    eager = straight_run(family, scheduler, trainer)  # the eager run test_resume compares against, trained once
     graphed = Graphed(PythonGraphs(recorded=True), strict=False)  # replays keep the host settings of the capture
     run(cfg_for(FAMILIES[family], scheduler, **trainer), tmp_path / "graphed", callbacks=[graphed])
-    assert_same_run(tmp_path / "eager", tmp_path / "graphed")
+    assert_same_run(eager, tmp_path / "graphed")
     assert graphed.step.replays > 0
     if scheduler == "onecycle":  # its cycled beta1 ends the graph at the first replay after it changed
         assert graphed.step.off is not None and graphed.step.off.startswith("the optimizer's betas changed from (")

@@ -103,15 +103,18 @@ def test_a_range_where_the_loss_does_not_fall_gives_no_suggestion_in_one_line(cl
 
 
 @pytest.mark.slow
-def test_the_suggested_rate_trains_the_default_model_at_least_as_well_as_the_default(cli, tmp_path: Path) -> None:
+def test_the_suggested_rate_trains_the_default_model_at_least_as_well_as_the_default(cli, shared,
+                                                                                     tmp_path: Path) -> None:
     found = cli.command("lr_find", CPU, f"hydra.run.dir={tmp_path / 'find'}")
     assert found.returncode == 0, found.output
     lr = suggested(found.out)
     assert 1e-4 <= lr <= 1e-2
-    default = cli(CPU, "outputs.plot_every=0", run_dir=tmp_path / "default")
-    tuned = cli(CPU, "outputs.plot_every=0", f"optimizer.lr={lr}", run_dir=tmp_path / "tuned")
-    assert default.returncode == tuned.returncode == 0
-    best = {name: min(float(r["val/loss"]) for r in metrics_rows(tmp_path / name)) for name in ("default", "tuned")}
+    default = shared("model=dense_ae")  # the default run, shared with test_doctor and test_eval
+    tuned = cli(CPU, "outputs.plot_every=0", "outputs.tensorboard=false", f"optimizer.lr={lr}",
+                run_dir=tmp_path / "tuned")
+    assert tuned.returncode == 0
+    best = {name: min(float(r["val/loss"]) for r in metrics_rows(run_dir))
+            for name, run_dir in (("default", default), ("tuned", tuned.run_dir))}
     assert best["tuned"] <= best["default"], best
 
 

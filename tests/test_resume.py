@@ -36,9 +36,9 @@ from aetrain.train.engine import Callback, Engine
 from conftest import (
     FAST,
     assert_same_run,
+    call_main,
     metrics_rows,
     one_line_error,
-    run_subprocess,
     snapshot,
     start,
     without_timing,
@@ -112,10 +112,9 @@ CASES = [  # every family and every scheduler, with accumulation, clipping and f
 @pytest.mark.parametrize("where", ["epoch_boundary", "mid_epoch"])
 @pytest.mark.parametrize(("family", "scheduler", "trainer"), CASES,
                          ids=[f"{f}-{s}-{'-'.join(t)}" for f, s, t in CASES])
-def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path: Path, family: str, scheduler: str, trainer: dict,
-                                                        where: str) -> None:
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run(cfg_for(FAMILIES[family], scheduler, **trainer), straight)
+def test_resumed_run_is_bit_identical_to_uninterrupted(tmp_path: Path, straight_run, family: str, scheduler: str,
+                                                        trainer: dict, where: str) -> None:
+    straight, resumed = straight_run(family, scheduler, trainer), tmp_path / "resumed"
     stop = StopAt(epoch=1) if where == "epoch_boundary" else StopAt(mid_epoch=2)
     interrupted_then_resumed(cfg_for(FAMILIES[family], scheduler, **trainer), resumed, stop)
     assert_same_run(straight, resumed)
@@ -190,18 +189,16 @@ def aetrain(*args: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def straight_cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The uninterrupted run both signal tests compare against."""
+    """The uninterrupted run both signal tests compare against (the same command line, in this process)."""
     run_dir = tmp_path_factory.mktemp("straight") / "run"
-    straight = subprocess.run(aetrain(f"hydra.run.dir={run_dir}"), capture_output=True, text=True,
-                              cwd=run_dir.parent, timeout=300)
-    assert straight.returncode == 0, straight.stderr
+    assert call_main([*ARGS, f"hydra.run.dir={run_dir}"]) == 0
     return run_dir
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_real_signal_saves_mid_epoch_and_the_resumed_run_is_identical(tmp_path: Path, signum: int,
-                                                                        straight_cli_run: Path) -> None:
+                                                                        straight_cli_run: Path, monkeypatch) -> None:
     run_dir = tmp_path / "stopped"
     proc = subprocess.Popen(aetrain(f"hydra.run.dir={run_dir}", "trainer.log_every_n_steps=1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
@@ -216,9 +213,8 @@ def test_a_real_signal_saves_mid_epoch_and_the_resumed_run_is_identical(tmp_path
     assert f"interrupted by {signal.Signals(signum).name}" in err and "resume with: aetrain trainer.resume=" in err
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["state"]
     assert state["epoch"] == 1 and state["step_in_epoch"] > 0  # stopped inside epoch 2
-    resumed = subprocess.run([sys.executable, "-m", "aetrain", f"trainer.resume={run_dir}"], capture_output=True,
-                             text=True, cwd=tmp_path, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    monkeypatch.chdir(tmp_path)
+    assert call_main([f"trainer.resume={run_dir}"]) == 0  # resumed by the CLI, in this process
     assert_same_run(straight_cli_run, run_dir)
 
 
@@ -236,7 +232,7 @@ def test_second_signal_aborts_at_once() -> None:
 # --- a resume writes into a dir only when it is the checkpoint's own run --------------------------------------------
 
 def test_resuming_a_checkpoint_kept_outside_its_run_dir_leaves_that_folder_alone(
-        finished: Path, tmp_path: Path) -> None:
+        finished: Path, tmp_path: Path, cli, monkeypatch) -> None:
     elsewhere = tmp_path / "dl2"
     (elsewhere / "checkpoints").mkdir(parents=True)
     shutil.copy(finished / "checkpoints" / "last.pt", elsewhere / "model.pt")
@@ -246,8 +242,8 @@ def test_resuming_a_checkpoint_kept_outside_its_run_dir_leaves_that_folder_alone
     (elsewhere / "train.log").write_text("my notes\n")
     before = snapshot(elsewhere)
 
-    result = run_subprocess("trainer.resume=dl2/model.pt", "trainer.max_epochs=3", *FAST[1:], cwd=tmp_path,
-                            command=("train",))
+    monkeypatch.chdir(tmp_path)  # where dl2/ is, and a new run dir goes (outputs/)
+    result = cli.command("train", "trainer.resume=dl2/model.pt", "trainer.max_epochs=3", *FAST[1:])
     assert result.returncode == 0, result.output
     assert snapshot(elsewhere) == before  # nothing of the folder the checkpoint was kept in was touched
     [new] = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]  # a new run dir of its own
@@ -411,18 +407,17 @@ def test_an_edited_config_yaml_is_refused_on_resume_naming_the_keys_and_the_over
 
 
 @pytest.mark.parametrize("name", ["a,b", "ünï 日本", "it's [x]=1"])
-def test_a_run_dir_whose_name_needs_quoting_resumes_as_typed_and_quoted(tmp_path: Path, name: str) -> None:
+def test_a_run_dir_whose_name_needs_quoting_resumes_as_typed_and_quoted(tmp_path: Path, cli, monkeypatch,
+                                                                        name: str) -> None:
+    monkeypatch.chdir(tmp_path)  # the run dirs are named relative to it, as typed in a shell there
     quoted = "'" + name.replace("'", "\\'") + "'"  # how Hydra's grammar wants it on the command line
-    first = run_subprocess(f"hydra.run.dir={quoted}", *FAST, "trainer.max_epochs=1", "outputs.plot_every=0",
-                           cwd=tmp_path, command=("train",))
+    first = cli.command("train", f"hydra.run.dir={quoted}", *FAST, "trainer.max_epochs=1", "outputs.plot_every=0")
     assert first.returncode == 0, first.output
     assert (tmp_path / name / "metrics.csv").is_file()
-    unquoted = run_subprocess(f"hydra.run.dir={name}x", *FAST, "trainer.max_epochs=1", "outputs.plot_every=0",
-                              cwd=tmp_path, command=("train",))
+    unquoted = cli.command("train", f"hydra.run.dir={name}x", *FAST, "trainer.max_epochs=1", "outputs.plot_every=0")
     assert unquoted.returncode == 0 and (tmp_path / f"{name}x" / "metrics.csv").is_file(), unquoted.output
     for epochs, typed in ((2, name), (3, quoted)):  # the path as the shell passes it, and quoted for Hydra
-        result = run_subprocess(f"trainer.resume={typed}", f"trainer.max_epochs={epochs}", cwd=tmp_path,
-                                command=("train",))
+        result = cli.command("train", f"trainer.resume={typed}", f"trainer.max_epochs={epochs}")
         assert result.returncode == 0, result.output
         assert [int(r["epoch"]) for r in metrics_rows(tmp_path / name)] == list(range(1, epochs + 1))
 
@@ -482,7 +477,8 @@ def test_two_real_ctrl_cs_at_any_distance_end_in_one_line_and_a_loadable_checkpo
 
     from aetrain import checkpoint as checkpoints
 
-    for n, gap in enumerate((0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.7, 1.2)):  # the last ones: while Python shuts down
+    # at once, while the run stops and saves, during the final table, and the last ones while Python shuts down
+    for n, gap in enumerate((0.0, 0.05, 0.2, 0.4, 0.7, 1.2)):
         run_dir = tmp_path / f"run{n}"
         proc = start(f"hydra.run.dir={run_dir}", "trainer.max_epochs=50", "data.batch_size=32", "trainer.device=cpu",
                      "model.hidden_dims=[512,512]", cwd=tmp_path)

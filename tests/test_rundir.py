@@ -46,7 +46,7 @@ def test_two_runs_started_together_into_the_default_dir_get_a_dir_each(tmp_path:
     assert all(len(metrics_rows(d)) == 1 for d in dirs)  # each its own epoch 1, nothing interleaved
 
 
-def test_the_default_run_dir_of_a_second_taken_gets_a_suffix(tmp_path: Path) -> None:
+def test_the_default_run_dir_of_a_second_taken_gets_a_suffix(tmp_path: Path, cli, monkeypatch) -> None:
     import datetime as dt
 
     now = dt.datetime.now()
@@ -54,8 +54,8 @@ def test_the_default_run_dir_of_a_second_taken_gets_a_suffix(tmp_path: Path) -> 
     for t in taken:
         (tmp_path / "outputs" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S")).mkdir(parents=True, exist_ok=True)
         (tmp_path / "outputs" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S") / "summary.json").write_text("{}")
-    result = run_subprocess("trainer.max_epochs=1", "outputs.plot_every=0", *FAST[1:], cwd=tmp_path,
-                            command=("train",))
+    monkeypatch.chdir(tmp_path)  # the default run dir is outputs/<date>/<time> under it
+    result = cli.command("train", "trainer.max_epochs=1", "outputs.plot_every=0", *FAST[1:])
     assert result.returncode == 0, result.output
     fresh = [p.parent for p in (tmp_path / "outputs").glob("*/*/metrics.csv")]
     assert len(fresh) == 1 and fresh[0].name.rsplit("_", 1)[-1] == "2", fresh
@@ -63,7 +63,7 @@ def test_the_default_run_dir_of_a_second_taken_gets_a_suffix(tmp_path: Path) -> 
                if p != fresh[0])
 
 
-def test_the_default_sweep_dir_of_a_second_taken_gets_a_suffix(tmp_path: Path) -> None:
+def test_the_default_sweep_dir_of_a_second_taken_gets_a_suffix(tmp_path: Path, cli, monkeypatch) -> None:
     import datetime as dt
 
     now = dt.datetime.now()
@@ -72,8 +72,9 @@ def test_the_default_sweep_dir_of_a_second_taken_gets_a_suffix(tmp_path: Path) -
         used = tmp_path / "outputs" / "multirun" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S")
         used.mkdir(parents=True, exist_ok=True)
         (used / "sweep_summary.csv").write_text("job\n")
-    result = run_subprocess("-m", "trainer.max_epochs=1", "model.latent_dim=3,4", "outputs.plot_every=0", *FAST[1:],
-                            cwd=tmp_path, command=("train",))
+    monkeypatch.chdir(tmp_path)  # the default sweep dir is outputs/multirun/<date>/<time> under it
+    result = cli.command("train", "-m", "trainer.max_epochs=1", "model.latent_dim=3,4", "outputs.plot_every=0",
+                         *FAST[1:])
     assert result.returncode == 0, result.output
     [fresh] = [p.parent for p in (tmp_path / "outputs" / "multirun").glob("*/*/0/metrics.csv")]
     assert fresh.parent.name.endswith("_2") and (fresh.parent / "1" / "metrics.csv").is_file()
@@ -132,9 +133,11 @@ def test_a_folder_that_holds_files_but_no_run_is_refused_naming_them_and_left_al
 
 @pytest.mark.parametrize("args", [["hydra.run.dir="], ["-m", "hydra.sweep.dir=", "model.latent_dim=3,4"]],
                          ids=["run", "sweep"])
-def test_an_empty_dir_name_is_one_line_and_nothing_goes_into_the_working_dir(tmp_path: Path, args: list[str]) -> None:
+def test_an_empty_dir_name_is_one_line_and_nothing_goes_into_the_working_dir(tmp_path: Path, cli, monkeypatch,
+                                                                            args: list[str]) -> None:
     (tmp_path / "notes.txt").write_text("the working dir of a user whose $RUN_DIR was unset")
-    result = run_subprocess(*args, *FAST, "trainer.max_epochs=1", cwd=tmp_path, command=("train",))
+    monkeypatch.chdir(tmp_path)
+    result = cli.command("train", *args, *FAST, "trainer.max_epochs=1")
     key = next(a for a in args if a.endswith("=")).rstrip("=")
     assert one_line_error(result) == f"aetrain: error: {key}= is empty: name the dir ({key}=DIR), or leave {key} " \
                                      "out for a new dir under outputs/"
@@ -145,7 +148,7 @@ def test_an_empty_dir_name_is_one_line_and_nothing_goes_into_the_working_dir(tmp
 
 @pytest.mark.parametrize("where", ["a file", "under /proc", "in a read-only dir (default dir)",
                                    "in a read-only dir (sweep)"])
-def test_an_output_dir_that_cannot_be_created_is_one_line(tmp_path: Path, where: str) -> None:
+def test_an_output_dir_that_cannot_be_created_is_one_line(tmp_path: Path, cli, monkeypatch, where: str) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     args = [*FAST, "trainer.max_epochs=1"]
@@ -156,10 +159,11 @@ def test_an_output_dir_that_cannot_be_created_is_one_line(tmp_path: Path, where:
         args.append("hydra.run.dir=/proc/aetrain-run")
     elif where.endswith("(sweep)"):
         args += ["-m", "model.latent_dim=3,4"]
+    monkeypatch.chdir(cwd)
     read_only(cwd, where.startswith("in a read-only dir"))
     try:
         before = sorted(cwd.rglob("*"))
-        result = run_subprocess(*args, cwd=cwd, command=("train",))
+        result = cli.command("train", *args)
         line = one_line_error(result)
         assert sorted(cwd.rglob("*")) == before
     finally:

@@ -107,12 +107,8 @@ def test_models_do_not_import_the_trainer() -> None:
     assert not wrong, wrong
 
 
-def test_load_model_imports_no_trainer_and_no_hydra(tmp_path: Path) -> None:
-    from conftest import FAST, run_subprocess
-
-    run = run_subprocess(*FAST, "outputs.plot_every=0", "outputs.tensorboard=false", cwd=tmp_path)
-    assert run.returncode == 0, run.err
-    code = (f"import sys, aetrain; m = aetrain.load_model({str(run.run_dir)!r}); "
+def test_load_model_imports_no_trainer_and_no_hydra(finished: Path) -> None:
+    code = (f"import sys, aetrain; m = aetrain.load_model({str(finished)!r}); "
             "print(sorted(n for n in sys.modules if n.startswith(('aetrain.train', 'aetrain.cli', 'aetrain.commands', "
             "'hydra', 'omegaconf', 'matplotlib', 'tensorboard'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -444,9 +444,9 @@ def test_the_sweep_curves_of_many_jobs_stay_readable(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_real_sweep_writes_its_curves_picture(tmp_path: Path) -> None:
-    result = run_subprocess("-m", "hydra.sweep.dir=sweep", "model.latent_dim=3,6", "trainer.max_epochs=3",
-                            "outputs.plot_every=0", "outputs.tensorboard=false", *FAST[1:], cwd=tmp_path,
-                            command=("train",))
+def test_a_real_sweep_writes_its_curves_picture(tmp_path: Path, cli, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # hydra.sweep.dir=sweep is under it
+    result = cli.command("train", "-m", "hydra.sweep.dir=sweep", "model.latent_dim=3,6", "trainer.max_epochs=3",
+                         "outputs.plot_every=0", "outputs.tensorboard=false", *FAST[1:])
     assert result.returncode == 0, result.output
     assert (tmp_path / "sweep" / "sweep_curves.png").is_file() and "sweep_curves.png" in result.out

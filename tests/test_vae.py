@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,24 +10,23 @@ import torch
 from PIL import Image
 
 import aetrain
-from conftest import FAST, run_subprocess
+from conftest import FAST
 
 
 @pytest.mark.slow
-def test_vae_samples_from_the_prior_are_digits_a_classifier_recognises(tmp_path: Path) -> None:
+def test_vae_samples_from_the_prior_are_digits_a_classifier_recognises(shared) -> None:
     """`aetrain model=vae` at its defaults (#22.10: they gave 38.5%): a logistic regression trained on real
     digits is confident (max probability >= 0.9) on at least half of 400 decoded prior draws, and on far fewer
     uniform-noise images. Measured with benchmarks/vae_samples.py over 5 seeds: 0.55-0.61 of the samples, 0.11
-    of the noise; real held-out digits get 0.72."""
+    of the noise; real held-out digits get 0.72. (The run is shared with test_doctor's check of the presets: the
+    diagnostics leave a run bit-identical.)"""
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
 
-    result = run_subprocess("model=vae", "trainer.device=cpu", "outputs.plot_every=0", "outputs.tensorboard=false",
-                            "diagnostics.enabled=false", "trainer.num_threads=1", cwd=tmp_path)  # 1: fast on a busy CPU
-    assert result.returncode == 0, result.err
+    run_dir = shared("model=vae")  # trained with exit code 0
     digits = load_digits()
     classifier = LogisticRegression(max_iter=5000).fit(digits.data / 16.0, digits.target)
-    model = aetrain.load_model(result.run_dir)
+    model = aetrain.load_model(run_dir)
     samples = model.sample(400, torch.Generator().manual_seed(0)).reshape(400, -1).numpy()
     noise = np.random.default_rng(0).random((400, 64))
     confident = (classifier.predict_proba(samples).max(1) >= 0.9).mean()
