@@ -81,8 +81,17 @@ def estimate(cfg: Config, family: Family, spec: DataSpec, *, batch_size: int) ->
     return Need(p, training + activations, checkpoint, activations)
 
 
+# A model of at most this many parameters gets its layer outputs counted by a real forward pass of two samples on the
+# CPU (uninitialised, zeroed weights) instead of one on the meta device: the meta device's first use imports torch's
+# decompositions and sympy, about 1.2 s of every command's start-up (measured on the 2-core VM); two samples through
+# a model of this size take milliseconds and at most 128 MB for its weights.
+CPU_PROBE_PARAMETERS = 32 * 2**20
+
+
 def _layer_outputs(model: torch.nn.Module, batch_size: int, shape: tuple[int, ...]) -> int:
-    """Elements of every layer's output for one training batch, on the meta device (views excluded)."""
+    """Elements of every layer's output for one training batch of `model` (built on the meta device), views
+    excluded: counted for two samples and scaled (every layer aetrain builds is linear in the batch), on the CPU for
+    a model of at most CPU_PROBE_PARAMETERS parameters, else on the meta device, where nothing is computed."""
     total = 0
 
     def count(module: torch.nn.Module, inputs: object, output: object) -> None:
@@ -90,15 +99,24 @@ def _layer_outputs(model: torch.nn.Module, batch_size: int, shape: tuple[int, ..
         if isinstance(output, torch.Tensor) and output._base is None:
             total += output.numel()
 
+    samples = 2  # batch norm in training mode refuses one sample
+    small = sum(t.numel() for t in model.parameters()) <= CPU_PROBE_PARAMETERS
+    device = "cpu" if small else "meta"
+    if small:
+        model = model.to_empty(device="cpu")
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                t.zero_()
     leaves = [m for m in model.modules() if not any(m.children())]
     hooks = [m.register_forward_hook(count) for m in leaves]
     try:
         model.train()
-        model(torch.empty(batch_size, *shape, device="meta"))  # (B, *shape): shapes flow, nothing is computed
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # dropout and a VAE's draws leave the run's stream
+            model(torch.zeros(samples, *shape, device=device))  # (2, *shape)
     finally:
         for hook in hooks:
             hook.remove()
-    return total
+    return total * batch_size // samples
 
 
 def doctor_check_bytes(cfg: Config, model: torch.nn.Module, spec: DataSpec) -> int:
@@ -109,7 +127,7 @@ def doctor_check_bytes(cfg: Config, model: torch.nn.Module, spec: DataSpec) -> i
 
     if not cfg.diagnostics.enabled:
         return 0
-    per_sample = _layer_outputs(model, 2, spec.shape) // 2  # two: batch norm in training mode refuses one sample
+    per_sample = _layer_outputs(model, 1, spec.shape)
     return FLOAT_BYTES * unit_check_elements(cfg.model.latent_dim, EFFECT_SAMPLES, per_sample)
 
 
