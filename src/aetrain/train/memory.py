@@ -61,21 +61,22 @@ class Need:
 
 def estimate(cfg: Config, family: Family, spec: DataSpec, *, batch_size: int) -> Need | None:
     """The memory training `family` on data of `spec` in micro-batches of `batch_size` needs at least; None for a
-    model of your own that cannot be built or run on the meta device (its code may read values; its contract is
-    checked when it is built for real, right after)."""
+    model of your own that cannot be built on the meta device or probed (`_sample_outputs`; its code may read
+    values; its contract is checked when it is built for real, right after)."""
     try:
         with torch.device("meta"):  # parameters and buffers get shapes, no storage; init draws no random numbers
             model = family.build(cfg.model, spec)
         p = sum(t.numel() for t in model.parameters())
-        outputs = _layer_outputs(model, batch_size, spec.shape)
+        per_sample = _sample_outputs(model, spec.shape)
     except Exception:
         if not family.own:
             raise
         return None
     states = OPTIMIZERS.get(cfg.optimizer.name).states(cfg.optimizer)
     element = 4 if cfg.trainer.precision == "32" else 2
-    activations = element * outputs
-    activations = max(activations, doctor_check_bytes(cfg, model, spec))  # each at its own moment, after the other
+    activations = element * per_sample * batch_size
+    # each at its own moment, after the other
+    activations = max(activations, doctor_check_bytes(cfg, model, spec, per_sample=per_sample))
     training = FLOAT_BYTES * p * (2 + states)  # weights, gradients, optimizer state
     checkpoint = FLOAT_BYTES * p * (1 + 1 + states)  # the weights' copy, then the file's bytes (weights + state)
     return Need(p, training + activations, checkpoint, activations)
@@ -88,10 +89,10 @@ def estimate(cfg: Config, family: Family, spec: DataSpec, *, batch_size: int) ->
 CPU_PROBE_PARAMETERS = 32 * 2**20
 
 
-def _layer_outputs(model: torch.nn.Module, batch_size: int, shape: tuple[int, ...]) -> int:
-    """Elements of every layer's output for one training batch of `model` (built on the meta device), views
-    excluded: counted for two samples and scaled (every layer aetrain builds is linear in the batch), on the CPU for
-    a model of at most CPU_PROBE_PARAMETERS parameters, else on the meta device, where nothing is computed."""
+def _sample_outputs(model: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    """Elements of every layer's output per training sample of `model` (built on the meta device), views excluded:
+    counted for two samples and halved (every layer aetrain builds is linear in the batch), on the CPU for a model
+    of at most CPU_PROBE_PARAMETERS parameters, else on the meta device, where nothing is computed."""
     total = 0
 
     def count(module: torch.nn.Module, inputs: object, output: object) -> None:
@@ -116,18 +117,20 @@ def _layer_outputs(model: torch.nn.Module, batch_size: int, shape: tuple[int, ..
     finally:
         for hook in hooks:
             hook.remove()
-    return total * batch_size // samples
+    return total // samples
 
 
-def doctor_check_bytes(cfg: Config, model: torch.nn.Module, spec: DataSpec) -> int:
+def doctor_check_bytes(cfg: Config, model: torch.nn.Module, spec: DataSpec, *, per_sample: int | None = None) -> int:
     """The training doctor's code-unit check (`ReconstructionCheck`, once an epoch, diagnostics.enabled): the
     shuffled codes of one chunk and the model's layer outputs for each, in float32. It runs between epochs, when
-    a training batch's activations are gone, so it counts against them, not on top. 0 with diagnostics off."""
+    a training batch's activations are gone, so it counts against them, not on top. 0 with diagnostics off.
+    `per_sample`: the model's layer outputs per sample, when counted already (`_sample_outputs`)."""
     from aetrain.train.diagnostics import EFFECT_SAMPLES, unit_check_elements
 
     if not cfg.diagnostics.enabled:
         return 0
-    per_sample = _layer_outputs(model, 1, spec.shape)
+    if per_sample is None:
+        per_sample = _sample_outputs(model, spec.shape)
     return FLOAT_BYTES * unit_check_elements(cfg.model.latent_dim, EFFECT_SAMPLES, per_sample)
 
 
