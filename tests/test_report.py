@@ -218,12 +218,14 @@ def test_a_sweep_page_is_the_same_bytes_again(sweep_dir: Path, capfd: pytest.Cap
 def test_fused_groups_get_a_column_and_a_section_when_the_jobs_have_them(sweep_dir: Path, tmp_path: Path) -> None:
     sweep = shutil.copytree(sweep_dir, tmp_path / "sweep")
     assert "Fused groups" not in text_of(render(sweep))
-    for job in ("0", "1"):
+    for job, wall in (("0", 12.0), ("1", 11.5)):  # a member's wall time is its group's while it trained
         summary = json.loads((sweep / job / "summary.json").read_text())
-        (sweep / job / "summary.json").write_text(json.dumps({**summary, "group": {"id": "g0", "time_saved_s": 12}}))
+        (sweep / job / "summary.json").write_text(json.dumps({**summary, "wall_time_s": wall, "group": {"id": "g0"}}))
     html = render(sweep)
     assert "<th data-type=\"text\">group</th>" in html
-    assert "Fused groups" in text_of(html) and "g0" in html and "12 s" in text_of(html)
+    groups = text_of(html).split("Fused groups", 1)[1]
+    # the group took its longest member's time; each of its 2 jobs cost half of it
+    assert re.search(r"g0\s+0, 1\s+\d of 2\s+12 s\s+6 s", groups), groups[:400]
 
 
 @pytest.mark.slow
@@ -279,6 +281,25 @@ def test_a_finding_in_several_jobs_becomes_one_sweep_command_on_their_values() -
     assert found.command == "aetrain -m trainer.max_epochs=5 trainer.seed=0,1 optimizer.lr=0.03"
     jobs[1].doctor = Doctor("healthy", [])
     assert follow_ups(sweep) == []  # found once is the job's own page's business
+
+
+def test_a_resumed_sweeps_commands_run_the_sweep_again_not_the_resume() -> None:
+    from aetrain.doctor import Finding
+    from aetrain.report.runs import Doctor
+    from aetrain.report.sweeps import typed_command
+
+    typed = ["hydra.sweep.dir=outputs/multirun/x", "hydra.launcher.resume=true", "hydra/launcher=fused",
+             "hparams_search=optuna", "optimizer.lr=1e-3,3e-3"]
+    jobs = [job(0, 0.1, **{"optimizer.lr": "0.3"}), job(1, 0.1, **{"optimizer.lr": "0.3"})]
+    for j in jobs:
+        j.doctor = Doctor("learning with problems", [Finding("lr_too_high", [], [3], {}, ["optimizer.lr=0.03"], "")])
+    sweep = Sweep(Path("/sweep"), jobs, ["optimizer.lr"], [], typed, True, {})
+    # the page's command: the sweep it continued (a resume needs the dir it names; this command starts anew)
+    assert typed_command(sweep) == "aetrain -m hydra/launcher=fused hparams_search=optuna optimizer.lr=1e-3,3e-3"
+    (found,) = follow_ups(sweep)  # a follow-up is a new sweep: "resume=true" without its dir would be refused
+    assert found.command == "aetrain -m hydra/launcher=fused hparams_search=optuna optimizer.lr=0.03"
+    typed[1] = "hydra.launcher.max_group=8"  # a sweep that was not resumed keeps the dir it was typed with
+    assert typed_command(sweep).startswith("aetrain -m hydra.sweep.dir=outputs/multirun/x hydra.launcher.max_group=8")
 
 
 def test_shrinking_a_picture_keeps_every_pixel_unless_it_may_lose_some() -> None:

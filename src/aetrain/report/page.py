@@ -49,7 +49,6 @@ from aetrain.report.sweeps import (
     Job,
     Sweep,
     follow_ups,
-    group_time_saved,
     is_overrides,
     is_sweep_dir,
     label,
@@ -583,16 +582,21 @@ def _optuna(sweep: Sweep) -> dict[str, Any]:
             "trials": len(sweep.jobs)}
 
 
+NOT_FUSED = "(not fused)"
+
+
 def _groups(sweep: Sweep) -> list[dict[str, Any]]:
     by: dict[str, list[Job]] = {}
     for job in sorted(sweep.jobs, key=lambda j: j.num):
-        by.setdefault(job.group or "(not fused)", []).append(job)
+        by.setdefault(job.group or NOT_FUSED, []).append(job)
     out = []
     for name, jobs in by.items():
+        # a member's wall time is its group's while it trained, so the group's is the longest; jobs not fused
+        # trained one after another. Per job: the row's time over its jobs, to set against a job's time alone
         times = [j.run.wall_time_s for j in jobs if j.run.wall_time_s is not None]
-        saved = group_time_saved(jobs)
+        total = (sum(times) if name == NOT_FUSED else max(times)) if times else None
         out.append({"name": name, "jobs": ", ".join(str(j.num) for j in jobs), "count": len(jobs),
-                    "ok": sum(j.status == "ok" for j in jobs), "time": seconds(max(times)) if times else "-",
-                    "saved": seconds(saved) if saved is not None else None})
+                    "ok": sum(j.status == "ok" for j in jobs), "time": seconds(total) if total is not None else "-",
+                    "per_job": seconds(total / (len(times) if name == NOT_FUSED else len(jobs))) if total is not None else "-"})
     return out
 

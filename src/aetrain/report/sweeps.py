@@ -29,7 +29,9 @@ from aetrain.rundir import HYDRA, MULTIRUN, SWEEP_MARKER, SWEEP_SUMMARY, fused_g
 
 SEED = "trainer.seed"
 OPTUNA_RESULTS = "optimization_results.yaml"  # Hydra's Optuna sweeper: the best parameters and value
-DROPPED_IN_COMMANDS = ("hydra.sweep.dir", "hydra.mode", "hydra.run.dir")  # a new command needs a new dir
+# a new command needs a new dir, and is not a resume of this one
+DROPPED_IN_COMMANDS = ("hydra.sweep.dir", "hydra.mode", "hydra.run.dir", "hydra.launcher.resume")
+RESUME_KEY = "hydra.launcher.resume"
 
 
 @dataclass
@@ -167,12 +169,6 @@ def _job_num(run_dir: Path) -> int:
     return int(run_dir.name) if run_dir.name.isdigit() else -1
 
 
-def group_time_saved(jobs: list[Job]) -> float | None:
-    """Seconds a fused group saved, when its jobs' summaries say (`group.time_saved_s`); None otherwise."""
-    saved = [g.get("time_saved_s") for j in jobs if isinstance(g := j.run.summary.get("group"), dict)]
-    saved = [float(s) for s in saved if isinstance(s, (int, float))]
-    return max(saved) if saved else None
-
 
 def swept_keys(overrides: list[list[str]]) -> tuple[list[str], list[str]]:
     """The keys whose values differ between jobs (or that some jobs lack), in the order typed; and the
@@ -296,10 +292,13 @@ def sweep_command(sweep: Sweep, jobs: list[Job], suggested: dict[str, list[str]]
 
 
 def typed_command(sweep: Sweep) -> str | None:
-    """The command that ran the sweep, as typed (from multirun.yaml)."""
+    """The command that ran the sweep, as typed (from multirun.yaml); of a resumed sweep, the sweep it continued
+    (without `hydra.launcher.resume` and the `hydra.sweep.dir` a resume names)."""
     if not sweep.typed:
         return None
-    return " ".join(["aetrain", "-m", *(shlex.quote(o) for o in sweep.typed if _split(o)[0] != "hydra.mode")])
+    resumed = any(_split(o)[0] == RESUME_KEY for o in sweep.typed)
+    dropped = ("hydra.mode", RESUME_KEY, *(("hydra.sweep.dir",) if resumed else ()))
+    return " ".join(["aetrain", "-m", *(shlex.quote(o) for o in sweep.typed if _split(o)[0] not in dropped)])
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
