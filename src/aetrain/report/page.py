@@ -594,9 +594,9 @@ def _groups(sweep: Sweep) -> list[dict[str, Any]]:
         # a member's wall time is its group's while it trained, so the group's is the longest; jobs not fused
         # trained one after another. Per job: the row's time over its jobs, to set against a job's time alone
         times = [j.run.wall_time_s for j in jobs if j.run.wall_time_s is not None]
-        total = (sum(times) if name == NOT_FUSED else max(times)) if times else None
+        total, count = (sum(times), len(times)) if name == NOT_FUSED else (max(times, default=None), len(jobs))
         out.append({"name": name, "jobs": ", ".join(str(j.num) for j in jobs), "count": len(jobs),
-                    "ok": sum(j.status == "ok" for j in jobs), "time": seconds(total) if total is not None else "-",
-                    "per_job": seconds(total / (len(times) if name == NOT_FUSED else len(jobs))) if total is not None else "-"})
+                    "ok": sum(j.status == "ok" for j in jobs), "time": seconds(total) if times else "-",
+                    "per_job": seconds(total / count) if times else "-"})
     return out
 
