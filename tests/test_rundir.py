@@ -203,8 +203,12 @@ def test_a_file_named_outputs_in_the_way_is_one_line_naming_it(cli, tmp_path: Pa
 def test_ctrl_c_during_start_up_is_one_line_exit_130_and_leaves_nothing(tmp_path: Path) -> None:
     import signal
 
-    for wait_for_dir in (False, True):  # while Python imports, and once the run dir exists (building the model)
-        proc = start(*FAST, cwd=tmp_path)
+    script = Path(sys.executable).with_name("aetrain")  # the installed command, whose entry point is aetrain.__main__'s
+    # while Python imports (python -m aetrain, and the command), and once the run dir exists (building the model)
+    for wait_for_dir, command in ((False, None), (False, script), (True, None)):
+        proc = start(*FAST, cwd=tmp_path) if command is None else \
+            subprocess.Popen([str(command), *FAST], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
         deadline = time.monotonic() + 120
         if wait_for_dir:
             while not list(tmp_path.glob("outputs/*/*")):
@@ -218,6 +222,16 @@ def test_ctrl_c_during_start_up_is_one_line_exit_130_and_leaves_nothing(tmp_path
         assert "Traceback" not in out + err and err.count("\n") == 1 and err.startswith("aetrain: interrupted"), err
         assert not [p for p in tmp_path.glob("outputs/*/*")], "a run dir was left behind"
 
+
+
+def test_a_ctrl_c_that_lands_in_code_made_from_a_string_still_exits_130(tmp_path: Path) -> None:
+    """CPython takes a KeyboardInterrupt that passed through exec() of a string (every dataclass's __init__ and
+    jinja2's templates are made so) for an unhandled one, even once the CLI caught it, and would end `python -m
+    aetrain` by SIGINT (returncode -2) instead of with 130: here a plugin's import is such a Ctrl-C, every time."""
+    (tmp_path / "ctrl_c.py").write_text('exec("raise KeyboardInterrupt")\n')
+    result = run_subprocess("plugins=[ctrl_c.py]", *FAST, cwd=tmp_path)
+    assert (result.returncode, result.err) == (130, "aetrain: interrupted by SIGINT\n")
+    assert not result.run_dir.exists(), "a run dir was left behind"
 
 # --- RunDir and Status from Python (what a fused sweep's members and aetrain.fit will use) ------------------------
 

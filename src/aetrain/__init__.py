@@ -11,14 +11,6 @@ Python API:
 torch is imported on first use, so `aetrain --help` stays fast.
 """
 
-import importlib.metadata as _metadata
-
-try:
-    __version__ = _metadata.version("aetrain")
-except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
-del _metadata
-
 __all__ = ["Config", "ModelConfig", "__version__", "fit", "load_model", "register_model"]
 _CONFIG = ("Config", "ModelConfig")  # the typed config, imported when asked for (`import aetrain` stays bare)
 
@@ -28,11 +20,20 @@ def __getattr__(name):
         from aetrain import config
 
         return getattr(config, name)
+    if name == "__version__":  # read when asked for: importlib.metadata takes 50 ms of every start-up
+        import importlib.metadata
+
+        global __version__
+        try:
+            __version__ = importlib.metadata.version("aetrain")
+        except importlib.metadata.PackageNotFoundError:  # running from a source tree that was never installed
+            __version__ = "0+unknown"
+        return __version__
     raise AttributeError(f"module 'aetrain' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted({*(n for n in globals() if not n.startswith("_") or n.startswith("__")), *_CONFIG})
+    return sorted({*(n for n in globals() if not n.startswith("_") or n.startswith("__")), *_CONFIG, "__version__"})
 
 
 def load_model(path):  # -> aetrain.models.Autoencoder

@@ -19,7 +19,27 @@ import signal
 import sys
 import typing
 
-from aetrain.commands import COMMANDS, JOBS, TRAINING, Command
+_decided: list[int] = []  # the exit code a Ctrl-C decided (`_aborted`), which `_leave_as_decided` keeps
+
+
+def _leave_as_decided() -> None:
+    """The last exit handler (registered before any other of this process's): after a Ctrl-C decided the exit
+    code, end with it here, once every other handler has run (logs flushed, threads joined). CPython (3.11)
+    takes a KeyboardInterrupt that passed through exec() of a string (dataclasses, namedtuples; wherever a
+    Ctrl-C lands) for an unhandled one even once caught, and after its shutdown would end the process by SIGINT
+    instead of with the code."""
+    if _decided:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(_decided[0])
+
+
+atexit.register(_leave_as_decided)  # before the imports below, whose own handlers then run first
+
+from aetrain.commands import COMMANDS, JOBS, TRAINING, Command  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,5 +126,6 @@ def _aborted(e: KeyboardInterrupt, *, process_ends: bool) -> typing.NoReturn:
         first = first.__context__
     if process_ends:  # one more while Python shuts down (joining threads): exit, no "Exception ignored" traceback
         _exit_on_sigint(130)
+        _decided.append(130)
     sys.stderr.write(f"aetrain: {first}\n" if first is not None else "aetrain: interrupted by SIGINT\n")
     sys.exit(130)
