@@ -29,12 +29,17 @@ def _leave_as_decided() -> None:
     Ctrl-C lands) for an unhandled one even once caught, and after its shutdown would end the process by SIGINT
     instead of with the code."""
     if _decided:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(_decided[0])
+        _flush_and_exit(_decided[0])
+
+
+def _flush_and_exit(code: int) -> typing.NoReturn:
+    """End the process now with `code`, what was written to the console flushed first."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 atexit.register(_leave_as_decided)  # before the imports below, whose own handlers then run first
@@ -106,12 +111,7 @@ def _exit_on_sigint(code: int) -> None:
     `code`) while it tears down modules, which takes a moment with torch loaded."""
 
     def leave(*_: object) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
+        _flush_and_exit(code)
 
     signal.signal(signal.SIGINT, leave)
     atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)  # registered last, so it runs first

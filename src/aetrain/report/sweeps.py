@@ -29,9 +29,9 @@ from aetrain.rundir import HYDRA, MULTIRUN, SWEEP_MARKER, SWEEP_SUMMARY, fused_g
 
 SEED = "trainer.seed"
 OPTUNA_RESULTS = "optimization_results.yaml"  # Hydra's Optuna sweeper: the best parameters and value
-# a new command needs a new dir, and is not a resume of this one
-DROPPED_IN_COMMANDS = ("hydra.sweep.dir", "hydra.mode", "hydra.run.dir", "hydra.launcher.resume")
 RESUME_KEY = "hydra.launcher.resume"
+DROPPED_IN_COMMANDS = ("hydra.sweep.dir", "hydra.mode", "hydra.run.dir", RESUME_KEY)  # a new command needs a new
+# dir, and is not a resume of this one
 
 
 @dataclass
@@ -167,7 +167,6 @@ def _job_num(run_dir: Path) -> int:
     if isinstance(num, int):
         return num
     return int(run_dir.name) if run_dir.name.isdigit() else -1
-
 
 
 def swept_keys(overrides: list[list[str]]) -> tuple[list[str], list[str]]:
