@@ -47,6 +47,22 @@ def resolve(path: str | Path, prefer: tuple[str, ...]) -> Path:
     return p
 
 
+
+def _unreadable(path: Path, error: Exception | None) -> str:
+    """Why torch could not read `path`, in the user's terms: empty, not a torch file at all (a CSV, a PNG: torch
+    writes a zip archive, or before 1.6 a pickle), or a torch file that is truncated or damaged (torch's words;
+    `error` None: a pickle torch's safe loader turned away)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":
+        return "not a torch file: torch saves a zip archive, or before torch 1.6 a pickle, and this is neither"
+    if error is None:
+        return "a pickle that is not a torch checkpoint, or a damaged one"
+    said = str(error).strip().split("\n")[0].split(". ")[0]  # torch's first sentence; the rest is advice
+    return f"truncated or damaged: {said or type(error).__name__}"
+
 def load(path: str | Path, *, prefer: tuple[str, ...] = (LAST,), mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint file (or a run dir's) safely; every failure is a one-line CheckpointError. `mmap`: map
     the tensors instead of reading them (for a look at the plain data, such as `run_id`)."""
@@ -61,10 +77,9 @@ def load(path: str | Path, *, prefer: tuple[str, ...] = (LAST,), mmap: bool = Fa
                 f"{p}: refused to load: it references the Python object {found.group(1)}, and loading it would "
                 "need arbitrary unpickling, which can run code; aetrain checkpoints hold only tensors and plain data"
             ) from None
-        raise CheckpointError(f"{p}: not a readable checkpoint (not a torch file, or damaged)") from None
+        raise CheckpointError(f"{p}: not a readable checkpoint ({_unreadable(p, None)})") from None
     except Exception as e:  # empty, truncated, or not a torch file at all
-        raise CheckpointError(f"{p}: not a readable checkpoint (empty, truncated or another format): "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        raise CheckpointError(f"{p}: not a readable checkpoint ({_unreadable(p, e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not an aetrain checkpoint (a torch file without the '{FORMAT}' marker)")
     version = ckpt.get("format_version")
