@@ -337,6 +337,10 @@ def test_settings_that_failed_late_are_refused_before_anything_is_written(cli, a
                                                                         "cycles the momentum"),
     (["hparams_search=optuna"], "hparams_search=optuna is a search: run it as a multirun, aetrain -m "
                                 "hparams_search=optuna"),
+    # a launcher launches a sweep's jobs: a single run uses none (Hydra trains it here)
+    (["hydra/launcher=fused"], "hydra/launcher=fused sets how a sweep's jobs are launched: run it as a multirun"),
+    (["hydra/launcher=slurm"], "hydra/launcher=slurm sets how a sweep's jobs are launched: run it as a multirun"),
+    (["hydra.launcher.max_group=8"], "hydra.launcher.max_group=8 sets how a sweep's jobs are launched"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_a_setting_that_would_be_ignored_is_one_line_error(cli, args: list[str], message: str) -> None:
     assert_one_line_error(cli(*FAST, *args), message)

@@ -22,6 +22,7 @@ from aetrain.rundir import RunDir, check_dir_name, own_run_dir
 PATH_KEYS = ("hydra.run.dir", "trainer.resume", "trainer.init_from", "data.path", "data.root")
 MULTIRUN = {"-m", "--multirun"}
 DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")  # where a run or a sweep writes
+SINGLE_RUN_LAUNCHERS = ("plain", "basic")  # what a single run does anyway (one job, here)
 
 
 def override_key(override: str) -> str:
@@ -43,6 +44,10 @@ def check_overrides(args: list[str]) -> None:
         if key == "hparams_search" and value != "null" and not multirun_or_show:
             raise AetrainError(f"hparams_search={value} is a search: run it as a multirun, aetrain -m "
                                f"hparams_search={value} (without -m it would train once and search nothing)")
+        if (key == "hydra/launcher" and value not in SINGLE_RUN_LAUNCHERS or key.startswith("hydra.launcher.")) \
+                and not multirun_or_show:
+            raise AetrainError(f"{arg} sets how a sweep's jobs are launched: run it as a multirun, aetrain -m "
+                               f"{arg} ... (without -m Hydra trains once, here, and no launcher is used)")
         if key in CHOICES and value == "null":
             raise AetrainError(f"{key}=null: a run needs a {key}; choose one of: {', '.join(sorted(CHOICES[key]))}")
         group, _, leaf = key.partition(".")
