@@ -47,13 +47,15 @@ def resolve(path: str | Path, prefer: tuple[str, ...]) -> Path:
     return p
 
 
-
 def _unreadable(path: Path, error: Exception | None) -> str:
     """Why torch could not read `path`, in the user's terms: empty, not a torch file at all (a CSV, a PNG: torch
     writes a zip archive, or before 1.6 a pickle), or a torch file that is truncated or damaged (torch's words;
     `error` None: a pickle torch's safe loader turned away)."""
-    with open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:  # no permission to read it, a file that went away
+        return f"cannot read it: {e.strerror or e}"
     if not head:
         return "the file is empty"
     if head != b"PK\x03\x04" and head[:1] != b"\x80":
@@ -62,6 +64,7 @@ def _unreadable(path: Path, error: Exception | None) -> str:
         return "a pickle that is not a torch checkpoint, or a damaged one"
     said = str(error).strip().split("\n")[0].split(". ")[0]  # torch's first sentence; the rest is advice
     return f"truncated or damaged: {said or type(error).__name__}"
+
 
 def load(path: str | Path, *, prefer: tuple[str, ...] = (LAST,), mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint file (or a run dir's) safely; every failure is a one-line CheckpointError. `mmap`: map
